@@ -1,0 +1,25 @@
+"""/api/v1/ routes."""
+
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from people.views import FaceImageViewSet, PersonViewSet
+from recognition.views import ObtainTokenView, RecognizeView, VerifyView
+
+router = DefaultRouter()
+router.register("people", PersonViewSet, basename="person")
+
+face_list = FaceImageViewSet.as_view({"get": "list", "post": "create"})
+face_detail = FaceImageViewSet.as_view({"get": "retrieve", "delete": "destroy"})
+
+urlpatterns = [
+    path("auth/token/", ObtainTokenView.as_view(), name="api-token"),
+    path("recognize/", RecognizeView.as_view(), name="recognize"),
+    path("verify/", VerifyView.as_view(), name="verify"),
+    path("people/<int:person_pk>/faces/", face_list, name="person-faces"),
+    path("people/<int:person_pk>/faces/<int:pk>/", face_detail, name="person-face-detail"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("", include(router.urls)),
+]

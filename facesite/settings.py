@@ -1,0 +1,204 @@
+"""Settings for facesite, read from environment variables.
+
+Without any variables set, the embedded setup runs on one machine: SQLite, the django-q ORM broker
+and the in-memory channel layer. DATABASE_URL and REDIS_URL switch to PostgreSQL and Redis.
+"""
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value in (None, "") else int(value)
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return default if value in (None, "") else float(value)
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    return default if value is None else [item.strip() for item in value.split(",") if item.strip()]
+
+
+DEBUG = env_bool("DEBUG", True)
+# The development key only works with DEBUG on; production must set SECRET_KEY.
+SECRET_KEY = env_str("SECRET_KEY") or ("dev-only-insecure-key" if DEBUG else "")
+if not SECRET_KEY:
+    raise RuntimeError("SECRET_KEY must be set when DEBUG is off")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "django_q",
+    "channels",
+    "people",
+    "recognition",
+    "training",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "facesite.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+WSGI_APPLICATION = "facesite.wsgi.application"
+ASGI_APPLICATION = "facesite.asgi.application"
+
+
+def _database_from_url(url: str) -> dict:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("postgres", "postgresql"):
+        raise RuntimeError(f"DATABASE_URL scheme {parsed.scheme!r} is not supported (use postgresql://)")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": parsed.path.lstrip("/"),
+        "USER": parsed.username or "",
+        "PASSWORD": parsed.password or "",
+        "HOST": parsed.hostname or "",
+        "PORT": str(parsed.port or ""),
+        "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 60),
+        "TEST": {"NAME": env_str("DATABASE_TEST_NAME") or None},
+    }
+
+
+DATABASE_URL = env_str("DATABASE_URL")
+if DATABASE_URL:
+    DATABASES = {"default": _database_from_url(DATABASE_URL)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": Path(env_str("SQLITE_PATH", str(BASE_DIR / "var" / "db.sqlite3"))),
+            # Background tasks and web requests share the file: wait for a lock instead of failing.
+            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "var" / "staticfiles")))
+MEDIA_URL = "media/"
+MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / "var" / "media")))
+
+# Uploads: refused above these limits with a clear 4xx (see recognition.engine.images).
+FACE_UPLOAD_MAX_BYTES = env_int("FACE_UPLOAD_MAX_BYTES", 10 * 1024 * 1024)
+FACE_UPLOAD_MAX_PIXELS = env_int("FACE_UPLOAD_MAX_PIXELS", 40_000_000)
+DATA_UPLOAD_MAX_MEMORY_SIZE = FACE_UPLOAD_MAX_BYTES * 2 + 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = FACE_UPLOAD_MAX_BYTES + 1024 * 1024
+
+# The face pipeline. Thresholds are cosine similarities of L2-normalised FaceNet embeddings; how
+# the defaults were chosen on LFW is in the README ("How the threshold was chosen").
+FACE_WEIGHTS_PATH = env_str("FACE_WEIGHTS_PATH") or None
+FACE_MATCH_THRESHOLD = env_float("FACE_MATCH_THRESHOLD", 0.55)
+FACE_VERIFY_THRESHOLD = env_float("FACE_VERIFY_THRESHOLD", 0.45)
+FACE_TOP_K = env_int("FACE_TOP_K", 5)
+FACE_DETECT_MAX_SIDE = env_int("FACE_DETECT_MAX_SIDE", 1024)
+FACE_MIN_DETECTION_SCORE = env_float("FACE_MIN_DETECTION_SCORE", 0.9)
+FACE_ENROLL_MIN_FACE_PX = env_int("FACE_ENROLL_MIN_FACE_PX", 60)
+FACE_ENROLL_MIN_SHARPNESS = env_float("FACE_ENROLL_MIN_SHARPNESS", 20.0)
+# An enrollment photo whose face is closer to another person than to its own by this much is
+# held for review rather than accepted (a likely mislabel).
+FACE_MISLABEL_MARGIN = env_float("FACE_MISLABEL_MARGIN", 0.05)
+FACE_MAX_FACES_PER_IMAGE = env_int("FACE_MAX_FACES_PER_IMAGE", 50)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "recognition.errors.api_exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "facesite API",
+    "DESCRIPTION": "Face enrollment, recognition and verification.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+REDIS_URL = env_str("REDIS_URL")
+Q_CLUSTER = {
+    "name": "facesite",
+    "workers": env_int("Q_WORKERS", 1),
+    "timeout": env_int("Q_TIMEOUT", 3600),
+    "retry": env_int("Q_TIMEOUT", 3600) + 60,
+    "max_attempts": 1,
+    "catch_up": False,
+    "sync": env_bool("Q_SYNC", False),
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+else:
+    Q_CLUSTER["orm"] = "default"
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.request": {"level": "ERROR"}},
+}

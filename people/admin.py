@@ -1,0 +1,173 @@
+from django.contrib import admin, messages
+from django.db.models import Count, Q
+from django.utils.html import format_html
+
+from recognition.engine.images import ImageError
+
+from . import services
+from .forms import PersonAdminForm
+from .models import FaceImage, Person
+
+STATUS_COLOURS = {"accepted": "#1a7f37", "rejected": "#cf222e", "review": "#9a6700", "pending": "#57606a"}
+
+
+def crop_thumbnail(face: FaceImage, size: int = 80) -> str:
+    if face.crop:
+        return format_html('<img src="{}" width="{}" height="{}" alt="face crop" style="border-radius:4px">', face.crop.url, size, size)
+    if face.image:
+        return format_html('<img src="{}" height="{}" alt="photo" style="opacity:.6">', face.image.url, size)
+    return "-"
+
+
+def status_badge(face: FaceImage) -> str:
+    return format_html(
+        '<strong style="color:{}">{}</strong>', STATUS_COLOURS.get(face.status, "#000"), face.get_status_display()
+    )
+
+
+class FaceImageInline(admin.TabularInline):
+    model = FaceImage
+    extra = 0
+    fields = ["thumbnail", "status_label", "reason", "detection_score", "sharpness", "original_name", "created_at"]
+    readonly_fields = fields
+    can_delete = True
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False  # photos are added with the "Add photos" field (several at once)
+
+    @admin.display(description="Face")
+    def thumbnail(self, obj):
+        return crop_thumbnail(obj)
+
+    @admin.display(description="Status")
+    def status_label(self, obj):
+        return status_badge(obj)
+
+
+class HasRejectedFilter(admin.SimpleListFilter):
+    title = "photos"
+    parameter_name = "photos"
+
+    def lookups(self, request, model_admin):
+        return [("none", "No accepted photo"), ("review", "Has photos to review"), ("rejected", "Has rejected photos")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "none":
+            return queryset.exclude(faces__status=FaceImage.Status.ACCEPTED)
+        if self.value() == "review":
+            return queryset.filter(faces__status=FaceImage.Status.REVIEW).distinct()
+        if self.value() == "rejected":
+            return queryset.filter(faces__status=FaceImage.Status.REJECTED).distinct()
+        return queryset
+
+
+@admin.register(Person)
+class PersonAdmin(admin.ModelAdmin):
+    form = PersonAdminForm
+    list_display = ["name", "external_id", "is_active", "accepted_count", "review_count", "rejected_count", "updated_at"]
+    list_filter = ["is_active", HasRejectedFilter, "created_at"]
+    search_fields = ["name", "external_id", "notes"]
+    fields = ["name", "external_id", "notes", "is_active", "new_photos"]
+    inlines = [FaceImageInline]
+    actions = ["reprocess_photos"]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                n_accepted=Count("faces", filter=Q(faces__status=FaceImage.Status.ACCEPTED)),
+                n_review=Count("faces", filter=Q(faces__status=FaceImage.Status.REVIEW)),
+                n_rejected=Count("faces", filter=Q(faces__status=FaceImage.Status.REJECTED)),
+            )
+        )
+
+    @admin.display(description="Accepted", ordering="n_accepted")
+    def accepted_count(self, obj):
+        return obj.n_accepted
+
+    @admin.display(description="To review", ordering="n_review")
+    def review_count(self, obj):
+        return obj.n_review
+
+    @admin.display(description="Rejected", ordering="n_rejected")
+    def rejected_count(self, obj):
+        return obj.n_rejected
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        added, refused = 0, []
+        for upload in form.cleaned_data.get("new_photos") or []:
+            try:
+                services.enroll(form.instance, upload, uploaded_by=request.user)
+                added += 1
+            except ImageError as err:
+                refused.append(f"{upload.name}: {err.message}")
+        if added:
+            messages.info(request, f"{added} photo(s) added; each is checked and embedded in the background.")
+        for line in refused:
+            messages.error(request, f"Not stored: {line}")
+
+    def delete_model(self, request, obj):
+        services.erase_person(obj)
+
+    def delete_queryset(self, request, queryset):
+        for person in queryset:
+            services.erase_person(person)
+
+    @admin.action(description="Re-process the photos of the selected people")
+    def reprocess_photos(self, request, queryset):
+        ids = list(FaceImage.objects.filter(person__in=queryset).values_list("id", flat=True))
+        for pk in ids:
+            services.queue_processing(pk)
+        messages.info(request, f"{len(ids)} photo(s) queued for re-processing.")
+
+
+@admin.register(FaceImage)
+class FaceImageAdmin(admin.ModelAdmin):
+    list_display = ["thumbnail", "person", "status_label", "reason", "detection_score", "sharpness", "embedder", "created_at"]
+    list_display_links = ["thumbnail", "person"]
+    list_filter = ["status", "reason_code", "embedder", "created_at"]
+    search_fields = ["person__name", "person__external_id", "original_name", "reason"]
+    list_select_related = ["person"]
+    readonly_fields = [
+        "preview", "status", "reason_code", "reason", "box", "landmarks", "detection_score", "sharpness",
+        "embedder", "original_name", "uploaded_by", "created_at", "processed_at",
+    ]
+    fields = ["person", "image", *readonly_fields]
+    actions = ["reprocess", "approve"]
+
+    @admin.display(description="Face")
+    def thumbnail(self, obj):
+        return crop_thumbnail(obj, 64)
+
+    @admin.display(description="Face crop")
+    def preview(self, obj):
+        return crop_thumbnail(obj, 160)
+
+    @admin.display(description="Status", ordering="status")
+    def status_label(self, obj):
+        return status_badge(obj)
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.uploaded_by = request.user
+        super().save_model(request, obj, form, change)
+        if "image" in form.changed_data or "person" in form.changed_data:
+            services.queue_processing(obj.pk)
+
+    @admin.action(description="Re-process selected photos")
+    def reprocess(self, request, queryset):
+        ids = list(queryset.values_list("id", flat=True))
+        for pk in ids:
+            services.queue_processing(pk)
+        messages.info(request, f"{len(ids)} photo(s) queued for re-processing.")
+
+    @admin.action(description="Approve selected photos held for review")
+    def approve(self, request, queryset):
+        count = 0
+        for face in queryset.filter(status=FaceImage.Status.REVIEW):
+            services.approve(face)
+            count += 1
+        messages.info(request, f"{count} photo(s) approved.")

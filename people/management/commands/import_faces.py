@@ -1,0 +1,89 @@
+"""Bulk enrollment from a folder with one sub-folder per person.
+
+    python manage.py import_faces ../shared/faces/people
+
+The folder name becomes the person's name ("barack_obama" -> "Barack Obama"); an existing person
+of that name gets the new photos. Photos are processed here, in this process, so the summary at
+the end is final.
+"""
+
+from collections import Counter
+from pathlib import Path
+
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from people import services
+from people.models import FaceImage, Person
+from recognition.engine.images import ImageError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def person_name(folder: str) -> str:
+    return " ".join(part.capitalize() for part in folder.replace("-", "_").split("_") if part)
+
+
+class Command(BaseCommand):
+    help = "Enroll people from DIR/<person>/<photo> (one folder per person)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("directory", type=Path)
+        parser.add_argument("--limit-people", type=int, default=None, help="Import at most this many people.")
+        parser.add_argument("--max-photos", type=int, default=None, help="At most this many photos per person.")
+        parser.add_argument("--skip-existing", action="store_true", help="Skip people that already have photos.")
+
+    def handle(self, directory: Path, limit_people=None, max_photos=None, skip_existing=False, **options):
+        if not directory.is_dir():
+            raise CommandError(f"{directory} is not a directory")
+        folders = sorted(p for p in directory.iterdir() if p.is_dir())[:limit_people]
+        jobs = []
+        for folder in folders:
+            photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:max_photos]
+            if photos:
+                jobs.append((folder, photos))
+        if not jobs:
+            raise CommandError(f"no photos found under {directory} (expected DIR/<person>/<photo>)")
+
+        outcomes: Counter = Counter()
+        reasons: Counter = Counter()
+        rejected_lines = []
+        total = sum(len(photos) for _, photos in jobs)
+        with tqdm(total=total, unit="photo", desc="Enrolling", disable=options.get("verbosity", 1) == 0) as bar:
+            for folder, photos in jobs:
+                name = person_name(folder.name)
+                person, _ = Person.objects.get_or_create(name=name, defaults={"notes": f"Imported from {folder.name}/"})
+                if skip_existing and person.faces.exists():
+                    bar.update(len(photos))
+                    outcomes["skipped"] += len(photos)
+                    continue
+                for photo in photos:
+                    upload = SimpleUploadedFile(photo.name, photo.read_bytes())
+                    try:
+                        face = services.enroll(person, upload, process=False)
+                    except ImageError as err:
+                        outcomes["rejected"] += 1
+                        reasons[err.code] += 1
+                        rejected_lines.append(f"  {folder.name}/{photo.name}: {err.message}")
+                        bar.update(1)
+                        continue
+                    services.process_face_image(face)
+                    outcomes[face.status] += 1
+                    if face.status != FaceImage.Status.ACCEPTED:
+                        reasons[face.reason_code] += 1
+                        rejected_lines.append(f"  {folder.name}/{photo.name}: {face.get_status_display()}: {face.reason}")
+                    bar.update(1)
+
+        self.stdout.write("")
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"{len(jobs)} people, {total} photos: {outcomes['accepted']} accepted, "
+                f"{outcomes['rejected']} rejected, {outcomes['review']} held for review"
+                + (f", {outcomes['skipped']} skipped" if outcomes["skipped"] else "")
+            )
+        )
+        if reasons:
+            self.stdout.write("Reasons: " + ", ".join(f"{code} x{n}" for code, n in reasons.most_common()))
+        for line in rejected_lines:
+            self.stdout.write(line)

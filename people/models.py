@@ -1,0 +1,85 @@
+import uuid
+from pathlib import PurePath
+
+import numpy as np
+from django.conf import settings
+from django.db import models
+
+
+class Person(models.Model):
+    name = models.CharField(max_length=200)
+    external_id = models.CharField(
+        max_length=100, blank=True, null=True, unique=True, help_text="An id from another system (HR, badge number)."
+    )
+    notes = models.TextField(blank=True)
+    is_active = models.BooleanField(default=True, help_text="Inactive people are never recognised.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+        verbose_name_plural = "people"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def face_upload_to(instance: "FaceImage", filename: str) -> str:
+    # A random name: the uploader's file name may be anything (non-UTF-8, path tricks, very long).
+    suffix = PurePath(filename).suffix.lower()[:6] if filename else ""
+    if suffix not in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"):
+        suffix = ".img"
+    return f"faces/{uuid.uuid4().hex}{suffix}"
+
+
+class FaceImageQuerySet(models.QuerySet):
+    def accepted(self):
+        return self.filter(status=FaceImage.Status.ACCEPTED)
+
+    def in_gallery(self):
+        """The embeddings recognition matches against: accepted faces of active people."""
+        return self.accepted().filter(person__is_active=True, embedding__isnull=False)
+
+
+class FaceImage(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        ACCEPTED = "accepted", "Accepted"
+        REJECTED = "rejected", "Rejected"
+        REVIEW = "review", "Needs review"
+
+    person = models.ForeignKey(Person, on_delete=models.CASCADE, related_name="faces")
+    image = models.ImageField(upload_to=face_upload_to, max_length=200)
+    crop = models.ImageField(upload_to="crops/", blank=True, max_length=200, help_text="The aligned face, 160x160.")
+    original_name = models.CharField(max_length=255, blank=True)
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
+    reason_code = models.CharField(max_length=40, blank=True)
+    reason = models.CharField(max_length=500, blank=True, help_text="Why the image was rejected or held for review.")
+    box = models.JSONField(null=True, blank=True, help_text="[x, y, w, h] in original image pixels.")
+    landmarks = models.JSONField(null=True, blank=True)
+    detection_score = models.FloatField(null=True, blank=True)
+    sharpness = models.FloatField(null=True, blank=True)
+    embedding = models.BinaryField(null=True, blank=True, editable=False, help_text="128 float32, L2-normalised.")
+    embedder = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = FaceImageQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "person"])]
+
+    def __str__(self) -> str:
+        return f"{self.person} #{self.pk}"
+
+    @property
+    def vector(self) -> np.ndarray | None:
+        if self.embedding is None:
+            return None
+        return np.frombuffer(bytes(self.embedding), dtype=np.float32)
+
+    def set_vector(self, vector: np.ndarray | None) -> None:
+        self.embedding = None if vector is None else np.asarray(vector, np.float32).tobytes()

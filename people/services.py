@@ -1,0 +1,152 @@
+"""Enrollment: storing a person's photos and turning them into gallery embeddings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.utils import timezone
+from django_q.tasks import async_task
+
+from recognition import services as recognition
+from recognition.engine.images import ImageError, encode_jpeg
+
+from .models import FaceImage, Person
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str
+    code: str = ""
+    reason: str = ""
+
+
+def enroll(person: Person, upload, uploaded_by=None, process: bool = True) -> FaceImage:
+    """Store an uploaded photo of ``person`` and queue its processing.
+
+    The upload is decoded first so that an unusable file is refused (ImageError) and nothing is
+    written; the row and file are saved in one transaction, and processing is queued after commit.
+    """
+    recognition.read_upload(upload)  # raises ImageError: nothing is stored
+    upload.seek(0)
+    with transaction.atomic():
+        face = FaceImage(person=person, uploaded_by=uploaded_by, original_name=_safe_name(getattr(upload, "name", "")))
+        face.image.save(upload.name or "upload", upload, save=False)
+        face.save()
+        if process:
+            transaction.on_commit(lambda: queue_processing(face.pk))
+    return face
+
+
+def queue_processing(face_image_id: int) -> None:
+    async_task("people.tasks.process_face_image", face_image_id, task_name=f"face-{face_image_id}", group="enrollment")
+
+
+def _safe_name(name: str) -> str:
+    return (name or "").encode("utf-8", "replace").decode("utf-8")[-255:]
+
+
+def process_face_image(face: FaceImage) -> FaceImage:
+    """Detect, check, align and embed one enrollment photo; set its status and reason."""
+    rules = recognition.pipeline().config.quality
+    face.box = face.landmarks = face.detection_score = face.sharpness = None
+    face.set_vector(None)
+    try:
+        with face.image.open("rb") as fh:
+            rgb = recognition.read_upload(fh.read())
+    except (ImageError, OSError) as err:
+        return _finish(face, Verdict(FaceImage.Status.REJECTED, "unreadable_file", f"Unreadable file: {err}"))
+
+    pipe = recognition.pipeline()
+    detected = pipe.detect(rgb)
+    if not detected:
+        return _finish(face, Verdict(FaceImage.Status.REJECTED, "no_face", "No face was found in this photo."))
+    main = detected[0]
+    if len(detected) > 1:
+        second = detected[1]
+        ratio = (main.box[2] * main.box[3]) / max(1.0, second.box[2] * second.box[3])
+        if ratio < rules.dominant_ratio:
+            return _finish(
+                face,
+                Verdict(
+                    FaceImage.Status.REJECTED,
+                    "several_faces",
+                    f"{len(detected)} faces of similar size were found; use a photo of {face.person.name} alone.",
+                ),
+            )
+    analysed = pipe.analyse(rgb, faces=[main])[0]
+    face.box = main.box_ints()
+    face.landmarks = main.landmarks_dict()
+    face.detection_score = round(main.score, 4)
+    face.sharpness = round(analysed.sharpness, 1)
+    face.crop.save(f"{face.pk}.jpg", ContentFile(encode_jpeg(analysed.crop)), save=False)
+
+    side = min(main.box[2], main.box[3])
+    if side < rules.min_face_px:
+        return _finish(
+            face,
+            Verdict(FaceImage.Status.REJECTED, "face_too_small", f"The face is {side:.0f} px; at least {rules.min_face_px} px is needed."),
+        )
+    if analysed.sharpness < rules.min_sharpness:
+        return _finish(
+            face,
+            Verdict(
+                FaceImage.Status.REJECTED,
+                "too_blurry",
+                f"The face is too blurry (sharpness {analysed.sharpness:.0f}, at least {rules.min_sharpness:.0f} needed).",
+            ),
+        )
+    face.set_vector(analysed.embedding)
+    face.embedder = pipe.embedder_name
+    return _finish(face, _mislabel_check(face, analysed.embedding))
+
+
+def _mislabel_check(face: FaceImage, embedding) -> Verdict:
+    """Hold for review a photo that looks more like another enrolled person than its own."""
+    threshold = recognition.match_threshold()
+    candidates = recognition.gallery().search(embedding[None], top_k=3, threshold=threshold, exclude_keys={face.pk})[0].candidates
+    others = [c for c in candidates if c.person_id != face.person_id]
+    if not others or others[0].similarity < threshold:
+        return Verdict(FaceImage.Status.ACCEPTED)
+    own, _ = recognition.person_similarity(embedding, face.person_id)
+    own_similarity = -1.0 if own is None else own
+    if others[0].similarity - own_similarity < settings.FACE_MISLABEL_MARGIN:
+        return Verdict(FaceImage.Status.ACCEPTED)
+    other = Person.objects.filter(pk=others[0].person_id).first()
+    own_text = "no other photos to compare with" if own is None else f"{own_similarity:.2f} to {face.person.name}'s other photos"
+    return Verdict(
+        FaceImage.Status.REVIEW,
+        "possible_mislabel",
+        f"Looks more like {other} (similarity {others[0].similarity:.2f}) than {face.person.name} ({own_text}). "
+        "Check the photo is filed under the right person, then approve it.",
+    )
+
+
+def _finish(face: FaceImage, verdict: Verdict) -> FaceImage:
+    face.status = verdict.status
+    face.reason_code = verdict.code
+    face.reason = verdict.reason
+    face.processed_at = timezone.now()
+    face.save()
+    return face
+
+
+def approve(face: FaceImage) -> None:
+    """Staff confirmed a photo held for review."""
+    if face.status == FaceImage.Status.REVIEW and face.embedding is not None:
+        face.status = FaceImage.Status.ACCEPTED
+        face.reason_code = ""
+        face.reason = ""
+        face.save(update_fields=["status", "reason_code", "reason", "updated_at"])
+
+
+def erase_person(person: Person) -> None:
+    """Delete a person with every image file, crop and embedding (files go after commit)."""
+    with transaction.atomic():
+        person.delete()
+    recognition.invalidate_gallery()

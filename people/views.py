@@ -1,0 +1,54 @@
+"""People and their face images over the API (staff write, authenticated users read)."""
+
+from django.db.models import Count, Q
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.response import Response
+
+from recognition.engine.images import ImageError
+from recognition.errors import image_error
+from recognition.permissions import IsStaffOrReadOnly
+
+from . import services
+from .models import FaceImage, Person
+from .serializers import FaceImageSerializer, FaceUploadSerializer, PersonSerializer
+
+
+class PersonViewSet(viewsets.ModelViewSet):
+    serializer_class = PersonSerializer
+    permission_classes = [IsStaffOrReadOnly]
+    parser_classes = [JSONParser, FormParser, MultiPartParser]
+
+    def get_queryset(self):
+        return Person.objects.annotate(
+            face_count=Count("faces"), accepted_face_count=Count("faces", filter=Q(faces__status=FaceImage.Status.ACCEPTED))
+        )
+
+    def perform_destroy(self, instance):
+        services.erase_person(instance)
+
+
+class FaceImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
+    serializer_class = FaceImageSerializer
+    permission_classes = [IsStaffOrReadOnly]
+    parser_classes = [MultiPartParser, FormParser]
+
+    def person(self) -> Person:
+        return get_object_or_404(Person, pk=self.kwargs["person_pk"])
+
+    def get_queryset(self):
+        return FaceImage.objects.filter(person=self.person())
+
+    @extend_schema(request=FaceUploadSerializer, responses={201: FaceImageSerializer})
+    def create(self, request, person_pk=None):
+        person = self.person()
+        upload = FaceUploadSerializer(data=request.data)
+        upload.is_valid(raise_exception=True)
+        try:
+            face = services.enroll(person, upload.validated_data["image"], uploaded_by=request.user)
+        except ImageError as err:
+            raise image_error(err, "image")
+        face.refresh_from_db()
+        return Response(self.get_serializer(face).data, status=status.HTTP_201_CREATED)

@@ -1,0 +1,61 @@
+"""One error shape for the whole API: {"error": {"code": "...", "message": "...", "fields": {...}}}."""
+
+from __future__ import annotations
+
+import logging
+
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+from .engine.images import ImageError
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(exceptions.APIException):
+    """A 4xx with a machine-readable code, raised by views and services."""
+
+    def __init__(self, code: str, message: str, status_code: int = status.HTTP_400_BAD_REQUEST, fields: dict | None = None):
+        super().__init__(detail=message, code=code)
+        self.status_code = status_code
+        self.error_code = code
+        self.message = message
+        self.fields = fields
+
+
+# Codes whose HTTP status is not 400.
+_IMAGE_STATUS = {"file_too_large": 413, "image_too_large": 413, "unsupported_format": 415}
+
+
+def image_error(err: ImageError, field: str | None = None) -> ApiError:
+    message = f"{field}: {err.message}" if field else err.message
+    return ApiError(err.code, message, _IMAGE_STATUS.get(err.code, 400), fields={field: [err.message]} if field else None)
+
+
+def api_exception_handler(exc, context):
+    if isinstance(exc, ImageError):
+        exc = image_error(exc)
+    response = exception_handler(exc, context)
+    if response is None:
+        # An unexpected error: log it with its trace, answer without one.
+        log.exception("unhandled error in %s", context.get("view").__class__.__name__, exc_info=exc)
+        return Response(
+            {"error": {"code": "server_error", "message": "The server could not complete the request."}},
+            status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
+    if isinstance(exc, ApiError):
+        body = {"code": exc.error_code, "message": exc.message}
+        if exc.fields:
+            body["fields"] = exc.fields
+    elif isinstance(exc, exceptions.ValidationError):
+        fields = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        first_field, first_errors = next(iter(fields.items()), ("", [""]))
+        first = first_errors[0] if isinstance(first_errors, list) and first_errors else first_errors
+        body = {"code": "invalid", "message": f"{first_field}: {first}" if first_field != "non_field_errors" else str(first), "fields": fields}
+    else:
+        codes = exc.get_codes() if hasattr(exc, "get_codes") else "error"
+        code = codes if isinstance(codes, str) else "error"
+        body = {"code": code, "message": str(exc.detail) if hasattr(exc, "detail") else str(exc)}
+    response.data = {"error": body}
+    return response

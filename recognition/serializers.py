@@ -1,0 +1,52 @@
+from rest_framework import serializers
+
+
+class RecognizeRequestSerializer(serializers.Serializer):
+    image = serializers.FileField()
+    top_k = serializers.IntegerField(required=False, min_value=1, max_value=50)
+    threshold = serializers.FloatField(required=False, min_value=-1.0, max_value=1.0)
+
+
+class VerifyRequestSerializer(serializers.Serializer):
+    image1 = serializers.FileField(required=False, help_text="First photo (with image2).")
+    image2 = serializers.FileField(required=False, help_text="Second photo (with image1).")
+    image = serializers.FileField(required=False, help_text="A photo to check against person_id.")
+    person_id = serializers.IntegerField(required=False)
+    threshold = serializers.FloatField(required=False, min_value=-1.0, max_value=1.0)
+
+    def validate(self, attrs):
+        pair = "image1" in attrs and "image2" in attrs
+        against_person = "image" in attrs and "person_id" in attrs
+        if pair == against_person:
+            raise serializers.ValidationError("Send either image1 and image2, or image and person_id.")
+        return attrs
+
+
+class CandidateSerializer(serializers.Serializer):
+    person_id = serializers.IntegerField()
+    name = serializers.CharField()
+    similarity = serializers.FloatField()
+
+
+class RecognisedFaceSerializer(serializers.Serializer):
+    box = serializers.ListField(child=serializers.IntegerField(), help_text="[x, y, w, h] in original image pixels")
+    landmarks = serializers.DictField(child=serializers.ListField(child=serializers.FloatField()))
+    detection_score = serializers.FloatField()
+    match = CandidateSerializer(allow_null=True)
+    candidates = CandidateSerializer(many=True)
+    margin = serializers.FloatField(allow_null=True, help_text="Best minus second-best person's similarity")
+
+
+class RecognizeResponseSerializer(serializers.Serializer):
+    faces = RecognisedFaceSerializer(many=True)
+    threshold = serializers.FloatField()
+    model_version = serializers.IntegerField(allow_null=True)
+    embedder = serializers.CharField()
+    gallery_size = serializers.IntegerField()
+
+
+class VerifyResponseSerializer(serializers.Serializer):
+    verified = serializers.BooleanField()
+    similarity = serializers.FloatField()
+    threshold = serializers.FloatField()
+    faces = serializers.ListField(child=serializers.DictField())

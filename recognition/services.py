@@ -1,0 +1,167 @@
+"""Django's door to the face engine: ORM rows <-> arrays, thresholds, the active model version."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from django.conf import settings
+from django.db.models import Count, Max
+
+from .engine.detection import DetectedFace
+from .engine.images import ImageError, ImageLimits, decode_image
+from .engine.matching import Gallery, MatchResult
+from .engine.pipeline import AnalysedFace, FacePipeline, PipelineConfig, shared_pipeline
+from .engine.quality import QualityRules
+
+
+def pipeline() -> FacePipeline:
+    return shared_pipeline(
+        PipelineConfig(
+            weights_path=settings.FACE_WEIGHTS_PATH,
+            detect_max_side=settings.FACE_DETECT_MAX_SIDE,
+            min_detection_score=settings.FACE_MIN_DETECTION_SCORE,
+            quality=QualityRules(
+                min_face_px=settings.FACE_ENROLL_MIN_FACE_PX,
+                min_sharpness=settings.FACE_ENROLL_MIN_SHARPNESS,
+            ),
+        )
+    )
+
+
+def image_limits() -> ImageLimits:
+    return ImageLimits(max_bytes=settings.FACE_UPLOAD_MAX_BYTES, max_pixels=settings.FACE_UPLOAD_MAX_PIXELS)
+
+
+def read_upload(upload) -> np.ndarray:
+    """A Django UploadedFile (or bytes) -> (H, W, 3) uint8 RGB; ImageError if unusable."""
+    limits = image_limits()
+    if isinstance(upload, (bytes, bytearray)):
+        data = bytes(upload)
+    else:
+        if upload.size is not None and upload.size > limits.max_bytes:
+            raise ImageError("file_too_large", f"The file is {upload.size:,} bytes; the limit is {limits.max_bytes:,} bytes.")
+        upload.seek(0)
+        data = upload.read(limits.max_bytes + 1)
+    return decode_image(data, limits)
+
+
+# ---- the gallery -------------------------------------------------------------------------------
+
+
+class _GalleryCache:
+    """The process's copy of the enrolled embeddings, reloaded when the database says it changed.
+
+    The check is one aggregate query per request, so an enrollment or erasure made by another
+    process (web worker, django-q worker) is used on this process's next request.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._gallery = Gallery()
+        self._fingerprint = None
+
+    def _current_fingerprint(self):
+        from people.models import FaceImage, Person
+
+        faces = FaceImage.objects.in_gallery().aggregate(n=Count("id"), last=Max("updated_at"), top=Max("id"))
+        people = Person.objects.aggregate(last=Max("updated_at"), n=Count("id"))
+        return (faces["n"], faces["last"], faces["top"], people["last"], people["n"])
+
+    def get(self) -> Gallery:
+        fingerprint = self._current_fingerprint()
+        if fingerprint != self._fingerprint:
+            with self._lock:
+                if fingerprint != self._fingerprint:
+                    self._reload()
+                    self._fingerprint = fingerprint
+        return self._gallery
+
+    def _reload(self) -> None:
+        from people.models import FaceImage
+
+        rows = list(FaceImage.objects.in_gallery().values_list("id", "person_id", "embedding"))
+        if rows:
+            keys, labels, blobs = zip(*rows)
+            embeddings = np.frombuffer(b"".join(bytes(b) for b in blobs), dtype=np.float32).reshape(-1, 128)
+        else:
+            keys, labels, embeddings = (), (), np.zeros((0, 128), np.float32)
+        gallery = Gallery()
+        gallery.replace(embeddings, np.array(labels), np.array(keys))
+        self._gallery = gallery
+
+    def invalidate(self) -> None:
+        self._fingerprint = None
+
+
+_gallery_cache = _GalleryCache()
+
+
+def gallery() -> Gallery:
+    return _gallery_cache.get()
+
+
+def invalidate_gallery() -> None:
+    _gallery_cache.invalidate()
+
+
+# ---- recognition and verification ----------------------------------------------------------------
+
+
+@dataclass
+class RecognisedFace:
+    analysed: AnalysedFace
+    result: MatchResult
+
+
+def active_model_version():
+    from training.models import ModelVersion
+
+    return ModelVersion.objects.active()
+
+
+def match_threshold() -> float:
+    """The active model version's calibrated threshold, else the LFW-chosen default."""
+    version = active_model_version()
+    if version is not None and version.threshold is not None:
+        return float(version.threshold)
+    return float(settings.FACE_MATCH_THRESHOLD)
+
+
+def recognize(rgb: np.ndarray, top_k: int | None = None, threshold: float | None = None) -> list[RecognisedFace]:
+    """Every face in the image, largest first, each matched against the enrolled gallery."""
+    top_k = top_k or settings.FACE_TOP_K
+    threshold = match_threshold() if threshold is None else threshold
+    faces = pipeline().analyse(rgb, max_faces=settings.FACE_MAX_FACES_PER_IMAGE)
+    if not faces:
+        return []
+    results = gallery().search(np.stack([f.embedding for f in faces]), top_k=top_k, threshold=threshold)
+    return [RecognisedFace(f, r) for f, r in zip(faces, results)]
+
+
+def main_face(rgb: np.ndarray) -> tuple[AnalysedFace | None, int]:
+    """The largest face of an image and how many faces were found."""
+    faces = pipeline().detect(rgb)
+    if not faces:
+        return None, 0
+    return pipeline().analyse(rgb, faces=faces[:1])[0], len(faces)
+
+
+def person_similarity(embedding: np.ndarray, person_id: int) -> tuple[float | None, int]:
+    """Best cosine similarity of ``embedding`` to the person's accepted faces, and how many there are."""
+    from people.models import FaceImage
+
+    blobs = list(FaceImage.objects.in_gallery().filter(person_id=person_id).values_list("embedding", flat=True))
+    if not blobs:
+        return None, 0
+    matrix = np.frombuffer(b"".join(bytes(b) for b in blobs), dtype=np.float32).reshape(-1, 128)
+    return float(np.max(matrix @ embedding)), len(blobs)
+
+
+def verify_threshold() -> float:
+    return float(settings.FACE_VERIFY_THRESHOLD)
+
+
+def box_of(face: DetectedFace) -> list[int]:
+    return face.box_ints()
