@@ -13,16 +13,16 @@ STATUS_COLOURS = {"accepted": "#1a7f37", "rejected": "#cf222e", "review": "#9a67
 
 def crop_thumbnail(face: FaceImage, size: int = 80) -> str:
     if face.crop:
-        return format_html('<img src="{}" width="{}" height="{}" alt="face crop" style="border-radius:4px">', face.crop.url, size, size)
+        return format_html(
+            '<img src="{}" width="{}" height="{}" alt="face crop" style="border-radius:4px">', face.crop.url, size, size
+        )
     if face.image:
         return format_html('<img src="{}" height="{}" alt="photo" style="opacity:.6">', face.image.url, size)
     return "-"
 
 
 def status_badge(face: FaceImage) -> str:
-    return format_html(
-        '<strong style="color:{}">{}</strong>', STATUS_COLOURS.get(face.status, "#000"), face.get_status_display()
-    )
+    return format_html('<strong style="color:{}">{}</strong>', STATUS_COLOURS.get(face.status, "#000"), face.get_status_display())
 
 
 class FaceImageInline(admin.TabularInline):
@@ -132,8 +132,19 @@ class FaceImageAdmin(admin.ModelAdmin):
     search_fields = ["person__name", "person__external_id", "original_name", "reason"]
     list_select_related = ["person"]
     readonly_fields = [
-        "preview", "status", "reason_code", "reason", "box", "landmarks", "detection_score", "sharpness",
-        "embedder", "original_name", "uploaded_by", "created_at", "processed_at",
+        "preview",
+        "status",
+        "reason_code",
+        "reason",
+        "box",
+        "landmarks",
+        "detection_score",
+        "sharpness",
+        "embedder",
+        "original_name",
+        "uploaded_by",
+        "created_at",
+        "processed_at",
     ]
     fields = ["person", "image", *readonly_fields]
     actions = ["reprocess", "approve"]

@@ -9,7 +9,17 @@ class PersonSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Person
-        fields = ["id", "name", "external_id", "notes", "is_active", "face_count", "accepted_face_count", "created_at", "updated_at"]
+        fields = [
+            "id",
+            "name",
+            "external_id",
+            "notes",
+            "is_active",
+            "face_count",
+            "accepted_face_count",
+            "created_at",
+            "updated_at",
+        ]
         read_only_fields = ["created_at", "updated_at"]
 
     def validate_external_id(self, value):
@@ -23,8 +33,21 @@ class FaceImageSerializer(serializers.ModelSerializer):
     class Meta:
         model = FaceImage
         fields = [
-            "id", "person", "status", "reason_code", "reason", "box", "landmarks", "detection_score",
-            "sharpness", "embedder", "original_name", "image_url", "crop_url", "created_at", "processed_at",
+            "id",
+            "person",
+            "status",
+            "reason_code",
+            "reason",
+            "box",
+            "landmarks",
+            "detection_score",
+            "sharpness",
+            "embedder",
+            "original_name",
+            "image_url",
+            "crop_url",
+            "created_at",
+            "processed_at",
         ]
         read_only_fields = fields
 
@@ -42,4 +65,4 @@ class FaceImageSerializer(serializers.ModelSerializer):
 
 
 class FaceUploadSerializer(serializers.Serializer):
-    image = serializers.FileField(help_text="A photo of the person alone (JPEG, PNG or WebP).")
+    image = serializers.FileField(allow_empty_file=True, help_text="A photo of the person alone (JPEG, PNG or WebP).")

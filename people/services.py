@@ -90,7 +90,11 @@ def process_face_image(face: FaceImage) -> FaceImage:
     if side < rules.min_face_px:
         return _finish(
             face,
-            Verdict(FaceImage.Status.REJECTED, "face_too_small", f"The face is {side:.0f} px; at least {rules.min_face_px} px is needed."),
+            Verdict(
+                FaceImage.Status.REJECTED,
+                "face_too_small",
+                f"The face is {side:.0f} px; at least {rules.min_face_px} px is needed.",
+            ),
         )
     if analysed.sharpness < rules.min_sharpness:
         return _finish(

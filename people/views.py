@@ -22,7 +22,7 @@ class PersonViewSet(viewsets.ModelViewSet):
     parser_classes = [JSONParser, FormParser, MultiPartParser]
 
     def get_queryset(self):
-        return Person.objects.annotate(
+        return Person.objects.order_by("name", "id").annotate(
             face_count=Count("faces"), accepted_face_count=Count("faces", filter=Q(faces__status=FaceImage.Status.ACCEPTED))
         )
 

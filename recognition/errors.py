@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -36,6 +38,10 @@ def image_error(err: ImageError, field: str | None = None) -> ApiError:
 def api_exception_handler(exc, context):
     if isinstance(exc, ImageError):
         exc = image_error(exc)
+    elif isinstance(exc, Http404):
+        exc = exceptions.NotFound(str(exc) or "Not found.")
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
     response = exception_handler(exc, context)
     if response is None:
         # An unexpected error: log it with its trace, answer without one.
@@ -52,7 +58,11 @@ def api_exception_handler(exc, context):
         fields = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         first_field, first_errors = next(iter(fields.items()), ("", [""]))
         first = first_errors[0] if isinstance(first_errors, list) and first_errors else first_errors
-        body = {"code": "invalid", "message": f"{first_field}: {first}" if first_field != "non_field_errors" else str(first), "fields": fields}
+        body = {
+            "code": "invalid",
+            "message": f"{first_field}: {first}" if first_field != "non_field_errors" else str(first),
+            "fields": fields,
+        }
     else:
         codes = exc.get_codes() if hasattr(exc, "get_codes") else "error"
         code = codes if isinstance(codes, str) else "error"

@@ -2,15 +2,17 @@ from rest_framework import serializers
 
 
 class RecognizeRequestSerializer(serializers.Serializer):
-    image = serializers.FileField()
+    image = serializers.FileField(
+        allow_empty_file=True,
+    )
     top_k = serializers.IntegerField(required=False, min_value=1, max_value=50)
     threshold = serializers.FloatField(required=False, min_value=-1.0, max_value=1.0)
 
 
 class VerifyRequestSerializer(serializers.Serializer):
-    image1 = serializers.FileField(required=False, help_text="First photo (with image2).")
-    image2 = serializers.FileField(required=False, help_text="Second photo (with image1).")
-    image = serializers.FileField(required=False, help_text="A photo to check against person_id.")
+    image1 = serializers.FileField(allow_empty_file=True, required=False, help_text="First photo (with image2).")
+    image2 = serializers.FileField(allow_empty_file=True, required=False, help_text="Second photo (with image1).")
+    image = serializers.FileField(allow_empty_file=True, required=False, help_text="A photo to check against person_id.")
     person_id = serializers.IntegerField(required=False)
     threshold = serializers.FloatField(required=False, min_value=-1.0, max_value=1.0)
 

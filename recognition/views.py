@@ -129,7 +129,14 @@ class VerifyView(APIView):
                     f"{person.name} has no accepted face images to compare with.",
                     status.HTTP_422_UNPROCESSABLE_ENTITY,
                 )
-            faces = [{"field": "image", "box": face.face.box_ints(), "detection_score": round(face.face.score, 4), "faces_found": count}]
+            faces = [
+                {
+                    "field": "image",
+                    "box": face.face.box_ints(),
+                    "detection_score": round(face.face.score, 4),
+                    "faces_found": count,
+                }
+            ]
             extra = {"person_id": person.pk, "name": person.name, "compared_images": n}
         else:
             analysed = []
@@ -146,7 +153,11 @@ class VerifyView(APIView):
             ]
             extra = {}
         return Response(
-            {"verified": similarity >= threshold, "similarity": round(similarity, 4), "threshold": round(threshold, 4), "faces": faces, **extra}
+            {
+                "verified": similarity >= threshold,
+                "similarity": round(similarity, 4),
+                "threshold": round(threshold, 4),
+                "faces": faces,
+                **extra,
+            }
         )
-
-

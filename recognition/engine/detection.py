@@ -55,7 +55,9 @@ class MTCNNDetector:
         """(H, W, 3) uint8 RGB -> faces sorted by area, largest first."""
         height, width = rgb.shape[:2]
         scale = min(1.0, self.max_side / max(height, width))
-        small = rgb if scale == 1.0 else cv2.resize(rgb, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+        small = (
+            rgb if scale == 1.0 else cv2.resize(rgb, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+        )
         with self._lock:
             raw = self._mtcnn.detect_faces(small, min_face_size=max(12, int(self.min_face_size * scale)))
         faces = []

@@ -49,7 +49,11 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray
             probe = Image.open(io.BytesIO(data))
             fmt = probe.format
             width, height = probe.size
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, OSError, SyntaxError, ValueError):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(
+            "image_too_large", f"The image has more pixels than the limit of {limits.max_pixels:,} (a decompression bomb?)."
+        )
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise ImageError("invalid_image", "The file is not an image this service can read (JPEG, PNG, WebP, BMP, GIF, TIFF).")
     if fmt not in ACCEPTED_FORMATS:
         raise ImageError("unsupported_format", f"Image format {fmt} is not accepted; use JPEG, PNG or WebP.")
@@ -59,7 +63,9 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray
             f"The image is {width}x{height} = {width * height:,} pixels; the limit is {limits.max_pixels:,} pixels.",
         )
     if min(width, height) < limits.min_side:
-        raise ImageError("image_too_small", f"The image is {width}x{height}; each side must be at least {limits.min_side} pixels.")
+        raise ImageError(
+            "image_too_small", f"The image is {width}x{height}; each side must be at least {limits.min_side} pixels."
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -51,7 +51,9 @@ class FacePipeline:
     def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
         return self.detector.detect(rgb)
 
-    def analyse(self, rgb: np.ndarray, faces: list[DetectedFace] | None = None, max_faces: int | None = None) -> list[AnalysedFace]:
+    def analyse(
+        self, rgb: np.ndarray, faces: list[DetectedFace] | None = None, max_faces: int | None = None
+    ) -> list[AnalysedFace]:
         """(H, W, 3) uint8 RGB -> every face (largest first), embedded in one batch."""
         faces = self.detect(rgb) if faces is None else faces
         if max_faces is not None:
