@@ -32,11 +32,10 @@ def django_db_setup(django_db_setup, django_db_blocker, _test_settings):
 
     with django_db_blocker.unblock():
         call_command("import_faces", str(PEOPLE), verbosity=0)
-        from people.models import FaceImage
-
         # Kate Siegel resembles Angelina Jolie closely enough to be held for review as a possible
         # mislabel; staff approve her, as they would.
         from people import services
+        from people.models import FaceImage
 
         for face in FaceImage.objects.filter(status=FaceImage.Status.REVIEW):
             services.approve(face)

@@ -64,8 +64,9 @@ def test_a_strict_threshold_makes_a_match_unknown(user_api):
 
 
 def test_image_without_a_face_is_a_clear_4xx(user_api):
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.new("RGB", (320, 240), (120, 160, 200)).save(buf, format="JPEG")
