@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to a running app on the embedded defaults (SQLite, django-q ORM
+# broker, in-memory channel layer): install, migrate, create a demo admin, then run the ASGI
+# server and the django-q worker together. Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
+PY=.venv/bin/python
+HOST="${HOST:-127.0.0.1}"
+PORT="${PORT:-8000}"
+$PY manage.py migrate --noinput
+$PY manage.py collectstatic --noinput -v0
+$PY manage.py create_demo_admin
+$PY manage.py qcluster &
+WORKER=$!
+trap 'kill $WORKER 2>/dev/null || true' EXIT INT TERM
+echo "Serving on http://$HOST:$PORT/  (admin: /admin/, API docs: /api/v1/docs/)"
+.venv/bin/daphne -b "$HOST" -p "$PORT" facesite.asgi:application
