@@ -1,0 +1,65 @@
+"""LFW 10-fold verification accuracy of the production pipeline.
+
+    python manage.py evaluate_lfw ../shared/datasets/lfw [--pairs-per-fold 50]
+
+Uses the same detector, alignment and embedder settings as the running service.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from recognition import services
+from recognition.engine.lfw import read_pairs, ten_fold_accuracy
+from recognition.engine.lfw_run import embed_lfw_images
+
+
+class Command(BaseCommand):
+    help = "Print the LFW 10-fold verification accuracy of the production pipeline."
+
+    def add_arguments(self, parser):
+        parser.add_argument("lfw_dir", type=Path)
+        parser.add_argument(
+            "--pairs-per-fold", type=int, default=None, help="Use the first N same and N different pairs of each fold (quick run)."
+        )
+        parser.add_argument("--no-cache", action="store_true", help="Recompute embeddings even if cached.")
+        parser.add_argument("--json", dest="json_path", type=Path, default=None, help="Also write the result as JSON to this file.")
+
+    def handle(self, lfw_dir: Path, pairs_per_fold=None, no_cache=False, json_path=None, **options):
+        if not (lfw_dir / "pairs.txt").exists():
+            raise CommandError(f"{lfw_dir} has no pairs.txt (expected the LFW folder with images_deepfunneled/)")
+        pairs = read_pairs(lfw_dir)
+        if pairs_per_fold:
+            per_fold = len(pairs) // 20
+            pairs = [p for i, p in enumerate(pairs) if i % per_fold < pairs_per_fold]
+        pipeline = services.pipeline()
+        n_images = len({p.left for p in pairs} | {p.right for p in pairs})
+        self.stdout.write(f"{len(pairs)} pairs, {n_images} images; pipeline {pipeline.detector.name} + {pipeline.embedder_name}")
+
+        started = time.perf_counter()
+        with tqdm(total=n_images, unit="img", desc="Embedding LFW") as bar:
+            embeddings, misses = embed_lfw_images(
+                pipeline, lfw_dir, pairs, cache_dir=None if no_cache else Path(settings.BASE_DIR) / "var" / "cache", progress=bar.update
+            )
+        elapsed = time.perf_counter() - started
+
+        similarities = np.array([float(embeddings[p.left] @ embeddings[p.right]) for p in pairs])
+        result = ten_fold_accuracy(similarities, np.array([p.same for p in pairs]), np.array([p.fold for p in pairs]))
+        self.stdout.write("")
+        self.stdout.write(
+            self.style.SUCCESS(f"LFW 10-fold accuracy: {100 * result.accuracy_mean:.2f}% +- {100 * result.accuracy_std:.2f}%")
+        )
+        self.stdout.write(f"AUC {result.auc:.5f}; best-accuracy threshold (mean of folds) {result.threshold_mean:.3f}")
+        for far, threshold in result.far_thresholds.items():
+            genuine = similarities[np.array([p.same for p in pairs])]
+            tar = float(np.mean(genuine >= threshold))
+            self.stdout.write(f"threshold for FAR <= {float(far):.1%} on impostor pairs: {threshold:.3f} (TAR {tar:.2%})")
+        self.stdout.write(f"detector missed {misses} of {n_images} images (centre crop used); {elapsed:.0f} s")
+        if json_path:
+            payload = {**result.as_dict(), "pairs": len(pairs), "images": n_images, "misses": misses, "embedder": pipeline.embedder_name}
+            json_path.write_text(json.dumps(payload, indent=2))
