@@ -61,6 +61,8 @@ INSTALLED_APPS = [
     "people",
     "recognition",
     "training",
+    "security",
+    "privacy",
 ]
 
 MIDDLEWARE = [
@@ -105,6 +107,9 @@ def _database_from_url(url: str) -> dict:
         "HOST": parsed.hostname or "",
         "PORT": str(parsed.port or ""),
         "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 60),
+        # A connection the server dropped (restart, failover) is replaced on the next request.
+        "CONN_HEALTH_CHECKS": True,
+        "OPTIONS": {"connect_timeout": env_int("DB_CONNECT_TIMEOUT", 5)},
         "TEST": {"NAME": env_str("DATABASE_TEST_NAME") or None},
     }
 
@@ -160,11 +165,36 @@ FACE_ENROLL_MIN_SHARPNESS = env_float("FACE_ENROLL_MIN_SHARPNESS", 20.0)
 FACE_MISLABEL_MARGIN = env_float("FACE_MISLABEL_MARGIN", 0.05)
 FACE_MAX_FACES_PER_IMAGE = env_int("FACE_MAX_FACES_PER_IMAGE", 50)
 
+# Training runs (training/): evaluated, versioned recognisers built by the django-q worker.
+# The open-set threshold is calibrated on held-out data for this false accept rate.
+TRAINING_TARGET_FAR = env_float("TRAINING_TARGET_FAR", 0.01)
+TRAINING_HELD_OUT_FRACTION = env_float("TRAINING_HELD_OUT_FRACTION", 0.3)
+# An enrollment change queues a retrain this many seconds later; more changes meanwhile join it.
+TRAINING_DEBOUNCE_SECONDS = env_int("TRAINING_DEBOUNCE_SECONDS", 60)
+TRAINING_RETRAIN_ON_ENROLLMENT = env_bool("TRAINING_RETRAIN_ON_ENROLLMENT", True)
+# A run that reported no progress for this long is taken for dead (worker killed) and marked failed.
+TRAINING_STALE_SECONDS = env_int("TRAINING_STALE_SECONDS", 900)
+# Faces of people who are NOT enrolled, for the unknown-rejection rate (e.g. LFW's images folder).
+TRAINING_UNKNOWN_FACES_DIR = env_str("TRAINING_UNKNOWN_FACES_DIR") or None
+TRAINING_UNKNOWN_MAX_IMAGES = env_int("TRAINING_UNKNOWN_MAX_IMAGES", 300)
+TRAINING_EXPORT_TFLITE = env_bool("TRAINING_EXPORT_TFLITE", True)
+# Converting FaceNet to TFLite takes a minute or more; the result is reused while weights and TF match.
+TRAINING_CACHE_DIR = Path(env_str("TRAINING_CACHE_DIR", str(BASE_DIR / "var" / "cache")))
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "security.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
+    # Per token (or per user, or per client address when anonymous); see security/throttling.py.
+    "DEFAULT_THROTTLE_CLASSES": ["security.throttling.TokenRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "staff": env_str("THROTTLE_STAFF", "1200/min"),
+        "client": env_str("THROTTLE_CLIENT", "600/min"),
+        "kiosk": env_str("THROTTLE_KIOSK", "600/min"),
+        "anon": env_str("THROTTLE_ANON", "30/min"),
+    },
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "recognition.errors.api_exception_handler",
@@ -192,6 +222,15 @@ Q_CLUSTER = {
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+    # Shared by every web worker, so throttling counts a token's requests across processes.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "facesite"),
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        }
+    }
 else:
     Q_CLUSTER["orm"] = "default"
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
@@ -203,3 +242,58 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.request": {"level": "ERROR"}},
 }
+
+# ---- privacy ----------------------------------------------------------------------------------------
+# Original enrollment photos older than this many days are deleted (embeddings are kept) by the
+# daily `apply_retention` task; 0 keeps them for ever. The 160x160 aligned crops go too unless
+# FACE_RETENTION_KEEP_CROPS is on (a retrain can re-embed from crops without the originals).
+FACE_PHOTO_RETENTION_DAYS = env_int("FACE_PHOTO_RETENTION_DAYS", 0)
+FACE_RETENTION_KEEP_CROPS = env_bool("FACE_RETENTION_KEEP_CROPS", True)
+# Erasing a person also deletes their check-ins; off keeps them, anonymised (person set to null).
+ERASE_CHECKINS_WITH_PERSON = env_bool("ERASE_CHECKINS_WITH_PERSON", True)
+# Audit events (who called recognise/verify, when, with what result; never images) kept this long.
+AUDIT_LOG_RETENTION_DAYS = env_int("AUDIT_LOG_RETENTION_DAYS", 365)
+
+# ---- production profile -------------------------------------------------------------------------------
+# With DEBUG off: secure cookies, HSTS, no sniffing, no framing, and hashed static files served by
+# WhiteNoise. SECURE_SSL_REDIRECT and SECURE_PROXY_SSL_HEADER are for a TLS-terminating proxy.
+SECURE_COOKIES = env_bool("SECURE_COOKIES", not DEBUG)
+SESSION_COOKIE_SECURE = SECURE_COOKIES
+CSRF_COOKIE_SECURE = SECURE_COOKIES
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+if env_bool("BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+
+# ---- live check-in (recognition.consumers) --------------------------------------------------------
+# The consent notice's version: a change to the notice's wording gets a new version, and each
+# Consent row records which one the person agreed to.
+CONSENT_NOTICE_VERSION = env_str("CONSENT_NOTICE_VERSION", "2026-11-1")
+CONSENT_MIN_AGE = env_int("CONSENT_MIN_AGE", 16)
+# A frame over either limit is refused with an error on the socket (the connection stays open).
+CHECKIN_MAX_FRAME_BYTES = env_int("CHECKIN_MAX_FRAME_BYTES", 512 * 1024)
+CHECKIN_MAX_FRAME_PIXELS = env_int("CHECKIN_MAX_FRAME_PIXELS", 1280 * 960)
+CHECKIN_MAX_FPS = env_float("CHECKIN_MAX_FPS", 15.0)
+# A person is checked in after this many consecutive frames agree on them above the threshold,
+# and not again within the window. A tracked face is re-embedded every N frames in between.
+CHECKIN_STABLE_FRAMES = env_int("CHECKIN_STABLE_FRAMES", 4)
+CHECKIN_REEMBED_EVERY = env_int("CHECKIN_REEMBED_EVERY", 3)
+CHECKIN_REPEAT_WINDOW_MINUTES = env_int("CHECKIN_REPEAT_WINDOW_MINUTES", 30)
+# Ask logged-in users (not kiosks: that is a per-kiosk switch) for a head turn before check-in.
+CHECKIN_LIVENESS_FOR_USERS = env_bool("CHECKIN_LIVENESS_FOR_USERS", False)

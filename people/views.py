@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from recognition.engine.images import ImageError
 from recognition.errors import image_error
 from recognition.permissions import IsStaffOrReadOnly
+from security.permissions import TokenScope
 
 from . import services
 from .models import FaceImage, Person
@@ -18,7 +19,8 @@ from .serializers import FaceImageSerializer, FaceUploadSerializer, PersonSerial
 
 class PersonViewSet(viewsets.ModelViewSet):
     serializer_class = PersonSerializer
-    permission_classes = [IsStaffOrReadOnly]
+    permission_classes = [IsStaffOrReadOnly, TokenScope]
+    token_scope_read, token_scope_write = "read", "enroll"
     parser_classes = [JSONParser, FormParser, MultiPartParser]
 
     def get_queryset(self):
@@ -32,7 +34,8 @@ class PersonViewSet(viewsets.ModelViewSet):
 
 class FaceImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
     serializer_class = FaceImageSerializer
-    permission_classes = [IsStaffOrReadOnly]
+    permission_classes = [IsStaffOrReadOnly, TokenScope]
+    token_scope_read, token_scope_write = "read", "enroll"
     parser_classes = [MultiPartParser, FormParser]
 
     def person(self) -> Person:

@@ -10,6 +10,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from people.models import Person
+from security.audit import AuditedView
+from security.permissions import TokenScope
 
 from . import services
 from .engine.images import ImageError
@@ -52,10 +54,11 @@ class ObtainTokenView(APIView):
         return Response({"token": token.key})
 
 
-class RecognizeView(APIView):
+class RecognizeView(AuditedView, APIView):
     """Who is in this image: every face, matched against the enrolled gallery."""
 
-    permission_classes = [IsAuthenticated]
+    permission_classes = [IsAuthenticated, TokenScope]
+    token_scope = audit_action = "recognize"
     parser_classes = [MultiPartParser, FormParser]
 
     @extend_schema(request=RecognizeRequestSerializer, responses=RecognizeResponseSerializer)
@@ -100,10 +103,11 @@ class RecognizeView(APIView):
         )
 
 
-class VerifyView(APIView):
+class VerifyView(AuditedView, APIView):
     """Are these two faces the same person? (Or: is this face the given person?)"""
 
-    permission_classes = [IsAuthenticated]
+    permission_classes = [IsAuthenticated, TokenScope]
+    token_scope = audit_action = "verify"
     parser_classes = [MultiPartParser, FormParser]
 
     @extend_schema(request=VerifyRequestSerializer, responses=VerifyResponseSerializer)

@@ -1,0 +1,43 @@
+"""Per-token request rates (DRF throttling) shared by every worker through the cache (Redis in production)."""
+
+from __future__ import annotations
+
+from rest_framework.throttling import SimpleRateThrottle
+
+from .models import ApiKey, Role
+
+
+class TokenRateThrottle(SimpleRateThrottle):
+    """Counts requests per API key, else per user, else per client address.
+
+    The rate comes from REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] by role: an API key's role, "staff"
+    for staff users' own tokens and sessions, "client" for other users, "anon" for anonymous callers.
+    """
+
+    def _role(self, request) -> str:
+        if isinstance(request.auth, ApiKey):
+            return request.auth.role
+        user = request.user
+        if user and user.is_authenticated:
+            return Role.STAFF if user.is_staff else Role.CLIENT
+        return "anon"
+
+    def allow_request(self, request, view):
+        self.scope = self._role(request)
+        self.rate = self.THROTTLE_RATES.get(self.scope)
+        if self.rate is None:
+            return True
+        self.num_requests, self.duration = self.parse_rate(self.rate)
+        return super().allow_request(request, view)
+
+    def get_rate(self):
+        return None  # chosen per request in allow_request
+
+    def get_cache_key(self, request, view):
+        if isinstance(request.auth, ApiKey):
+            ident = f"key-{request.auth.pk}"
+        elif request.user and request.user.is_authenticated:
+            ident = f"user-{request.user.pk}"
+        else:
+            ident = f"addr-{self.get_ident(request)}"
+        return self.cache_format % {"scope": self.scope, "ident": ident}
