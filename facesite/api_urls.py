@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from people.views import FaceImageViewSet, PersonViewSet
+from recognition.checkin_api import CheckInListView
 from recognition.views import ObtainTokenView, RecognizeView, VerifyView
 
 router = DefaultRouter()
@@ -17,6 +18,7 @@ urlpatterns = [
     path("auth/token/", ObtainTokenView.as_view(), name="api-token"),
     path("recognize/", RecognizeView.as_view(), name="recognize"),
     path("verify/", VerifyView.as_view(), name="verify"),
+    path("checkins/", CheckInListView.as_view(), name="checkins"),
     path("people/<int:person_pk>/faces/", face_list, name="person-faces"),
     path("people/<int:person_pk>/faces/<int:pk>/", face_detail, name="person-face-detail"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -9,7 +9,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the app regi
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-websocket_urlpatterns: list = []  # the live check-in issue adds /ws/identify/
+from recognition.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

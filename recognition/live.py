@@ -1,0 +1,242 @@
+"""The Django side of live check-in: one LiveSession per websocket connection.
+
+The consumer calls the methods here off the event loop. Methods marked "(ORM)" touch the database
+and go through ``database_sync_to_async``; ``analyse_frame`` is pure inference over the engine and
+runs in a worker thread. Frames live only in memory for the time it takes to analyse them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from . import services
+from .engine.images import ImageError, ImageLimits, decode_image
+from .engine.liveness import HeadTurnChallenge
+from .engine.matching import Gallery
+from .engine.tracking import FaceTracker, Track
+from .models import CheckIn, Consent, Kiosk
+
+
+class FrameRefused(Exception):
+    """A frame or message the socket answers with an error (the connection stays open)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class FrameAnalysis:
+    width: int
+    height: int
+    tracks: list[Track]
+    embedded: int
+    server_ms: float = 0.0
+
+
+@dataclass
+class MatchingContext:
+    gallery: Gallery
+    threshold: float
+
+
+def frame_limits() -> ImageLimits:
+    return ImageLimits(max_bytes=settings.CHECKIN_MAX_FRAME_BYTES, max_pixels=settings.CHECKIN_MAX_FRAME_PIXELS)
+
+
+class RateLimiter:
+    """A token bucket: ``rate`` frames per second on average, bursts of up to one second's worth."""
+
+    def __init__(self, rate: float, clock=time.monotonic):
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.clock = clock
+        self.updated = clock()
+
+    def allow(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass
+class LiveSession:
+    """What one connection knows: who it is, its consent, its face tracks."""
+
+    user: object | None = None
+    kiosk: Kiosk | None = None
+    consent: Consent | None = None
+    tracker: FaceTracker = field(default_factory=lambda: FaceTracker(reembed_every=settings.CHECKIN_REEMBED_EVERY))
+    names: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def liveness_required(self) -> bool:
+        if self.kiosk is not None:
+            return self.kiosk.liveness_required
+        return settings.CHECKIN_LIVENESS_FOR_USERS
+
+    @property
+    def device(self) -> str:
+        return f"kiosk: {self.kiosk.name}" if self.kiosk else f"user: {self.user}"
+
+    @property
+    def has_consent(self) -> bool:
+        return self.consent is not None and self.consent.is_active
+
+    # ---- consent (ORM) -----------------------------------------------------------------------------
+
+    def record_consent(self, notice_version: str, age_confirmed: bool) -> Consent:
+        if notice_version != settings.CONSENT_NOTICE_VERSION:
+            raise FrameRefused(
+                "stale_notice",
+                f"The notice you agreed to ({notice_version!r}) is not the current one "
+                f"({settings.CONSENT_NOTICE_VERSION!r}); reload the page and read it again.",
+            )
+        if not age_confirmed:
+            raise FrameRefused("age_not_confirmed", f"Confirm that you are at least {settings.CONSENT_MIN_AGE} years old.")
+        self.consent = Consent.objects.create(
+            purpose=Consent.Purpose.CHECKIN,
+            user=self.user if self.kiosk is None else None,
+            kiosk=self.kiosk,
+            notice_version=notice_version,
+            age_confirmed=True,
+        )
+        if self.kiosk is not None:
+            Kiosk.objects.filter(pk=self.kiosk.pk).update(last_seen_at=timezone.now())
+        return self.consent
+
+    def withdraw_consent(self) -> None:
+        if self.consent is not None:
+            self.consent.withdraw()
+        self.tracker = FaceTracker(reembed_every=settings.CHECKIN_REEMBED_EVERY)
+
+    # ---- per frame ---------------------------------------------------------------------------------
+
+    def matching_context(self) -> MatchingContext:
+        """(ORM) The gallery and threshold in force, read before a frame is analysed."""
+        return MatchingContext(gallery=services.gallery(), threshold=services.match_threshold())
+
+    def analyse_frame(self, data: bytes, context: MatchingContext) -> FrameAnalysis:
+        """JPEG bytes -> tracked faces; embeds only the faces the tracker says need it. No ORM."""
+        started = time.perf_counter()
+        try:
+            rgb = decode_image(data, frame_limits())
+        except ImageError as err:
+            code = "frame_too_large" if err.code in ("file_too_large", "image_too_large") else err.code
+            raise FrameRefused(code, f"Frame refused: {err.message}")
+        pipeline = services.pipeline()
+        faces = pipeline.detect(rgb)[: settings.FACE_MAX_FACES_PER_IMAGE]
+        tracks, to_embed = self.tracker.update([f.box for f in faces], [f.landmarks for f in faces])
+        if to_embed:
+            analysed = pipeline.analyse(rgb, faces=[faces[i] for i in to_embed])
+            results = context.gallery.search(np.stack([a.embedding for a in analysed]), top_k=1, threshold=context.threshold)
+            for i, result in zip(to_embed, results):
+                match = result.match
+                best = result.candidates[0].similarity if result.candidates else None
+                tracks[i].record_match(match.person_id if match else None, best)
+        if self.liveness_required:
+            for track in tracks:
+                challenge = track.state.setdefault("liveness", HeadTurnChallenge())
+                challenge.update(track.landmarks)
+        height, width = rgb.shape[:2]
+        return FrameAnalysis(
+            width=width,
+            height=height,
+            tracks=tracks,
+            embedded=len(to_embed),
+            server_ms=(time.perf_counter() - started) * 1000.0,
+        )
+
+    def ready_to_check_in(self, track: Track) -> bool:
+        if track.checked_in or not track.stable(settings.CHECKIN_STABLE_FRAMES):
+            return False
+        if self.liveness_required:
+            challenge = track.state.get("liveness")
+            return challenge is not None and challenge.passed
+        return True
+
+    def check_in(self, track: Track, threshold: float) -> tuple[CheckIn, bool]:
+        """(ORM) Store the check-in, or return the recent one; True if it is new."""
+        window = timedelta(minutes=settings.CHECKIN_REPEAT_WINDOW_MINUTES)
+        version = services.active_model_version()
+        with transaction.atomic():
+            recent = CheckIn.objects.select_for_update().recent_for(track.person_id, window).first()
+            if recent is not None:
+                created = False
+                checkin = recent
+            else:
+                checkin = CheckIn.objects.create(
+                    person_id=track.person_id,
+                    similarity=float(np.mean(track.agreeing)),
+                    threshold=threshold,
+                    frames=min(track.streak, 32767),
+                    model_version=version,
+                    embedder=services.pipeline().embedder_name,
+                    kiosk=self.kiosk,
+                    user=self.user if self.kiosk is None else None,
+                    consent=self.consent,
+                    liveness_checked=self.liveness_required,
+                )
+                created = True
+        track.checked_in = True
+        return checkin, created
+
+    def load_names(self, person_ids: set[int]) -> dict[int, str]:
+        """(ORM) Names of the people shown, cached for the connection."""
+        from people.models import Person
+
+        missing = person_ids - self.names.keys()
+        if missing:
+            self.names.update(Person.objects.filter(pk__in=missing).values_list("id", "name"))
+        return self.names
+
+    # ---- what the page is told ---------------------------------------------------------------------
+
+    def describe(self, analysis: FrameAnalysis, frame: int, dropped: int) -> dict:
+        faces = []
+        challenge = None
+        for track in analysis.tracks:
+            known = track.person_id is not None
+            face = {
+                "track": track.id,
+                "box": [int(round(v)) for v in track.box],
+                "person_id": track.person_id,
+                "name": self.names.get(track.person_id, "") if known else None,
+                "similarity": None if track.similarity is None else round(track.similarity, 4),
+                "embedded": track.embedded,
+                "state": "checked_in" if track.checked_in else ("identifying" if known else "unknown"),
+            }
+            liveness = track.state.get("liveness")
+            if liveness is not None:
+                face["liveness"] = {
+                    "direction": liveness.direction,
+                    "passed": liveness.passed,
+                    "progress": round(liveness.progress, 2),
+                }
+                if known and not liveness.passed and not track.checked_in and challenge is None:
+                    challenge = {"track": track.id, "direction": liveness.direction}
+            faces.append(face)
+        return {
+            "type": "faces",
+            "frame": frame,
+            "width": analysis.width,
+            "height": analysis.height,
+            "faces": faces,
+            "embedded": analysis.embedded,
+            "dropped": dropped,
+            "challenge": challenge,
+            "server_ms": round(analysis.server_ms, 1),
+        }

@@ -1,0 +1,140 @@
+"""Live check-in records: kiosk devices, consent given before a camera is used, and check-ins.
+
+No frame or face image is stored anywhere in this app: a check-in keeps who, when, how sure and
+on which device, nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class KioskQuerySet(models.QuerySet):
+    def by_token(self, token: str) -> Kiosk | None:
+        """The active kiosk holding this token, else None (tokens are stored hashed)."""
+        if not token:
+            return None
+        return self.filter(token_hash=hash_token(token), is_active=True).first()
+
+
+class Kiosk(models.Model):
+    """A shared device (a tablet at the door) allowed to run check-in without a user login.
+
+    Staff create it in the admin, which shows the token once; only its hash is kept.
+    """
+
+    name = models.CharField(max_length=100)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    token_prefix = models.CharField(max_length=8, editable=False, help_text="The token's first characters, to tell tokens apart.")
+    is_active = models.BooleanField(default=True, help_text="An inactive kiosk's token is refused.")
+    liveness_required = models.BooleanField(
+        default=False, help_text="Ask the person to turn their head before checking in (a still photo then fails)."
+    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+
+    objects = KioskQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def set_new_token(self) -> str:
+        """Give the kiosk a fresh token and return it (the only time it is seen in clear)."""
+        token = secrets.token_urlsafe(24)
+        self.token_hash = hash_token(token)
+        self.token_prefix = token[:8]
+        return token
+
+
+class Consent(models.Model):
+    """Explicit consent to camera processing, given on a page before the camera is touched."""
+
+    class Purpose(models.TextChoices):
+        CHECKIN = "checkin", "Live check-in"
+        VERIFY = "verify", "Face verification"
+
+    purpose = models.CharField(max_length=10, choices=Purpose.choices)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    kiosk = models.ForeignKey(Kiosk, null=True, blank=True, on_delete=models.SET_NULL, related_name="consents")
+    notice_version = models.CharField(max_length=20)
+    age_confirmed = models.BooleanField(default=False)
+    given_at = models.DateTimeField(default=timezone.now)
+    withdrawn_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-given_at", "-id"]
+
+    def __str__(self) -> str:
+        who = self.user or self.kiosk or "anonymous"
+        return f"{self.get_purpose_display()} consent by {who} at {self.given_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.withdrawn_at is None
+
+    def withdraw(self) -> None:
+        if self.withdrawn_at is None:
+            self.withdrawn_at = timezone.now()
+            self.save(update_fields=["withdrawn_at"])
+
+
+class CheckInQuerySet(models.QuerySet):
+    def today(self):
+        start = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+        return self.filter(checked_in_at__gte=start)
+
+    def recent_for(self, person_id: int, window: timedelta):
+        return self.filter(person_id=person_id, checked_in_at__gte=timezone.now() - window)
+
+
+class CheckIn(models.Model):
+    """A person identified live, stable over several frames above the match threshold."""
+
+    # Nullable so that erasing a person can keep their check-ins anonymised (privacy settings).
+    person = models.ForeignKey("people.Person", null=True, on_delete=models.SET_NULL, related_name="checkins")
+    checked_in_at = models.DateTimeField(default=timezone.now, db_index=True)
+    similarity = models.FloatField(help_text="Mean cosine similarity of the frames that agreed.")
+    threshold = models.FloatField(help_text="The match threshold in force.")
+    frames = models.PositiveSmallIntegerField(help_text="How many consecutive frames agreed.")
+    model_version = models.ForeignKey("training.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    embedder = models.CharField(max_length=100, blank=True)
+    kiosk = models.ForeignKey(Kiosk, null=True, blank=True, on_delete=models.SET_NULL, related_name="checkins")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The logged-in account whose browser ran the check-in (when not a kiosk).",
+    )
+    consent = models.ForeignKey(Consent, null=True, blank=True, on_delete=models.SET_NULL, related_name="checkins")
+    liveness_checked = models.BooleanField(default=False)
+
+    objects = CheckInQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-checked_in_at", "-id"]
+        verbose_name = "check-in"
+
+    def __str__(self) -> str:
+        return f"{self.person} at {timezone.localtime(self.checked_in_at):%Y-%m-%d %H:%M}"
+
+    @property
+    def device(self) -> str:
+        if self.kiosk_id:
+            return f"kiosk: {self.kiosk}"
+        return f"user: {self.user}" if self.user_id else "-"

@@ -1,0 +1,9 @@
+"""Websocket routes, mounted by facesite/asgi.py behind origin checking and session auth."""
+
+from django.urls import path
+
+from .consumers import IdentifyConsumer
+
+websocket_urlpatterns = [
+    path("ws/identify/", IdentifyConsumer.as_asgi()),
+]

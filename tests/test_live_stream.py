@@ -1,0 +1,419 @@
+"""Live check-in over /ws/identify/: consent, identities, backpressure, limits and auth, on real face frames.
+
+Frames are real fixture photographs letterboxed into a 640x480 camera picture and JPEG-encoded as a
+browser would send them; the real detector and embedder run on them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from asgiref.sync import async_to_sync
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+from PIL import Image
+
+from recognition.consumers import CLOSE_NOT_AUTHENTICATED, KIOSK_SESSION_KEY
+from recognition.engine.liveness import HeadTurnChallenge, yaw_cue
+from recognition.engine.tracking import FaceTracker
+from recognition.models import CheckIn, Consent, Kiosk
+from recognition.routing import websocket_urlpatterns
+
+from .conftest import PROBES, person_named
+
+TIMEOUT = 120  # seconds for one frame's answer: the machine is shared and slow under load
+
+
+def camera_frame(path: Path, size=(640, 480), quality: int = 85) -> bytes:
+    """A photo fitted into a camera-sized picture (black bars), as JPEG bytes."""
+    image = Image.open(path).convert("RGB")
+    image.thumbnail(size)
+    canvas = Image.new("RGB", size)
+    canvas.paste(image, ((size[0] - image.width) // 2, (size[1] - image.height) // 2))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+OBAMA = camera_frame(PROBES / "obama1.jpg")
+STRANGERS = camera_frame(PROBES / "multiface.jpg")
+
+
+def communicator_for(user=None, kiosk=None) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), "/ws/identify/")
+    communicator.scope["user"] = user
+    communicator.scope["session"] = {KIOSK_SESSION_KEY: kiosk.pk} if kiosk else {}
+    return communicator
+
+
+async def receive(communicator, timeout: float = TIMEOUT) -> dict:
+    return json.loads(await communicator.receive_from(timeout=timeout))
+
+
+async def open_with_consent(communicator) -> dict:
+    connected, _ = await communicator.connect()
+    assert connected
+    ready = await receive(communicator)
+    assert ready["type"] == "ready"
+    await communicator.send_json_to({"type": "consent", "notice_version": ready["notice_version"], "age_confirmed": True})
+    recorded = await receive(communicator)
+    assert recorded["type"] == "consent_recorded", recorded
+    return ready
+
+
+async def answers_until(communicator, kind: str, limit: int = 20) -> list[dict]:
+    """Messages received up to and including the first of type ``kind``."""
+    seen = []
+    for _ in range(limit):
+        message = await receive(communicator)
+        seen.append(message)
+        if message["type"] == kind:
+            return seen
+    raise AssertionError(f"no {kind!r} among {seen}")
+
+
+def run(coroutine_function):
+    return async_to_sync(coroutine_function)()
+
+
+@pytest.fixture
+def kiosk(db):
+    kiosk = Kiosk(name="Front door")
+    kiosk.set_new_token()
+    kiosk.save()
+    return kiosk
+
+
+# ---- authentication and consent ------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_unauthenticated_connection_is_refused_with_a_reason():
+    from django.contrib.auth.models import AnonymousUser
+
+    async def scenario():
+        communicator = communicator_for(AnonymousUser())
+        connected, _ = await communicator.connect()
+        assert connected  # accepted only to say why, then closed
+        error = await receive(communicator)
+        assert error == {"type": "error", "code": "not_authenticated", "message": error["message"]}
+        assert (await communicator.receive_output(timeout=5)) == {"type": "websocket.close", "code": CLOSE_NOT_AUTHENTICATED}
+
+    run(scenario)
+
+
+@pytest.mark.django_db
+def test_full_stack_refuses_a_foreign_origin_and_an_anonymous_browser():
+    from facesite.asgi import application
+
+    async def scenario():
+        foreign = WebsocketCommunicator(application, "/ws/identify/", headers=[(b"origin", b"https://evil.example")])
+        connected, _ = await foreign.connect()
+        assert not connected
+        anonymous = WebsocketCommunicator(application, "/ws/identify/", headers=[(b"origin", b"http://testserver")])
+        connected, _ = await anonymous.connect()
+        assert connected
+        assert (await receive(anonymous))["code"] == "not_authenticated"
+        await anonymous.disconnect()
+
+    run(scenario)
+
+
+@pytest.mark.django_db
+def test_frames_are_refused_until_consent_is_given(plain_user):
+    async def scenario():
+        communicator = communicator_for(plain_user)
+        connected, _ = await communicator.connect()
+        assert connected
+        ready = await receive(communicator)
+        await communicator.send_to(bytes_data=OBAMA)
+        assert (await receive(communicator))["code"] == "consent_required"
+        await communicator.send_json_to({"type": "consent", "notice_version": ready["notice_version"], "age_confirmed": False})
+        assert (await receive(communicator))["code"] == "age_not_confirmed"
+        await communicator.send_json_to({"type": "consent", "notice_version": "1999-1", "age_confirmed": True})
+        assert (await receive(communicator))["code"] == "stale_notice"
+        await communicator.send_to(bytes_data=OBAMA)
+        assert (await receive(communicator))["code"] == "consent_required"
+        assert await communicator.receive_nothing(timeout=1)
+        await communicator.disconnect()
+
+    run(scenario)
+    assert not Consent.objects.exists()
+    assert not CheckIn.objects.exists()
+
+
+@pytest.mark.django_db
+def test_withdrawn_consent_stops_frames_and_is_recorded(plain_user):
+    async def scenario():
+        communicator = communicator_for(plain_user)
+        await open_with_consent(communicator)
+        await communicator.send_json_to({"type": "withdraw"})
+        assert (await receive(communicator))["type"] == "consent_withdrawn"
+        await communicator.send_to(bytes_data=OBAMA)
+        assert (await receive(communicator))["code"] == "consent_required"
+        await communicator.disconnect()
+
+    run(scenario)
+    consent = Consent.objects.get()
+    assert consent.user == plain_user and consent.withdrawn_at is not None and consent.age_confirmed
+
+
+# ---- identities and check-ins --------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_enrolled_person_is_named_then_checked_in_once(plain_user, settings):
+    settings.CHECKIN_STABLE_FRAMES = 4
+    settings.CHECKIN_REEMBED_EVERY = 3
+    obama = person_named("Barack Obama")
+
+    async def scenario():
+        communicator = communicator_for(plain_user)
+        await open_with_consent(communicator)
+        replies = []
+        for _ in range(4):
+            await communicator.send_to(bytes_data=OBAMA)
+            replies.extend(await answers_until(communicator, "faces"))
+        checked = [m for m in replies if m["type"] == "checked_in"]
+        if not checked:
+            replies.extend(await answers_until(communicator, "checked_in"))
+        await communicator.disconnect()
+        return replies
+
+    replies = run(scenario)
+    faces = [m for m in replies if m["type"] == "faces"]
+    assert len(faces) == 4 and all(len(m["faces"]) == 1 for m in faces)
+    names = {m["faces"][0]["name"] for m in faces}
+    assert names == {"Barack Obama"}
+    # The tracker carries the identity: 4 frames of one face need only 2 embeddings (frames 1 and 4).
+    assert [m["embedded"] for m in faces] == [1, 0, 0, 1]
+    greeting = next(m for m in replies if m["type"] == "checked_in")
+    assert greeting["name"] == "Barack Obama" and not greeting["already"]
+    checkin = CheckIn.objects.get()
+    assert checkin.person == obama and checkin.user == plain_user and checkin.kiosk is None
+    assert checkin.similarity >= checkin.threshold and checkin.frames >= 4
+    assert checkin.consent.user == plain_user and checkin.embedder
+
+    # A second check-in within the window is not duplicated; the greeting says so.
+    replies = run(scenario)
+    assert next(m for m in replies if m["type"] == "checked_in")["already"]
+    assert CheckIn.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_people_not_enrolled_show_as_unknown_and_are_not_checked_in(kiosk, settings):
+    settings.CHECKIN_STABLE_FRAMES = 2
+    settings.CHECKIN_REEMBED_EVERY = 1
+
+    async def scenario():
+        communicator = communicator_for(kiosk=kiosk)
+        ready = await open_with_consent(communicator)
+        assert ready["device"] == "kiosk: Front door"
+        replies = []
+        for _ in range(3):
+            await communicator.send_to(bytes_data=STRANGERS)
+            replies.extend(await answers_until(communicator, "faces"))
+        await communicator.disconnect()
+        return replies
+
+    replies = run(scenario)
+    faces = [f for m in replies if m["type"] == "faces" for f in m["faces"]]
+    assert len(faces) >= 6  # several strangers in each of the 3 frames
+    assert all(f["person_id"] is None and f["name"] is None and f["state"] == "unknown" for f in faces)
+    assert not [m for m in replies if m["type"] == "checked_in"]
+    assert not CheckIn.objects.exists()
+    assert Consent.objects.get().kiosk == kiosk
+
+
+@pytest.mark.django_db
+def test_liveness_kiosk_does_not_check_in_a_still_photo(kiosk, settings):
+    settings.CHECKIN_STABLE_FRAMES = 2
+    kiosk.liveness_required = True
+    kiosk.save()
+
+    async def scenario():
+        communicator = communicator_for(kiosk=kiosk)
+        ready = await open_with_consent(communicator)
+        assert ready["liveness"] is True
+        replies = []
+        for _ in range(5):
+            await communicator.send_to(bytes_data=OBAMA)
+            replies.extend(await answers_until(communicator, "faces"))
+        await communicator.disconnect()
+        return replies
+
+    replies = run(scenario)
+    last = [m for m in replies if m["type"] == "faces"][-1]
+    assert last["faces"][0]["name"] == "Barack Obama"
+    assert last["challenge"]["direction"] in ("left", "right")
+    assert not last["faces"][0]["liveness"]["passed"]
+    assert not CheckIn.objects.exists()
+
+
+# ---- backpressure and limits ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_stale_frames_are_dropped_and_the_newest_is_processed(plain_user):
+    async def scenario():
+        communicator = communicator_for(plain_user)
+        await open_with_consent(communicator)
+        for _ in range(5):
+            await communicator.send_to(bytes_data=OBAMA)  # faster than any frame can be analysed
+        answers = []
+        while not answers or answers[-1]["frame"] < 5:
+            message = await receive(communicator)
+            if message["type"] == "faces":
+                answers.append(message)
+        await communicator.disconnect()
+        return answers
+
+    answers = run(scenario)
+    assert answers[-1]["frame"] == 5  # the newest frame is the one answered last
+    assert len(answers) < 5
+    assert len(answers) + sum(a["dropped"] for a in answers) == 5
+
+
+@pytest.mark.django_db
+def test_oversize_frame_is_rejected_and_the_connection_stays_usable(plain_user, settings):
+    settings.CHECKIN_MAX_FRAME_BYTES = len(OBAMA) + 10
+
+    async def scenario():
+        communicator = communicator_for(plain_user)
+        await open_with_consent(communicator)
+        await communicator.send_to(bytes_data=b"\xff" * (len(OBAMA) + 11))
+        error = await receive(communicator)
+        assert error["code"] == "frame_too_large" and "limit" in error["message"]
+        await communicator.send_to(bytes_data=b"not a jpeg at all")
+        assert (await receive(communicator))["code"] == "invalid_image"
+        await communicator.send_to(bytes_data=OBAMA)
+        answer = await receive(communicator)
+        assert answer["type"] == "faces" and answer["faces"][0]["name"] == "Barack Obama"
+        await communicator.disconnect()
+
+    run(scenario)
+
+
+@pytest.mark.django_db
+def test_frame_with_too_many_pixels_is_rejected(plain_user, settings):
+    settings.CHECKIN_MAX_FRAME_PIXELS = 320 * 240
+
+    async def scenario():
+        communicator = communicator_for(plain_user)
+        await open_with_consent(communicator)
+        await communicator.send_to(bytes_data=OBAMA)
+        error = await receive(communicator)
+        assert error["code"] == "frame_too_large" and "pixels" in error["message"]
+        await communicator.disconnect()
+
+    run(scenario)
+
+
+@pytest.mark.django_db
+def test_frames_over_the_rate_limit_get_one_clear_error(plain_user, settings):
+    settings.CHECKIN_MAX_FPS = 2
+
+    async def scenario():
+        communicator = communicator_for(plain_user)
+        await open_with_consent(communicator)
+        for _ in range(6):
+            await communicator.send_to(bytes_data=OBAMA)
+        messages = []
+        while not any(m["type"] == "faces" and m["frame"] == 2 for m in messages):
+            messages.append(await receive(communicator))
+        await communicator.disconnect()
+        return messages
+
+    messages = run(scenario)
+    errors = [m for m in messages if m["type"] == "error"]
+    assert [e["code"] for e in errors] == ["rate_limited"]  # once, not once per dropped frame
+    assert "2 per second" in errors[0]["message"]
+
+
+@pytest.mark.django_db
+def test_bad_text_messages_get_clear_errors(plain_user):
+    async def scenario():
+        communicator = communicator_for(plain_user)
+        connected, _ = await communicator.connect()
+        await receive(communicator)
+        await communicator.send_to(text_data="{not json")
+        assert (await receive(communicator))["code"] == "invalid_message"
+        await communicator.send_json_to({"type": "selfie"})
+        assert (await receive(communicator))["code"] == "unknown_message"
+        await communicator.disconnect()
+
+    run(scenario)
+
+
+# ---- staff view of check-ins ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_staff_list_todays_checkins_and_others_cannot(staff_api, user_api, kiosk):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    obama = person_named("Barack Obama")
+    CheckIn.objects.create(person=obama, similarity=0.8, threshold=0.55, frames=4, kiosk=kiosk)
+    CheckIn.objects.create(
+        person=obama, similarity=0.7, threshold=0.55, frames=4, checked_in_at=timezone.now() - timedelta(days=2)
+    )
+    response = staff_api.get("/api/v1/checkins/")
+    assert response.status_code == 200, response.content
+    rows = response.json()["results"]
+    assert len(rows) == 1
+    assert rows[0]["person"] == {"id": obama.pk, "name": "Barack Obama"}
+    assert rows[0]["device"] == "kiosk: Front door" and rows[0]["similarity"] == 0.8
+    assert len(staff_api.get("/api/v1/checkins/?date=all").json()["results"]) == 2
+    assert staff_api.get("/api/v1/checkins/?date=yesterday").status_code == 400
+    assert user_api.get("/api/v1/checkins/").status_code == 403
+    from rest_framework.test import APIClient
+
+    assert APIClient().get("/api/v1/checkins/").status_code in (401, 403)
+
+
+# ---- the engine parts, without Django ------------------------------------------------------------
+
+
+def landmarks(nose_x: float, squeeze: float = 1.0) -> np.ndarray:
+    """Five landmarks of a face at x=100..160; ``squeeze`` scales x about the centre (a swung photo)."""
+    points = np.array([[110, 100], [150, 100], [nose_x, 125], [115, 150], [145, 150]], np.float32)
+    points[:, 0] = 130 + (points[:, 0] - 130) * squeeze
+    return points
+
+
+def test_tracker_keeps_identity_between_embeddings():
+    tracker = FaceTracker(reembed_every=3)
+    box = (100.0, 80.0, 60.0, 80.0)
+    embeds = []
+    for step in range(6):
+        tracks, to_embed = tracker.update([(box[0] + step * 3, *box[1:])], [landmarks(130)])
+        embeds.append(len(to_embed))
+        if to_embed:
+            tracks[0].record_match(7, 0.8)
+    assert embeds == [1, 0, 0, 1, 0, 0]
+    assert tracks[0].id == 1 and tracks[0].person_id == 7 and tracks[0].streak == 6
+    assert tracks[0].stable(4)
+    # A face far away is a new track, embedded at once; the old one is forgotten after max_missed frames.
+    tracks, to_embed = tracker.update([(400.0, 80.0, 60.0, 80.0)], [landmarks(130)])
+    assert tracks[0].id == 2 and to_embed == [0]
+
+
+def test_head_turn_passes_only_in_the_asked_direction():
+    assert abs(yaw_cue(landmarks(130))) < 1e-6
+    turning = HeadTurnChallenge(direction="left")
+    assert not any(turning.update(landmarks(x)) for x in (130, 131, 132, 134))
+    assert turning.update(landmarks(140))  # nose 10 px toward the image's right over a 40 px eye distance
+    wrong_way = HeadTurnChallenge(direction="right")
+    assert not any(wrong_way.update(landmarks(x)) for x in (130, 130, 135, 140, 145))
+
+
+def test_head_turn_is_not_faked_by_swinging_a_photo():
+    challenge = HeadTurnChallenge(direction="left")
+    for squeeze in (1.0, 1.0, 0.9, 0.7, 0.5, 0.4):
+        assert not challenge.update(landmarks(130, squeeze))
