@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 from django.conf import settings
@@ -61,6 +62,7 @@ class _GalleryCache:
         self._lock = threading.Lock()
         self._gallery = Gallery()
         self._fingerprint = None
+        self._loaded_since = None  # when the last (re)load started
 
     def _current_fingerprint(self):
         from people.models import FaceImage, Person
@@ -78,21 +80,61 @@ class _GalleryCache:
                     self._fingerprint = fingerprint
         return self._gallery
 
+    # Rows saved this long before a reload may still be committing while it reads; they are read again.
+    _OVERLAP = timedelta(seconds=5)
+    _MAX_PEOPLE_PER_UPDATE = 2000
+
     def _reload(self) -> None:
+        """Apply what changed since the last load, person by person (no rebuild of a large gallery).
+
+        Faces or people saved since then are re-read per person; people who are gone or inactive
+        are dropped. If the count still disagrees with the database, everything is read again.
+        """
+        from django.utils import timezone
+
+        from people.models import FaceImage, Person
+
+        started = timezone.now()
+        if self._loaded_since is None:
+            self._load_all()
+        else:
+            since = self._loaded_since - self._OVERLAP
+            changed = set(FaceImage.objects.filter(updated_at__gt=since).values_list("person_id", flat=True))
+            changed |= set(Person.objects.filter(updated_at__gt=since).values_list("id", flat=True))
+            if len(changed) > self._MAX_PEOPLE_PER_UPDATE:  # a bulk import: one bulk read is quicker
+                self._load_all()
+                changed = set()
+            for person_id in changed:
+                rows = FaceImage.objects.in_gallery().filter(person_id=person_id).values_list("id", "embedding")
+                keys, embeddings = _rows_to_arrays(rows)
+                self._gallery.set_person(person_id, embeddings, keys)
+            active = set(Person.objects.filter(is_active=True).values_list("id", flat=True))
+            for person_id in self._gallery.person_ids - active:
+                self._gallery.remove_person(person_id)
+            if len(self._gallery) != FaceImage.objects.in_gallery().count():
+                self._load_all()
+        self._loaded_since = started
+
+    def _load_all(self) -> None:
         from people.models import FaceImage
 
         rows = list(FaceImage.objects.in_gallery().values_list("id", "person_id", "embedding"))
-        if rows:
-            keys, labels, blobs = zip(*rows)
-            embeddings = np.frombuffer(b"".join(bytes(b) for b in blobs), dtype=np.float32).reshape(-1, 128)
-        else:
-            keys, labels, embeddings = (), (), np.zeros((0, 128), np.float32)
+        labels = np.array([row[1] for row in rows], np.int64)
+        keys, embeddings = _rows_to_arrays((row[0], row[2]) for row in rows)
         gallery = Gallery()
-        gallery.replace(embeddings, np.array(labels), np.array(keys))
+        gallery.replace(embeddings, labels, keys)
         self._gallery = gallery
 
     def invalidate(self) -> None:
         self._fingerprint = None
+
+
+def _rows_to_arrays(rows) -> tuple[np.ndarray, np.ndarray]:
+    """(id, embedding blob) rows -> keys (N,) int64, embeddings (N, 128) float32."""
+    rows = list(rows)
+    keys = np.array([row[0] for row in rows], np.int64)
+    blobs = b"".join(bytes(row[1]) for row in rows)
+    return keys, np.frombuffer(blobs, dtype=np.float32).reshape(-1, 128)
 
 
 _gallery_cache = _GalleryCache()

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .index import EmbeddingIndex, IndexSettings
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -38,24 +40,32 @@ class MatchResult:
 class Gallery:
     """Enrolled embeddings, (N, 128) float32 L2-normalised, each labelled with a person id.
 
-    Exact cosine search (a matrix-vector product); a person's score is the best score among their
-    embeddings. Updates are incremental (add/remove one person) and readers never see a half-update:
-    the arrays are swapped under a lock, never modified in place.
+    Cosine search through an ``EmbeddingIndex`` (exact for small galleries, FAISS IVF past
+    ``IndexSettings.exact_below``); a person's score is the best score among their embeddings.
+    Updates are incremental (add/remove one person's embeddings, no rebuild) and happen under the
+    index's lock, so a search never sees half an update.
     """
 
-    def __init__(self, dim: int = 128):
+    def __init__(self, dim: int = 128, index_settings: IndexSettings = IndexSettings()):
         self.dim = dim
-        self._lock = threading.Lock()
-        self._embeddings = np.zeros((0, dim), np.float32)
-        self._labels = np.zeros((0,), np.int64)
-        self._keys = np.zeros((0,), np.int64)  # the caller's id of each embedding (FaceImage pk)
+        self._lock = threading.RLock()
+        self._index = EmbeddingIndex(dim, index_settings)
+        # one slot per embedding ever added: the index's id is the slot, these say whose it is
+        self._labels = np.zeros((0,), np.int64)  # person id per slot, -1 once removed
+        self._keys = np.zeros((0,), np.int64)  # the caller's id per slot (FaceImage pk)
+        self._size = 0  # slots in use
+        self._slots_of: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
-        return len(self._labels)
+        return len(self._index)
 
     @property
     def person_ids(self) -> set[int]:
-        return set(self._labels.tolist())
+        return set(self._slots_of)
+
+    @property
+    def index(self) -> EmbeddingIndex:
+        return self._index
 
     def replace(self, embeddings: np.ndarray, labels: np.ndarray, keys: np.ndarray | None = None) -> None:
         embeddings = _as_matrix(embeddings, self.dim)
@@ -64,16 +74,28 @@ class Gallery:
         if not (len(embeddings) == len(labels) == len(keys)):
             raise ValueError("embeddings, labels and keys must have the same length")
         with self._lock:
-            self._embeddings, self._labels, self._keys = embeddings, labels, keys
+            self._labels, self._keys, self._size = labels.copy(), keys.copy(), len(labels)
+            order = np.argsort(labels, kind="stable")
+            people, starts = np.unique(labels[order], return_index=True)
+            self._slots_of = {int(p): slots for p, slots in zip(people, np.split(order, starts[1:]))} if len(labels) else {}
+            self._index.reset(np.arange(len(labels), dtype=np.int64), embeddings)
 
     def set_person(self, person_id: int, embeddings: np.ndarray, keys: np.ndarray) -> None:
         """Replace one person's embeddings (an empty array removes them)."""
         embeddings = _as_matrix(embeddings, self.dim)
+        keys = np.asarray(keys, np.int64)
         with self._lock:
-            keep = self._labels != person_id
-            self._embeddings = np.concatenate([self._embeddings[keep], embeddings])
-            self._labels = np.concatenate([self._labels[keep], np.full(len(embeddings), person_id, np.int64)])
-            self._keys = np.concatenate([self._keys[keep], np.asarray(keys, np.int64)])
+            old = self._slots_of.pop(person_id, None)
+            if old is not None:
+                self._index.remove(old)
+                self._labels[old] = -1
+            if len(embeddings):
+                slots = np.arange(self._size, self._size + len(embeddings), dtype=np.int64)
+                self._grow(self._size + len(embeddings))
+                self._labels[slots], self._keys[slots] = person_id, keys
+                self._size += len(embeddings)
+                self._slots_of[person_id] = slots
+                self._index.add(slots, embeddings)
 
     def remove_person(self, person_id: int) -> None:
         self.set_person(person_id, np.zeros((0, self.dim), np.float32), np.zeros((0,), np.int64))
@@ -82,23 +104,36 @@ class Gallery:
         """(Q, 128) queries -> one MatchResult per query, at most ``top_k`` people each."""
         queries = _as_matrix(queries, self.dim)
         with self._lock:
-            embeddings, labels, keys = self._embeddings, self._labels, self._keys
-        if exclude_keys:
-            keep = ~np.isin(keys, list(exclude_keys))
-            embeddings, labels = embeddings[keep], labels[keep]
-        if len(labels) == 0:
-            return [MatchResult([], threshold) for _ in queries]
-        scores = queries @ embeddings.T  # (Q, N)
-        people, inverse = np.unique(labels, return_inverse=True)
-        # best score per person: scatter-max over the gallery columns
-        per_person = np.full((len(queries), len(people)), -np.inf, np.float32)
-        np.maximum.at(per_person.T, inverse, scores.T)
-        results = []
-        k = min(top_k, len(people))
-        for row in per_person:
-            order = np.argsort(-row)[:k]
-            results.append(MatchResult([Candidate(int(people[j]), float(row[j])) for j in order], threshold))
+            labels, keys = self._labels[: self._size], self._keys[: self._size]
+            exclude = np.flatnonzero(np.isin(keys, list(exclude_keys))) if exclude_keys else None
+            n_people = len(self._slots_of)
+            results = []
+            for query in queries:
+                results.append(MatchResult(self._best_people(query, top_k, n_people, labels, exclude), threshold))
         return results
+
+    def _best_people(self, query, top_k, n_people, labels, exclude) -> list[Candidate]:
+        """Top ``top_k`` distinct people: fetch more embeddings until enough people show up."""
+        want = min(top_k, n_people)
+        fetch = 8 * top_k
+        while True:
+            scores, slots = self._index.search(query[None], fetch, exclude_ids=exclude)
+            found = slots[0] >= 0
+            best: dict[int, float] = {}
+            for slot, score in zip(slots[0][found], scores[0][found]):
+                person = int(labels[slot])
+                if person not in best:  # hits come best first, so the first is the person's best
+                    best[person] = float(score)
+            if len(best) >= want or fetch >= len(self._index):
+                break
+            fetch *= 4
+        return [Candidate(person, score) for person, score in list(best.items())[:top_k]]
+
+    def _grow(self, size: int) -> None:
+        if size > len(self._labels):
+            capacity = max(size, 2 * len(self._labels), 1024)
+            self._labels = np.concatenate([self._labels, np.full(capacity - len(self._labels), -1, np.int64)])
+            self._keys = np.concatenate([self._keys, np.full(capacity - len(self._keys), -1, np.int64)])
 
 
 def _as_matrix(embeddings: np.ndarray, dim: int) -> np.ndarray:

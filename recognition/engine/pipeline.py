@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .alignment import align_face
-from .detection import DetectedFace, MTCNNDetector
+from .detection import DetectedFace, make_detector
 from .embedding import FaceEmbedder
 from .quality import QualityRules, sharpness
 
@@ -25,6 +25,7 @@ class AnalysedFace:
 @dataclass(frozen=True)
 class PipelineConfig:
     weights_path: Path | None = None
+    detector: str = "mtcnn-graph"  # or "mtcnn": the stock package, several times slower (see BENCHMARKS.md)
     detect_max_side: int = 1024
     min_face_size: int = 20
     min_detection_score: float = 0.9
@@ -39,8 +40,11 @@ class FacePipeline:
 
     def __init__(self, config: PipelineConfig = PipelineConfig()):
         self.config = config
-        self.detector = MTCNNDetector(
-            max_side=config.detect_max_side, min_face_size=config.min_face_size, min_score=config.min_detection_score
+        self.detector = make_detector(
+            config.detector,
+            max_side=config.detect_max_side,
+            min_face_size=config.min_face_size,
+            min_score=config.min_detection_score,
         )
         self.embedder = FaceEmbedder(weights_path=config.weights_path, flip=config.flip)
 
