@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import DatabaseError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -42,7 +43,18 @@ def api_exception_handler(exc, context):
         exc = exceptions.NotFound(str(exc) or "Not found.")
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, RecursionError):
+        # JSON nested thousands deep makes the parser recurse out of stack: the body is at fault.
+        exc = exceptions.ParseError("The request body is nested too deeply.")
     response = exception_handler(exc, context)
+    if response is None and _is_outage(exc):
+        # The database or Redis is down or restarting: say so, and let the client retry.
+        log.warning("service unavailable in %s: %s", context.get("view").__class__.__name__, exc)
+        return Response(
+            {"error": {"code": "service_unavailable", "message": "A back-end service is briefly unavailable; retry shortly."}},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "5"},
+        )
     if response is None:
         # An unexpected error: log it with its trace, answer without one.
         log.exception("unhandled error in %s", context.get("view").__class__.__name__, exc_info=exc)
@@ -69,3 +81,14 @@ def api_exception_handler(exc, context):
         body = {"code": code, "message": str(exc.detail) if hasattr(exc, "detail") else str(exc)}
     response.data = {"error": body}
     return response
+
+
+def _is_outage(exc: Exception) -> bool:
+    if isinstance(exc, DatabaseError) and exc.__class__.__name__ in ("OperationalError", "InterfaceError"):
+        return True
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:
+        return False
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError))

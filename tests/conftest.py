@@ -79,3 +79,20 @@ def person_named(name: str):
     from people.models import Person
 
     return Person.objects.get(name=name)
+
+
+@pytest.fixture(scope="session")
+def live_site(django_db_setup, django_db_blocker, tmp_path_factory):
+    """A throwaway deployment of the enrolled gallery for tests that start real server processes
+    (tests/live.py); PostgreSQL + Redis in the PostgreSQL pass, SQLite otherwise."""
+    from . import live
+
+    backend = "postgresql" if os.environ.get("DATABASE_URL") else "sqlite"
+    if backend == "postgresql":
+        problem = live.postgres_reachable() or live.redis_reachable()
+        if problem:
+            live.skip_loudly(problem)
+    with django_db_blocker.unblock():
+        site = live.make_site(tmp_path_factory.mktemp("live"), backend)
+    yield site
+    site.close()
