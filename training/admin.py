@@ -1,10 +1,215 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.shortcuts import redirect
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
 
+from . import services
 from .models import ModelVersion
+
+STATUS_COLOURS = {"active": "#1a7f37", "ready": "#0969da", "failed": "#cf222e", "training": "#9a6700", "queued": "#57606a"}
+
+
+def percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ["number", "status", "embedder", "threshold", "created_at", "activated_at"]
-    list_filter = ["status"]
-    readonly_fields = ["created_at", "activated_at", "finished_at"]
+    change_list_template = "admin/training/modelversion/change_list.html"
+    list_display = [
+        "number",
+        "status_label",
+        "progress_bar",
+        "trigger",
+        "recogniser",
+        "threshold_label",
+        "accuracy",
+        "macro_f1",
+        "people_count",
+        "image_count",
+        "created_at",
+        "activated_at",
+    ]
+    list_display_links = ["number"]
+    list_filter = ["status", "trigger", "recogniser"]
+    actions = ["activate_selected"]
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "number",
+                    "status_label",
+                    "progress_bar",
+                    "stage",
+                    "trigger",
+                    "requested_by",
+                    "force_activate",
+                    "activation_note",
+                    "error",
+                ]
+            },
+        ),
+        ("Result", {"fields": ["recogniser", "embedder", "threshold", "metrics_table", "comparison_table", "plots"]}),
+        (
+            "Data and timings",
+            {"fields": ["people_count", "image_count", "timings", "created_at", "started_at", "finished_at", "activated_at"]},
+        ),
+        ("Edge export", {"fields": ["tflite", "tflite_sha256", "labels", "labels_sha256"]}),
+        ("Log", {"classes": ["collapse"], "fields": ["log"]}),
+    ]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in ModelVersion._meta.fields] + [
+            "status_label",
+            "progress_bar",
+            "metrics_table",
+            "comparison_table",
+            "plots",
+        ]
+
+    def has_add_permission(self, request):
+        return False  # versions come from training runs ("Retrain now")
+
+    def get_urls(self):
+        retrain = path("retrain/", self.admin_site.admin_view(self.retrain_view), name="training_modelversion_retrain")
+        return [retrain, *super().get_urls()]
+
+    def retrain_view(self, request):
+        if request.method != "POST" or not request.user.is_staff or not self.has_change_permission(request):
+            messages.error(request, "Only staff can start a training run.")
+        else:
+            version, created = services.request_training(
+                ModelVersion.Trigger.ADMIN, user=request.user, force_activate=bool(request.POST.get("force"))
+            )
+            if created:
+                messages.success(request, f"Version {version.number} is queued; the django-q worker trains it in the background.")
+            else:
+                messages.info(request, f"Version {version.number} is already queued; it will include every change made so far.")
+        return redirect(reverse("admin:training_modelversion_changelist"))
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = extra_context or {}
+        extra_context["run_in_progress"] = ModelVersion.objects.filter(
+            status__in=[ModelVersion.Status.QUEUED, ModelVersion.Status.TRAINING]
+        ).exists()
+        return super().changelist_view(request, extra_context)
+
+    @admin.action(description="Activate the selected version (rollback)")
+    def activate_selected(self, request, queryset):
+        if queryset.count() != 1:
+            messages.error(request, "Select exactly one version to activate.")
+            return
+        version = queryset.get()
+        try:
+            services.activate(version)
+        except ValueError as err:
+            messages.error(request, str(err))
+            return
+        messages.success(request, f"Version {version.number} is active; recognition uses it from the next request.")
+
+    @admin.display(description="Status", ordering="status")
+    def status_label(self, obj):
+        return format_html(
+            '<strong style="color:{}">{}</strong>', STATUS_COLOURS.get(obj.status, "#000"), obj.get_status_display()
+        )
+
+    @admin.display(description="Progress")
+    def progress_bar(self, obj):
+        if obj.status not in (ModelVersion.Status.QUEUED, ModelVersion.Status.TRAINING):
+            return "-" if obj.status != ModelVersion.Status.FAILED else obj.stage
+        return format_html(
+            '<progress value="{}" max="100" style="width:8em"></progress> {}% <small>{}</small>',
+            obj.progress,
+            obj.progress,
+            obj.stage,
+        )
+
+    @admin.display(description="Threshold", ordering="threshold")
+    def threshold_label(self, obj):
+        return "-" if obj.threshold is None else f"{obj.threshold:.3f}"
+
+    @admin.display(description="Top-1")
+    def accuracy(self, obj):
+        return percent(obj.metrics.get("top1_accuracy"))
+
+    @admin.display(description="Macro F1")
+    def macro_f1(self, obj):
+        return percent(obj.metrics.get("macro_f1"))
+
+    @admin.display(description="Metrics")
+    def metrics_table(self, obj):
+        m = obj.metrics or {}
+        if not m:
+            return "-"
+        rows = [
+            ("Top-1 accuracy (held-out)", percent(m.get("top1_accuracy"))),
+            (
+                "Macro precision / recall / F1",
+                f"{percent(m.get('macro_precision'))} / {percent(m.get('macro_recall'))} / {percent(m.get('macro_f1'))}",
+            ),
+            ("Threshold (target FAR)", f"{m.get('threshold')} ({percent(m.get('target_far'))})"),
+            ("FAR / FRR at threshold", f"{percent(m.get('far'))} / {percent(m.get('frr'))}"),
+            ("Identification rate at threshold", percent(m.get("identification_rate"))),
+            ("Unknown rejection", f"{percent(m.get('unknown_rejection'))} of {m.get('n_unknown_probes', 0)} unknown faces"),
+            ("ROC AUC", "-" if m.get("auc") is None else f"{m['auc']:.4f}"),
+            (
+                "Faces: training / held-out",
+                f"{m.get('train_faces')} / {m.get('held_out_faces')} ({len(m.get('train_only_people', []))} people training-only)",
+            ),
+            ("Genuine / impostor claims", f"{m.get('n_genuine')} / {m.get('n_impostor')}"),
+        ]
+        names = m.get("people_names", {})
+        per_person = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (names.get(str(p["person"]), p["person"]), p["probes"], p["correct"])
+                for p in m.get("per_person", [])
+                if p["probes"]
+            ),
+        )
+        return format_html(
+            "<table>{}</table><p><strong>Per person (held-out)</strong></p><table><tr><th>person</th><th>probes</th><th>correct</th></tr>{}</table>",
+            format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", rows),
+            per_person,
+        )
+
+    @admin.display(description="Model comparison (same split)")
+    def comparison_table(self, obj):
+        table = (obj.comparison or {}).get("table")
+        if not table:
+            return "-"
+        production = obj.comparison.get("production")
+        rows = format_html_join(
+            "",
+            "<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    format_html(' style="font-weight:bold"') if r["name"] == production else "",
+                    r["name"],
+                    r["input"],
+                    percent(r.get("top1_accuracy")),
+                    percent(r.get("macro_f1")),
+                    percent(r.get("unknown_rejection")),
+                    "-" if r.get("auc") is None else f"{r['auc']:.4f}",
+                    "-" if r.get("train_seconds") is None else f"{r['train_seconds']:.2f} s",
+                    r.get("error") or "",
+                )
+                for r in table
+            ),
+        )
+        return format_html(
+            "<table><tr><th>approach</th><th>input</th><th>top-1</th><th>macro F1</th><th>unknown rejection</th><th>AUC</th>"
+            "<th>train time</th><th>note</th></tr>{}</table><p>Production: <strong>{}</strong>. {}</p>",
+            rows,
+            production,
+            obj.comparison.get("reason", ""),
+        )
+
+    @admin.display(description="Plots")
+    def plots(self, obj):
+        images = [(f.url, alt) for f, alt in ((obj.confusion_plot, "confusion matrix"), (obj.roc_plot, "ROC")) if f]
+        if not images:
+            return "-"
+        return format_html_join("", '<img src="{}" alt="{}" style="max-width:480px;margin-right:1em">', images)

@@ -1,0 +1,303 @@
+"""One training run: gather the gallery, compare recognisers on a held-out split, calibrate the
+threshold, export for edge clients, and activate the result if it is not worse than the active one.
+
+Every stage reports progress (and a heartbeat) to the version's row, so the admin and the API show
+where a run is, and a dead worker can be told from a slow one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+
+from recognition import services as recognition
+from training.engine import evaluation
+from training.engine.comparison import compare, truth_of
+from training.engine.dataset import FaceSet, split_per_person
+from training.engine.export import cached_embedder_tflite, sha256_bytes
+from training.engine.heads import NearestNeighbour, SoftmaxHead
+
+from .models import ModelVersion
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+class TrainingRun:
+    def __init__(self, version_id: int):
+        self.version = ModelVersion.objects.get(pk=version_id)
+        self.lines: list[str] = []
+        self.timings: dict[str, float] = {}
+        self._stage_started = time.perf_counter()
+
+    # ---- progress ------------------------------------------------------------------------------
+
+    def report(self, stage: str, progress: int, line: str = "") -> None:
+        now = time.perf_counter()
+        previous = self.version.stage
+        if previous and previous != stage:
+            self.timings[previous] = round(self.timings.get(previous, 0.0) + now - self._stage_started, 3)
+            self._stage_started = now
+        if line:
+            self.lines.append(f"{timezone.now():%H:%M:%S} {line}")
+        self.version.stage, self.version.progress = stage, progress
+        ModelVersion.objects.filter(pk=self.version.pk).update(
+            stage=stage, progress=progress, heartbeat_at=timezone.now(), log="\n".join(self.lines), timings=self.timings
+        )
+
+    # ---- the run -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        target_far = settings.TRAINING_TARGET_FAR
+        self.report("gathering", 2, "Reading the accepted faces of active people.")
+        faces, names = self.gather()
+        people = len(np.unique(faces.labels))
+        ModelVersion.objects.filter(pk=self.version.pk).update(people_count=people, image_count=len(faces))
+        self.report("gathering", 8, f"{len(faces)} faces of {people} people.")
+        if people < 2:
+            raise ValueError(f"At least two enrolled people are needed to train; there are {people}.")
+
+        self.report("unknown faces", 10)
+        unknown = self.unknown_faces(set(names.values()))
+        n_unknown = 0 if unknown is None else len(unknown)
+        self.report("unknown faces", 20, f"{n_unknown} faces of people not enrolled, for unknown rejection.")
+
+        split = split_per_person(faces, settings.TRAINING_HELD_OUT_FRACTION, seed=self.version.number)
+        self.report(
+            "comparing",
+            22,
+            f"Split: {len(split.train)} training and {len(split.held_out)} held-out faces; "
+            f"{len(split.train_only_people)} people have one image and are training-only (not evaluated).",
+        )
+        steps = iter(range(25, 70, 7))
+        comparison = compare(
+            split, unknown, target_far, progress=lambda name: self.report("comparing", next(steps, 69), f"Fitting {name}.")
+        )
+        production = comparison.outcomes[comparison.production]
+        chosen = production.evaluation
+        self.report("calibrating", 72, f"Production recogniser: {comparison.production}. {comparison.reason}")
+
+        head_file = None
+        if comparison.production == "softmax_head":
+            head = SoftmaxHead().fit(faces)  # refit on every face: the held-out part has done its job
+            buffer = io.BytesIO()
+            np.savez(buffer, **head.arrays())
+            head_file = ContentFile(buffer.getvalue(), name="head.npz")
+
+        decision, note, previous_score = self.decide(split, unknown, comparison)
+        self.report("plots", 76)
+        class_names = [names.get(int(p), f"#{p}") for p in production.fitted.classes]
+        confusion = evaluation.confusion_png(chosen.confusion, class_names)
+        roc = evaluation.roc_png(
+            {n: o.evaluation.roc for n, o in comparison.outcomes.items() if o.evaluation is not None}, threshold_fpr=target_far
+        )
+
+        self.report("exporting", 80, "Exporting the embedder as TFLite and the label map.")
+        tflite_name, tflite_sha = self.export_tflite()
+        self.report("exporting", 92)
+        labels = self.label_map(faces, comparison.production, chosen.threshold, tflite_sha)
+        labels_bytes = json.dumps(labels, indent=1).encode()
+
+        metrics = chosen.as_dict()
+        metrics.update(
+            {
+                "train_faces": len(split.train),
+                "held_out_faces": len(split.held_out),
+                "unknown_faces": n_unknown,
+                "train_only_people": split.train_only_people,
+                "open_set_score": evaluation.open_set_score(chosen),
+                "active_version_open_set_score": previous_score,
+                "people_names": {str(k): v for k, v in names.items()},
+            }
+        )
+        self.report("saving", 96)
+        self.finish(decision, note, comparison, metrics, tflite_name, tflite_sha, labels_bytes, confusion, roc, head_file)
+
+    def gather(self) -> tuple[FaceSet, dict[int, str]]:
+        """A snapshot of the gallery: later enrollments or erasures do not touch this run."""
+        from people.models import FaceImage, Person
+
+        rows = list(FaceImage.objects.in_gallery().order_by("id").values_list("id", "person_id", "embedding", "crop"))
+        names = dict(Person.objects.filter(pk__in={r[1] for r in rows}).values_list("id", "name"))
+        if not rows:
+            return FaceSet(np.zeros((0, 128), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), None), names
+        keys, labels, blobs, crop_names = zip(*rows)
+        embeddings = np.frombuffer(b"".join(bytes(b) for b in blobs), np.float32).reshape(-1, 128)
+        crops = [_read_crop(name) for name in crop_names]
+        stacked = None if any(c is None for c in crops) else np.stack(crops)
+        if stacked is None:
+            self.lines.append("Some face crops are missing: the pixel baselines (LBPH, Eigenfaces) are skipped.")
+        return FaceSet(embeddings.copy(), np.array(labels, np.int64), np.array(keys, np.int64), stacked), names
+
+    def unknown_faces(self, enrolled_names: set[str]) -> FaceSet | None:
+        """Faces of people not enrolled (one image per person folder, e.g. LFW), if configured."""
+        folder = settings.TRAINING_UNKNOWN_FACES_DIR
+        if not folder or not Path(folder).is_dir():
+            return None
+        enrolled = {_name_key(n) for n in enrolled_names}
+        images = []
+        for person_dir in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
+            if _name_key(person_dir.name) in enrolled:
+                continue
+            first = next((f for f in sorted(person_dir.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES), None)
+            if first is not None:
+                images.append(first)
+            if len(images) >= settings.TRAINING_UNKNOWN_MAX_IMAGES:
+                break
+        embeddings, crops = [], []
+        for i, path in enumerate(images):
+            try:
+                face, _ = recognition.main_face(recognition.read_upload(path.read_bytes()))
+            except Exception:
+                continue  # an unreadable file is not a reason to fail the run
+            if face is not None:
+                embeddings.append(face.embedding)
+                crops.append(face.crop)
+            if i % 20 == 0:
+                self.report("unknown faces", 10 + int(10 * i / max(len(images), 1)))
+        n = len(embeddings)
+        return FaceSet(
+            np.array(embeddings, np.float32).reshape(n, 128),
+            np.full(n, -1, np.int64),
+            -np.arange(1, n + 1),
+            np.array(crops).reshape(n, 160, 160, 3),
+        )
+
+    def decide(self, split, unknown, comparison) -> tuple[bool, str, float | None]:
+        """Activate when not worse than the active version on the same held-out data, or when forced."""
+        new_score = evaluation.open_set_score(comparison.outcomes[comparison.production].evaluation)
+        active = ModelVersion.objects.active()
+        if active is None:
+            return True, "Activated: there was no active version.", None
+        old_score = self.score_of(active, split, unknown)
+        if self.version.force_activate:
+            return (
+                True,
+                f"Activated by staff (forced); open-set score {new_score:.3f} vs active v{active.number}'s {old_score:.3f}.",
+                old_score,
+            )
+        if new_score >= old_score - 1e-9:
+            return (
+                True,
+                f"Activated: open-set score {new_score:.3f} is not worse than active v{active.number}'s {old_score:.3f} on the same held-out data.",
+                old_score,
+            )
+        return (
+            False,
+            f"Not activated: open-set score {new_score:.3f} is worse than active v{active.number}'s {old_score:.3f} on the same held-out data.",
+            old_score,
+        )
+
+    def score_of(self, version: ModelVersion, split, unknown) -> float:
+        """The active version's recogniser and threshold, scored on this run's held-out faces."""
+        probes = split.held_out
+        embeddings, labels = probes.embeddings, probes.labels
+        if unknown is not None and len(unknown):
+            embeddings = np.concatenate([embeddings, unknown.embeddings])
+            labels = np.concatenate([labels, np.full(len(unknown), -(1 << 40))])
+        recogniser = NearestNeighbour().fit(split.train)
+        if version.recogniser == ModelVersion.Recogniser.SOFTMAX_HEAD and version.head:
+            with version.head.open("rb") as fh:
+                arrays = np.load(io.BytesIO(fh.read()))
+                recogniser = SoftmaxHead.from_arrays(arrays["kernel"], arrays["bias"], arrays["classes"])
+        threshold = version.threshold if version.threshold is not None else settings.FACE_MATCH_THRESHOLD
+        scores = recogniser.scores(embeddings)
+        result = evaluation.evaluate(scores, truth_of(labels, recogniser.classes), list(recogniser.classes), threshold=threshold)
+        return evaluation.open_set_score(result)
+
+    def export_tflite(self) -> tuple[str, str]:
+        """The embedder as TFLite, stored once per content under MEDIA_ROOT/models/embedders/."""
+        if not settings.TRAINING_EXPORT_TFLITE:
+            self.lines.append("TFLite export is switched off (TRAINING_EXPORT_TFLITE).")
+            return "", ""
+        from recognition.engine.facenet import WEIGHTS_SHA256
+
+        pipe = recognition.pipeline()
+        cached = cached_embedder_tflite(pipe.embedder.model, WEIGHTS_SHA256, settings.TRAINING_CACHE_DIR, flip=pipe.embedder.flip)
+        data = cached.read_bytes()
+        digest = sha256_bytes(data)
+        name = f"models/embedders/{digest}.tflite"
+        if not default_storage.exists(name):
+            default_storage.save(name, ContentFile(data))
+        return name, digest
+
+    def label_map(self, faces: FaceSet, production: str, threshold: float | None, tflite_sha: str) -> dict:
+        """What an edge client needs besides the .tflite: who is who, the threshold, and the
+        reference embeddings (or head weights). People erased since the run began are left out."""
+        from people.models import Person
+
+        alive = dict(Person.objects.filter(pk__in=np.unique(faces.labels).tolist(), is_active=True).values_list("id", "name"))
+        keep = np.isin(faces.labels, list(alive))
+        people = sorted(alive)
+        data = {
+            "version": self.version.number,
+            "embedder": recognition.pipeline().embedder_name,
+            "tflite_sha256": tflite_sha,
+            "input": {"shape": [None, 160, 160, 3], "dtype": "float32", "pixels": "RGB 0..255, aligned crop"},
+            "recogniser": production,
+            "threshold": threshold,
+            "people": [{"index": i, "person_id": p, "name": alive[p]} for i, p in enumerate(people)],
+            "gallery": {
+                "labels": np.searchsorted(people, faces.labels[keep]).tolist(),
+                "embeddings": np.round(faces.embeddings[keep], 6).tolist(),
+            },
+        }
+        return data
+
+    def finish(
+        self, activate, note, comparison, metrics, tflite_name, tflite_sha, labels_bytes, confusion, roc, head_file
+    ) -> None:
+        version = ModelVersion.objects.get(pk=self.version.pk)
+        if version.status != ModelVersion.Status.TRAINING:
+            raise RuntimeError(f"The version was marked {version.status} while it ran: {version.error}")
+        version.labels.save("labels.json", ContentFile(labels_bytes), save=False)
+        version.confusion_plot.save("confusion.png", ContentFile(confusion), save=False)
+        version.roc_plot.save("roc.png", ContentFile(roc), save=False)
+        if head_file is not None:
+            version.head.save("head.npz", head_file, save=False)
+        production = comparison.outcomes[comparison.production].evaluation
+        version.tflite.name = tflite_name
+        version.tflite_sha256 = tflite_sha
+        version.labels_sha256 = sha256_bytes(labels_bytes)
+        version.embedder = recognition.pipeline().embedder_name
+        version.recogniser = comparison.production
+        # match_threshold() is a cosine similarity everywhere (gallery search, mislabel check): the
+        # nearest-neighbour calibration; a head's own threshold (a probability) is in the metrics.
+        version.threshold = comparison.outcomes["nearest_neighbour"].evaluation.threshold
+        metrics["production_threshold"] = production.threshold
+        version.metrics = metrics
+        version.comparison = {"table": comparison.table(), "production": comparison.production, "reason": comparison.reason}
+        version.activation_note = note
+        self.report("done", 100, note)
+        version.stage, version.progress, version.log, version.timings = "done", 100, "\n".join(self.lines), self.timings
+        version.finished_at = timezone.now()
+        version.status = ModelVersion.Status.READY
+        with transaction.atomic():
+            version.save()
+            if activate:
+                version.activate()
+
+
+def _read_crop(name: str) -> np.ndarray | None:
+    from PIL import Image
+
+    if not name:
+        return None
+    try:
+        with default_storage.open(name, "rb") as fh:
+            image = Image.open(fh).convert("RGB")
+            return np.asarray(image.resize((160, 160)) if image.size != (160, 160) else image, np.uint8)
+    except (OSError, ValueError):
+        return None
+
+
+def _name_key(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())

@@ -1,0 +1,159 @@
+"""Training runs: queueing (debounced, one at a time), claiming, failure handling and activation.
+
+The run itself (gather, compare, calibrate, export, decide) is in ``training.runs``; the learning
+code is Django-free in ``training.engine``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django_q.tasks import async_task
+
+from .models import ModelVersion
+
+log = logging.getLogger(__name__)
+
+RUN_TASK = "training.tasks.run_training"
+# A queued run that finds another one training waits this long and tries again.
+WAIT_FOR_RUNNING_SECONDS = 30
+
+
+def request_training(trigger: str, user=None, force_activate: bool = False, delay_seconds: int = 0) -> tuple[ModelVersion, bool]:
+    """Queue a training run, or join the one already queued (debounce). Returns (version, created).
+
+    The database allows one queued version, so simultaneous requests give one run: the loser of
+    the race gets the winner's version. A run that is training meanwhile is not disturbed; the
+    queued one starts after it."""
+    fail_dead_runs()
+    queued = ModelVersion.objects.queued().first()
+    if queued is not None:
+        if force_activate and not queued.force_activate:
+            ModelVersion.objects.filter(pk=queued.pk).update(force_activate=True)
+            queued.force_activate = True
+        return queued, False
+    try:
+        with transaction.atomic():
+            version = ModelVersion.objects.create(
+                number=ModelVersion.next_number(),
+                trigger=trigger,
+                requested_by=user if user is not None and user.is_authenticated else None,
+                force_activate=force_activate,
+                stage="queued",
+            )
+    except IntegrityError:
+        queued = ModelVersion.objects.queued().first()
+        if queued is None:
+            raise
+        return queued, False
+    transaction.on_commit(lambda: enqueue(version.pk, delay_seconds))
+    return version, True
+
+
+def enrollment_changed() -> None:
+    """Called when the gallery changes (a face accepted, a person erased): retrain, debounced."""
+    if settings.TRAINING_RETRAIN_ON_ENROLLMENT:
+        request_training(ModelVersion.Trigger.ENROLLMENT, delay_seconds=settings.TRAINING_DEBOUNCE_SECONDS)
+
+
+def enqueue(version_id: int, delay_seconds: int = 0) -> None:
+    """Hand the run to django-q now, or through a one-off schedule ``delay_seconds`` from now."""
+    if delay_seconds > 0:
+        from django_q.models import Schedule
+
+        Schedule.objects.create(
+            name=f"training-run-{version_id}-{timezone.now():%H%M%S%f}",
+            func=RUN_TASK,
+            args=repr((version_id,)),
+            schedule_type=Schedule.ONCE,
+            repeats=-1,  # deleted once it has run
+            next_run=timezone.now() + timedelta(seconds=delay_seconds),
+        )
+        return
+    task_id = async_task(RUN_TASK, version_id, task_name=f"training-run-{version_id}", group="training")
+    ModelVersion.objects.filter(pk=version_id, status=ModelVersion.Status.QUEUED).update(task_id=task_id or "")
+
+
+def claim(version_id: int) -> bool:
+    """QUEUED -> TRAINING for this worker; False if it is not queued or another run is training."""
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            return bool(
+                ModelVersion.objects.filter(pk=version_id, status=ModelVersion.Status.QUEUED).update(
+                    status=ModelVersion.Status.TRAINING, started_at=now, heartbeat_at=now, stage="starting", progress=0
+                )
+            )
+    except IntegrityError:  # one_training_model_version: another run holds the slot
+        return False
+
+
+def fail(version_id: int, error: str) -> None:
+    """Mark a queued or running version failed; the active version is never touched."""
+    ModelVersion.objects.filter(pk=version_id, status__in=[ModelVersion.Status.QUEUED, ModelVersion.Status.TRAINING]).update(
+        status=ModelVersion.Status.FAILED, error=error[-20000:], finished_at=timezone.now(), stage="failed"
+    )
+
+
+def fail_dead_runs() -> list[int]:
+    """Runs whose worker died (killed, timed out, machine restarted) are marked failed, so the
+    queue moves on. A run is dead when its django-q task finished unsuccessfully, or when it has
+    reported no progress for TRAINING_STALE_SECONDS."""
+    from django_q.models import Task
+
+    dead = []
+    stale_before = timezone.now() - timedelta(seconds=settings.TRAINING_STALE_SECONDS)
+    for version in ModelVersion.objects.running():
+        task = Task.objects.filter(id=version.task_id).first() if version.task_id else None
+        if task is not None and not task.success:
+            fail(version.pk, f"The worker running this version failed: {task.result}")
+        elif version.heartbeat_at is None or version.heartbeat_at < stale_before:
+            last = version.heartbeat_at.isoformat(timespec="seconds") if version.heartbeat_at else "never"
+            fail(
+                version.pk,
+                f"The worker stopped reporting progress (last report: {last}, stage {version.stage!r}); "
+                "it was probably killed or timed out.",
+            )
+        else:
+            continue
+        dead.append(version.pk)
+    # A queued run whose task was lost (broker flushed) would block every later request: requeue it.
+    lost_before = stale_before - timedelta(seconds=settings.TRAINING_DEBOUNCE_SECONDS)
+    for version in ModelVersion.objects.queued().filter(created_at__lt=lost_before):
+        enqueue(version.pk)
+    return dead
+
+
+def run_training(version_id: int) -> str:
+    """The body of the django-q task: claim the version, run it, record success or failure."""
+    from . import runs
+
+    fail_dead_runs()
+    if not claim(version_id):
+        version = ModelVersion.objects.filter(pk=version_id).first()
+        if version is not None and version.status == ModelVersion.Status.QUEUED:
+            enqueue(version_id, delay_seconds=WAIT_FOR_RUNNING_SECONDS)  # another run is training
+            return "waiting"
+        return "not queued"
+    try:
+        runs.TrainingRun(version_id).run()
+    except Exception as err:
+        log.exception("training run %s failed", version_id)
+        import traceback
+
+        fail(version_id, f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
+        return "failed"
+    return ModelVersion.objects.filter(pk=version_id).values_list("status", flat=True).first() or "deleted"
+
+
+def activate(version: ModelVersion) -> None:
+    """Staff activation or rollback: any finished version may become the active one."""
+    if not version.is_finished:
+        raise ValueError(
+            f"Version {version.number} is {version.get_status_display().lower()}; only a finished version can be activated."
+        )
+    version.activate()

@@ -1,0 +1,7 @@
+"""django-q tasks of training (queued by dotted path); the work is in ``training.services``."""
+
+
+def run_training(version_id: int) -> str:
+    from . import services
+
+    return services.run_training(version_id)

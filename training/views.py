@@ -1,0 +1,80 @@
+"""/api/v1/models/: training history, triggers, activation (rollback) and edge downloads."""
+
+from django.http import FileResponse
+from drf_spectacular.utils import extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from recognition.errors import ApiError
+
+from . import services
+from .models import ModelVersion
+from .permissions import CanDownloadModel, IsStaffOrReadOnly
+from .serializers import ModelVersionSerializer, TrainRequestSerializer, TrainResponseSerializer
+
+
+class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = ModelVersion.objects.select_related("requested_by")
+    serializer_class = ModelVersionSerializer
+    permission_classes = [IsStaffOrReadOnly]
+    lookup_value_regex = r"\d+"
+
+    @extend_schema(request=TrainRequestSerializer, responses={202: TrainResponseSerializer, 200: TrainResponseSerializer})
+    @action(detail=False, methods=["post"])
+    def train(self, request):
+        """Queue a training run (or join the queued one). 202 when a run was queued, 200 when joined."""
+        body = TrainRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        version, created = services.request_training(
+            ModelVersion.Trigger.API, user=request.user, force_activate=body.validated_data["force_activate"]
+        )
+        data = {"created": created, "version": ModelVersionSerializer(version, context={"request": request}).data}
+        return Response(data, status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK)
+
+    @action(detail=False, methods=["get"])
+    def active(self, request):
+        """The version recognition uses now."""
+        version = ModelVersion.objects.active()
+        if version is None:
+            raise ApiError("no_active_version", "No model version is active yet; train one first.", status.HTTP_404_NOT_FOUND)
+        return Response(self.get_serializer(version).data)
+
+    @extend_schema(request=None)
+    @action(detail=True, methods=["post"])
+    def activate(self, request, pk=None):
+        """Make this finished version the active one (e.g. roll back); recognition uses it at once."""
+        version = self.get_object()
+        try:
+            services.activate(version)
+        except ValueError as err:
+            raise ApiError("not_finished", str(err), status.HTTP_409_CONFLICT)
+        return Response(self.get_serializer(version).data)
+
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    @action(detail=True, methods=["get"], permission_classes=[CanDownloadModel], url_path="tflite")
+    def tflite(self, request, pk=None):
+        """The embedder for edge clients (.tflite): aligned RGB crops in, L2-normalised embeddings out."""
+        version = self.get_object()
+        return _download(version.tflite, f"facesite-v{version.number}.tflite", version.tflite_sha256, "application/octet-stream")
+
+    @extend_schema(responses={(200, "application/json"): dict})
+    @action(detail=True, methods=["get"], permission_classes=[CanDownloadModel], url_path="labels")
+    def labels(self, request, pk=None):
+        """The label map: people, threshold, recogniser and the reference embeddings."""
+        version = self.get_object()
+        return _download(version.labels, f"facesite-v{version.number}-labels.json", version.labels_sha256, "application/json")
+
+
+def _download(field, filename: str, sha256: str, content_type: str) -> FileResponse:
+    if not field:
+        raise ApiError(
+            "no_artifact", "This version has no such file (not finished, or export was off).", status.HTTP_404_NOT_FOUND
+        )
+    try:
+        handle = field.open("rb")
+    except FileNotFoundError:
+        raise ApiError("no_artifact", "The file of this version is missing from storage.", status.HTTP_404_NOT_FOUND)
+    response = FileResponse(handle, as_attachment=True, filename=filename, content_type=content_type)
+    response["X-Content-SHA256"] = sha256
+    return response
