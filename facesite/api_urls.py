@@ -7,9 +7,11 @@ from rest_framework.routers import DefaultRouter
 from people.views import FaceImageViewSet, PersonViewSet
 from recognition.checkin_api import CheckInListView
 from recognition.views import ObtainTokenView, RecognizeView, VerifyView
+from training.views import ModelVersionViewSet
 
 router = DefaultRouter()
 router.register("people", PersonViewSet, basename="person")
+router.register("models", ModelVersionViewSet, basename="model")
 
 face_list = FaceImageViewSet.as_view({"get": "list", "post": "create"})
 face_detail = FaceImageViewSet.as_view({"get": "retrieve", "delete": "destroy"})
