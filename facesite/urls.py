@@ -5,12 +5,14 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from facesite.health import healthz
+from privacy.views import PersonExportView
 from recognition import pages
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/", admin.site.urls),
     path("healthz/", healthz, name="healthz"),
+    path("api/v1/people/<int:pk>/export/", PersonExportView.as_view(), name="person-export"),
     path("api/v1/", include("facesite.api_urls")),
     path("checkin/", pages.checkin, name="checkin"),
     path("checkin/kiosk/", pages.kiosk_sign_in, name="kiosk-sign-in"),

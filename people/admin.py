@@ -70,7 +70,7 @@ class PersonAdmin(admin.ModelAdmin):
     search_fields = ["name", "external_id", "notes"]
     fields = ["name", "external_id", "notes", "is_active", "new_photos"]
     inlines = [FaceImageInline]
-    actions = ["reprocess_photos"]
+    actions = ["reprocess_photos", "export_data"]
 
     def get_queryset(self, request):
         return (
@@ -122,6 +122,15 @@ class PersonAdmin(admin.ModelAdmin):
         for pk in ids:
             services.queue_processing(pk)
         messages.info(request, f"{len(ids)} photo(s) queued for re-processing.")
+
+    @admin.action(description="Export all data held about the selected person (zip)")
+    def export_data(self, request, queryset):
+        from privacy.views import zip_response
+
+        if queryset.count() != 1:
+            messages.error(request, "Select exactly one person to export.")
+            return None
+        return zip_response(queryset.get())
 
 
 @admin.register(FaceImage)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from .models import ApiKey, AuditEvent
+from .models import ApiKey, AuditEvent, person_ids_field
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ def actor_of(request) -> tuple:
 def record(request, action: str, status_code: int, data, duration_ms: int | None = None) -> None:
     try:
         user, key, actor = actor_of(request)
+        result = summarise(action, status_code, data)
+        people = [m["person_id"] for m in result.get("matches", [])]
+        if result.get("person_id") is not None:
+            people.append(result["person_id"])
         AuditEvent.objects.create(
             action=action,
             user=user,
@@ -57,7 +61,8 @@ def record(request, action: str, status_code: int, data, duration_ms: int | None
             actor=actor,
             client_address=request.META.get("REMOTE_ADDR") or None,
             status_code=status_code,
-            result=summarise(action, status_code, data),
+            result=result,
+            person_ids=person_ids_field(people),
             duration_ms=duration_ms,
         )
     except Exception:

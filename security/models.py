@@ -86,6 +86,16 @@ class ApiKey(models.Model):
         return "*" in scopes or (scope is not None and scope in scopes)
 
 
+def person_ids_field(ids) -> str:
+    ids = sorted({int(i) for i in ids})
+    return "," + ",".join(map(str, ids)) + "," if ids else ""
+
+
+class AuditEventQuerySet(models.QuerySet):
+    def about(self, person_id: int):
+        return self.filter(person_ids__contains=f",{int(person_id)},")
+
+
 class AuditEvent(models.Model):
     """One recognition or verification call: who, when, what came out. Never the image."""
 
@@ -98,6 +108,10 @@ class AuditEvent(models.Model):
     status_code = models.PositiveSmallIntegerField()
     result = models.JSONField(default=dict, help_text="Faces found, matched person ids, similarities, or the error code.")
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    # ",3,17," -- the people matched or compared, so one person's events can be found (export, erasure).
+    person_ids = models.CharField(max_length=1000, blank=True, editable=False)
+
+    objects = AuditEventQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -1,0 +1,25 @@
+"""Delete original photos older than FACE_PHOTO_RETENTION_DAYS (embeddings stay) and old audit events.
+
+    python manage.py apply_retention            # the configured number of days
+    python manage.py apply_retention --days 30
+
+The same runs daily in the django-q cluster (schedule "privacy: apply retention").
+"""
+
+from django.core.management.base import BaseCommand
+
+from privacy import services
+
+
+class Command(BaseCommand):
+    help = "Apply the photo and audit-log retention periods."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--days", type=int, default=None, help="Override FACE_PHOTO_RETENTION_DAYS (0 keeps photos).")
+
+    def handle(self, days=None, **options):
+        report = services.apply_retention(days)
+        self.stdout.write(
+            f"Deleted {report.photos_deleted} original photos (embeddings kept), {report.crops_deleted} crops, "
+            f"{report.audit_events_deleted} audit events."
+        )

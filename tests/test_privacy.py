@@ -1,0 +1,162 @@
+"""Erasure, photo retention and export of a person's data, on the real enrolled gallery."""
+
+import base64
+import io
+import json
+import zipfile
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import call_command
+from django.utils import timezone
+from django_q.models import Schedule
+
+from people.models import FaceImage
+from privacy import services as privacy
+from security.models import ApiKey, AuditEvent, Role
+
+from .conftest import PROBES, person_named, read, token_client
+
+pytestmark = pytest.mark.django_db
+
+OBAMA = read(PROBES / "obama1.jpg")
+
+
+def recognize(api, data: bytes = OBAMA) -> dict:
+    response = api.post("/api/v1/recognize/", {"image": SimpleUploadedFile("p.jpg", data)}, format="multipart")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def file_paths(faces) -> list[Path]:
+    return [Path(f.path) for face in faces for f in (face.image, face.crop) if f]
+
+
+def with_own_files(person):
+    """Point the person's rows at copies of their files: these tests delete files, and the files
+    (unlike the rows, rolled back after each test) are shared by the whole session."""
+    for face in person.faces.all():
+        for field in (face.image, face.crop):
+            if field:
+                copy = field.storage.save(field.name, field.open("rb"))
+                field.close()
+                field.name = copy
+        FaceImage.objects.filter(pk=face.pk).update(image=face.image.name, crop=face.crop.name)
+    return person
+
+
+def test_erasure_deletes_files_embeddings_and_is_used_at_once(staff_api, django_capture_on_commit_callbacks):
+    obama = with_own_files(person_named("Barack Obama"))
+    assert recognize(staff_api)["faces"][0]["match"]["person_id"] == obama.pk
+    faces = list(obama.faces.all())
+    paths = file_paths(faces)
+    assert paths and all(p.exists() for p in paths)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert staff_api.delete(f"/api/v1/people/{obama.pk}/").status_code == 204
+    assert not FaceImage.objects.filter(pk__in=[f.pk for f in faces]).exists()
+    assert not any(p.exists() for p in paths)
+    # the very next recognition no longer knows him
+    face = recognize(staff_api)["faces"][0]
+    assert face["match"] is None
+    assert all(c["person_id"] != obama.pk for c in face["candidates"])
+
+
+def test_erasure_removes_the_person_from_the_audit_log(staff_api, django_capture_on_commit_callbacks):
+    obama = with_own_files(person_named("Barack Obama"))
+    recognize(staff_api)
+    event = AuditEvent.objects.about(obama.pk).get()
+    with django_capture_on_commit_callbacks(execute=True):
+        staff_api.delete(f"/api/v1/people/{obama.pk}/")
+    event.refresh_from_db()
+    assert event.person_ids == "" and event.result["matches"] == [] and event.result["erased_people"] == 1
+    assert event.result["faces"] == 1  # the call itself stays on record
+
+
+def test_retention_deletes_old_photos_but_keeps_embeddings(user_api, django_capture_on_commit_callbacks):
+    obama = with_own_files(person_named("Barack Obama"))
+    old = list(obama.faces.accepted())
+    FaceImage.objects.filter(pk__in=[f.pk for f in old]).update(created_at=timezone.now() - timedelta(days=40))
+    recent = FaceImage.objects.exclude(person=obama).first()
+    originals = [Path(f.image.path) for f in old]
+    crops = [Path(f.crop.path) for f in old]
+    vectors = {f.pk: f.vector.copy() for f in old}
+
+    with django_capture_on_commit_callbacks(execute=True):
+        report = privacy.apply_retention(days=30)
+
+    assert report.photos_deleted == len(old) and report.crops_deleted == 0
+    assert not any(p.exists() for p in originals)
+    assert all(p.exists() for p in crops)  # FACE_RETENTION_KEEP_CROPS is on by default
+    for face in FaceImage.objects.filter(pk__in=vectors):
+        assert not face.image and face.status == FaceImage.Status.ACCEPTED
+        np.testing.assert_array_equal(face.vector, vectors[face.pk])
+    assert Path(FaceImage.objects.get(pk=recent.pk).image.path).exists()
+    # recognition still works from the kept embeddings
+    assert recognize(user_api)["faces"][0]["match"]["name"] == "Barack Obama"
+    # and the API shows the photo as gone rather than failing
+    listing = user_api.get(f"/api/v1/people/{obama.pk}/faces/").json()["results"]
+    assert {f["image_url"] for f in listing if f["id"] in vectors} == {None}
+
+
+def test_retention_can_delete_crops_too(settings, django_capture_on_commit_callbacks):
+    settings.FACE_RETENTION_KEEP_CROPS = False
+    face = with_own_files(person_named("Joe Biden")).faces.accepted().first()
+    FaceImage.objects.filter(pk=face.pk).update(created_at=timezone.now() - timedelta(days=400))
+    crop = Path(face.crop.path)
+    with django_capture_on_commit_callbacks(execute=True):
+        report = privacy.apply_retention(days=365)
+    assert report.photos_deleted == 1 and report.crops_deleted == 1 and not crop.exists()
+    assert FaceImage.objects.get(pk=face.pk).embedding is not None
+
+
+def test_retention_zero_keeps_photos_and_old_audit_events_go():
+    AuditEvent.objects.create(action="recognize", actor="x", status_code=200, created_at=timezone.now() - timedelta(days=800))
+    report = privacy.apply_retention(days=0)
+    assert report.photos_deleted == 0 and report.audit_events_deleted == 1
+
+
+def test_retention_command_and_daily_schedule_exist(capsys):
+    call_command("apply_retention", "--days", "3650")
+    assert "Deleted 0 original photos" in capsys.readouterr().out
+    schedule = Schedule.objects.get(name="privacy: apply retention")
+    assert schedule.func == "privacy.tasks.apply_retention" and schedule.schedule_type == Schedule.DAILY
+
+
+def test_staff_export_a_persons_data_as_a_zip(staff_api, user_api):
+    obama = person_named("Barack Obama")
+    recognize(user_api)
+    response = staff_api.get(f"/api/v1/people/{obama.pk}/export/")
+    assert response.status_code == 200 and response["Content-Type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    data = json.loads(archive.read("person.json"))
+    assert data["person"]["name"] == "Barack Obama"
+    faces = data["face_images"]
+    assert len(faces) == obama.faces.count()
+    accepted = [f for f in faces if f["status"] == "accepted"]
+    vector = np.frombuffer(base64.b64decode(accepted[0]["embedding_float32_base64"]), np.float32)
+    assert vector.shape == (128,) and abs(np.linalg.norm(vector) - 1) < 1e-3
+    names = set(archive.namelist())
+    assert {f["photo"] for f in faces} <= names and {f["crop"] for f in accepted} <= names
+    assert archive.read(faces[0]["photo"]) == Path(obama.faces.get(pk=faces[0]["id"]).image.path).read_bytes()
+    assert data["recognitions"][0]["action"] == "recognize"
+
+
+def test_only_staff_export(user_api, staff_user):
+    obama = person_named("Barack Obama")
+    assert user_api.get(f"/api/v1/people/{obama.pk}/export/").status_code == 403
+    key, raw = ApiKey.issue(staff_user, "client", Role.CLIENT)
+    client = token_client(staff_user)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
+    assert client.get(f"/api/v1/people/{obama.pk}/export/").status_code == 403
+    assert token_client(staff_user).get("/api/v1/people/999999/export/").status_code == 404
+
+
+def test_export_from_the_admin(client, staff_user):
+    client.force_login(staff_user)
+    obama = person_named("Barack Obama")
+    response = client.post("/admin/people/person/", {"action": "export_data", "_selected_action": [obama.pk]})
+    assert response.status_code == 200 and response["Content-Type"] == "application/zip"
+    assert json.loads(zipfile.ZipFile(io.BytesIO(response.content)).read("person.json"))["person"]["id"] == obama.pk

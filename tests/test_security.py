@@ -1,0 +1,206 @@
+"""API keys with roles, revocation, per-token throttling, the audit log, CSRF, origins, no stack traces."""
+
+import json
+
+import pytest
+from django.core.cache import cache
+from django.core.files.uploadedfile import SimpleUploadedFile
+from rest_framework.test import APIClient
+
+from people.models import Person
+from security.models import ApiKey, AuditEvent, Role
+from security.throttling import TokenRateThrottle
+
+from .conftest import PEOPLE, PROBES, person_named, read
+
+pytestmark = pytest.mark.django_db
+
+OBAMA = read(PROBES / "obama1.jpg")
+
+
+def key_client(user, role: str, name: str = "test key") -> tuple[APIClient, ApiKey]:
+    key, raw = ApiKey.issue(user, name, role)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
+    return client, key
+
+
+def recognize(client, data: bytes = OBAMA):
+    return client.post("/api/v1/recognize/", {"image": SimpleUploadedFile("p.jpg", data)}, format="multipart")
+
+
+def enroll(client, person):
+    photo = next((PEOPLE / "barack_obama").iterdir())
+    return client.post(
+        f"/api/v1/people/{person.pk}/faces/", {"image": SimpleUploadedFile("p.jpg", read(photo))}, format="multipart"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttle_counts():
+    cache.clear()
+
+
+def test_keys_are_stored_only_as_a_hash(staff_user):
+    key, raw = ApiKey.issue(staff_user, "integration")
+    assert len(raw) == 40 and raw not in (key.key_hash, key.prefix + key.key_hash)
+    assert not ApiKey.objects.filter(key_hash=raw).exists()
+    assert key.prefix == raw[:8]
+
+
+def test_a_client_key_recognises_and_reads_but_cannot_enroll(staff_user):
+    client, _ = key_client(staff_user, Role.CLIENT)  # even on a staff account the key's role limits it
+    response = recognize(client)
+    assert response.status_code == 200
+    assert response.json()["faces"][0]["match"]["name"] == "Barack Obama"
+    assert client.get("/api/v1/people/").status_code == 200
+    refused = enroll(client, person_named("Barack Obama"))
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "permission_denied"
+    assert client.post("/api/v1/people/", {"name": "Mallory"}, format="json").status_code == 403
+
+
+def test_a_kiosk_key_cannot_call_the_http_api(staff_user):
+    client, key = key_client(staff_user, Role.KIOSK)
+    assert recognize(client).status_code == 403
+    assert client.get("/api/v1/people/").status_code == 403
+    assert key.allows("stream") and not key.allows("recognize")
+
+
+def test_a_staff_key_enrolls(staff_user, django_capture_on_commit_callbacks):
+    client, _ = key_client(staff_user, Role.STAFF)
+    person = Person.objects.create(name="New Starter")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = enroll(client, person)
+    assert response.status_code == 201
+
+
+def test_a_staff_role_key_on_a_plain_account_has_only_the_accounts_rights(plain_user):
+    client, _ = key_client(plain_user, Role.STAFF)
+    assert enroll(client, person_named("Barack Obama")).status_code == 403
+
+
+def test_a_revoked_key_is_refused_on_its_next_request(staff_user):
+    client, key = key_client(staff_user, Role.CLIENT)
+    assert client.get("/api/v1/people/").status_code == 200
+    key.revoke()
+    response = client.get("/api/v1/people/")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "authentication_failed"
+    assert "revoked" in response.json()["error"]["message"]
+
+
+def test_staff_revoke_keys_in_the_admin(client, staff_user):
+    api, key = key_client(staff_user, Role.CLIENT)
+    client.force_login(staff_user)
+    response = client.post("/admin/security/apikey/", {"action": "revoke", "_selected_action": [key.pk]}, follow=True)
+    assert response.status_code == 200 and b"Revoked 1 key" in response.content
+    assert api.get("/api/v1/people/").status_code == 401
+
+
+def test_a_key_created_in_the_admin_is_shown_once(client, staff_user):
+    client.force_login(staff_user)
+    response = client.post(
+        "/admin/security/apikey/add/",
+        {"name": "door kiosk", "user": staff_user.pk, "role": "kiosk", "revoked_at_0": "", "revoked_at_1": ""},
+        follow=True,
+    )
+    assert response.status_code == 200
+    key = ApiKey.objects.get(name="door kiosk")
+    text = response.content.decode()
+    shown = text.split("New key for door kiosk: ")[1][:40]
+    assert shown.startswith(key.prefix)
+    kiosk = APIClient()
+    kiosk.credentials(HTTP_AUTHORIZATION=f"Token {shown}")
+    assert kiosk.get("/api/v1/people/").status_code == 403  # authenticated, but a kiosk
+
+
+def test_each_token_is_throttled_on_its_own(staff_user, monkeypatch):
+    monkeypatch.setattr(TokenRateThrottle, "THROTTLE_RATES", {**TokenRateThrottle.THROTTLE_RATES, "client": "3/min"})
+    first, _ = key_client(staff_user, Role.CLIENT, "first")
+    second, _ = key_client(staff_user, Role.CLIENT, "second")
+    assert [first.get("/api/v1/people/").status_code for _ in range(3)] == [200, 200, 200]
+    refused = first.get("/api/v1/people/")
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "throttled"
+    assert int(refused["Retry-After"]) > 0
+    assert second.get("/api/v1/people/").status_code == 200
+
+
+def test_anonymous_token_requests_are_throttled_by_address(plain_user, monkeypatch):
+    monkeypatch.setattr(TokenRateThrottle, "THROTTLE_RATES", {**TokenRateThrottle.THROTTLE_RATES, "anon": "2/min"})
+    client = APIClient()
+    statuses = [
+        client.post("/api/v1/auth/token/", {"username": "client", "password": "guess"}, format="json").status_code
+        for _ in range(3)
+    ]
+    assert statuses == [400, 400, 429]
+
+
+def test_recognition_calls_are_audited_without_images(plain_user):
+    client, key = key_client(plain_user, Role.CLIENT, "reception app")
+    assert recognize(client).status_code == 200
+    assert recognize(client, b"not an image").status_code == 400
+    ok, refused = AuditEvent.objects.filter(api_key=key).order_by("id")
+    obama = person_named("Barack Obama")
+    assert ok.action == "recognize" and ok.status_code == 200 and ok.user == plain_user
+    assert ok.actor == "client / key 'reception app'"
+    assert ok.result["faces"] == 1 and ok.result["matches"][0]["person_id"] == obama.pk
+    assert AuditEvent.objects.about(obama.pk).filter(pk=ok.pk).exists()
+    assert refused.status_code == 400 and refused.result == {"error": "invalid_image"}
+    stored = json.dumps([ok.result, refused.result])
+    assert len(stored) < 500 and "base64" not in stored
+
+
+def test_verification_calls_are_audited(user_api, plain_user):
+    obama = person_named("Barack Obama")
+    response = user_api.post(
+        "/api/v1/verify/", {"image": SimpleUploadedFile("p.jpg", OBAMA), "person_id": obama.pk}, format="multipart"
+    )
+    assert response.status_code == 200 and response.json()["verified"] is True
+    event = AuditEvent.objects.get(action="verify", user=plain_user)
+    assert event.result["verified"] is True and event.result["person_id"] == obama.pk
+    assert event.actor == "client" and event.duration_ms is not None
+
+
+def test_unauthenticated_calls_are_not_audited():
+    assert recognize(APIClient()).status_code == 401
+    assert not AuditEvent.objects.exists()
+
+
+def test_session_posts_to_the_api_need_a_csrf_token(staff_user):
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(staff_user)
+    response = client.post("/api/v1/people/", {"name": "Via Session"}, format="json")
+    assert response.status_code == 403
+    assert "CSRF" in response.json()["error"]["message"]
+
+
+def test_an_unexpected_error_answers_without_a_stack_trace(user_api, monkeypatch):
+    from recognition import services
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(services, "recognize", broken)
+    response = recognize(user_api)
+    assert response.status_code == 500
+    body = response.content.decode()
+    assert response.json()["error"]["code"] == "server_error"
+    assert "secret internal detail" not in body and "Traceback" not in body
+
+
+def test_websockets_from_other_origins_are_refused():
+    import asyncio
+
+    from channels.testing import WebsocketCommunicator
+
+    from facesite.asgi import application
+
+    async def attempt(origin: bytes):
+        communicator = WebsocketCommunicator(application, "/ws/identify/", headers=[(b"origin", origin), (b"host", b"127.0.0.1")])
+        connected, _ = await communicator.connect()
+        await communicator.disconnect()
+        return connected
+
+    assert asyncio.run(attempt(b"https://evil.example.com")) is False
