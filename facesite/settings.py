@@ -157,6 +157,8 @@ FACE_MATCH_THRESHOLD = env_float("FACE_MATCH_THRESHOLD", 0.55)
 FACE_VERIFY_THRESHOLD = env_float("FACE_VERIFY_THRESHOLD", 0.45)
 FACE_TOP_K = env_int("FACE_TOP_K", 5)
 FACE_DETECT_MAX_SIDE = env_int("FACE_DETECT_MAX_SIDE", 1024)
+# "mtcnn-graph": MTCNN compiled into one TensorFlow graph (default); "mtcnn": the stock package.
+FACE_DETECTOR = env_str("FACE_DETECTOR", "mtcnn-graph")
 FACE_MIN_DETECTION_SCORE = env_float("FACE_MIN_DETECTION_SCORE", 0.9)
 FACE_ENROLL_MIN_FACE_PX = env_int("FACE_ENROLL_MIN_FACE_PX", 60)
 FACE_ENROLL_MIN_SHARPNESS = env_float("FACE_ENROLL_MIN_SHARPNESS", 20.0)

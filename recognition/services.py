@@ -21,6 +21,7 @@ def pipeline() -> FacePipeline:
     return shared_pipeline(
         PipelineConfig(
             weights_path=settings.FACE_WEIGHTS_PATH,
+            detector=settings.FACE_DETECTOR,
             detect_max_side=settings.FACE_DETECT_MAX_SIDE,
             min_detection_score=settings.FACE_MIN_DETECTION_SCORE,
             quality=QualityRules(

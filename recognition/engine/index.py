@@ -19,7 +19,7 @@ import numpy as np
 @dataclass(frozen=True)
 class IndexSettings:
     exact_below: int = 50_000  # embeddings; below this a flat scan is both exact and fast enough
-    nprobe: int = 24  # IVF cells scanned per query (recall/speed trade-off, measured in BENCHMARKS.md)
+    nprobe: int = 64  # IVF cells scanned per query (recall/speed trade-off, measured in BENCHMARKS.md)
     cells_per_sqrt: float = 1.0  # nlist = cells_per_sqrt * sqrt(N), at least 256
     train_sample: int = 100_000  # embeddings the k-means sees (faiss wants >= 39 per cell)
     retrain_growth: float = 8.0
@@ -38,6 +38,7 @@ class EmbeddingIndex:
         self._lock = threading.RLock()
         self._trained_on = 0
         self._index = self._new_flat()
+        self._threads = _cpu_count()
 
     # ---- queries ---------------------------------------------------------------------------
 
@@ -62,6 +63,10 @@ class EmbeddingIndex:
         import faiss
 
         queries = _as_matrix(queries, self.dim)
+        # A handful of queries is quicker on the calling thread than fanned out to OpenMP workers,
+        # whose spinning also fights TensorFlow and the other requests for the same cores.
+        # (omp_set_num_threads is per calling thread.)
+        faiss.omp_set_num_threads(1 if len(queries) <= 16 else self._threads)
         with self._lock:
             k = max(1, min(k, len(self)))
             params = None
@@ -156,6 +161,7 @@ class EmbeddingIndex:
             # by_residual=False: cells store the vectors themselves, so they can be decoded for a retrain
             ivf = faiss.IndexIVFScalarQuantizer(quantizer, self.dim, nlist, qtype, faiss.METRIC_INNER_PRODUCT, False)
         ivf.cp.niter = 10  # k-means iterations: cells need to be good, not optimal
+        faiss.omp_set_num_threads(self._threads)
         rng = np.random.default_rng(0)
         sample = vectors if n <= s.train_sample else vectors[rng.choice(n, s.train_sample, replace=False)]
         ivf.train(sample)
@@ -164,6 +170,12 @@ class EmbeddingIndex:
         ivf.add_with_ids(vectors, ids)
         self._index = ivf
         self._trained_on = n
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _as_matrix(embeddings: np.ndarray, dim: int) -> np.ndarray:
