@@ -8,8 +8,14 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the app registry loaded)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
 from recognition.routing import websocket_urlpatterns  # noqa: E402
+
+if settings.FACE_WARMUP:
+    from recognition import services  # noqa: E402
+
+    services.pipeline()  # models load and their graphs are traced once, before the first request
 
 application = ProtocolTypeRouter(
     {

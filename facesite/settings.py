@@ -159,6 +159,8 @@ FACE_TOP_K = env_int("FACE_TOP_K", 5)
 FACE_DETECT_MAX_SIDE = env_int("FACE_DETECT_MAX_SIDE", 1024)
 # "mtcnn-graph": MTCNN compiled into one TensorFlow graph (default); "mtcnn": the stock package.
 FACE_DETECTOR = env_str("FACE_DETECTOR", "mtcnn-graph")
+# Load and trace the models when the ASGI app starts, not on the first request.
+FACE_WARMUP = env_bool("FACE_WARMUP", True)
 FACE_MIN_DETECTION_SCORE = env_float("FACE_MIN_DETECTION_SCORE", 0.9)
 FACE_ENROLL_MIN_FACE_PX = env_int("FACE_ENROLL_MIN_FACE_PX", 60)
 FACE_ENROLL_MIN_SHARPNESS = env_float("FACE_ENROLL_MIN_SHARPNESS", 20.0)

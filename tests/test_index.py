@@ -25,7 +25,7 @@ def exact_top(matrix: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
 
 
 # a small exact_below makes the IVF path testable on small, fast galleries
-IVF = IndexSettings(exact_below=2_000, nprobe=64)
+IVF = IndexSettings(exact_below=2_000)
 
 
 def test_small_index_search_is_exact():
@@ -102,7 +102,7 @@ def best_per_person(faces, people, query, top_k):
     return sorted(best.items(), key=lambda item: -item[1])[:top_k]
 
 
-@pytest.mark.parametrize("settings", [IndexSettings(), IndexSettings(exact_below=1_000, nprobe=10_000)], ids=["exact", "ivf"])
+@pytest.mark.parametrize("settings", [IndexSettings(), IndexSettings(exact_below=1_000, min_nprobe=10_000)], ids=["exact", "ivf"])
 def test_gallery_gives_each_persons_best_face_best_people_first(settings):
     faces, people, centres = clustered_faces(400, 6, spread=0.6)
     gallery = Gallery(index_settings=settings)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +23,20 @@ def prewhiten(batch):
 
 
 class FaceEmbedder:
-    """One compiled graph per process; safe to call from several threads (TF graphs are)."""
+    """One compiled graph per process; safe to call from several threads.
+
+    With ``batch_across_calls`` small calls (a request's few faces) go through one worker thread
+    that runs everything queued meanwhile as one batch: under concurrent requests faces from
+    several requests share a forward pass, which costs far less per face than one pass each.
+    A lone caller's call runs at once; nothing waits for a batch to fill.
+    """
 
     dim = EMBEDDING_DIM
     input_size = INPUT_SIZE
 
-    def __init__(self, weights_path: Path | None = None, flip: bool = True, batch_size: int = 32):
+    def __init__(
+        self, weights_path: Path | None = None, flip: bool = True, batch_size: int = 32, batch_across_calls: bool = True
+    ):
         import tensorflow as tf
 
         self.model = load_facenet(weights_path)
@@ -46,6 +56,7 @@ class FaceEmbedder:
             return tf.math.l2_normalize(emb, axis=1)
 
         self._embed = _embed
+        self._batcher = _CallBatcher(self._embed_now, batch_size) if batch_across_calls else None
         self.embed(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.uint8))  # warm-up: trace once at start-up
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
@@ -55,5 +66,51 @@ class FaceEmbedder:
             raise ValueError(f"expected (N, {INPUT_SIZE}, {INPUT_SIZE}, 3) crops, got {crops.shape}")
         if len(crops) == 0:
             return np.zeros((0, EMBEDDING_DIM), np.float32)
+        if self._batcher is not None and len(crops) < self.batch_size:
+            return self._batcher.run(crops)
+        return self._embed_now(crops)
+
+    def _embed_now(self, crops: np.ndarray) -> np.ndarray:
         parts = [self._embed(crops[i : i + self.batch_size]).numpy() for i in range(0, len(crops), self.batch_size)]
         return np.concatenate(parts).astype(np.float32)
+
+
+class _CallBatcher:
+    """Runs ``fn`` on the concatenation of everything callers queued while the last run was busy."""
+
+    def __init__(self, fn, max_batch: int):
+        self._fn = fn
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="face-embedder-batcher", daemon=True).start()
+
+    def run(self, items: np.ndarray) -> np.ndarray:
+        call = {"items": items, "done": threading.Event()}
+        self._queue.put(call)
+        call["done"].wait()
+        if "error" in call:
+            raise call["error"]
+        return call["result"]
+
+    def _serve(self) -> None:
+        while True:
+            calls = [self._queue.get()]
+            size = len(calls[0]["items"])
+            while size < self._max_batch:
+                try:
+                    call = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                calls.append(call)
+                size += len(call["items"])
+            try:
+                results = self._fn(np.concatenate([c["items"] for c in calls]))
+                start = 0
+                for call in calls:
+                    call["result"] = results[start : start + len(call["items"])]
+                    start += len(call["items"])
+            except Exception as error:  # handed to every waiting caller, never lost in this thread
+                for call in calls:
+                    call["error"] = error
+            for call in calls:
+                call["done"].set()

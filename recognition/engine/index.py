@@ -19,7 +19,9 @@ import numpy as np
 @dataclass(frozen=True)
 class IndexSettings:
     exact_below: int = 50_000  # embeddings; below this a flat scan is both exact and fast enough
-    nprobe: int = 64  # IVF cells scanned per query (recall/speed trade-off, measured in BENCHMARKS.md)
+    # IVF cells scanned per query: the larger of these (recall/speed trade-off, see BENCHMARKS.md)
+    min_nprobe: int = 64
+    probe_fraction: float = 0.15
     cells_per_sqrt: float = 1.0  # nlist = cells_per_sqrt * sqrt(N), at least 256
     train_sample: int = 100_000  # embeddings the k-means sees (faiss wants >= 39 per cell)
     retrain_growth: float = 8.0
@@ -38,7 +40,6 @@ class EmbeddingIndex:
         self._lock = threading.RLock()
         self._trained_on = 0
         self._index = self._new_flat()
-        self._threads = _cpu_count()
 
     # ---- queries ---------------------------------------------------------------------------
 
@@ -48,6 +49,14 @@ class EmbeddingIndex:
     @property
     def kind(self) -> str:
         return "exact" if self._trained_on == 0 else f"ivf{self._index.nlist}-{self.settings.storage}"
+
+    @property
+    def nprobe(self) -> int:
+        """IVF cells scanned per query (0 while exact)."""
+        if not self._trained_on:
+            return 0
+        s = self.settings
+        return min(self._index.nlist, max(s.min_nprobe, round(s.probe_fraction * self._index.nlist)))
 
     def memory_bytes(self) -> int:
         """Bytes the index holds (vectors, ids, cells), measured by serialising it."""
@@ -63,10 +72,7 @@ class EmbeddingIndex:
         import faiss
 
         queries = _as_matrix(queries, self.dim)
-        # A handful of queries is quicker on the calling thread than fanned out to OpenMP workers,
-        # whose spinning also fights TensorFlow and the other requests for the same cores.
-        # (omp_set_num_threads is per calling thread.)
-        faiss.omp_set_num_threads(1 if len(queries) <= 16 else self._threads)
+        _small_work(len(queries) <= 16)
         with self._lock:
             k = max(1, min(k, len(self)))
             params = None
@@ -74,7 +80,7 @@ class EmbeddingIndex:
             if exclude_ids is not None and len(exclude_ids):
                 selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.asarray(exclude_ids, np.int64)))
             if self._trained_on:
-                params = faiss.SearchParametersIVF(nprobe=nprobe or self.settings.nprobe, sel=selector)
+                params = faiss.SearchParametersIVF(nprobe=nprobe or self.nprobe, sel=selector)
             elif selector is not None:
                 params = faiss.SearchParameters(sel=selector)
             scores, ids = self._index.search(queries, k, params=params)
@@ -90,6 +96,7 @@ class EmbeddingIndex:
             raise ValueError("ids and embeddings must have the same length")
         if not len(ids):
             return
+        _small_work(len(ids) <= 1000)
         with self._lock:
             total = len(self) + len(ids)
             if (self._trained_on == 0 and total >= self.settings.exact_below) or (
@@ -106,6 +113,7 @@ class EmbeddingIndex:
         ids = np.ascontiguousarray(ids, np.int64)
         if not len(ids):
             return 0
+        _small_work(True)
         with self._lock:
             return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
 
@@ -161,15 +169,23 @@ class EmbeddingIndex:
             # by_residual=False: cells store the vectors themselves, so they can be decoded for a retrain
             ivf = faiss.IndexIVFScalarQuantizer(quantizer, self.dim, nlist, qtype, faiss.METRIC_INNER_PRODUCT, False)
         ivf.cp.niter = 10  # k-means iterations: cells need to be good, not optimal
-        faiss.omp_set_num_threads(self._threads)
+        faiss.omp_set_num_threads(_cpu_count())  # the bulk build may use every core
         rng = np.random.default_rng(0)
         sample = vectors if n <= s.train_sample else vectors[rng.choice(n, s.train_sample, replace=False)]
         ivf.train(sample)
-        ivf.nprobe = s.nprobe
         # IVF keeps the caller's ids in its cells, so it needs no id map (and removal keeps them valid)
         ivf.add_with_ids(vectors, ids)
         self._index = ivf
         self._trained_on = n
+
+
+def _small_work(small: bool) -> None:
+    """One query or one person's faces is quicker on the calling thread than fanned out to OpenMP
+    workers, whose spin-waiting also fights TensorFlow and other requests for the same cores.
+    (``omp_set_num_threads`` is per calling thread.)"""
+    import faiss
+
+    faiss.omp_set_num_threads(1 if small else _cpu_count())
 
 
 def _cpu_count() -> int:
