@@ -16,6 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from people.models import FaceImage, Person
+from recognition.models import CheckIn
 from security.models import AuditEvent
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ def person_data(person: Person) -> dict:
         {"at": e.created_at.isoformat(), "action": e.action, "by": e.actor, "result": e.result}
         for e in AuditEvent.objects.about(person.pk).order_by("created_at", "id")
     ]
+    checkins = [
+        {"at": c.checked_in_at.isoformat(), "similarity": c.similarity, "kiosk": str(c.kiosk) if c.kiosk else None}
+        for c in CheckIn.objects.filter(person=person).select_related("kiosk").order_by("checked_in_at")
+    ]
     return {
         "exported_at": timezone.now().isoformat(),
         "person": {
@@ -60,6 +65,7 @@ def person_data(person: Person) -> dict:
         },
         "face_images": faces,
         "recognitions": recognitions,
+        "checkins": checkins,
     }
 
 

@@ -1,10 +1,20 @@
-"""Erasure reaches the audit log: an erased person's id is removed from the events that named them."""
+"""Erasure reaches the audit log and the check-ins: an erased person's id is removed from the audit
+events that named them, and their check-ins are deleted (ERASE_CHECKINS_WITH_PERSON, the default)
+or kept anonymised (the foreign key is set to null)."""
 
-from django.db.models.signals import post_delete
+from django.conf import settings
+from django.db.models.signals import post_delete, pre_delete
 from django.dispatch import receiver
 
 from people.models import Person
+from recognition.models import CheckIn
 from security.models import AuditEvent, person_ids_field
+
+
+@receiver(pre_delete, sender=Person)
+def erase_checkins(sender, instance: Person, **kwargs):
+    if settings.ERASE_CHECKINS_WITH_PERSON:
+        CheckIn.objects.filter(person=instance).delete()
 
 
 @receiver(post_delete, sender=Person)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from rest_framework.throttling import SimpleRateThrottle
 
 from .models import ApiKey, Role
+
+log = logging.getLogger(__name__)
 
 
 class TokenRateThrottle(SimpleRateThrottle):
@@ -28,7 +32,12 @@ class TokenRateThrottle(SimpleRateThrottle):
         if self.rate is None:
             return True
         self.num_requests, self.duration = self.parse_rate(self.rate)
-        return super().allow_request(request, view)
+        try:
+            return super().allow_request(request, view)
+        except Exception as err:
+            # The shared cache (Redis) is down or restarting: serve rather than refuse everyone.
+            log.warning("throttling skipped, the cache is unavailable: %s", err)
+            return True
 
     def get_rate(self):
         return None  # chosen per request in allow_request

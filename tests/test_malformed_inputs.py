@@ -209,6 +209,7 @@ def test_malformed_input_gets_a_4xx_or_a_correct_answer(staff_api, name):
 
 
 @pytest.mark.servers
+@pytest.mark.django_db
 def test_a_real_server_answers_the_whole_corpus_and_stays_up(live_site):
     from . import live
 

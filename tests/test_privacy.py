@@ -160,3 +160,39 @@ def test_export_from_the_admin(client, staff_user):
     response = client.post("/admin/people/person/", {"action": "export_data", "_selected_action": [obama.pk]})
     assert response.status_code == 200 and response["Content-Type"] == "application/zip"
     assert json.loads(zipfile.ZipFile(io.BytesIO(response.content)).read("person.json"))["person"]["id"] == obama.pk
+
+
+def checkin_of(person):
+    from recognition.models import CheckIn
+
+    return CheckIn.objects.create(person=person, similarity=0.8, threshold=0.55, frames=5)
+
+
+def test_erasure_deletes_check_ins_by_default(staff_api, django_capture_on_commit_callbacks):
+    from recognition.models import CheckIn
+
+    person = with_own_files(person_named("Joe Biden"))
+    checkin = checkin_of(person)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert staff_api.delete(f"/api/v1/people/{person.pk}/").status_code == 204
+    assert not CheckIn.objects.filter(pk=checkin.pk).exists()
+
+
+def test_erasure_can_keep_check_ins_anonymised(staff_api, settings, django_capture_on_commit_callbacks):
+    from recognition.models import CheckIn
+
+    settings.ERASE_CHECKINS_WITH_PERSON = False
+    person = with_own_files(person_named("Joe Biden"))
+    checkin = checkin_of(person)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert staff_api.delete(f"/api/v1/people/{person.pk}/").status_code == 204
+    assert CheckIn.objects.get(pk=checkin.pk).person is None
+
+
+def test_export_includes_check_ins(staff_api):
+    person = person_named("Joe Biden")
+    checkin_of(person)
+    data = json.loads(
+        zipfile.ZipFile(io.BytesIO(staff_api.get(f"/api/v1/people/{person.pk}/export/").content)).read("person.json")
+    )
+    assert len(data["checkins"]) == 1 and data["checkins"][0]["similarity"] == 0.8

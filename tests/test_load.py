@@ -1,0 +1,91 @@
+"""16 concurrent clients on /api/v1/recognize/ against a real server on loopback: no 5xx, memory flat.
+
+CI runs it for LOAD_TEST_SECONDS (default 20 s); BENCHMARKS.md has the 60 s figures
+(LOAD_TEST_SECONDS=60). The figures of each run are written to bench-results/load-<backend>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from . import live
+from .conftest import PROBES, read
+
+# django_db: the session gallery is built in the test database before it is copied to the live site.
+pytestmark = [pytest.mark.servers, pytest.mark.django_db]
+
+CLIENTS = 16
+SECONDS = float(os.environ.get("LOAD_TEST_SECONDS", "20"))
+# Growth of the server's resident memory allowed between the warmed-up start and the end.
+MAX_RSS_GROWTH_MB = 150
+
+
+def test_sixteen_concurrent_clients_get_no_5xx_and_memory_stays_flat(live_site):
+    server = live_site.start_web()
+    image = read(PROBES / "obama1.jpg")
+    warm = server.recognize(image)  # loads the models
+    assert warm.status == 200, warm.body
+    assert warm.json()["faces"][0]["match"]["name"] == "Barack Obama"
+    # One concurrent round first: the server's buffers and allocator arenas grow to their working
+    # size under 16 open requests; growth after that is what would be a leak.
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        assert {r.status for r in pool.map(lambda _: server.recognize(image), range(CLIENTS))} == {200}
+    rss_start = live.rss_mb(server.proc.pid)
+
+    deadline = time.monotonic() + SECONDS
+    results: list[tuple[int, float, str | None]] = []
+    rss_samples = [rss_start]
+
+    def client() -> None:
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                reply = server.recognize(image)
+                match = reply.json()["faces"][0]["match"] if reply.status == 200 else None
+                results.append((reply.status, time.monotonic() - started, match and match["name"]))
+            except OSError as err:  # a refused or dropped connection counts as a failure
+                results.append((599, time.monotonic() - started, repr(err)))
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        futures = [pool.submit(client) for _ in range(CLIENTS)]
+        while any(not f.done() for f in futures):
+            time.sleep(2)
+            rss_samples.append(live.rss_mb(server.proc.pid))
+        for f in futures:
+            f.result()
+    rss_end = live.rss_mb(server.proc.pid)
+
+    statuses = Counter(status for status, _, _ in results)
+    latencies = sorted(latency for _, latency, _ in results)
+    figures = {
+        "backend": live_site.backend,
+        "clients": CLIENTS,
+        "seconds": SECONDS,
+        "requests": len(results),
+        "requests_per_second": round(len(results) / SECONDS, 2),
+        "statuses": dict(statuses),
+        "latency_p50_s": round(statistics.median(latencies), 3),
+        "latency_p95_s": round(latencies[int(0.95 * (len(latencies) - 1))], 3),
+        "rss_start_mb": round(rss_start, 1),
+        "rss_end_mb": round(rss_end, 1),
+        "rss_max_mb": round(max(rss_samples), 1),
+    }
+    out = live.ROOT / "bench-results"
+    out.mkdir(exist_ok=True)
+    (out / f"load-{live_site.backend}.json").write_text(json.dumps(figures, indent=2))
+    print(json.dumps(figures))
+
+    assert results, "no request completed"
+    assert not [s for s in statuses if s >= 500], figures
+    assert set(statuses) == {200}, figures
+    assert {name for _, _, name in results} == {"Barack Obama"}
+    assert rss_end - rss_start < MAX_RSS_GROWTH_MB, figures
+    assert server.proc.poll() is None and live.request(server.url + "/healthz/").status == 200
+    live_site.stop(server.proc)
