@@ -3,6 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
+# The browser tests drive Debian's Chromium (never a downloaded browser); CI runs as root.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "!!! /usr/bin/chromium is missing and this is not root: the browser tests will FAIL." \
+      "Install it with: sudo apt-get install -y chromium chromium-driver !!!" >&2
+  fi
+fi
 export TF_CPP_MIN_LOG_LEVEL=3
 .venv/bin/ruff check .
 .venv/bin/python manage.py makemigrations --check --dry-run >/dev/null

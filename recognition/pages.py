@@ -1,0 +1,89 @@
+"""The browser pages: live check-in (/checkin/) and face verification (/verify/).
+
+Both show the consent notice before any camera or photo is used. Check-in records consent over its
+websocket (recognition.consumers); verification records it here, before the photos are sent.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from .consumers import KIOSK_SESSION_KEY
+from .models import Consent, Kiosk
+
+
+def _notice_context() -> dict:
+    return {
+        "notice_version": settings.CONSENT_NOTICE_VERSION,
+        "min_age": settings.CONSENT_MIN_AGE,
+        # What the page's script needs, passed with json_script.
+        "page_config": {
+            "noticeVersion": settings.CONSENT_NOTICE_VERSION,
+            "socketPath": "/ws/identify/",
+            "consentUrl": reverse("verify-consent"),
+            "verifyUrl": reverse("verify"),
+        },
+    }
+
+
+def _session_kiosk(request) -> Kiosk | None:
+    kiosk_id = request.session.get(KIOSK_SESSION_KEY)
+    return Kiosk.objects.filter(pk=kiosk_id, is_active=True).first() if kiosk_id else None
+
+
+@require_GET
+def checkin(request):
+    """The check-in page: sign in or register the kiosk, read the notice, consent, then the camera."""
+    kiosk = _session_kiosk(request)
+    can_stream = kiosk is not None or request.user.is_authenticated
+    return render(request, "checkin.html", {"kiosk": kiosk, "can_stream": can_stream, **_notice_context()})
+
+
+@require_POST
+def kiosk_sign_in(request):
+    """Staff type a kiosk's token once on the device; the session then stands for the kiosk."""
+    kiosk = Kiosk.objects.by_token(request.POST.get("token", "").strip())
+    if kiosk is None:
+        context = {"kiosk": None, "can_stream": request.user.is_authenticated, "kiosk_error": "That kiosk token is not valid."}
+        return render(request, "checkin.html", {**context, **_notice_context()}, status=400)
+    request.session.cycle_key()
+    request.session[KIOSK_SESSION_KEY] = kiosk.pk
+    return redirect("checkin")
+
+
+@require_POST
+def kiosk_sign_out(request):
+    request.session.pop(KIOSK_SESSION_KEY, None)
+    return redirect("checkin")
+
+
+@login_required
+@require_GET
+def verify(request):
+    """Compare two faces: the page posts both photos to /api/v1/verify/ after consent; nothing is stored."""
+    return render(request, "verify.html", _notice_context())
+
+
+@login_required
+@require_POST
+def verify_consent(request):
+    """Record consent to the verification page's processing; answers JSON for the page's script."""
+    if request.POST.get("notice_version") != settings.CONSENT_NOTICE_VERSION:
+        return JsonResponse(
+            {"error": {"code": "stale_notice", "message": "The notice has changed; reload the page and read it again."}},
+            status=400,
+        )
+    if request.POST.get("age_confirmed") != "yes":
+        return JsonResponse(
+            {"error": {"code": "age_not_confirmed", "message": f"Confirm that you are at least {settings.CONSENT_MIN_AGE}."}},
+            status=400,
+        )
+    consent = Consent.objects.create(
+        purpose=Consent.Purpose.VERIFY, user=request.user, notice_version=settings.CONSENT_NOTICE_VERSION, age_confirmed=True
+    )
+    return JsonResponse({"consent_id": consent.pk}, status=201)
