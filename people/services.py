@@ -44,7 +44,12 @@ def enroll(person: Person, upload, uploaded_by=None, process: bool = True) -> Fa
 
 
 def queue_processing(face_image_id: int) -> None:
-    async_task("people.tasks.process_face_image", face_image_id, task_name=f"face-{face_image_id}", group="enrollment")
+    try:
+        async_task("people.tasks.process_face_image", face_image_id, task_name=f"face-{face_image_id}", group="enrollment")
+    except Exception as err:
+        # The broker (Redis) is down: the photo is stored and stays pending; the every-minute
+        # schedule people.tasks.requeue_pending queues it again once the broker is back.
+        log.warning("could not queue face image %s, it will be re-queued: %s", face_image_id, err)
 
 
 def _safe_name(name: str) -> str:

@@ -22,3 +22,20 @@ def process_face_image(face_image_id: int) -> str:
         )
         raise
     return face.status
+
+
+def requeue_pending(older_than_seconds: int = 60) -> int:
+    """Queue again photos still pending after a while (their task was lost: broker down, worker killed)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from . import services
+
+    stuck = FaceImage.objects.filter(
+        status=FaceImage.Status.PENDING, updated_at__lt=timezone.now() - timedelta(seconds=older_than_seconds)
+    ).values_list("id", flat=True)
+    ids = list(stuck)
+    for pk in ids:
+        services.queue_processing(pk)
+    return len(ids)

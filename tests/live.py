@@ -278,6 +278,9 @@ def make_site(tmp: Path, backend: str) -> Site:
         THROTTLE_STAFF="100000/min",
         LOG_LEVEL="WARNING",
         Q_WORKERS="1",
+        # Retraining on enrollment (the training issue's feature) would occupy the one django-q
+        # worker for minutes; these tests are about enrollment and serving.
+        TRAINING_RETRAIN_ON_ENROLLMENT="0",
         OMP_NUM_THREADS="1",
         TF_NUM_INTEROP_THREADS="1",
     )

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Production: PostgreSQL + Redis, WEB_WORKERS ASGI worker processes (uvicorn) and a django-q cluster.
+#
+#   SECRET_KEY=... DATABASE_URL=postgresql://postgres@127.0.0.1:5432/facesite \
+#   REDIS_URL=redis://127.0.0.1:6379/0 ALLOWED_HOSTS=faces.example.org bash scripts/run-production.sh
+#
+# DEBUG is off: secure cookies and HSTS (serve it behind TLS; set SECURE_COOKIES=0 only to try it
+# over plain http on loopback), static files from WhiteNoise. Ctrl-C or SIGTERM stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${SECRET_KEY:?set SECRET_KEY (e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))')}"
+: "${DATABASE_URL:?set DATABASE_URL=postgresql://user@host:5432/dbname}"
+: "${REDIS_URL:?set REDIS_URL=redis://host:6379/0}"
+: "${ALLOWED_HOSTS:?set ALLOWED_HOSTS (comma-separated host names)}"
+export DEBUG=0 TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
+HOST="${HOST:-127.0.0.1}"
+PORT="${PORT:-8000}"
+WEB_WORKERS="${WEB_WORKERS:-2}"
+# Two django-q workers: a retrain (minutes) does not hold up the processing of new photos.
+export Q_WORKERS="${Q_WORKERS:-2}"
+PY=.venv/bin/python
+
+[ -n "${SKIP_SETUP:-}" ] || bash scripts/setup.sh
+$PY scripts/check_services.py
+$PY manage.py migrate --noinput
+$PY manage.py collectstatic --noinput -v0
+$PY manage.py check --deploy --fail-level ERROR
+
+$PY manage.py qcluster &
+QCLUSTER=$!
+stop() { kill "$QCLUSTER" 2>/dev/null || true; wait "$QCLUSTER" 2>/dev/null || true; }
+trap stop EXIT
+trap 'exit 0' INT TERM
+
+echo "Serving on http://$HOST:$PORT/ with $WEB_WORKERS web workers and a django-q cluster (pid $QCLUSTER)"
+# Channels' router has no lifespan protocol; models warm up when each worker imports the app.
+.venv/bin/uvicorn facesite.asgi:application --host "$HOST" --port "$PORT" --workers "$WEB_WORKERS" \
+  --lifespan off --proxy-headers --no-server-header --timeout-graceful-shutdown 20 &
+WEB=$!
+stop() { kill "$WEB" "$QCLUSTER" 2>/dev/null || true; wait "$WEB" "$QCLUSTER" 2>/dev/null || true; }
+wait "$WEB"
