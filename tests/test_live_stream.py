@@ -417,3 +417,50 @@ def test_head_turn_is_not_faked_by_swinging_a_photo():
     challenge = HeadTurnChallenge(direction="left")
     for squeeze in (1.0, 1.0, 0.9, 0.7, 0.5, 0.4):
         assert not challenge.update(landmarks(130, squeeze))
+
+
+# ---- the pages around the stream -----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_checkin_page_asks_anonymous_visitors_to_sign_in_or_register_a_kiosk(client, kiosk):
+    page = client.get("/checkin/")
+    assert page.status_code == 200 and b"kiosk-form" in page.content and b"consent-start" not in page.content
+    wrong = client.post("/checkin/kiosk/", {"token": "not-a-token"})
+    assert wrong.status_code == 400 and b"not valid" in wrong.content
+
+
+@pytest.mark.django_db
+def test_kiosk_token_signs_the_device_in_and_the_socket_knows_it(client):
+    from django.conf import settings
+
+    kiosk = Kiosk(name="Lobby")
+    token = kiosk.set_new_token()
+    kiosk.save()
+    assert Kiosk.objects.get(pk=kiosk.pk).token_hash != token  # only the hash is kept
+    response = client.post("/checkin/kiosk/", {"token": token})
+    assert response.status_code == 302 and response["Location"] == "/checkin/"
+    page = client.get("/checkin/")
+    assert b"consent-start" in page.content and b"Lobby" in page.content
+    assert settings.CONSENT_NOTICE_VERSION.encode() in page.content
+    assert client.session[KIOSK_SESSION_KEY] == kiosk.pk
+    kiosk.is_active = False
+    kiosk.save()
+    assert b"kiosk-form" in client.get("/checkin/").content  # a deactivated kiosk is signed out
+
+
+@pytest.mark.django_db
+def test_verify_page_needs_a_login_and_records_consent(client, plain_user):
+    from django.conf import settings
+
+    assert client.get("/verify/")["Location"].startswith("/accounts/login/")
+    client.force_login(plain_user)
+    assert client.get("/verify/").status_code == 200
+    stale = client.post("/verify/consent/", {"notice_version": "old", "age_confirmed": "yes"})
+    assert stale.status_code == 400 and stale.json()["error"]["code"] == "stale_notice"
+    no_age = client.post("/verify/consent/", {"notice_version": settings.CONSENT_NOTICE_VERSION})
+    assert no_age.status_code == 400 and no_age.json()["error"]["code"] == "age_not_confirmed"
+    given = client.post("/verify/consent/", {"notice_version": settings.CONSENT_NOTICE_VERSION, "age_confirmed": "yes"})
+    assert given.status_code == 201
+    consent = Consent.objects.get(pk=given.json()["consent_id"])
+    assert consent.purpose == "verify" and consent.user == plain_user
