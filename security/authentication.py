@@ -13,6 +13,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import TokenAuthentication
 
 from .models import ApiKey, hash_key
+from .permissions import TokenScope, required_scope
 
 # last_used_at is written at most this often per key, not on every request.
 _TOUCH_EVERY = timedelta(minutes=1)
@@ -33,6 +34,16 @@ def authenticate_key(raw: str) -> ApiKey | None:
 
 
 class ApiKeyAuthentication(TokenAuthentication):
+    def authenticate(self, request):
+        result = super().authenticate(request)
+        # The role is enforced here as well as by the TokenScope permission, so that a view which
+        # sets its own permission classes without TokenScope is still closed to a key outside its
+        # role (a view naming no scope is open to staff keys only).
+        view = (getattr(request, "parser_context", None) or {}).get("view")
+        if result is not None and view is not None and not result[1].allows(required_scope(request, view)):
+            raise exceptions.PermissionDenied(TokenScope.message)
+        return result
+
     def authenticate_credentials(self, raw):
         key = authenticate_key(raw)
         if key is None:

@@ -67,6 +67,14 @@ def test_a_kiosk_key_cannot_call_the_http_api(staff_user):
     assert key.allows("stream") and not key.allows("recognize")
 
 
+def test_a_client_key_cannot_reach_views_that_name_no_scope(staff_user):
+    client, _ = key_client(staff_user, Role.CLIENT)
+    response = client.get("/api/v1/models/")  # the training API: staff keys only
+    assert response.status_code == 403 and response.json()["error"]["code"] == "permission_denied"
+    staff, _ = key_client(staff_user, Role.STAFF)
+    assert staff.get("/api/v1/models/").status_code == 200
+
+
 def test_a_staff_key_enrolls(staff_user, django_capture_on_commit_callbacks):
     client, _ = key_client(staff_user, Role.STAFF)
     person = Person.objects.create(name="New Starter")
