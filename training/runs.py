@@ -78,8 +78,13 @@ class TrainingRun:
             f"{len(split.train_only_people)} people have one image and are training-only (not evaluated).",
         )
         steps = iter(range(25, 70, 7))
+        only = ("nearest_neighbour", *settings.TRAINING_APPROACHES)
         comparison = compare(
-            split, unknown, target_far, progress=lambda name: self.report("comparing", next(steps, 69), f"Fitting {name}.")
+            split,
+            unknown,
+            target_far,
+            only=only,
+            progress=lambda name: self.report("comparing", next(steps, 69), f"Fitting {name}."),
         )
         production = comparison.outcomes[comparison.production]
         chosen = production.evaluation
@@ -103,7 +108,7 @@ class TrainingRun:
         self.report("exporting", 80, "Exporting the embedder as TFLite and the label map.")
         tflite_name, tflite_sha = self.export_tflite()
         self.report("exporting", 92)
-        labels = self.label_map(faces, comparison.production, chosen.threshold, tflite_sha)
+        labels = self.label_map(faces, comparison.outcomes["nearest_neighbour"].evaluation.threshold, tflite_sha)
         labels_bytes = json.dumps(labels, indent=1).encode()
 
         metrics = chosen.as_dict()
@@ -152,6 +157,15 @@ class TrainingRun:
                 images.append(first)
             if len(images) >= settings.TRAINING_UNKNOWN_MAX_IMAGES:
                 break
+        cache = self._unknown_cache(images)
+        if cache.exists():
+            with np.load(cache) as stored:
+                return FaceSet(
+                    stored["embeddings"],
+                    np.full(len(stored["embeddings"]), -1, np.int64),
+                    -np.arange(1, len(stored["embeddings"]) + 1),
+                    stored["crops"],
+                )
         embeddings, crops = [], []
         for i, path in enumerate(images):
             try:
@@ -164,12 +178,20 @@ class TrainingRun:
             if i % 20 == 0:
                 self.report("unknown faces", 10 + int(10 * i / max(len(images), 1)))
         n = len(embeddings)
-        return FaceSet(
-            np.array(embeddings, np.float32).reshape(n, 128),
-            np.full(n, -1, np.int64),
-            -np.arange(1, n + 1),
-            np.array(crops).reshape(n, 160, 160, 3),
-        )
+        embeddings = np.array(embeddings, np.float32).reshape(n, 128)
+        crops = np.array(crops, np.uint8).reshape(n, 160, 160, 3)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_name(f"{cache.stem}.{self.version.pk}.part.npz")
+        np.savez_compressed(partial, embeddings=embeddings, crops=crops)
+        partial.replace(cache)
+        return FaceSet(embeddings, np.full(n, -1, np.int64), -np.arange(1, n + 1), crops)
+
+    def _unknown_cache(self, images: list[Path]) -> Path:
+        """Unknown faces are the same images run after run: embed them once per file list and embedder."""
+        import hashlib
+
+        text = "\n".join([recognition.pipeline().embedder_name, *(str(p) for p in images)])
+        return Path(settings.TRAINING_CACHE_DIR) / f"unknown-faces-{hashlib.sha256(text.encode()).hexdigest()[:24]}.npz"
 
     def decide(self, split, unknown, comparison) -> tuple[bool, str, float | None]:
         """Activate when not worse than the active version on the same held-out data, or when forced."""
@@ -229,9 +251,10 @@ class TrainingRun:
             default_storage.save(name, ContentFile(data))
         return name, digest
 
-    def label_map(self, faces: FaceSet, production: str, threshold: float | None, tflite_sha: str) -> dict:
-        """What an edge client needs besides the .tflite: who is who, the threshold, and the
-        reference embeddings (or head weights). People erased since the run began are left out."""
+    def label_map(self, faces: FaceSet, threshold: float | None, tflite_sha: str) -> dict:
+        """What an edge client needs besides the .tflite: who is who, the reference embeddings and
+        the calibrated cosine threshold for nearest-neighbour matching (which needs no retraining
+        on the device). People erased or deactivated since the run began are left out."""
         from people.models import Person
 
         alive = dict(Person.objects.filter(pk__in=np.unique(faces.labels).tolist(), is_active=True).values_list("id", "name"))
@@ -242,7 +265,7 @@ class TrainingRun:
             "embedder": recognition.pipeline().embedder_name,
             "tflite_sha256": tflite_sha,
             "input": {"shape": [None, 160, 160, 3], "dtype": "float32", "pixels": "RGB 0..255, aligned crop"},
-            "recogniser": production,
+            "matching": "nearest_neighbour",
             "threshold": threshold,
             "people": [{"index": i, "person_id": p, "name": alive[p]} for i, p in enumerate(people)],
             "gallery": {

@@ -24,7 +24,7 @@ class Evaluation:
     macro_f1: float | None
     threshold: float | None
     target_far: float
-    far: float | None  # impostor (probe, person) claims accepted at ``threshold``
+    far: float | None  # searches whose best wrong person scores >= ``threshold`` (see genuine_impostor)
     frr: float | None  # genuine (probe, own person) claims rejected at ``threshold``
     identification_rate: float | None  # known probes named correctly AND above threshold
     unknown_rejection: float | None  # unknown probes whose best score is below threshold
@@ -47,14 +47,20 @@ class Evaluation:
 
 
 def genuine_impostor(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Genuine scores (known probe vs own person) and impostor scores (known probe vs every other
-    person, unknown probe vs every person): the claims an open-set threshold accepts or rejects."""
+    """Genuine scores (each known probe vs its own person) and impostor scores (each probe's best
+    score among the people it is NOT: for an unknown probe, everybody). An open-set search accepts
+    a false match exactly when that best impostor score reaches the threshold, so FAR here is the
+    share of searches that would name a wrong person (FPIR), not of single pair comparisons,
+    which would understate it by roughly the gallery size."""
     scores = np.asarray(scores, np.float64)
     truth = np.asarray(truth)
     known = truth != UNKNOWN
-    own = np.zeros_like(scores, dtype=bool)
-    own[np.flatnonzero(known), truth[known]] = True
-    return scores[own], scores[~own]
+    rows = np.flatnonzero(known)
+    genuine = scores[rows, truth[known]]
+    others = scores.copy()
+    others[rows, truth[known]] = -np.inf
+    impostor = others.max(axis=1) if others.shape[1] else np.zeros(0)
+    return genuine, impostor[np.isfinite(impostor)]
 
 
 def threshold_at_far(impostor: np.ndarray, target_far: float) -> float | None:

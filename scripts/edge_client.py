@@ -1,0 +1,148 @@
+#!/usr/bin/env python
+"""Offline face recognition on an edge device with the server's exported model.
+
+    # once (or after each retrain): fetch the active version's TFLite embedder and label map
+    python scripts/edge_client.py download --server http://127.0.0.1:8000 --token $TOKEN --out var/edge
+    # then, with no server round-trip:
+    python scripts/edge_client.py recognise photo.jpg --model-dir var/edge
+    python scripts/edge_client.py recognise clip.mp4 --model-dir var/edge --every 5
+
+The token's account needs staff status or the "Can download model files" permission: the label map
+holds names and face embeddings of the enrolled people, so keep the downloaded folder private.
+Detection and alignment are the repository's MTCNN code (plain Python, no Django); the embedding
+runs in tf.lite.Interpreter; matching is cosine nearest neighbour with the version's threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+MODEL_FILE = "model.tflite"
+LABELS_FILE = "labels.json"
+
+
+def download(server: str, token: str, out: Path) -> dict:
+    """Fetch the active version's .tflite and label map into ``out``; check both sha256 sums."""
+    out.mkdir(parents=True, exist_ok=True)
+    api = server.rstrip("/") + "/api/v1/models"
+    headers = {"Authorization": f"Token {token}"}
+
+    def get(url: str) -> tuple[bytes, dict]:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=300) as response:
+            return response.read(), dict(response.headers)
+
+    active = json.loads(get(f"{api}/active/")[0])
+    for name, url_key, sha_key in ((MODEL_FILE, "tflite_url", "tflite_sha256"), (LABELS_FILE, "labels_url", "labels_sha256")):
+        if not active.get(url_key):
+            raise SystemExit(f"version {active['number']} has no {name} (was the TFLite export switched off?)")
+        data, _ = get(active[url_key])
+        if hashlib.sha256(data).hexdigest() != active[sha_key]:
+            raise SystemExit(f"{name}: sha256 does not match the server's; not saved")
+        (out / name).write_bytes(data)
+    return active
+
+
+@dataclass
+class Recognition:
+    box: list[int]
+    name: str | None  # None: not anyone enrolled
+    similarity: float
+
+
+class EdgeRecogniser:
+    def __init__(self, model_dir: Path):
+        from recognition.engine.detection import MTCNNDetector
+        from training.engine.export import TFLiteEmbedder
+
+        model_dir = Path(model_dir)
+        self.labels = json.loads((model_dir / LABELS_FILE).read_text())
+        self.embedder = TFLiteEmbedder(model_dir / MODEL_FILE)
+        self.detector = MTCNNDetector()
+        self.names = {p["index"]: p["name"] for p in self.labels["people"]}
+        self.gallery = np.asarray(self.labels["gallery"]["embeddings"], np.float32).reshape(-1, 128)
+        self.gallery_labels = np.asarray(self.labels["gallery"]["labels"], np.int64)
+        self.threshold = float(self.labels["threshold"])
+
+    def recognise(self, rgb: np.ndarray) -> list[Recognition]:
+        """(H, W, 3) uint8 RGB -> every face with its name (or None) and cosine similarity."""
+        from recognition.engine.alignment import align_face
+
+        faces = self.detector.detect(rgb)
+        if not faces:
+            return []
+        crops = np.stack([align_face(rgb, f) for f in faces])
+        embeddings = self.embedder.embed(crops)
+        results = []
+        for face, embedding in zip(faces, embeddings):
+            if len(self.gallery) == 0:
+                results.append(Recognition(face.box_ints(), None, 0.0))
+                continue
+            similarity = self.gallery @ embedding
+            best = int(np.argmax(similarity))
+            name = self.names.get(int(self.gallery_labels[best])) if similarity[best] >= self.threshold else None
+            results.append(Recognition(face.box_ints(), name, float(similarity[best])))
+        return results
+
+
+def frames(path: Path, every: int):
+    """(index, RGB frame) of an image, or of every ``every``-th frame of a video."""
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is not None:
+        yield 0, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return
+    video = cv2.VideoCapture(str(path))
+    if not video.isOpened():
+        raise SystemExit(f"{path}: neither an image nor a video OpenCV can read")
+    index = 0
+    while True:
+        ok, frame = video.read()
+        if not ok:
+            break
+        if index % every == 0:
+            yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        index += 1
+    video.release()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    get = commands.add_parser("download", help="fetch the active model and label map")
+    get.add_argument("--server", default="http://127.0.0.1:8000")
+    get.add_argument("--token", default=os.environ.get("FACESITE_TOKEN"), help="API token (or FACESITE_TOKEN)")
+    get.add_argument("--out", type=Path, default=Path("var/edge"))
+    run = commands.add_parser("recognise", help="recognise faces in an image or video, offline")
+    run.add_argument("path", type=Path)
+    run.add_argument("--model-dir", type=Path, default=Path("var/edge"))
+    run.add_argument("--every", type=int, default=5, help="video: look at every n-th frame")
+    args = parser.parse_args(argv)
+
+    if args.command == "download":
+        if not args.token:
+            parser.error("--token (or FACESITE_TOKEN) is required")
+        active = download(args.server, args.token, args.out)
+        print(f"version {active['number']} saved to {args.out} ({len(active['metrics'].get('people_names', {}))} people)")
+        return 0
+    recogniser = EdgeRecogniser(args.model_dir)
+    for index, rgb in frames(args.path, max(1, args.every)):
+        for r in recogniser.recognise(rgb):
+            print(f"frame {index}: {r.name or 'unknown'} (similarity {r.similarity:.2f}) at {r.box}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
