@@ -181,6 +181,10 @@ TRAINING_STALE_SECONDS = env_int("TRAINING_STALE_SECONDS", 900)
 # Faces of people who are NOT enrolled, for the unknown-rejection rate (e.g. LFW's images folder).
 TRAINING_UNKNOWN_FACES_DIR = env_str("TRAINING_UNKNOWN_FACES_DIR") or None
 TRAINING_UNKNOWN_MAX_IMAGES = env_int("TRAINING_UNKNOWN_MAX_IMAGES", 300)
+# The approaches each run compares on the same split (nearest_neighbour is always included).
+TRAINING_APPROACHES = env_list(
+    "TRAINING_APPROACHES", ["nearest_neighbour", "softmax_head", "triplet_adapter", "siamese_head", "lbph", "eigenfaces"]
+)
 TRAINING_EXPORT_TFLITE = env_bool("TRAINING_EXPORT_TFLITE", True)
 # Converting FaceNet to TFLite takes a minute or more; the result is reused while weights and TF match.
 TRAINING_CACHE_DIR = Path(env_str("TRAINING_CACHE_DIR", str(BASE_DIR / "var" / "cache")))
