@@ -108,4 +108,21 @@ def run_embedding(lfw_dir: Path, n_faces: int, out) -> dict:
         name = embedder.name
         out(f"| {name} | {single_fps:.1f} faces/s | {batched_fps:.1f} faces/s | {batched_fps / single_fps:.2f}x |")
         results[name] = {"single_fps": single_fps, "batched_fps": batched_fps}
+
+    # concurrent requests, one face each: separate forward passes vs the cross-call batcher
+    from concurrent.futures import ThreadPoolExecutor
+
+    clients = 8
+    plain, batching = FaceEmbedder(batch_across_calls=False), FaceEmbedder(batch_across_calls=True)
+
+    def burst(embedder):
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(lambda c: embedder.embed(c[None]), crops))
+
+    cmp = interleaved(
+        f"{n_faces} one-face calls from {clients} threads", lambda _: burst(plain), lambda _: burst(batching), [None] * 3
+    )
+    out("\n" + table_header("one forward pass per call", "batched across calls"))
+    out(cmp.row())
+    results["concurrent"] = {"plain_ms": cmp.baseline_median, "batched_ms": cmp.product_median, "speedup": cmp.speedup}
     return results

@@ -24,7 +24,7 @@ class Command(BaseCommand):
         parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts: {', '.join(PARTS)}")
         parser.add_argument("--lfw", type=Path, default=Path(settings.BASE_DIR).parent / "shared" / "datasets" / "lfw")
         parser.add_argument("--quick", action="store_true", help="fewer frames, galleries up to 100k, no API baseline")
-        parser.add_argument("--lfw-frames", type=int, default=None, help="LFW frames for detection recall (default 200)")
+        parser.add_argument("--lfw-frames", type=int, default=None, help="LFW frames for detection recall (default 150)")
         parser.add_argument("--gallery-sizes", default=None, help="e.g. 10000,100000,1000000")
         parser.add_argument("--lfw-pairs-per-fold", type=int, default=50, help="0 = all 300 + 300 pairs per fold")
         parser.add_argument("--json", dest="json_path", type=Path, default=None, help="also write every figure as JSON here")
@@ -44,7 +44,7 @@ class Command(BaseCommand):
             if gallery_sizes
             else ([10_000, 100_000] if quick else [10_000, 100_000, 1_000_000])
         )
-        n_lfw = lfw_frames or (40 if quick else 200)
+        n_lfw = lfw_frames or (40 if quick else 150)
 
         def out(line: str = "") -> None:
             self.stdout.write(line)
