@@ -60,5 +60,39 @@ def test_every_web_worker_uses_an_enrollment_made_elsewhere_on_its_next_request(
     # Both web processes use the new embeddings on their very next request.
     assert best_match(first) == "Barack Obama (re-enrolled)"
     assert best_match(second) == "Barack Obama (re-enrolled)"
+    # The site is shared by the session's server tests: give him his name back.
+    assert post_json(first, f"/api/v1/people/{person['id']}/", {"name": "Barack Obama"}, "PATCH").status == 200
+    assert best_match(second) == "Barack Obama"
     for proc in (worker, first.proc, second.proc):
         live_site.stop(proc)
+
+
+CREATE_READY_VERSION = """
+from training.models import ModelVersion
+v = ModelVersion.objects.create(number=ModelVersion.next_number(), status="ready", threshold=0.97, recogniser="nearest_neighbour")
+print(v.pk, v.number)
+"""
+
+
+def test_every_web_worker_uses_a_newly_activated_model_version_on_its_next_request(live_site):
+    first, second = live_site.start_web(), live_site.start_web()
+    before = [first.recognize(OBAMA).json(), second.recognize(OBAMA).json()]
+    assert {b["faces"][0]["match"]["name"] for b in before} == {"Barack Obama"}
+
+    # A finished version with a very strict threshold, made by a third process, activated through the first.
+    pk, number = map(int, live_site.manage("shell", "-c", CREATE_READY_VERSION).stdout.split()[-2:])
+    activated = live.request(first.url + f"/api/v1/models/{pk}/activate/", "POST", b"", first.auth())
+    assert activated.status == 200, activated.body
+
+    try:
+        for server in (second, first):  # the other process first: it was told nothing
+            answer = server.recognize(OBAMA).json()
+            assert answer["model_version"] == number and answer["threshold"] == 0.97
+            assert answer["faces"][0]["match"] is None  # 0.97 is stricter than any real match
+    finally:  # the site is shared by the session's server tests
+        live_site.manage(
+            "shell", "-c", f"from training.models import ModelVersion; ModelVersion.objects.filter(pk={pk}).delete()"
+        )
+    assert second.recognize(OBAMA).json()["model_version"] is None
+    for server in (first, second):
+        live_site.stop(server.proc)
