@@ -98,16 +98,17 @@ def run_embedding(lfw_dir: Path, n_faces: int, out) -> dict:
     out(f"\n## Embedding throughput ({n_faces} LFW face crops, FaceNet IR-v1, 2 CPU cores)\n")
     out("| embedder | one face per call | one batch of all faces | batched speed-up |\n|---|---|---|---|")
     for flip in (True, False):
-        embedder = FaceEmbedder(flip=flip)
-        single, batched = [], []
-        for _ in range(2):
-            single.append(elapsed_ms(lambda e=embedder: [e.embed(c[None]) for c in crops]))
-            batched.append(elapsed_ms(lambda e=embedder: e.embed(crops)))
-        single_fps = n_faces / (np.median(single) / 1000)
-        batched_fps = n_faces / (np.median(batched) / 1000)
-        name = embedder.name
-        out(f"| {name} | {single_fps:.1f} faces/s | {batched_fps:.1f} faces/s | {batched_fps / single_fps:.2f}x |")
-        results[name] = {"single_fps": single_fps, "batched_fps": batched_fps}
+        embedder = FaceEmbedder(flip=flip, batch_across_calls=False)
+        cmp = interleaved(
+            embedder.name,
+            lambda _, e=embedder: [e.embed(c[None]) for c in crops],
+            lambda _, e=embedder: e.embed(crops),
+            [None] * 4,
+        )
+        single_fps = n_faces / (cmp.baseline_median / 1000)
+        batched_fps = n_faces / (cmp.product_median / 1000)
+        out(f"| {embedder.name} | {single_fps:.1f} faces/s | {batched_fps:.1f} faces/s | {cmp.speedup:.2f}x |")
+        results[embedder.name] = {"single_fps": single_fps, "batched_fps": batched_fps}
 
     # concurrent requests, one face each: separate forward passes vs the cross-call batcher
     from concurrent.futures import ThreadPoolExecutor
