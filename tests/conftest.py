@@ -29,7 +29,12 @@ def _test_settings(tmp_path_factory):
 def django_db_setup(django_db_setup, django_db_blocker, _test_settings):
     """Enroll the ten fixture people once; every test starts from this gallery and rolls back."""
     from django.core.management import call_command
+    from django.db import connection
 
+    # pytest-django creates the test database only if a collected test is marked django_db (or uses
+    # `db`); a fixture asking for django_db_setup alone would otherwise enroll into the real database.
+    if connection.settings_dict["NAME"] != connection.creation._get_test_db_name():
+        pytest.fail(f"refusing to enroll into {connection.settings_dict['NAME']}: no test database was set up")
     with django_db_blocker.unblock():
         call_command("import_faces", str(PEOPLE), verbosity=0)
         # Kate Siegel resembles Angelina Jolie closely enough to be held for review as a possible
