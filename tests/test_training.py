@@ -70,6 +70,20 @@ def test_semihard_triplet_loss_matches_a_brute_force_reference():
     assert got == pytest.approx(np.mean(losses), abs=1e-4)
 
 
+def test_production_choice_prefers_the_better_servable_recogniser_and_says_why():
+    from training.engine.comparison import Comparison, Outcome, choose_production
+
+    truth = np.array([0, 1, UNKNOWN])
+    good = evaluate(np.array([[0.9, 0.1], [0.1, 0.9], [0.2, 0.2]]), truth, [1, 2])
+    poor = evaluate(np.array([[0.4, 0.6], [0.1, 0.9], [0.7, 0.2]]), truth, [1, 2])
+    comparison = Comparison({"nearest_neighbour": Outcome("nearest_neighbour", "embeddings", evaluation=good)})
+    comparison.outcomes["softmax_head"] = Outcome("softmax_head", "embeddings", evaluation=poor)
+    assert choose_production(comparison)[0] == "nearest_neighbour"
+    comparison.outcomes["nearest_neighbour"].evaluation, comparison.outcomes["softmax_head"].evaluation = poor, good
+    name, reason = choose_production(comparison)
+    assert name == "nearest_neighbour" and reason.startswith("softmax_head scored best")  # not servable: reported
+
+
 # ---- training runs through django-q (synchronous in tests) ----------------------------------------
 
 
@@ -365,3 +379,31 @@ def test_a_failed_or_running_version_cannot_be_activated(staff_api, clean_queue)
     response = staff_api.post(f"/api/v1/models/{failed.pk}/activate/")
     assert response.status_code == 409 and response.json()["error"]["code"] == "not_finished"
     assert staff_api.post("/api/v1/models/999999/activate/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_admin_shows_retrain_button_progress_metrics_plots_and_comparison(
+    client, staff_user, training_settings, clean_queue, django_capture_on_commit_callbacks
+):
+    from training.models import ModelVersion
+
+    client.force_login(staff_user)
+    page = client.get("/admin/training/modelversion/").content.decode()
+    assert "Retrain now" in page
+
+    response = client.post("/admin/training/modelversion/retrain/")  # on_commit not run: stays queued
+    assert response.status_code == 302
+    queued = ModelVersion.objects.queued().get()
+    assert queued.trigger == "admin" and queued.requested_by == staff_user
+    page = client.get("/admin/training/modelversion/").content.decode()
+    assert "<progress" in page and 'http-equiv="refresh"' in page  # the list follows a run as it goes
+
+    queued.delete()
+    training_settings.TRAINING_APPROACHES = ["softmax_head", "lbph"]
+    version = train(django_capture_on_commit_callbacks, trigger="admin")
+    page = client.get(f"/admin/training/modelversion/{version.pk}/change/").content.decode()
+    assert "Top-1 accuracy (held-out)" in page and "Unknown rejection" in page
+    for approach in ("nearest_neighbour", "softmax_head", "lbph"):
+        assert f"<td>{approach}</td>" in page
+    assert version.confusion_plot.url in page and version.roc_plot.url in page
+    assert version.comparison["reason"] in page

@@ -35,6 +35,7 @@ class TrainingRun:
     def __init__(self, version_id: int):
         self.version = ModelVersion.objects.get(pk=version_id)
         self.lines: list[str] = []
+        self.threshold_note = "Calibrated on held-out data."
         self.timings: dict[str, float] = {}
         self._stage_started = time.perf_counter()
 
@@ -86,6 +87,7 @@ class TrainingRun:
             only=only,
             progress=lambda name: self.report("comparing", next(steps, 69), f"Fitting {name}."),
         )
+        self.guard_threshold(comparison.outcomes["nearest_neighbour"], target_far)
         production = comparison.outcomes[comparison.production]
         chosen = production.evaluation
         self.report("calibrating", 72, f"Production recogniser: {comparison.production}. {comparison.reason}")
@@ -119,12 +121,31 @@ class TrainingRun:
                 "unknown_faces": n_unknown,
                 "train_only_people": split.train_only_people,
                 "open_set_score": evaluation.open_set_score(chosen),
+                "threshold_note": self.threshold_note,
                 "active_version_open_set_score": previous_score,
                 "people_names": {str(k): v for k, v in names.items()},
             }
         )
         self.report("saving", 96)
         self.finish(decision, note, comparison, metrics, tflite_name, tflite_sha, labels_bytes, confusion, roc, head_file)
+
+    def guard_threshold(self, outcome, target_far: float) -> None:
+        """With fewer impostor searches than 1 / target FAR, the FAR at the target cannot be measured
+        and the calibrated threshold (just above the highest impostor seen) can sit far too low for
+        strangers: keep at least the configured FACE_MATCH_THRESHOLD and report metrics there."""
+        needed = int(np.ceil(1.0 / target_far)) if target_far > 0 else 0
+        calibrated = outcome.evaluation.threshold
+        if outcome.evaluation.n_impostor >= needed or calibrated is None or calibrated >= settings.FACE_MATCH_THRESHOLD:
+            return
+        floor = float(settings.FACE_MATCH_THRESHOLD)
+        outcome.evaluation = evaluation.evaluate(
+            outcome.scores, outcome.truth, [int(c) for c in outcome.fitted.classes], target_far, threshold=floor
+        )
+        self.threshold_note = (
+            f"Only {outcome.evaluation.n_impostor} impostor searches (FAR {target_far:.1%} needs {needed}): the calibrated "
+            f"threshold {calibrated:.3f} is not trusted; FACE_MATCH_THRESHOLD {floor:.3f} is used."
+        )
+        self.report("calibrating", 71, self.threshold_note)
 
     def gather(self) -> tuple[FaceSet, dict[int, str]]:
         """A snapshot of the gallery: later enrollments or erasures do not touch this run."""

@@ -13,7 +13,9 @@ from .dataset import FaceSet, Split
 from .evaluation import UNKNOWN, Evaluation, evaluate, open_set_score
 from .heads import NearestNeighbour, SiameseHead, SoftmaxHead, TripletAdapter
 
-# The recognisers recognition can serve; the rest are compared for the report only.
+# The recognisers recognition can serve (the gallery, with a cosine threshold), and the ones a run
+# may choose between on held-out data; a winner that cannot be served is reported, not chosen.
+SERVABLE = ("nearest_neighbour",)
 PRODUCTION_CANDIDATES = ("nearest_neighbour", "softmax_head")
 
 
@@ -25,6 +27,8 @@ class Outcome:
     evaluation: Evaluation | None = None
     fitted: object = None
     error: str = ""
+    scores: np.ndarray | None = None  # (P, C) on the held-out + unknown probes
+    truth: np.ndarray | None = None  # (P,) class index or UNKNOWN
 
     def row(self) -> dict:
         row = {"name": self.name, "input": self.input, "train_seconds": self.train_seconds, "error": self.error}
@@ -91,6 +95,7 @@ def compare(
             recogniser = factory().fit(split.train)
             outcome.train_seconds = round(time.perf_counter() - started, 3)
             scores = recogniser.scores(probes.crops if kind == "crops" else probes.embeddings)
+            outcome.scores, outcome.truth = scores, truth_of(probes.labels, recogniser.classes)
             outcome.evaluation = evaluate(
                 scores, truth_of(probes.labels, recogniser.classes), [int(c) for c in recogniser.classes], target_far
             )
@@ -102,9 +107,10 @@ def compare(
 
 
 def choose_production(comparison: Comparison) -> tuple[str, str]:
-    """The production recogniser: the servable candidate with the best open-set score on held-out
-    data (identification rate and impostor rejection at its calibrated threshold), then top-1
-    accuracy; a tie goes to nearest neighbour, which needs no retraining for a new enrollment."""
+    """The production recogniser: the candidate with the best open-set score on held-out data
+    (identification rate and impostor rejection at its calibrated threshold), then top-1 accuracy;
+    a tie goes to nearest neighbour, which needs no retraining for a new enrollment. A winner that
+    recognition cannot serve is named in the reason and nearest neighbour kept."""
     scored = [
         (open_set_score(o.evaluation), o.evaluation.top1_accuracy or 0.0, name == "nearest_neighbour", name)
         for name, o in comparison.outcomes.items()
@@ -118,10 +124,24 @@ def choose_production(comparison: Comparison) -> tuple[str, str]:
     scored.sort(reverse=True)
     best = scored[0]
     others = "; ".join(f"{n}: open-set score {s:.3f}, top-1 {a:.3f}" for s, a, _, n in scored)
+    overall = max(
+        (
+            (open_set_score(o.evaluation), n)
+            for n, o in comparison.outcomes.items()
+            if o.evaluation is not None and o.evaluation.n_known_probes
+        ),
+        default=None,
+    )
+    if overall is not None and overall[0] > best[0] and overall[1] not in PRODUCTION_CANDIDATES:
+        others += f". Best of all compared: {overall[1]} (open-set score {overall[0]:.3f}), reported only: it is not a production candidate"
+    if best[3] not in SERVABLE:
+        return "nearest_neighbour", (
+            f"{best[3]} scored best on held-out data ({others}), but recognition serves the nearest-neighbour "
+            "gallery only, so nearest neighbour stays in production."
+        )
     if len(scored) > 1 and scored[1][:2] == best[:2]:
-        return best[
-            3
-        ], f"Tie on held-out data ({others}); nearest neighbour preferred: it uses new enrollments without retraining."
+        reason = f"Tie on held-out data ({others}); nearest neighbour preferred: it uses new enrollments without retraining."
+        return best[3], reason
     return best[3], f"Best open-set score on held-out data ({others})."
 
 
