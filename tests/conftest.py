@@ -25,6 +25,14 @@ def _test_settings(tmp_path_factory):
     yield
 
 
+def _is_test_database(connection) -> bool:
+    name = str(connection.settings_dict["NAME"])
+    explicit = (connection.settings_dict.get("TEST") or {}).get("NAME")
+    if connection.vendor == "sqlite":
+        return connection.is_in_memory_db() or name == explicit
+    return name == explicit or name.startswith("test_")
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker, _test_settings):
     """Enroll the ten fixture people once; every test starts from this gallery and rolls back."""
@@ -33,7 +41,7 @@ def django_db_setup(django_db_setup, django_db_blocker, _test_settings):
 
     # pytest-django creates the test database only if a collected test is marked django_db (or uses
     # `db`); a fixture asking for django_db_setup alone would otherwise enroll into the real database.
-    if connection.settings_dict["NAME"] != connection.creation._get_test_db_name():
+    if not _is_test_database(connection):
         pytest.fail(f"refusing to enroll into {connection.settings_dict['NAME']}: no test database was set up")
     with django_db_blocker.unblock():
         call_command("import_faces", str(PEOPLE), verbosity=0)
