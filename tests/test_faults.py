@@ -166,10 +166,14 @@ def test_a_redis_restart_loses_no_enrollment_and_needs_no_repair(production_site
 
         def processed():
             faces = server.get(f"/api/v1/people/{person_id}/faces/").json()["results"]
-            return faces and faces[0]["status"] == "accepted"
+            return faces and faces[0]["status"] != "pending"
 
         # re-queued by the every-minute schedule, processed by the same (never restarted) qcluster
-        wait_until(processed, 240, "the photo stored during the outage to be processed")
+        wait_until(processed, 300, "the photo stored during the outage to be processed")
+        face = server.get(f"/api/v1/people/{person_id}/faces/").json()["results"][0]
+        # Joe Biden is enrolled already, so his photo under a new name is held as a possible mislabel:
+        # either way it was detected, embedded and judged.
+        assert face["status"] in ("accepted", "review") and face["crop_url"], face
         assert worker.poll() is None
     finally:
         for proc in (server.proc, worker):
