@@ -3,7 +3,7 @@
 Small galleries are searched exactly (a flat inner-product index). Once a gallery passes
 ``exact_below`` embeddings it moves, once, to an inverted-file index (IVF: k-means cells, only the
 ``nprobe`` cells nearest a query are scanned) with 16-bit float storage, which at 1M faces answers in
-a few milliseconds with recall@1 > 0.99 against exact search, in about 270 MB (see BENCHMARKS.md).
+a few milliseconds of CPU with recall@1 > 0.99 against exact search, in about 250 MiB (BENCHMARKS.md).
 Adding and removing embeddings is incremental in both forms; the IVF cells are retrained only when
 the gallery has grown ``retrain_growth`` times past the size they were trained on.
 """
