@@ -102,7 +102,7 @@ def test_no_secrets_are_committed():
         ):
             continue
         text = path.read_text(errors="replace")
-        if "-----BEGIN" in text and "PRIVATE KEY" in text:
+        if "-----BEGIN " + "PRIVATE KEY" in text or "-----BEGIN RSA " + "PRIVATE KEY" in text:
             suspicious.append(name)
         for line in text.splitlines():
             if line.startswith("SECRET_KEY") and "env_str" not in line and "dev-only" not in line:
