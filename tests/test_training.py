@@ -302,6 +302,29 @@ def test_a_run_whose_worker_was_killed_is_failed_and_the_queue_moves_on(
 
 
 @pytest.mark.django_db
+def test_a_run_whose_worker_process_was_sigkilled_is_failed_at_once(clean_queue):
+    import os
+    import signal
+    import socket
+    import subprocess
+
+    from training import services
+    from training.models import ModelVersion
+
+    worker = subprocess.Popen(["sleep", "30"])  # a real process standing in for the django-q worker
+    version = ModelVersion.objects.create(
+        number=1, status="training", stage="comparing", heartbeat_at=timezone.now(), worker=f"{socket.gethostname()}:{worker.pid}"
+    )
+    assert services.fail_dead_runs() == []  # alive and reporting: left alone
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=10)
+    assert services.fail_dead_runs() == [version.pk]  # no need to wait TRAINING_STALE_SECONDS
+    version.refresh_from_db()
+    assert version.status == "failed" and "is gone" in version.error
+    assert services.request_training(ModelVersion.Trigger.API)[1] is True  # the queue moves on
+
+
+@pytest.mark.django_db
 def test_deleting_a_person_during_a_run_does_not_break_it(
     training_settings, clean_queue, django_capture_on_commit_callbacks, monkeypatch
 ):

@@ -62,6 +62,7 @@ class ModelVersion(models.Model):
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     force_activate = models.BooleanField(default=False, help_text="Activate even if it evaluates worse than the active version.")
     task_id = models.CharField(max_length=64, blank=True, help_text="The django-q task running it.")
+    worker = models.CharField(max_length=200, blank=True, help_text="host:pid of the process running it.")
     stage = models.CharField(max_length=40, blank=True)
     progress = models.PositiveSmallIntegerField(default=0, help_text="Percent.")
     started_at = models.DateTimeField(null=True, blank=True)

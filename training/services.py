@@ -7,6 +7,8 @@ code is Django-free in ``training.engine``.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from datetime import timedelta
 
 from django.conf import settings
@@ -85,7 +87,12 @@ def claim(version_id: int) -> bool:
         with transaction.atomic():
             return bool(
                 ModelVersion.objects.filter(pk=version_id, status=ModelVersion.Status.QUEUED).update(
-                    status=ModelVersion.Status.TRAINING, started_at=now, heartbeat_at=now, stage="starting", progress=0
+                    status=ModelVersion.Status.TRAINING,
+                    started_at=now,
+                    heartbeat_at=now,
+                    stage="starting",
+                    progress=0,
+                    worker=f"{socket.gethostname()}:{os.getpid()}",
                 )
             )
     except IntegrityError:  # one_training_model_version: another run holds the slot
@@ -101,8 +108,9 @@ def fail(version_id: int, error: str) -> None:
 
 def fail_dead_runs() -> list[int]:
     """Runs whose worker died (killed, timed out, machine restarted) are marked failed, so the
-    queue moves on. A run is dead when its django-q task finished unsuccessfully, or when it has
-    reported no progress for TRAINING_STALE_SECONDS."""
+    queue moves on. A run is dead when its django-q task finished unsuccessfully, when its worker
+    process on this host no longer exists (django-q does not record a SIGKILLed worker's task), or
+    when it has reported no progress for TRAINING_STALE_SECONDS."""
     from django_q.models import Task
 
     dead = []
@@ -111,6 +119,8 @@ def fail_dead_runs() -> list[int]:
         task = Task.objects.filter(id=version.task_id).first() if version.task_id else None
         if task is not None and not task.success:
             fail(version.pk, f"The worker running this version failed: {task.result}")
+        elif not _worker_alive(version.worker):
+            fail(version.pk, f"The worker process running this version ({version.worker}) is gone: it was killed or crashed.")
         elif version.heartbeat_at is None or version.heartbeat_at < stale_before:
             last = version.heartbeat_at.isoformat(timespec="seconds") if version.heartbeat_at else "never"
             fail(
@@ -126,6 +136,21 @@ def fail_dead_runs() -> list[int]:
     for version in ModelVersion.objects.queued().filter(created_at__lt=lost_before):
         enqueue(version.pk)
     return dead
+
+
+def _worker_alive(worker: str) -> bool:
+    """False only when the worker ran on this host and its process no longer exists; a worker on
+    another host is judged by its heartbeat alone."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
 
 
 def run_training(version_id: int) -> str:
