@@ -80,6 +80,15 @@ def run(coroutine_function):
     return async_to_sync(coroutine_function)()
 
 
+@pytest.fixture(autouse=True)
+def _keep_the_test_transaction(monkeypatch):
+    """The consumer's ORM calls run inside the test's transaction (rolled back afterwards). Outside
+    tests, database_sync_to_async closes stale connections around each call; here that would close
+    the connection holding the test transaction (PostgreSQL; SQLite's in-memory one is never
+    closed), so that housekeeping, and only it, is switched off."""
+    monkeypatch.setattr("channels.db.close_old_connections", lambda: None)
+
+
 @pytest.fixture
 def kiosk(db):
     kiosk = Kiosk(name="Front door")
