@@ -7,6 +7,8 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers
 from rest_framework.permissions import IsAdminUser
 
+from security.permissions import TokenScope
+
 from .errors import ApiError
 from .models import CheckIn
 
@@ -28,7 +30,8 @@ class CheckInListView(generics.ListAPIView):
     """Check-ins, newest first: today's (server time zone), a given day's (?date=YYYY-MM-DD) or all (?date=all)."""
 
     serializer_class = CheckInSerializer
-    permission_classes = [IsAdminUser]
+    permission_classes = [IsAdminUser, TokenScope]
+    token_scope = "checkins"  # staff API keys only: no narrower role lists check-ins
 
     @extend_schema(parameters=[OpenApiParameter("date", str, description="'today' (default), 'all' or YYYY-MM-DD")])
     def get(self, request, *args, **kwargs):
