@@ -33,6 +33,17 @@ def _is_test_database(connection) -> bool:
     return name == explicit or name.startswith("test_")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_throttle_counts(monkeypatch):
+    """Each test counts its requests afresh (a key prefix of its own, rather than clearing the cache,
+    which on Redis would flush a database other processes use)."""
+    import uuid
+
+    from security.throttling import TokenRateThrottle
+
+    monkeypatch.setattr(TokenRateThrottle, "cache_format", f"throttle_{uuid.uuid4().hex[:8]}_%(scope)s_%(ident)s")
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker, _test_settings):
     """Enroll the ten fixture people once; every test starts from this gallery and rolls back."""

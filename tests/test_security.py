@@ -3,7 +3,6 @@
 import json
 
 import pytest
-from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
@@ -34,11 +33,6 @@ def enroll(client, person):
     return client.post(
         f"/api/v1/people/{person.pk}/faces/", {"image": SimpleUploadedFile("p.jpg", read(photo))}, format="multipart"
     )
-
-
-@pytest.fixture(autouse=True)
-def _fresh_throttle_counts():
-    cache.clear()
 
 
 def test_keys_are_stored_only_as_a_hash(staff_user):
