@@ -219,3 +219,49 @@ def test_a_database_outage_is_a_clear_503_and_the_app_recovers_by_itself(product
     finally:
         production_site.stop(server.proc)
         proxy.cut()
+
+
+def test_killing_the_worker_mid_retrain_fails_that_run_and_the_queue_moves_on(production_site):
+    import json
+    import os
+    import signal
+
+    env = production_site.with_env(TRAINING_EXPORT_TFLITE=0, TRAINING_STALE_SECONDS=30)
+    server = production_site.start_web(env=env)
+    worker = production_site.start_worker(env)
+    people_before = server.get("/api/v1/people/?page_size=100").json()["count"]
+
+    def train() -> dict:
+        reply = live.request(
+            server.url + "/api/v1/models/train/", "POST", b"{}", {**server.auth(), "Content-Type": "application/json"}
+        )
+        assert reply.status in (200, 202), reply.body
+        return reply.json()["version"]
+
+    def version(pk: int) -> dict:
+        return server.get(f"/api/v1/models/{pk}/").json()
+
+    replacement = None
+    try:
+        first = train()
+        wait_until(lambda: version(first["id"])["status"] == "training", 300, "the retrain to start")
+        os.killpg(worker.pid, signal.SIGKILL)  # the whole cluster, mid-run, without a chance to clean up
+        worker.wait(10)
+
+        # the web process carries on, and nothing enrolled is lost
+        reply = server.recognize(OBAMA)
+        assert reply.status == 200 and reply.json()["faces"][0]["match"]["name"] == "Barack Obama"
+        assert server.get("/api/v1/people/?page_size=100").json()["count"] == people_before
+
+        # the next request for a retrain finds the dead run, fails it clearly, and queues a new one
+        second = train()
+        assert second["id"] != first["id"]
+        dead = version(first["id"])
+        assert dead["status"] == "failed" and dead["error"], json.dumps(dead)[:500]
+        replacement = production_site.start_worker(env)
+        wait_until(lambda: version(second["id"])["status"] in ("training", "ready", "active"), 300, "the new run to start")
+        assert replacement.poll() is None
+    finally:
+        for proc in (replacement, worker, server.proc):
+            if proc is not None:
+                production_site.stop(proc)
