@@ -23,6 +23,9 @@ def pipeline() -> FacePipeline:
             weights_path=settings.FACE_WEIGHTS_PATH,
             detector=settings.FACE_DETECTOR,
             detect_max_side=settings.FACE_DETECT_MAX_SIDE,
+            align_method=settings.FACE_ALIGN_METHOD,
+            align_margin=settings.FACE_ALIGN_MARGIN,
+            flip=settings.FACE_FLIP_TTA,
             min_detection_score=settings.FACE_MIN_DETECTION_SCORE,
             quality=QualityRules(
                 min_face_px=settings.FACE_ENROLL_MIN_FACE_PX,

@@ -16,7 +16,7 @@ _TEMPLATE_112 = np.array(
 )
 
 
-def align_face(rgb: np.ndarray, face: DetectedFace, size: int = 160, method: str = "box", margin: float = 0.2) -> np.ndarray:
+def align_face(rgb: np.ndarray, face: DetectedFace, size: int = 160, method: str = "box", margin: float = 0.05) -> np.ndarray:
     """Return a (size, size, 3) uint8 RGB crop of ``face``.
 
     method "box": the detector's box widened by ``margin`` (fraction of its size) on each side,

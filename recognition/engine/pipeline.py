@@ -30,8 +30,8 @@ class PipelineConfig:
     min_face_size: int = 20
     min_detection_score: float = 0.9
     align_method: str = "box"
-    align_margin: float = 0.2
-    flip: bool = True
+    align_margin: float = 0.05
+    flip: bool = False
     quality: QualityRules = field(default_factory=QualityRules)
 
 
