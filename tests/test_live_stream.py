@@ -386,6 +386,31 @@ def test_staff_list_todays_checkins_and_others_cannot(staff_api, user_api, kiosk
     assert APIClient().get("/api/v1/checkins/").status_code in (401, 403)
 
 
+@pytest.mark.django_db
+def test_admin_shows_todays_checkins_and_a_new_kiosks_token_once(client, staff_user):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    obama, biden = person_named("Barack Obama"), person_named("Joe Biden")
+    CheckIn.objects.create(person=obama, similarity=0.8, threshold=0.55, frames=4)
+    CheckIn.objects.create(
+        person=biden, similarity=0.7, threshold=0.55, frames=4, checked_in_at=timezone.now() - timedelta(days=3)
+    )
+    client.force_login(staff_user)
+    today = client.get("/admin/recognition/checkin/")
+    assert today.status_code == 200
+    assert b"Barack Obama" in today.content and b"Joe Biden" not in today.content
+    assert b"Joe Biden" in client.get("/admin/recognition/checkin/?when=all").content
+
+    response = client.post("/admin/recognition/kiosk/add/", {"name": "Side door", "is_active": "on"}, follow=True)
+    assert response.status_code == 200
+    shown = [str(m) for m in response.context["messages"] if "Token for kiosk" in str(m)]
+    assert len(shown) == 1
+    token = shown[0].split(": ", 1)[1].split(" ")[0]
+    assert Kiosk.objects.by_token(token).name == "Side door"
+
+
 # ---- the engine parts, without Django ------------------------------------------------------------
 
 

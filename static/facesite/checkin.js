@@ -13,6 +13,7 @@
 
   let socket = null, stream = null, inFlight = false, maxFps = 10, lastSent = 0, timer = null;
   let answered = [];
+  let greetingTimer = null;
 
   const updateStart = () => { start.disabled = !(agree.checked && age.checked); };
   agree.addEventListener("change", updateStart);
@@ -155,6 +156,9 @@
       ? `Welcome back, ${message.name}: you already checked in at ${at}.`
       : `Welcome, ${message.name}! You are checked in (${at}).`;
     greeting.hidden = false;
+    // A kiosk greets the next person too: clear the greeting after a while.
+    clearTimeout(greetingTimer);
+    greetingTimer = setTimeout(() => { greeting.hidden = true; }, 10000);
   }
 
   function stopCamera() {
