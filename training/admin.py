@@ -157,7 +157,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 "Faces: training / held-out",
                 f"{m.get('train_faces')} / {m.get('held_out_faces')} ({len(m.get('train_only_people', []))} people training-only)",
             ),
-            ("Genuine / impostor claims", f"{m.get('n_genuine')} / {m.get('n_impostor')}"),
+            ("Genuine claims / impostor searches", f"{m.get('n_genuine')} / {m.get('n_impostor')}"),
         ]
         names = m.get("people_names", {})
         per_person = format_html_join(
@@ -169,9 +169,13 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 if p["probes"]
             ),
         )
+        evaluated = [p for p in m.get("per_person", []) if p["probes"]]
         return format_html(
-            "<table>{}</table><p><strong>Per person (held-out)</strong></p><table><tr><th>person</th><th>probes</th><th>correct</th></tr>{}</table>",
+            "<table>{}</table><details><summary>Per person (held-out): {} people evaluated, {} with a mistake</summary>"
+            "<table><tr><th>person</th><th>probes</th><th>correct</th></tr>{}</table></details>",
             format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", rows),
+            len(evaluated),
+            sum(1 for p in evaluated if p["correct"] < p["probes"]),
             per_person,
         )
 

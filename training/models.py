@@ -74,7 +74,6 @@ class ModelVersion(models.Model):
     comparison = models.JSONField(default=dict, blank=True, help_text="Every approach evaluated on the same split.")
     activation_note = models.TextField(blank=True, help_text="Why it was or was not activated.")
     log = models.TextField(blank=True)
-    head = models.FileField(upload_to=artifact_path, blank=True, max_length=200, help_text="Softmax head weights (.npz).")
     tflite = models.FileField(blank=True, max_length=200, help_text="The embedder for edge clients (shared between versions).")
     tflite_sha256 = models.CharField(max_length=64, blank=True)
     labels = models.FileField(upload_to=artifact_path, blank=True, max_length=200, help_text="Label map JSON for edge clients.")

@@ -7,7 +7,6 @@ where a run is, and a dead worker can be told from a slow one.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from training.engine import evaluation
 from training.engine.comparison import compare, truth_of
 from training.engine.dataset import FaceSet, split_per_person
 from training.engine.export import cached_embedder_tflite, sha256_bytes
-from training.engine.heads import NearestNeighbour, SoftmaxHead
+from training.engine.heads import NearestNeighbour
 
 from .models import ModelVersion
 
@@ -92,13 +91,6 @@ class TrainingRun:
         chosen = production.evaluation
         self.report("calibrating", 72, f"Production recogniser: {comparison.production}. {comparison.reason}")
 
-        head_file = None
-        if comparison.production == "softmax_head":
-            head = SoftmaxHead().fit(faces)  # refit on every face: the held-out part has done its job
-            buffer = io.BytesIO()
-            np.savez(buffer, **head.arrays())
-            head_file = ContentFile(buffer.getvalue(), name="head.npz")
-
         decision, note, previous_score = self.decide(split, unknown, comparison)
         self.report("plots", 76)
         class_names = [names.get(int(p), f"#{p}") for p in production.fitted.classes]
@@ -127,7 +119,7 @@ class TrainingRun:
             }
         )
         self.report("saving", 96)
-        self.finish(decision, note, comparison, metrics, tflite_name, tflite_sha, labels_bytes, confusion, roc, head_file)
+        self.finish(decision, note, comparison, metrics, tflite_name, tflite_sha, labels_bytes, confusion, roc)
 
     def guard_threshold(self, outcome, target_far: float) -> None:
         """With fewer impostor searches than 1 / target FAR, the FAR at the target cannot be measured
@@ -240,17 +232,14 @@ class TrainingRun:
         )
 
     def score_of(self, version: ModelVersion, split, unknown) -> float:
-        """The active version's recogniser and threshold, scored on this run's held-out faces."""
+        """The active version's threshold on this run's held-out faces (both serve nearest neighbour
+        over the same embeddings, so the threshold is what differs)."""
         probes = split.held_out
         embeddings, labels = probes.embeddings, probes.labels
         if unknown is not None and len(unknown):
             embeddings = np.concatenate([embeddings, unknown.embeddings])
             labels = np.concatenate([labels, np.full(len(unknown), -(1 << 40))])
         recogniser = NearestNeighbour().fit(split.train)
-        if version.recogniser == ModelVersion.Recogniser.SOFTMAX_HEAD and version.head:
-            with version.head.open("rb") as fh:
-                arrays = np.load(io.BytesIO(fh.read()))
-                recogniser = SoftmaxHead.from_arrays(arrays["kernel"], arrays["bias"], arrays["classes"])
         threshold = version.threshold if version.threshold is not None else settings.FACE_MATCH_THRESHOLD
         scores = recogniser.scores(embeddings)
         result = evaluation.evaluate(scores, truth_of(labels, recogniser.classes), list(recogniser.classes), threshold=threshold)
@@ -296,27 +285,21 @@ class TrainingRun:
         }
         return data
 
-    def finish(
-        self, activate, note, comparison, metrics, tflite_name, tflite_sha, labels_bytes, confusion, roc, head_file
-    ) -> None:
+    def finish(self, activate, note, comparison, metrics, tflite_name, tflite_sha, labels_bytes, confusion, roc) -> None:
         version = ModelVersion.objects.get(pk=self.version.pk)
         if version.status != ModelVersion.Status.TRAINING:
             raise RuntimeError(f"The version was marked {version.status} while it ran: {version.error}")
         version.labels.save("labels.json", ContentFile(labels_bytes), save=False)
         version.confusion_plot.save("confusion.png", ContentFile(confusion), save=False)
         version.roc_plot.save("roc.png", ContentFile(roc), save=False)
-        if head_file is not None:
-            version.head.save("head.npz", head_file, save=False)
-        production = comparison.outcomes[comparison.production].evaluation
         version.tflite.name = tflite_name
         version.tflite_sha256 = tflite_sha
         version.labels_sha256 = sha256_bytes(labels_bytes)
         version.embedder = recognition.pipeline().embedder_name
         version.recogniser = comparison.production
         # match_threshold() is a cosine similarity everywhere (gallery search, mislabel check): the
-        # nearest-neighbour calibration; a head's own threshold (a probability) is in the metrics.
+        # nearest-neighbour calibration, whichever recogniser the comparison favoured.
         version.threshold = comparison.outcomes["nearest_neighbour"].evaluation.threshold
-        metrics["production_threshold"] = production.threshold
         version.metrics = metrics
         version.comparison = {"table": comparison.table(), "production": comparison.production, "reason": comparison.reason}
         version.activation_note = note
