@@ -5,6 +5,10 @@ and ``{"type": "withdraw"}``, and each camera frame as one binary message of JPE
 answers with JSON: ``ready`` on connect, ``consent_recorded``/``consent_withdrawn``, ``faces`` per
 processed frame, ``checked_in``, and ``error`` (``{"code", "message"}``) for anything refused.
 
+Who may connect: a signed-in user or a registered kiosk (both carried by the browser's session), or
+a non-browser client sending ``Authorization: Token <key>`` (a kiosk- or staff-role API key, or a
+user's token) and an ``Origin`` header from ALLOWED_HOSTS.
+
 The consumer keeps up with the camera instead of queueing: it processes the newest frame and drops
 any that arrived while the previous one was being analysed (each ``faces`` reply says how many were
 dropped). Inference and the ORM run off the event loop.
@@ -29,6 +33,7 @@ log = logging.getLogger(__name__)
 
 KIOSK_SESSION_KEY = "checkin_kiosk_id"
 CLOSE_NOT_AUTHENTICATED = 4401
+STREAM_SCOPE = "stream"  # the API-key scope (security.models.ROLE_SCOPES) that may use this socket
 
 
 @database_sync_to_async
@@ -39,10 +44,35 @@ def _kiosk_from_session(session) -> Kiosk | None:
     return Kiosk.objects.filter(pk=kiosk_id, is_active=True).first()
 
 
+@database_sync_to_async
+def _user_from_token_header(headers) -> object | None:
+    """A non-browser client's ``Authorization: Token <key>``: a kiosk- or staff-role API key, or a
+    user's API token. Browsers cannot set the header; they use their session."""
+    from rest_framework.authtoken.models import Token
+    from rest_framework.exceptions import AuthenticationFailed
+
+    from security.authentication import authenticate_key
+
+    keyword, _, raw = dict(headers or []).get(b"authorization", b"").decode("latin-1").partition(" ")
+    raw = raw.strip()
+    if keyword.lower() != "token" or not raw:
+        return None
+    try:
+        key = authenticate_key(raw)
+    except AuthenticationFailed:
+        return None  # revoked
+    if key is not None:
+        return key.user if key.allows(STREAM_SCOPE) else None
+    token = Token.objects.select_related("user").filter(key=raw, user__is_active=True).first()
+    return token.user if token else None
+
+
 class IdentifyConsumer(AsyncWebsocketConsumer):
     async def connect(self):
         user = self.scope.get("user")
         kiosk = await _kiosk_from_session(self.scope.get("session"))
+        if kiosk is None and not (user is not None and user.is_authenticated):
+            user = await _user_from_token_header(self.scope.get("headers"))
         await self.accept()
         if kiosk is None and not (user is not None and user.is_authenticated):
             # Accept first so the page can show why, then close with an application code.

@@ -133,6 +133,29 @@ def test_full_stack_refuses_a_foreign_origin_and_an_anonymous_browser():
 
 
 @pytest.mark.django_db
+def test_non_browser_client_connects_with_a_kiosk_api_key_but_not_a_client_key(plain_user):
+    from facesite.asgi import application
+    from security.models import ApiKey, Role
+
+    _, kiosk_key = ApiKey.issue(plain_user, "raspberry pi at the door", role=Role.KIOSK)
+    _, client_key = ApiKey.issue(plain_user, "reporting tool", role=Role.CLIENT)
+
+    async def connect(key: str) -> dict:
+        headers = [(b"origin", b"http://testserver"), (b"authorization", f"Token {key}".encode())]
+        communicator = WebsocketCommunicator(application, "/ws/identify/", headers=headers)
+        connected, _ = await communicator.connect()
+        assert connected
+        first = await receive(communicator)
+        await communicator.disconnect()
+        return first
+
+    ready = async_to_sync(connect)(kiosk_key)
+    assert ready["type"] == "ready" and ready["device"] == f"user: {plain_user}"
+    assert async_to_sync(connect)(client_key)["code"] == "not_authenticated"
+    assert async_to_sync(connect)("made-up-key")["code"] == "not_authenticated"
+
+
+@pytest.mark.django_db
 def test_frames_are_refused_until_consent_is_given(plain_user):
     async def scenario():
         communicator = communicator_for(plain_user)
