@@ -74,6 +74,7 @@ class EdgeRecogniser:
         self.gallery = np.asarray(self.labels["gallery"]["embeddings"], np.float32).reshape(-1, 128)
         self.gallery_labels = np.asarray(self.labels["gallery"]["labels"], np.int64)
         self.threshold = float(self.labels["threshold"])
+        self.alignment = self.labels.get("alignment", {"method": "box", "margin": 0.05, "size": 160})
 
     def recognise(self, rgb: np.ndarray) -> list[Recognition]:
         """(H, W, 3) uint8 RGB -> every face with its name (or None) and cosine similarity."""
@@ -82,7 +83,8 @@ class EdgeRecogniser:
         faces = self.detector.detect(rgb)
         if not faces:
             return []
-        crops = np.stack([align_face(rgb, f) for f in faces])
+        a = self.alignment
+        crops = np.stack([align_face(rgb, f, size=a["size"], method=a["method"], margin=a["margin"]) for f in faces])
         embeddings = self.embedder.embed(crops)
         results = []
         for face, embedding in zip(faces, embeddings):

@@ -267,14 +267,17 @@ class TrainingRun:
         on the device). People erased or deactivated since the run began are left out."""
         from people.models import Person
 
+        pipe = recognition.pipeline()
         alive = dict(Person.objects.filter(pk__in=np.unique(faces.labels).tolist(), is_active=True).values_list("id", "name"))
         keep = np.isin(faces.labels, list(alive))
         people = sorted(alive)
         data = {
             "version": self.version.number,
-            "embedder": recognition.pipeline().embedder_name,
+            "embedder": pipe.embedder_name,
             "tflite_sha256": tflite_sha,
             "input": {"shape": [None, 160, 160, 3], "dtype": "float32", "pixels": "RGB 0..255, aligned crop"},
+            # crops must be cut as the server cuts them, or the embeddings drift
+            "alignment": {"method": pipe.config.align_method, "margin": pipe.config.align_margin, "size": 160},
             "matching": "nearest_neighbour",
             "threshold": threshold,
             "people": [{"index": i, "person_id": p, "name": alive[p]} for i, p in enumerate(people)],
