@@ -21,9 +21,14 @@ def crops():
     return np.stack([pipe.analyse(rgb, max_faces=1)[0].crop for rgb in images])
 
 
-def test_concurrent_calls_share_forward_passes_and_get_their_own_embeddings(crops):
-    embedder = shared_pipeline().embedder
-    alone = embedder._embed_now(crops)
+@pytest.fixture(scope="module")
+def batching():
+    return FaceEmbedder(flip=shared_pipeline().embedder.flip, batch_across_calls=True)
+
+
+def test_concurrent_calls_share_forward_passes_and_get_their_own_embeddings(crops, batching):
+    embedder = batching
+    alone = shared_pipeline().embedder.embed(crops)
     passes = []
     original = embedder._batcher._fn
     embedder._batcher._fn = lambda batch: passes.append(len(batch)) or original(batch)
@@ -57,6 +62,6 @@ def test_a_failing_batch_raises_in_the_caller_and_the_batcher_keeps_serving():
     np.testing.assert_array_equal(batcher.run(np.ones((2, 2))), np.full((2, 2), 2.0))
 
 
-def test_embedder_without_batching_gives_the_same_embeddings(crops):
-    plain = FaceEmbedder(batch_across_calls=False)
-    np.testing.assert_allclose(plain.embed(crops[:3]), shared_pipeline().embedder.embed(crops[:3]), atol=1e-5)
+def test_a_lone_call_through_the_batcher_gives_the_same_embeddings(crops, batching):
+    assert shared_pipeline().embedder._batcher is None  # off by default (it did not pay here)
+    np.testing.assert_allclose(batching.embed(crops[:3]), shared_pipeline().embedder.embed(crops[:3]), atol=1e-5)

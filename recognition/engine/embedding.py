@@ -26,16 +26,18 @@ class FaceEmbedder:
     """One compiled graph per process; safe to call from several threads.
 
     With ``batch_across_calls`` small calls (a request's few faces) go through one worker thread
-    that runs everything queued meanwhile as one batch: under concurrent requests faces from
-    several requests share a forward pass, which costs far less per face than one pass each.
-    A lone caller's call runs at once; nothing waits for a batch to fill.
+    that runs everything queued meanwhile as one batch, so faces from concurrent requests share a
+    forward pass; a lone caller's call runs at once, nothing waits for a batch to fill. It is off by
+    default because it did not pay on the 2-core machine this was measured on: there a batch of 32
+    faces cost more per face than 32 single passes, and 8 concurrent callers ran 0.86x as fast
+    batched (BENCHMARKS.md, "Embedding"). Turn it on where larger batches are cheaper per face.
     """
 
     dim = EMBEDDING_DIM
     input_size = INPUT_SIZE
 
     def __init__(
-        self, weights_path: Path | None = None, flip: bool = True, batch_size: int = 32, batch_across_calls: bool = True
+        self, weights_path: Path | None = None, flip: bool = True, batch_size: int = 32, batch_across_calls: bool = False
     ):
         import tensorflow as tf
 
