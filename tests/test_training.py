@@ -190,6 +190,25 @@ def test_two_train_requests_before_the_worker_starts_give_one_run(staff_api, cle
 
 
 @pytest.mark.django_db
+def test_a_train_request_that_loses_the_race_joins_the_winners_run(clean_queue, monkeypatch):
+    from training import services
+    from training.models import ModelVersion
+
+    first_number = ModelVersion.next_number()
+    winner = {}
+
+    def racing_next_number(cls):
+        # another web process queues its run between this request's check and its insert
+        winner["version"] = ModelVersion.objects.create(number=first_number, status="queued", trigger="admin")
+        return first_number + 1
+
+    monkeypatch.setattr(ModelVersion, "next_number", classmethod(racing_next_number))
+    version, created = services.request_training(ModelVersion.Trigger.API)
+    assert created is False and version.pk == winner["version"].pk
+    assert ModelVersion.objects.count() == 1  # the database refused the second queued row
+
+
+@pytest.mark.django_db
 def test_the_database_refuses_a_second_queued_or_running_version(clean_queue):
     from django.db import IntegrityError, transaction
 

@@ -38,10 +38,11 @@ def request_training(trigger: str, user=None, force_activate: bool = False, dela
             ModelVersion.objects.filter(pk=queued.pk).update(force_activate=True)
             queued.force_activate = True
         return queued, False
+    number = ModelVersion.next_number()
     try:
         with transaction.atomic():
             version = ModelVersion.objects.create(
-                number=ModelVersion.next_number(),
+                number=number,
                 trigger=trigger,
                 requested_by=user if user is not None and user.is_authenticated else None,
                 force_activate=force_activate,
