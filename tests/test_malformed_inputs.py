@@ -152,7 +152,8 @@ CORPUS: dict[str, Case] = {
     # Over the wire Django refuses an undecodable multipart header (400); the test client sends it decoded.
     "non_utf8_file_name": image_case(OBAMA, "answer", b"\xff\xfe\xc3\x28 photo.jpg"),
     "path_traversal_file_name": image_case(OBAMA, "obama", "../../../../etc/passwd.jpg"),
-    "thousand_character_file_name": image_case(OBAMA, "obama", "x" * 1000 + ".jpg"),
+    # Over the wire a part header beyond Django's 1 kB limit is a 400; the test client's is shorter.
+    "thousand_character_file_name": image_case(OBAMA, "answer", "x" * 1000 + ".jpg"),
     # bad fields and bodies
     "no_image_field": Case("/api/v1/recognize/", "4xx", data={"top_k": "3"}),
     "image_as_text_field": Case("/api/v1/recognize/", "4xx", data={"image": "obama1.jpg"}),
