@@ -154,7 +154,7 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = FACE_UPLOAD_MAX_BYTES + 1024 * 1024
 # the defaults were chosen on LFW is in the README ("How the threshold was chosen").
 FACE_WEIGHTS_PATH = env_str("FACE_WEIGHTS_PATH") or None
 FACE_MATCH_THRESHOLD = env_float("FACE_MATCH_THRESHOLD", 0.55)
-FACE_VERIFY_THRESHOLD = env_float("FACE_VERIFY_THRESHOLD", 0.45)
+FACE_VERIFY_THRESHOLD = env_float("FACE_VERIFY_THRESHOLD", 0.41)
 FACE_TOP_K = env_int("FACE_TOP_K", 5)
 FACE_DETECT_MAX_SIDE = env_int("FACE_DETECT_MAX_SIDE", 1024)
 # Alignment and test-time augmentation, chosen on LFW (README, "How the threshold was chosen"):
