@@ -44,7 +44,8 @@ def test_graph_detector_landmarks_agree_with_stock(detectors, probe_frames):
     (s,), (g,) = stock.detect(frame.rgb), graph.detect(frame.rgb)
     # within 2% of the face's width (the stock rounds to whole pixels and may keep another box)
     np.testing.assert_allclose(g.landmarks, s.landmarks, atol=0.02 * s.box[2])
-    assert g.score == pytest.approx(s.score, abs=1e-3)
+    # greedy NMS may keep a better-scoring candidate for the same face, never a worse one
+    assert g.score >= s.score - 1e-3
 
 
 def test_graph_detector_is_several_times_faster_than_stock(detectors, probe_frames):
