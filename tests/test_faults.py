@@ -226,7 +226,8 @@ def test_killing_the_worker_mid_retrain_fails_that_run_and_the_queue_moves_on(pr
     import os
     import signal
 
-    env = production_site.with_env(TRAINING_EXPORT_TFLITE=0, TRAINING_STALE_SECONDS=30)
+    stale_seconds = 45
+    env = production_site.with_env(TRAINING_EXPORT_TFLITE=0, TRAINING_STALE_SECONDS=stale_seconds)
     server = production_site.start_web(env=env)
     worker = production_site.start_worker(env)
     people_before = server.get("/api/v1/people/?page_size=100").json()["count"]
@@ -247,13 +248,17 @@ def test_killing_the_worker_mid_retrain_fails_that_run_and_the_queue_moves_on(pr
         wait_until(lambda: version(first["id"])["status"] == "training", 300, "the retrain to start")
         os.killpg(worker.pid, signal.SIGKILL)  # the whole cluster, mid-run, without a chance to clean up
         worker.wait(10)
+        killed_at = time.monotonic()
 
         # the web process carries on, and nothing enrolled is lost
         reply = server.recognize(OBAMA)
         assert reply.status == 200 and reply.json()["faces"][0]["match"]["name"] == "Barack Obama"
         assert server.get("/api/v1/people/?page_size=100").json()["count"] == people_before
 
-        # the next request for a retrain finds the dead run, fails it clearly, and queues a new one
+        # The next request for a retrain after the dead run has gone quiet for TRAINING_STALE_SECONDS
+        # fails it clearly and queues a new one. (Its worker's pid may linger as a zombie here, so
+        # the heartbeat is what tells.)
+        time.sleep(max(0.0, stale_seconds + 5 - (time.monotonic() - killed_at)))
         second = train()
         assert second["id"] != first["id"]
         dead = version(first["id"])

@@ -176,11 +176,18 @@ CORPUS: dict[str, Case] = {
 }
 
 
-def check(name: str, case: Case, status: int, body: bytes) -> None:
+# Over the wire daphne's HTTP layer (Twisted) parses multipart bodies itself and answers a bare 400
+# before the app sees a body without a boundary. (uvicorn passes it on, and the app answers 400.)
+REFUSED_BY_THE_HTTP_SERVER = {"multipart_without_boundary"}
+
+
+def check(name: str, case: Case, status: int, body: bytes, over_the_wire: bool = False) -> None:
     assert status < 500, f"{name}: {status} {body[:300]!r}"
     if case.expect == "4xx":
         assert 400 <= status < 500, f"{name}: expected a refusal, got {status} {body[:300]!r}"
-    if 400 <= status < 500:
+    if over_the_wire and name in REFUSED_BY_THE_HTTP_SERVER:
+        assert status == 400, name
+    elif 400 <= status < 500:
         error = json.loads(body)["error"]
         assert error["code"] and error["message"], name
     if case.expect == "obama":
@@ -221,7 +228,7 @@ def test_a_real_server_answers_the_whole_corpus_and_stays_up(live_site):
         else:
             body, content_type = live.multipart(case.data or {}, case.files or {})
             reply = live.request(server.url + case.path, "POST", body, {**server.auth(), "Content-Type": content_type})
-        check(name, case, reply.status, reply.body)
+        check(name, case, reply.status, reply.body, over_the_wire=True)
         assert server.proc.poll() is None, f"the server died on {name}"
     assert live.request(server.url + "/healthz/").status == 200
     live_site.stop(server.proc)
