@@ -11,4 +11,4 @@ REQ=requirements.txt
 [ "${1:-}" = "--dev" ] && REQ=requirements-dev.txt
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$REQ"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
-mkdir -p var
+mkdir -p var/staticfiles  # WhiteNoise looks for it even before collectstatic has run

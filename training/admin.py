@@ -2,6 +2,7 @@ from django.contrib import admin, messages
 from django.shortcuts import redirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from . import services
 from .models import ModelVersion
@@ -190,7 +191,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
             "<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
                 (
-                    format_html(' style="font-weight:bold"') if r["name"] == production else "",
+                    mark_safe(' style="font-weight:bold"') if r["name"] == production else "",
                     r["name"],
                     r["input"],
                     percent(r.get("top1_accuracy")),
