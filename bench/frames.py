@@ -131,3 +131,30 @@ def hit(box: tuple[float, float, float, float], truth: tuple[float, float, float
     """A detection counts for a known face when its centre lies inside the known box."""
     cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
     return truth[0] <= cx <= truth[0] + truth[2] and truth[1] <= cy <= truth[1] + truth[3]
+
+
+def stream_frames(photo: np.ndarray, face_box, n: int, seed: int = 0, face_px: float = 140.0) -> list[Frame]:
+    """A webcam-like stream: the head around ``face_box`` (x, y, w, h in ``photo``), scaled so the face
+    is ~``face_px`` wide, drifting and swaying on a plain wall (up to ~8 px and 1% scale per frame,
+    as a person standing at a kiosk does)."""
+    rng = np.random.default_rng(seed)
+    wall = background(rng)
+    bx, by, bw, bh = face_box
+    half = 1.1 * max(bw, bh)  # a square head-and-shoulders region around the face
+    cx, cy = bx + bw / 2, by + bh / 2
+    frames = []
+    for k in range(n):
+        s = face_px / bw * (1.0 + 0.04 * np.sin(2 * np.pi * k / 30))
+        side = round(2 * half * s)
+        # the region, scaled by s, as an affine warp (parts outside the photo become black)
+        matrix = np.array([[s, 0, side / 2 - s * cx], [0, s, side / 2 - s * cy]], np.float32)
+        head = cv2.warpAffine(photo, matrix, (side, side), flags=cv2.INTER_LINEAR)
+        side = min(side, FRAME_H)
+        head = head[:side, :side]
+        x0 = int(np.clip(round((FRAME_W - side) / 2 + 90 * np.sin(2 * np.pi * k / 70)), 0, FRAME_W - side))
+        y0 = int(np.clip(round((FRAME_H - side) / 2 + 20 * np.sin(2 * np.pi * k / 45)), 0, FRAME_H - side))
+        frame = wall.copy()
+        frame[y0 : y0 + side, x0 : x0 + side] = head
+        face = (x0 + side / 2 - bw * s / 2, y0 + side / 2 - bh * s / 2, bw * s, bh * s)
+        frames.append(Frame(f"stream{k}", frame, 1, [face]))
+    return frames

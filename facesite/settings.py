@@ -306,11 +306,15 @@ CONSENT_MIN_AGE = env_int("CONSENT_MIN_AGE", 16)
 # A frame over either limit is refused with an error on the socket (the connection stays open).
 CHECKIN_MAX_FRAME_BYTES = env_int("CHECKIN_MAX_FRAME_BYTES", 512 * 1024)
 CHECKIN_MAX_FRAME_PIXELS = env_int("CHECKIN_MAX_FRAME_PIXELS", 1280 * 960)
-CHECKIN_MAX_FPS = env_float("CHECKIN_MAX_FPS", 15.0)
+CHECKIN_MAX_FPS = env_float("CHECKIN_MAX_FPS", 20.0)
 # A person is checked in after this many consecutive frames agree on them above the threshold,
 # and not again within the window. A tracked face is re-embedded every N frames in between.
 CHECKIN_STABLE_FRAMES = env_int("CHECKIN_STABLE_FRAMES", 4)
 CHECKIN_REEMBED_EVERY = env_int("CHECKIN_REEMBED_EVERY", 3)
+# The live detector: faces from this size (px in the frame; enrollment needs 60), the whole frame
+# searched every N frames and only around the followed faces in between (BENCHMARKS.md, "stream").
+CHECKIN_MIN_FACE_PX = env_int("CHECKIN_MIN_FACE_PX", 40)
+CHECKIN_FULL_FRAME_EVERY = env_int("CHECKIN_FULL_FRAME_EVERY", 5)
 CHECKIN_REPEAT_WINDOW_MINUTES = env_int("CHECKIN_REPEAT_WINDOW_MINUTES", 30)
 # Ask logged-in users (not kiosks: that is a per-kiosk switch) for a head turn before check-in.
 CHECKIN_LIVENESS_FOR_USERS = env_bool("CHECKIN_LIVENESS_FOR_USERS", False)

@@ -20,6 +20,7 @@ from . import services
 from .engine.images import ImageError, ImageLimits, decode_image
 from .engine.liveness import HeadTurnChallenge
 from .engine.matching import Gallery
+from .engine.stream import FaceStream, StreamSettings
 from .engine.tracking import FaceTracker, Track
 from .models import CheckIn, Consent, Kiosk
 
@@ -52,6 +53,19 @@ def frame_limits() -> ImageLimits:
     return ImageLimits(max_bytes=settings.CHECKIN_MAX_FRAME_BYTES, max_pixels=settings.CHECKIN_MAX_FRAME_PIXELS)
 
 
+def new_stream() -> FaceStream:
+    """A connection's stream state: whole-frame search every few frames, faces followed in between."""
+    return FaceStream(
+        services.pipeline(),
+        FaceTracker(reembed_every=settings.CHECKIN_REEMBED_EVERY),
+        StreamSettings(
+            min_face_size=settings.CHECKIN_MIN_FACE_PX,
+            full_every=settings.CHECKIN_FULL_FRAME_EVERY,
+            max_faces=settings.FACE_MAX_FACES_PER_IMAGE,
+        ),
+    )
+
+
 class RateLimiter:
     """A token bucket: ``rate`` frames per second on average, bursts of up to one second's worth."""
 
@@ -79,7 +93,7 @@ class LiveSession:
     user: object | None = None
     kiosk: Kiosk | None = None
     consent: Consent | None = None
-    tracker: FaceTracker = field(default_factory=lambda: FaceTracker(reembed_every=settings.CHECKIN_REEMBED_EVERY))
+    stream: FaceStream = field(default_factory=lambda: new_stream())
     names: dict[int, str] = field(default_factory=dict)
 
     @property
@@ -121,13 +135,15 @@ class LiveSession:
     def withdraw_consent(self) -> None:
         if self.consent is not None:
             self.consent.withdraw()
-        self.tracker = FaceTracker(reembed_every=settings.CHECKIN_REEMBED_EVERY)
+        self.stream = new_stream()
 
     # ---- per frame ---------------------------------------------------------------------------------
 
     def matching_context(self) -> MatchingContext:
-        """(ORM) The gallery and threshold in force, read before a frame is analysed."""
-        return MatchingContext(gallery=services.gallery(), threshold=services.match_threshold())
+        """(ORM) The recogniser and threshold in force, read before a frame is analysed: the active
+        version's (the gallery, or its softmax head), searched like a Gallery."""
+        served = services.recogniser()
+        return MatchingContext(gallery=served, threshold=served.threshold)
 
     def analyse_frame(self, data: bytes, context: MatchingContext) -> FrameAnalysis:
         """JPEG bytes -> tracked faces; embeds only the faces the tracker says need it. No ORM."""
@@ -137,16 +153,8 @@ class LiveSession:
         except ImageError as err:
             code = "frame_too_large" if err.code in ("file_too_large", "image_too_large") else err.code
             raise FrameRefused(code, f"Frame refused: {err.message}")
-        pipeline = services.pipeline()
-        faces = pipeline.detect(rgb)[: settings.FACE_MAX_FACES_PER_IMAGE]
-        tracks, to_embed = self.tracker.update([f.box for f in faces], [f.landmarks for f in faces])
-        if to_embed:
-            analysed = pipeline.analyse(rgb, faces=[faces[i] for i in to_embed])
-            results = context.gallery.search(np.stack([a.embedding for a in analysed]), top_k=1, threshold=context.threshold)
-            for i, result in zip(to_embed, results):
-                match = result.match
-                best = result.candidates[0].similarity if result.candidates else None
-                tracks[i].record_match(match.person_id if match else None, best)
+        frame = self.stream.process(rgb, context.gallery, context.threshold)
+        tracks = frame.tracks
         if self.liveness_required:
             for track in tracks:
                 challenge = track.state.setdefault("liveness", HeadTurnChallenge())
@@ -156,7 +164,7 @@ class LiveSession:
             width=width,
             height=height,
             tracks=tracks,
-            embedded=len(to_embed),
+            embedded=frame.embedded,
             server_ms=(time.perf_counter() - started) * 1000.0,
         )
 

@@ -63,14 +63,18 @@ class MTCNNDetector:
         landmarks = np.array([[item["keypoints"][name] for name in LANDMARK_NAMES] for item in raw], np.float32)
         return boxes, scores, landmarks.reshape(-1, 5, 2)
 
-    def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
-        """(H, W, 3) uint8 RGB -> faces sorted by area, largest first."""
+    def detect(self, rgb: np.ndarray, min_face_size: int | None = None) -> list[DetectedFace]:
+        """(H, W, 3) uint8 RGB -> faces sorted by area, largest first.
+
+        ``min_face_size`` (px, default the detector's) bounds the pyramid: a larger one is faster.
+        """
         height, width = rgb.shape[:2]
+        min_face_size = min_face_size or self.min_face_size
         scale = min(1.0, self.max_side / max(height, width))
         small = (
             rgb if scale == 1.0 else cv2.resize(rgb, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
         )
-        boxes, scores, landmarks = self._detect_raw(small, max(12, int(self.min_face_size * scale)))
+        boxes, scores, landmarks = self._detect_raw(small, max(12, int(min_face_size * scale)))
         faces = [
             DetectedFace(box=tuple(float(v) for v in box / scale), landmarks=marks / scale, score=float(score))
             for box, score, marks in zip(boxes, scores, landmarks)

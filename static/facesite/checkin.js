@@ -48,7 +48,7 @@
   function handle(message) {
     switch (message.type) {
       case "ready":
-        maxFps = Math.min(message.limits.max_fps, 10);
+        maxFps = Math.min(message.limits.max_fps, 15);
         socket.send(JSON.stringify({ type: "consent", notice_version: config.noticeVersion, age_confirmed: age.checked }));
         break;
       case "consent_recorded":

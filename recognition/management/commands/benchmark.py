@@ -1,6 +1,6 @@
 """The benchmark suite: each measurement side by side with its baseline, medians and ratios.
 
-    python manage.py benchmark [--only detection,live,embedding,gallery,api,lfw] [--quick]
+    python manage.py benchmark [--only detection,live,stream,embedding,gallery,api,lfw] [--quick]
                                [--lfw ../shared/datasets/lfw] [--json var/bench/latest.json]
 
 Prints Markdown tables (copy them into BENCHMARKS.md with the command line). Every part is
@@ -14,7 +14,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-PARTS = ("detection", "live", "embedding", "gallery", "api", "lfw")
+PARTS = ("detection", "live", "stream", "embedding", "gallery", "api", "lfw")
 
 
 class Command(BaseCommand):
@@ -30,7 +30,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", dest="json_path", type=Path, default=None, help="also write every figure as JSON here")
 
     def handle(self, only, lfw, quick, lfw_frames, gallery_sizes, lfw_pairs_per_fold, json_path, **options):
-        from bench import api, detection, gallery, live
+        from bench import api, detection, gallery, live, stream
         from bench import lfw as lfw_bench
 
         parts = [p.strip() for p in only.split(",") if p.strip()]
@@ -55,6 +55,7 @@ class Command(BaseCommand):
         runners = {
             "detection": lambda: detection.run(lfw, n_lfw, out),
             "live": lambda: live.run(lfw, 10 if quick else 20, out),
+            "stream": lambda: stream.run(lfw, 2 if quick else 3, 30 if quick else 60, out),
             "embedding": lambda: live.run_embedding(lfw, 16 if quick else 32, out),
             "gallery": lambda: gallery.run(lfw, sizes, out),
             "api": lambda: api.run(
