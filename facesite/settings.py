@@ -194,6 +194,11 @@ TRAINING_UNKNOWN_MAX_IMAGES = env_int("TRAINING_UNKNOWN_MAX_IMAGES", 300)
 TRAINING_APPROACHES = env_list(
     "TRAINING_APPROACHES", ["nearest_neighbour", "softmax_head", "triplet_adapter", "siamese_head", "lbph", "eigenfaces"]
 )
+# Which recogniser a run puts in production: "auto" (the better of nearest neighbour and the softmax
+# head on held-out data), or pinned to "nearest_neighbour" or "softmax_head".
+TRAINING_RECOGNISER = env_str("TRAINING_RECOGNISER", "auto")
+# The softmax head's open-set threshold (a probability) when too few impostors were seen to calibrate it.
+TRAINING_HEAD_MIN_PROBABILITY = env_float("TRAINING_HEAD_MIN_PROBABILITY", 0.9)
 TRAINING_EXPORT_TFLITE = env_bool("TRAINING_EXPORT_TFLITE", True)
 # Converting FaceNet to TFLite takes a minute or more; the result is reused while weights and TF match.
 TRAINING_CACHE_DIR = Path(env_str("TRAINING_CACHE_DIR", str(BASE_DIR / "var" / "cache")))
@@ -238,7 +243,14 @@ Q_CLUSTER = {
 }
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+    # Each websocket consumer waits on the layer with a 5 s BZPOPMIN; redis-py 8's default 5 s socket
+    # timeout would cut that wait and kill every connection idle for 5 s (close 1011), so it is longer.
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": env_float("CHANNEL_LAYER_SOCKET_TIMEOUT", 30.0)}]},
+        }
+    }
     # Shared by every web worker, so throttling counts a token's requests across processes.
     CACHES = {
         "default": {

@@ -15,6 +15,7 @@ urlpatterns = [
     path("api/v1/people/<int:pk>/export/", PersonExportView.as_view(), name="person-export"),
     path("api/v1/", include("facesite.api_urls")),
     path("checkin/", pages.checkin, name="checkin"),
+    path("checkin/feed/", pages.checkin_feed, name="checkin-feed"),
     path("checkin/kiosk/", pages.kiosk_sign_in, name="kiosk-sign-in"),
     path("checkin/kiosk/leave/", pages.kiosk_sign_out, name="kiosk-sign-out"),
     path("verify/", pages.verify, name="verify-page"),

@@ -1,4 +1,5 @@
-"""/ws/identify/: a browser's camera frames in, the faces found (and check-ins) out.
+"""/ws/identify/: a browser's camera frames in, the faces found (and check-ins) out; and
+/ws/checkins/: the staff feed of check-ins as they are recorded (recognition.checkin_feed).
 
 Protocol. The client sends JSON text messages ``{"type": "consent", "notice_version", "age_confirmed"}``
 and ``{"type": "withdraw"}``, and each camera frame as one binary message of JPEG bytes. The server
@@ -26,6 +27,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from . import checkin_feed
 from .live import FrameRefused, LiveSession, RateLimiter
 from .models import Kiosk
 
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 KIOSK_SESSION_KEY = "checkin_kiosk_id"
 CLOSE_NOT_AUTHENTICATED = 4401
+CLOSE_NOT_STAFF = 4403
 STREAM_SCOPE = "stream"  # the API-key scope (security.models.ROLE_SCOPES) that may use this socket
 
 
@@ -193,20 +196,62 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
             await database_sync_to_async(session.load_names)(person_ids)
         await self.send_json(session.describe(analysis, frame, dropped))
         for track, checkin, created in greetings:
+            name = session.names.get(checkin.person_id, "")
             await self.send_json(
                 {
                     "type": "checked_in",
                     "track": track.id,
                     "person_id": checkin.person_id,
-                    "name": session.names.get(checkin.person_id, ""),
+                    "name": name,
                     "similarity": round(checkin.similarity, 4),
                     "checked_in_at": checkin.checked_in_at.isoformat(),
                     "already": not created,
                 }
             )
+            if created:  # check_in() has committed: staff screens on every worker may show it
+                await checkin_feed.announce(checkin, name)
 
     async def send_json(self, content: dict):
         await self.send(text_data=json.dumps(content))
 
     async def send_error(self, code: str, message: str):
         await self.send_json({"type": "error", "code": code, "message": message})
+
+
+class CheckInFeedConsumer(AsyncWebsocketConsumer):
+    """Staff only (a signed-in ``is_staff`` session): ``ready`` with today's latest check-ins, then one
+    ``checkin`` message per check-in recorded anywhere. Read-only: text from the client is refused."""
+
+    joined = False
+
+    async def connect(self):
+        user = self.scope.get("user")
+        await self.accept()
+        if user is None or not user.is_authenticated:
+            await self.refuse(CLOSE_NOT_AUTHENTICATED, "not_authenticated", "Sign in with a staff account to see check-ins.")
+            return
+        if not (user.is_active and user.is_staff):
+            await self.refuse(CLOSE_NOT_STAFF, "not_staff", "Only staff may see the check-in feed.")
+            return
+        await self.channel_layer.group_add(checkin_feed.FEED_GROUP, self.channel_name)
+        self.joined = True
+        recent = await database_sync_to_async(checkin_feed.recent)()
+        await self.send_json({"type": "ready", "recent": recent})
+
+    async def disconnect(self, code):
+        if self.joined:
+            await self.channel_layer.group_discard(checkin_feed.FEED_GROUP, self.channel_name)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        await self.send_json({"type": "error", "code": "read_only", "message": "This feed takes no messages."})
+
+    async def checkin_recorded(self, event: dict):
+        await self.send_json({"type": "checkin", **event["checkin"]})
+
+    async def refuse(self, close_code: int, code: str, message: str):
+        # Accepted first so the page can say why, as /ws/identify/ does.
+        await self.send_json({"type": "error", "code": code, "message": message})
+        await self.close(code=close_code)
+
+    async def send_json(self, content: dict):
+        await self.send(text_data=json.dumps(content))

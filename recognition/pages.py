@@ -1,4 +1,5 @@
-"""The browser pages: live check-in (/checkin/) and face verification (/verify/).
+"""The browser pages: live check-in (/checkin/), the staff check-in feed (/checkin/feed/) and face
+verification (/verify/).
 
 Both show the consent notice before any camera or photo is used. Check-in records consent over its
 websocket (recognition.consumers); verification records it here, before the photos are sent.
@@ -7,6 +8,7 @@ websocket (recognition.consumers); verification records it here, before the phot
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
 from django.http import JsonResponse
 from django.shortcuts import redirect, render
@@ -42,6 +44,13 @@ def checkin(request):
     kiosk = _session_kiosk(request)
     can_stream = kiosk is not None or request.user.is_authenticated
     return render(request, "checkin.html", {"kiosk": kiosk, "can_stream": can_stream, **_notice_context()})
+
+
+@staff_member_required
+@require_GET
+def checkin_feed(request):
+    """Staff: check-ins from every kiosk as they happen, over /ws/checkins/ (recognition.checkin_feed)."""
+    return render(request, "checkin_feed.html", {"page_config": {"socketPath": "/ws/checkins/"}})
 
 
 @require_POST

@@ -2,8 +2,9 @@
 
 from django.urls import path
 
-from .consumers import IdentifyConsumer
+from .consumers import CheckInFeedConsumer, IdentifyConsumer
 
 websocket_urlpatterns = [
     path("ws/identify/", IdentifyConsumer.as_asgi()),
+    path("ws/checkins/", CheckInFeedConsumer.as_asgi()),
 ]
