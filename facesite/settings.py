@@ -127,7 +127,14 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": Path(env_str("SQLITE_PATH", str(BASE_DIR / "var" / "db.sqlite3"))),
             # Background tasks and web requests share the file: wait for a lock instead of failing.
-            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"},
+            # WAL with synchronous=NORMAL: a commit no longer waits for an fsync (the audit row of
+            # every recognize call cost ~14 ms); the database cannot be corrupted by a crash, at worst
+            # the last commits before a power cut are lost.
+            "OPTIONS": {
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
