@@ -160,6 +160,10 @@ FACE_UPLOAD_MAX_BYTES = env_int("FACE_UPLOAD_MAX_BYTES", 10 * 1024 * 1024)
 FACE_UPLOAD_MAX_PIXELS = env_int("FACE_UPLOAD_MAX_PIXELS", 40_000_000)
 DATA_UPLOAD_MAX_MEMORY_SIZE = FACE_UPLOAD_MAX_BYTES * 2 + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = FACE_UPLOAD_MAX_BYTES + 1024 * 1024
+# A photo whose processing was queued this long ago and is still pending, while the broker holds no
+# waiting task, is taken as lost (e.g. Redis restarted, a worker was killed) and queued again by
+# people.tasks.requeue_pending. Generous: a big import's backlog must never be queued twice.
+ENROLLMENT_REQUEUE_AFTER_SECONDS = env_int("ENROLLMENT_REQUEUE_AFTER_SECONDS", 15 * 60)
 
 # The face pipeline. Thresholds are cosine similarities of L2-normalised FaceNet embeddings; how
 # the defaults were chosen on LFW is in the README ("How the threshold was chosen").

@@ -65,6 +65,9 @@ class FaceImage(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     processed_at = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When processing was last queued (empty: the broker was unreachable)."
+    )
 
     objects = FaceImageQuerySet.as_manager()
 

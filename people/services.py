@@ -43,13 +43,28 @@ def enroll(person: Person, upload, uploaded_by=None, process: bool = True) -> Fa
     return face
 
 
-def queue_processing(face_image_id: int) -> None:
+def queue_processing(face_image_id: int) -> bool:
+    """Queue a photo's processing and note when; False if the broker is unreachable."""
     try:
         async_task("people.tasks.process_face_image", face_image_id, task_name=f"face-{face_image_id}", group="enrollment")
     except Exception as err:
-        # The broker (Redis) is down: the photo is stored and stays pending; the every-minute
-        # schedule people.tasks.requeue_pending queues it again once the broker is back.
+        # The broker (Redis) is down: the photo is stored and stays pending, never queued; the
+        # every-minute schedule people.tasks.requeue_pending queues it once the broker is back.
         log.warning("could not queue face image %s, it will be re-queued: %s", face_image_id, err)
+        return False
+    FaceImage.objects.filter(pk=face_image_id).update(queued_at=timezone.now())
+    return True
+
+
+def broker_backlog() -> int | None:
+    """How many tasks wait in the django-q broker (not yet taken by a worker); None if unreachable."""
+    from django_q.brokers import get_broker
+
+    try:
+        return get_broker().queue_size()
+    except Exception as err:
+        log.warning("could not read the task queue's length: %s", err)
+        return None
 
 
 def _safe_name(name: str) -> str:

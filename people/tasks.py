@@ -25,17 +25,34 @@ def process_face_image(face_image_id: int) -> str:
 
 
 def requeue_pending(older_than_seconds: int = 60) -> int:
-    """Queue again photos still pending after a while (their task was lost: broker down, worker killed)."""
+    """Queue again the pending photos whose task was plausibly lost; return how many.
+
+    Runs every minute (migration 0002). A photo is re-queued when
+    - it was never queued (the broker was down when it was stored) and is older than
+      ``older_than_seconds``; or
+    - it was queued more than ENROLLMENT_REQUEUE_AFTER_SECONDS ago and the broker holds no waiting
+      task: it is neither waiting nor, after that long, being processed (a restarted Redis or a
+      killed worker lost it).
+    A long backlog (a 1000-photo import) keeps the broker non-empty and is never queued twice.
+    """
     from datetime import timedelta
 
+    from django.conf import settings
     from django.utils import timezone
 
     from . import services
 
-    stuck = FaceImage.objects.filter(
-        status=FaceImage.Status.PENDING, updated_at__lt=timezone.now() - timedelta(seconds=older_than_seconds)
-    ).values_list("id", flat=True)
-    ids = list(stuck)
-    for pk in ids:
-        services.queue_processing(pk)
-    return len(ids)
+    now = timezone.now()
+    pending = FaceImage.objects.filter(status=FaceImage.Status.PENDING)
+    ids = list(
+        pending.filter(queued_at__isnull=True, created_at__lt=now - timedelta(seconds=older_than_seconds)).values_list(
+            "id", flat=True
+        )
+    )
+    overdue = pending.filter(queued_at__lt=now - timedelta(seconds=settings.ENROLLMENT_REQUEUE_AFTER_SECONDS))
+    if overdue.exists() and services.broker_backlog() == 0:
+        ids += overdue.values_list("id", flat=True)
+    queued = sum(services.queue_processing(pk) for pk in ids)
+    if ids:
+        log.info("re-queued %s of %s pending photos whose processing was lost", queued, len(ids))
+    return queued
