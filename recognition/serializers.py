@@ -27,7 +27,9 @@ class VerifyRequestSerializer(serializers.Serializer):
 class CandidateSerializer(serializers.Serializer):
     person_id = serializers.IntegerField()
     name = serializers.CharField()
-    similarity = serializers.FloatField()
+    similarity = serializers.FloatField(
+        help_text="Cosine similarity (scored_by nearest_neighbour) or the softmax head's probability (softmax_head)"
+    )
 
 
 class RecognisedFaceSerializer(serializers.Serializer):
@@ -37,11 +39,17 @@ class RecognisedFaceSerializer(serializers.Serializer):
     match = CandidateSerializer(allow_null=True)
     candidates = CandidateSerializer(many=True)
     margin = serializers.FloatField(allow_null=True, help_text="Best minus second-best person's similarity")
+    scored_by = serializers.ChoiceField(
+        choices=["nearest_neighbour", "softmax_head"],
+        help_text="Which recogniser matched this face: the active version's, or the gallery for a face closest "
+        "to someone enrolled after that version was trained",
+    )
 
 
 class RecognizeResponseSerializer(serializers.Serializer):
     faces = RecognisedFaceSerializer(many=True)
-    threshold = serializers.FloatField()
+    threshold = serializers.FloatField(help_text="The served recogniser's open-set threshold (cosine or probability)")
+    recogniser = serializers.ChoiceField(choices=["nearest_neighbour", "softmax_head"])
     model_version = serializers.IntegerField(allow_null=True)
     embedder = serializers.CharField()
     gallery_size = serializers.IntegerField()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import logging
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
@@ -12,9 +15,11 @@ from django.db.models import Count, Max
 
 from .engine.detection import DetectedFace
 from .engine.images import ImageError, ImageLimits, decode_image
-from .engine.matching import Gallery, MatchResult
+from .engine.matching import Candidate, Gallery, MatchResult
 from .engine.pipeline import AnalysedFace, FacePipeline, PipelineConfig, shared_pipeline
 from .engine.quality import QualityRules
+
+logger = logging.getLogger(__name__)
 
 
 def pipeline() -> FacePipeline:
@@ -167,22 +172,135 @@ def active_model_version():
     return ModelVersion.objects.active()
 
 
-def match_threshold() -> float:
-    """The active model version's calibrated threshold, else the LFW-chosen default."""
-    version = active_model_version()
+def match_threshold(version=None) -> float:
+    """The cosine threshold of nearest-neighbour matching: the active model version's calibrated
+    one, else the LFW-chosen default. (A served softmax head has its own: ``recogniser().threshold``.)"""
+    version = active_model_version() if version is None else version
     if version is not None and version.threshold is not None:
         return float(version.threshold)
     return float(settings.FACE_MATCH_THRESHOLD)
 
 
-def recognize(rgb: np.ndarray, top_k: int | None = None, threshold: float | None = None) -> list[RecognisedFace]:
-    """Every face in the image, largest first, each matched against the enrolled gallery."""
+# ---- the served recogniser ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServedMatch(MatchResult):
+    """A MatchResult that says which recogniser scored it: for "softmax_head" the candidates'
+    ``similarity`` is the head's probability, for "nearest_neighbour" a cosine similarity."""
+
+    scored_by: str = "nearest_neighbour"
+
+
+class GalleryRecogniser:
+    """Nearest neighbour over the enrolled gallery, open-set by a cosine threshold."""
+
+    name = "nearest_neighbour"
+
+    def __init__(self, gallery: Gallery, threshold: float):
+        self.gallery, self.threshold = gallery, threshold
+
+    def search(self, queries: np.ndarray, top_k: int = 5, threshold: float | None = None) -> list[ServedMatch]:
+        threshold = self.threshold if threshold is None else threshold
+        return [ServedMatch(r.candidates, r.threshold, self.name) for r in self.gallery.search(queries, top_k, threshold)]
+
+
+class HeadRecogniser:
+    """The active version's softmax head, open-set by its calibrated probability threshold.
+
+    The head only knows the people enrolled when it was trained, so the gallery still answers
+    two questions per face: who is in it now, and whether the face is closest to someone the head
+    never saw. People erased or deactivated since (no longer in the gallery) lose their column at
+    once; the probabilities are not renormalised, so their face is not handed to the next-likeliest
+    person. A face whose nearest enrolled face belongs to a person enrolled after training is
+    matched by the gallery at the cosine threshold instead (until the next retrain adds them)."""
+
+    name = "softmax_head"
+
+    def __init__(self, head, threshold: float, gallery: Gallery, cosine_threshold: float):
+        self.head, self.threshold = head, threshold
+        self.gallery, self.cosine_threshold = gallery, cosine_threshold
+        self._known = set(int(c) for c in head.classes)
+
+    def search(self, queries: np.ndarray, top_k: int = 5, threshold: float | None = None) -> list[ServedMatch]:
+        threshold = self.threshold if threshold is None else threshold
+        queries = np.asarray(queries, np.float32).reshape(-1, 128)
+        nearest = self.gallery.search(queries, top_k, self.cosine_threshold)
+        enrolled = self.gallery.person_ids
+        served = np.isin(self.head.classes, list(enrolled))
+        probabilities = self.head.scores(queries)
+        results = []
+        for row, near in zip(probabilities, nearest):
+            if near.candidates and near.candidates[0].person_id not in self._known:
+                results.append(ServedMatch(near.candidates, near.threshold, "nearest_neighbour"))
+                continue
+            order = [c for c in np.argsort(-row, kind="stable") if served[c]][:top_k]
+            candidates = [Candidate(int(self.head.classes[c]), float(row[c])) for c in order]
+            results.append(ServedMatch(candidates, threshold, self.name))
+        return results
+
+
+class _HeadCache:
+    """The active version's head, read from its artifact once per process per version (and sha256)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._key = None
+        self._head = None
+
+    def get(self, version):
+        key = (version.pk, version.head_sha256)
+        if key != self._key:
+            with self._lock:
+                if key != self._key:
+                    self._head = _load_head(version)
+                    self._key = key
+        return self._head
+
+
+def _load_head(version):
+    from django.core.files.storage import default_storage
+
+    from training.engine.heads import SoftmaxHead
+
+    with default_storage.open(version.head.name, "rb") as fh:
+        data = fh.read()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != version.head_sha256:
+        raise ValueError(f"v{version.number}'s head artifact has sha256 {digest}, not the recorded {version.head_sha256}")
+    with np.load(io.BytesIO(data)) as arrays:
+        return SoftmaxHead.from_arrays(arrays["kernel"], arrays["bias"], arrays["classes"])
+
+
+_head_cache = _HeadCache()
+
+
+def recogniser(version=None) -> GalleryRecogniser | HeadRecogniser:
+    """What recognition serves now: the active version's recogniser with its threshold. A new
+    active version (or a rollback) is used on this process's next call, without a restart."""
+    version = active_model_version() if version is None else version
+    cosine = match_threshold(version)
+    current = gallery()
+    if version is None or version.recogniser != version.Recogniser.SOFTMAX_HEAD:
+        return GalleryRecogniser(current, cosine)
+    try:
+        head = _head_cache.get(version)
+    except (OSError, ValueError, KeyError) as err:
+        # a missing or altered artifact must not name anybody: serve the gallery and say why
+        logger.error("Serving nearest neighbour instead of v%s's softmax head: %s", version.number, err)
+        return GalleryRecogniser(current, cosine)
+    return HeadRecogniser(head, float(version.head_threshold), current, cosine)
+
+
+def recognize(rgb: np.ndarray, top_k: int | None = None, threshold: float | None = None, served=None) -> list[RecognisedFace]:
+    """Every face in the image, largest first, each matched by the served recogniser (the active
+    version's; ``threshold`` overrides its threshold, in its own units)."""
     top_k = top_k or settings.FACE_TOP_K
-    threshold = match_threshold() if threshold is None else threshold
+    served = recogniser() if served is None else served
     faces = pipeline().analyse(rgb, max_faces=settings.FACE_MAX_FACES_PER_IMAGE)
     if not faces:
         return []
-    results = gallery().search(np.stack([f.embedding for f in faces]), top_k=top_k, threshold=threshold)
+    results = served.search(np.stack([f.embedding for f in faces]), top_k=top_k, threshold=threshold)
     return [RecognisedFace(f, r) for f, r in zip(faces, results)]
 
 

@@ -66,9 +66,11 @@ class RecognizeView(AuditedView, APIView):
         params = RecognizeRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         rgb = _read(params.validated_data["image"], "image")
+        version = services.active_model_version()
+        served = services.recogniser(version)
         threshold = params.validated_data.get("threshold")
-        threshold = services.match_threshold() if threshold is None else threshold
-        recognised = services.recognize(rgb, top_k=params.validated_data.get("top_k"), threshold=threshold)
+        threshold = served.threshold if threshold is None else threshold
+        recognised = services.recognize(rgb, top_k=params.validated_data.get("top_k"), threshold=threshold, served=served)
         if not recognised:
             raise _no_face("image")
         ids = {c.person_id for r in recognised for c in r.result.candidates}
@@ -89,13 +91,14 @@ class RecognizeView(AuditedView, APIView):
                     "match": candidate(match) if match else None,
                     "candidates": [candidate(c) for c in r.result.candidates],
                     "margin": None if r.result.margin is None else round(r.result.margin, 4),
+                    "scored_by": r.result.scored_by,
                 }
             )
-        version = services.active_model_version()
         return Response(
             {
                 "faces": faces,
                 "threshold": round(threshold, 4),
+                "recogniser": served.name,
                 "model_version": version.number if version else None,
                 "embedder": services.pipeline().embedder_name,
                 "gallery_size": len(services.gallery()),

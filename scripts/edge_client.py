@@ -10,7 +10,9 @@
 The token's account needs staff status or the "Can download model files" permission: the label map
 holds names and face embeddings of the enrolled people, so keep the downloaded folder private.
 Detection and alignment are the repository's MTCNN code (plain Python, no Django); the embedding
-runs in tf.lite.Interpreter; matching is cosine nearest neighbour with the version's threshold.
+runs in tf.lite.Interpreter; matching is what the version serves: cosine nearest neighbour with
+its threshold, or, when its softmax head is in production, the head (one dense layer whose weights
+are in the label map, applied here in numpy) with the head's probability threshold.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def download(server: str, token: str, out: Path) -> dict:
 class Recognition:
     box: list[int]
     name: str | None  # None: not anyone enrolled
-    similarity: float
+    similarity: float  # cosine similarity, or the head's probability when the label map has a head
 
 
 class EdgeRecogniser:
@@ -74,10 +76,11 @@ class EdgeRecogniser:
         self.gallery = np.asarray(self.labels["gallery"]["embeddings"], np.float32).reshape(-1, 128)
         self.gallery_labels = np.asarray(self.labels["gallery"]["labels"], np.int64)
         self.threshold = float(self.labels["threshold"])
+        self.head = self.labels.get("head") if self.labels.get("matching") == "softmax_head" else None
         self.alignment = self.labels.get("alignment", {"method": "box", "margin": 0.05, "size": 160})
 
     def recognise(self, rgb: np.ndarray) -> list[Recognition]:
-        """(H, W, 3) uint8 RGB -> every face with its name (or None) and cosine similarity."""
+        """(H, W, 3) uint8 RGB -> every face with its name (or None) and score (cosine or probability)."""
         from recognition.engine.alignment import align_face
 
         faces = self.detector.detect(rgb)
@@ -86,6 +89,8 @@ class EdgeRecogniser:
         a = self.alignment
         crops = np.stack([align_face(rgb, f, size=a["size"], method=a["method"], margin=a["margin"]) for f in faces])
         embeddings = self.embedder.embed(crops)
+        if self.head is not None:
+            return [Recognition(face.box_ints(), name, score) for face, (name, score) in zip(faces, self.classify(embeddings))]
         results = []
         for face, embedding in zip(faces, embeddings):
             if len(self.gallery) == 0:
@@ -96,6 +101,22 @@ class EdgeRecogniser:
             name = self.names.get(int(self.gallery_labels[best])) if similarity[best] >= self.threshold else None
             results.append(Recognition(face.box_ints(), name, float(similarity[best])))
         return results
+
+    def classify(self, embeddings: np.ndarray) -> list[tuple[str | None, float]]:
+        """(N, 128) embeddings -> (name or None, probability) by the version's softmax head."""
+        head = self.head
+        kernel = np.asarray(head["kernel"], np.float32).reshape(embeddings.shape[1], -1)
+        logits = embeddings @ kernel + np.asarray(head["bias"], np.float32)
+        if logits.shape[1] == 0:
+            return [(None, 0.0)] * len(embeddings)
+        logits -= logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        out = []
+        for row in probabilities:
+            best = int(np.argmax(row))
+            name = self.names.get(int(head["people"][best])) if row[best] >= float(head["threshold"]) else None
+            out.append((name, float(row[best])))
+        return out
 
 
 def frames(path: Path, every: int):

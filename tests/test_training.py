@@ -70,18 +70,23 @@ def test_semihard_triplet_loss_matches_a_brute_force_reference():
     assert got == pytest.approx(np.mean(losses), abs=1e-4)
 
 
-def test_production_choice_prefers_the_better_servable_recogniser_and_says_why():
+def test_production_choice_takes_the_better_recogniser_on_held_out_data_and_says_why():
     from training.engine.comparison import Comparison, Outcome, choose_production
 
     truth = np.array([0, 1, UNKNOWN])
     good = evaluate(np.array([[0.9, 0.1], [0.1, 0.9], [0.2, 0.2]]), truth, [1, 2])
     poor = evaluate(np.array([[0.4, 0.6], [0.1, 0.9], [0.7, 0.2]]), truth, [1, 2])
-    comparison = Comparison({"nearest_neighbour": Outcome("nearest_neighbour", "embeddings", evaluation=good)})
-    comparison.outcomes["softmax_head"] = Outcome("softmax_head", "embeddings", evaluation=poor)
+    comparison = Comparison({"nearest_neighbour": Outcome("nearest_neighbour", "embeddings", evaluation=good, fitted=object())})
+    comparison.outcomes["softmax_head"] = Outcome("softmax_head", "embeddings", evaluation=poor, fitted=object())
     assert choose_production(comparison)[0] == "nearest_neighbour"
     comparison.outcomes["nearest_neighbour"].evaluation, comparison.outcomes["softmax_head"].evaluation = poor, good
     name, reason = choose_production(comparison)
-    assert name == "nearest_neighbour" and reason.startswith("softmax_head scored best")  # not servable: reported
+    assert name == "softmax_head" and reason.startswith("Best open-set score")  # recognition serves the head
+    # pinning names a recogniser that was fitted; one that was not leaves the choice to the data
+    name, reason = choose_production(comparison, pinned="nearest_neighbour")
+    assert name == "nearest_neighbour" and reason.startswith("Pinned by TRAINING_RECOGNISER=nearest_neighbour")
+    name, reason = choose_production(comparison, pinned="triplet_adapter")
+    assert name == "softmax_head" and "TRAINING_RECOGNISER asks for triplet_adapter" in reason
 
 
 # ---- training runs through django-q (synchronous in tests) ----------------------------------------
@@ -449,3 +454,81 @@ def test_admin_shows_retrain_button_progress_metrics_plots_and_comparison(
         assert f"<td>{approach}</td>" in page
     assert version.confusion_plot.url in page and version.roc_plot.url in page
     assert version.comparison["reason"] in page
+
+
+def _recognize(api, probe: str) -> dict:
+    from .conftest import PROBES, read
+
+    response = api.post("/api/v1/recognize/", {"image": _upload(read(PROBES / probe))}, format="multipart")
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def _named(body: dict) -> list[str]:
+    return sorted(face["match"]["name"] for face in body["faces"] if face["match"])
+
+
+@pytest.mark.django_db
+def test_a_softmax_head_version_is_what_recognition_serves_and_rollback_switches_back(
+    staff_api, training_settings, clean_queue, django_capture_on_commit_callbacks
+):
+    import hashlib
+
+    from people import services as people
+    from recognition import services as recognition
+
+    from .conftest import PEOPLE
+
+    training_settings.TRAINING_APPROACHES = ["nearest_neighbour", "softmax_head"]
+    training_settings.TRAINING_RECOGNISER = "nearest_neighbour"
+    nearest = train(django_capture_on_commit_callbacks)
+    assert nearest.recogniser == "nearest_neighbour" and not nearest.head
+
+    # Paul Rudd is enrolled only after the head is trained: the head has no class for him
+    rudd = person_named("Paul Rudd")
+    rudd.is_active = False
+    rudd.save()
+    training_settings.TRAINING_RECOGNISER = "softmax_head"
+    headed = train(django_capture_on_commit_callbacks, force_activate=True)
+    assert headed.status == "active" and headed.recogniser == "softmax_head", headed.error
+    assert "TRAINING_RECOGNISER=softmax_head" in headed.comparison["reason"]
+    with headed.head.open("rb") as fh:
+        assert hashlib.sha256(fh.read()).hexdigest() == headed.head_sha256
+    # five held-out faces are too few impostors to calibrate a 5% FAR: the configured floor holds
+    assert headed.head_threshold >= training_settings.TRAINING_HEAD_MIN_PROBABILITY
+    assert rudd.pk not in recognition.recogniser().head.classes
+    rudd.is_active = True
+    rudd.save()
+
+    body = _recognize(staff_api, "obama_and_biden.jpg")
+    assert body["recogniser"] == "softmax_head" and body["model_version"] == headed.number
+    assert body["threshold"] == pytest.approx(headed.head_threshold, abs=1e-4)
+    assert _named(body) == ["Barack Obama", "Joe Biden"]
+    for face in body["faces"]:
+        if face["match"]:
+            assert face["scored_by"] == "softmax_head" and headed.head_threshold <= face["match"]["similarity"] <= 1.0
+            assert face["candidates"][0] == face["match"] and face["margin"] is not None
+    assert _named(_recognize(staff_api, "kit_with_rose.jpg")) == ["Kit Harington", "Rose Leslie"]
+    strangers = _recognize(staff_api, "multiface.jpg")["faces"]
+    assert len(strangers) == 6 and all(face["match"] is None for face in strangers)
+
+    # a person enrolled after training is found by the gallery, at the cosine threshold
+    rudd_photo = next(p for p in sorted((PEOPLE / "paul_rudd").iterdir()))
+    response = staff_api.post("/api/v1/recognize/", {"image": _upload(rudd_photo.read_bytes())}, format="multipart")
+    face = response.json()["faces"][0]
+    assert face["match"]["name"] == "Paul Rudd" and face["scored_by"] == "nearest_neighbour"
+
+    # an erased person is never named again, nor listed, though the head was trained with them
+    biden = person_named("Joe Biden")
+    people.erase_person(biden)
+    body = _recognize(staff_api, "obama_and_biden.jpg")
+    assert _named(body) == ["Barack Obama"]
+    assert biden.pk not in {c["person_id"] for face in body["faces"] for c in face["candidates"]}
+
+    # rollback: the nearest-neighbour version is served on the very next request
+    assert staff_api.post(f"/api/v1/models/{nearest.pk}/activate/").status_code == 200
+    body = _recognize(staff_api, "kit_with_rose.jpg")
+    assert body["recogniser"] == "nearest_neighbour" and body["model_version"] == nearest.number
+    assert body["threshold"] == pytest.approx(nearest.threshold, abs=1e-4)
+    assert {face["scored_by"] for face in body["faces"]} == {"nearest_neighbour"}
+    assert _named(body) == ["Kit Harington", "Rose Leslie"]

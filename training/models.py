@@ -51,7 +51,9 @@ class ModelVersion(models.Model):
     number = models.PositiveIntegerField(unique=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
     embedder = models.CharField(max_length=100, blank=True)
-    threshold = models.FloatField(null=True, blank=True, help_text="Calibrated open-set threshold (cosine similarity).")
+    threshold = models.FloatField(
+        null=True, blank=True, help_text="Calibrated open-set threshold of nearest-neighbour matching (cosine similarity)."
+    )
     metrics = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     activated_at = models.DateTimeField(null=True, blank=True)
@@ -80,6 +82,13 @@ class ModelVersion(models.Model):
     labels_sha256 = models.CharField(max_length=64, blank=True)
     confusion_plot = models.FileField(upload_to=artifact_path, blank=True, max_length=200)
     roc_plot = models.FileField(upload_to=artifact_path, blank=True, max_length=200)
+    # Set when the softmax head is the production recogniser: its weights and the class -> person id
+    # map (.npz), and its own open-set threshold (a probability, not a cosine similarity).
+    head = models.FileField(upload_to=artifact_path, blank=True, max_length=200, help_text="The fitted softmax head (.npz).")
+    head_sha256 = models.CharField(max_length=64, blank=True)
+    head_threshold = models.FloatField(
+        null=True, blank=True, help_text="Calibrated open-set threshold on the softmax head's probability."
+    )
 
     objects = ModelVersionQuerySet.as_manager()
 

@@ -7,6 +7,7 @@ where a run is, and a dead worker can be told from a slow one.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -20,10 +21,10 @@ from django.utils import timezone
 
 from recognition import services as recognition
 from training.engine import evaluation
-from training.engine.comparison import compare, truth_of
+from training.engine.comparison import choose_production, compare, truth_of
 from training.engine.dataset import FaceSet, split_per_person
 from training.engine.export import cached_embedder_tflite, sha256_bytes
-from training.engine.heads import NearestNeighbour
+from training.engine.heads import NearestNeighbour, SoftmaxHead
 
 from .models import ModelVersion
 
@@ -34,7 +35,7 @@ class TrainingRun:
     def __init__(self, version_id: int):
         self.version = ModelVersion.objects.get(pk=version_id)
         self.lines: list[str] = []
-        self.threshold_note = "Calibrated on held-out data."
+        self.threshold_notes: list[str] = []
         self.timings: dict[str, float] = {}
         self._stage_started = time.perf_counter()
 
@@ -86,7 +87,11 @@ class TrainingRun:
             only=only,
             progress=lambda name: self.report("comparing", next(steps, 69), f"Fitting {name}."),
         )
-        self.guard_threshold(comparison.outcomes["nearest_neighbour"], target_far)
+        # each served recogniser's threshold is checked before the choice, so they compete as served
+        for name, (setting, floor) in self.threshold_floors().items():
+            if name in comparison.outcomes and comparison.outcomes[name].evaluation is not None:
+                self.guard_threshold(comparison.outcomes[name], target_far, setting, floor)
+        comparison.production, comparison.reason = choose_production(comparison, settings.TRAINING_RECOGNISER)
         production = comparison.outcomes[comparison.production]
         chosen = production.evaluation
         self.report("calibrating", 72, f"Production recogniser: {comparison.production}. {comparison.reason}")
@@ -102,7 +107,7 @@ class TrainingRun:
         self.report("exporting", 80, "Exporting the embedder as TFLite and the label map.")
         tflite_name, tflite_sha = self.export_tflite()
         self.report("exporting", 92)
-        labels = self.label_map(faces, comparison.outcomes["nearest_neighbour"].evaluation.threshold, tflite_sha)
+        labels = self.label_map(faces, comparison, tflite_sha)
         labels_bytes = json.dumps(labels, indent=1).encode()
 
         metrics = chosen.as_dict()
@@ -113,7 +118,7 @@ class TrainingRun:
                 "unknown_faces": n_unknown,
                 "train_only_people": split.train_only_people,
                 "open_set_score": evaluation.open_set_score(chosen),
-                "threshold_note": self.threshold_note,
+                "threshold_note": " ".join(self.threshold_notes) or "Calibrated on held-out data.",
                 "active_version_open_set_score": previous_score,
                 "people_names": {str(k): v for k, v in names.items()},
             }
@@ -121,23 +126,31 @@ class TrainingRun:
         self.report("saving", 96)
         self.finish(decision, note, comparison, metrics, tflite_name, tflite_sha, labels_bytes, confusion, roc)
 
-    def guard_threshold(self, outcome, target_far: float) -> None:
+    @staticmethod
+    def threshold_floors() -> dict[str, tuple[str, float]]:
+        """The setting that bounds each servable recogniser's threshold when calibration is not trusted."""
+        return {
+            "nearest_neighbour": ("FACE_MATCH_THRESHOLD", float(settings.FACE_MATCH_THRESHOLD)),
+            "softmax_head": ("TRAINING_HEAD_MIN_PROBABILITY", float(settings.TRAINING_HEAD_MIN_PROBABILITY)),
+        }
+
+    def guard_threshold(self, outcome, target_far: float, setting: str, floor: float) -> None:
         """With fewer impostor searches than 1 / target FAR, the FAR at the target cannot be measured
         and the calibrated threshold (just above the highest impostor seen) can sit far too low for
-        strangers: keep at least the configured FACE_MATCH_THRESHOLD and report metrics there."""
+        strangers: keep at least the configured floor and report metrics there."""
         needed = int(np.ceil(1.0 / target_far)) if target_far > 0 else 0
         calibrated = outcome.evaluation.threshold
-        if outcome.evaluation.n_impostor >= needed or calibrated is None or calibrated >= settings.FACE_MATCH_THRESHOLD:
+        if outcome.evaluation.n_impostor >= needed or calibrated is None or calibrated >= floor:
             return
-        floor = float(settings.FACE_MATCH_THRESHOLD)
         outcome.evaluation = evaluation.evaluate(
             outcome.scores, outcome.truth, [int(c) for c in outcome.fitted.classes], target_far, threshold=floor
         )
-        self.threshold_note = (
-            f"Only {outcome.evaluation.n_impostor} impostor searches (FAR {target_far:.1%} needs {needed}): the calibrated "
-            f"threshold {calibrated:.3f} is not trusted; FACE_MATCH_THRESHOLD {floor:.3f} is used."
+        note = (
+            f"{outcome.name}: only {outcome.evaluation.n_impostor} impostor searches (FAR {target_far:.1%} needs {needed}): "
+            f"the calibrated threshold {calibrated:.3f} is not trusted; {setting} {floor:.3f} is used."
         )
-        self.report("calibrating", 71, self.threshold_note)
+        self.threshold_notes.append(note)
+        self.report("calibrating", 71, note)
 
     def gather(self) -> tuple[FaceSet, dict[int, str]]:
         """A snapshot of the gallery: later enrollments or erasures do not touch this run."""
@@ -212,7 +225,7 @@ class TrainingRun:
         active = ModelVersion.objects.active()
         if active is None:
             return True, "Activated: there was no active version.", None
-        old_score = self.score_of(active, split, unknown)
+        old_score = self.score_of(active, split, unknown, comparison)
         if self.version.force_activate:
             return (
                 True,
@@ -231,16 +244,22 @@ class TrainingRun:
             old_score,
         )
 
-    def score_of(self, version: ModelVersion, split, unknown) -> float:
-        """The active version's threshold on this run's held-out faces (both serve nearest neighbour
-        over the same embeddings, so the threshold is what differs)."""
+    def score_of(self, version: ModelVersion, split, unknown, comparison) -> float:
+        """The active version's recogniser and threshold on this run's split: its kind of recogniser
+        fitted on these training faces, scored on these held-out faces at its own threshold (a
+        stored head is not reused: this run's held-out faces may have been its training faces)."""
         probes = split.held_out
         embeddings, labels = probes.embeddings, probes.labels
         if unknown is not None and len(unknown):
             embeddings = np.concatenate([embeddings, unknown.embeddings])
             labels = np.concatenate([labels, np.full(len(unknown), -(1 << 40))])
-        recogniser = NearestNeighbour().fit(split.train)
-        threshold = version.threshold if version.threshold is not None else settings.FACE_MATCH_THRESHOLD
+        if version.recogniser == ModelVersion.Recogniser.SOFTMAX_HEAD and version.head_threshold is not None:
+            fitted = getattr(comparison.outcomes.get("softmax_head"), "fitted", None)
+            recogniser = fitted if fitted is not None else SoftmaxHead().fit(split.train)
+            threshold = version.head_threshold
+        else:
+            recogniser = NearestNeighbour().fit(split.train)
+            threshold = version.threshold if version.threshold is not None else settings.FACE_MATCH_THRESHOLD
         scores = recogniser.scores(embeddings)
         result = evaluation.evaluate(scores, truth_of(labels, recogniser.classes), list(recogniser.classes), threshold=threshold)
         return evaluation.open_set_score(result)
@@ -261,10 +280,12 @@ class TrainingRun:
             default_storage.save(name, ContentFile(data))
         return name, digest
 
-    def label_map(self, faces: FaceSet, threshold: float | None, tflite_sha: str) -> dict:
+    def label_map(self, faces: FaceSet, comparison, tflite_sha: str) -> dict:
         """What an edge client needs besides the .tflite: who is who, the reference embeddings and
         the calibrated cosine threshold for nearest-neighbour matching (which needs no retraining
-        on the device). People erased or deactivated since the run began are left out."""
+        on the device), and, when the softmax head is in production, its weights and threshold: one
+        dense layer, applied to the embedding in numpy (see scripts/edge_client.py). People erased
+        or deactivated since the run began are left out (and their head columns with them)."""
         from people.models import Person
 
         pipe = recognition.pipeline()
@@ -278,14 +299,23 @@ class TrainingRun:
             "input": {"shape": [None, 160, 160, 3], "dtype": "float32", "pixels": "RGB 0..255, aligned crop"},
             # crops must be cut as the server cuts them, or the embeddings drift
             "alignment": {"method": pipe.config.align_method, "margin": pipe.config.align_margin, "size": 160},
-            "matching": "nearest_neighbour",
-            "threshold": threshold,
+            "matching": comparison.production,
+            "threshold": comparison.outcomes["nearest_neighbour"].evaluation.threshold,
             "people": [{"index": i, "person_id": p, "name": alive[p]} for i, p in enumerate(people)],
             "gallery": {
                 "labels": np.searchsorted(people, faces.labels[keep]).tolist(),
                 "embeddings": np.round(faces.embeddings[keep], 6).tolist(),
             },
         }
+        if comparison.production == "softmax_head":
+            head = comparison.outcomes["softmax_head"]
+            columns = np.flatnonzero(np.isin(head.fitted.classes, people))
+            data["head"] = {
+                "threshold": head.evaluation.threshold,
+                "people": np.searchsorted(people, head.fitted.classes[columns]).tolist(),  # column -> person index
+                "kernel": np.round(head.fitted.kernel[:, columns], 6).tolist(),  # (128, columns)
+                "bias": np.round(head.fitted.bias[columns], 6).tolist(),
+            }
         return data
 
     def finish(self, activate, note, comparison, metrics, tflite_name, tflite_sha, labels_bytes, confusion, roc) -> None:
@@ -303,6 +333,12 @@ class TrainingRun:
         # match_threshold() is a cosine similarity everywhere (gallery search, mislabel check): the
         # nearest-neighbour calibration, whichever recogniser the comparison favoured.
         version.threshold = comparison.outcomes["nearest_neighbour"].evaluation.threshold
+        if comparison.production == "softmax_head":
+            head = comparison.outcomes["softmax_head"]
+            data = head_bytes(head.fitted)
+            version.head.save("head.npz", ContentFile(data), save=False)
+            version.head_sha256 = sha256_bytes(data)
+            version.head_threshold = head.evaluation.threshold
         version.metrics = metrics
         version.comparison = {"table": comparison.table(), "production": comparison.production, "reason": comparison.reason}
         version.activation_note = note
@@ -314,6 +350,13 @@ class TrainingRun:
             version.save()
             if activate:
                 version.activate()
+
+
+def head_bytes(head: SoftmaxHead) -> bytes:
+    """The fitted head as .npz: kernel (128, C), bias (C,), classes (C,) person ids."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **head.arrays())
+    return buffer.getvalue()
 
 
 def _read_crop(name: str) -> np.ndarray | None:

@@ -27,6 +27,8 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "embedder",
             "recogniser",
             "threshold",
+            "head_threshold",
+            "head_sha256",
             "metrics",
             "comparison",
             "activation_note",

@@ -13,9 +13,10 @@ from .dataset import FaceSet, Split
 from .evaluation import UNKNOWN, Evaluation, evaluate, open_set_score
 from .heads import NearestNeighbour, SiameseHead, SoftmaxHead, TripletAdapter
 
-# The recognisers recognition can serve (the gallery, with a cosine threshold), and the ones a run
-# may choose between on held-out data; a winner that cannot be served is reported, not chosen.
-SERVABLE = ("nearest_neighbour",)
+# The recognisers recognition can serve (recognition.services: the gallery with a cosine threshold,
+# or the softmax head with a probability threshold), and the ones a run may choose between on
+# held-out data; a winner that cannot be served would be reported, not chosen.
+SERVABLE = ("nearest_neighbour", "softmax_head")
 PRODUCTION_CANDIDATES = ("nearest_neighbour", "softmax_head")
 
 
@@ -106,11 +107,26 @@ def compare(
     return comparison
 
 
-def choose_production(comparison: Comparison) -> tuple[str, str]:
+def choose_production(comparison: Comparison, pinned: str = "auto") -> tuple[str, str]:
     """The production recogniser: the candidate with the best open-set score on held-out data
     (identification rate and impostor rejection at its calibrated threshold), then top-1 accuracy;
     a tie goes to nearest neighbour, which needs no retraining for a new enrollment. A winner that
-    recognition cannot serve is named in the reason and nearest neighbour kept."""
+    recognition cannot serve is named in the reason and nearest neighbour kept.
+
+    ``pinned`` (a servable name, from TRAINING_RECOGNISER) overrides the choice when that
+    recogniser was fitted; the reason still reports how each candidate scored."""
+    if pinned != "auto":
+        outcome = comparison.outcomes.get(pinned)
+        if pinned not in SERVABLE or outcome is None or outcome.fitted is None:
+            problem = f"it was not fitted ({outcome.error})" if outcome is not None and outcome.error else "it is not available"
+            name, reason = choose_production(comparison)
+            return name, f"TRAINING_RECOGNISER asks for {pinned}, but {problem}. {reason}"
+        scores = "; ".join(
+            f"{n}: open-set score {open_set_score(o.evaluation):.3f}"
+            for n, o in comparison.outcomes.items()
+            if n in PRODUCTION_CANDIDATES and o.evaluation is not None and o.evaluation.n_known_probes
+        )
+        return pinned, f"Pinned by TRAINING_RECOGNISER={pinned}" + (f" (on held-out data: {scores})." if scores else ".")
     scored = [
         (open_set_score(o.evaluation), o.evaluation.top1_accuracy or 0.0, name == "nearest_neighbour", name)
         for name, o in comparison.outcomes.items()
