@@ -104,19 +104,25 @@ class EdgeRecogniser:
 
     def classify(self, embeddings: np.ndarray) -> list[tuple[str | None, float]]:
         """(N, 128) embeddings -> (name or None, probability) by the version's softmax head."""
-        head = self.head
-        kernel = np.asarray(head["kernel"], np.float32).reshape(embeddings.shape[1], -1)
-        logits = embeddings @ kernel + np.asarray(head["bias"], np.float32)
-        if logits.shape[1] == 0:
-            return [(None, 0.0)] * len(embeddings)
-        logits -= logits.max(axis=1, keepdims=True)
-        probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
         out = []
-        for row in probabilities:
-            best = int(np.argmax(row))
-            name = self.names.get(int(head["people"][best])) if row[best] >= float(head["threshold"]) else None
-            out.append((name, float(row[best])))
+        for person, probability in head_predictions(self.head, embeddings):
+            accepted = person is not None and probability >= float(self.head["threshold"])
+            out.append((self.names.get(person) if accepted else None, probability))
         return out
+
+
+def head_predictions(head: dict, embeddings: np.ndarray) -> list[tuple[int | None, float]]:
+    """The label map's softmax head on (N, 128) embeddings -> (person index, probability) of each
+    one's likeliest person, before the threshold: logits = embeddings @ kernel + bias, softmax."""
+    embeddings = np.asarray(embeddings, np.float32)
+    kernel = np.asarray(head["kernel"], np.float32).reshape(embeddings.shape[1], -1)
+    if kernel.shape[1] == 0:
+        return [(None, 0.0)] * len(embeddings)
+    logits = embeddings @ kernel + np.asarray(head["bias"], np.float32)
+    logits -= logits.max(axis=1, keepdims=True)
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    best = probabilities.argmax(axis=1)
+    return [(int(head["people"][b]), float(row[b])) for b, row in zip(best, probabilities)]
 
 
 def frames(path: Path, every: int):
@@ -161,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"version {active['number']} saved to {args.out} ({len(active['metrics'].get('people_names', {}))} people)")
         return 0
     recogniser = EdgeRecogniser(args.model_dir)
+    score = "probability" if recogniser.head is not None else "similarity"
     for index, rgb in frames(args.path, max(1, args.every)):
         for r in recogniser.recognise(rgb):
-            print(f"frame {index}: {r.name or 'unknown'} (similarity {r.similarity:.2f}) at {r.box}")
+            print(f"frame {index}: {r.name or 'unknown'} ({score} {r.similarity:.2f}) at {r.box}")
     return 0
 
 

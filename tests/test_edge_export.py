@@ -31,6 +31,14 @@ def body(response) -> bytes:
     return b"".join(response.streaming_content)
 
 
+def load_edge_client(monkeypatch):
+    spec = importlib.util.spec_from_file_location("edge_client", EDGE_CLIENT)
+    client = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "edge_client", client)  # its dataclasses look themselves up there
+    spec.loader.exec_module(client)
+    return client
+
+
 @pytest.mark.django_db
 def test_downloaded_tflite_gives_the_servers_embeddings_and_the_client_recognises_offline(
     settings, device_api, django_capture_on_commit_callbacks, tmp_path, monkeypatch
@@ -76,11 +84,7 @@ def test_downloaded_tflite_gives_the_servers_embeddings_and_the_client_recognise
     # the example client, offline, from the downloaded files
     (tmp_path / "model.tflite").write_bytes(model)
     (tmp_path / "labels.json").write_bytes(labels_bytes)
-    spec = importlib.util.spec_from_file_location("edge_client", EDGE_CLIENT)
-    client = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "edge_client", client)  # its dataclasses look themselves up there
-    spec.loader.exec_module(client)
-    recogniser = client.EdgeRecogniser(tmp_path)
+    recogniser = load_edge_client(monkeypatch).EdgeRecogniser(tmp_path)
     named = [r.name for r in recogniser.recognise(decode_image((PROBES / "obama_and_biden.jpg").read_bytes()))]
     assert sorted(n for n in named if n) == ["Barack Obama", "Joe Biden"]
     strangers = recogniser.recognise(decode_image((PROBES / "multiface.jpg").read_bytes()))
@@ -94,3 +98,54 @@ def test_download_of_a_version_without_files_is_a_clear_404(device_api):
     version = ModelVersion.objects.create(number=ModelVersion.next_number(), status="failed")
     response = device_api.get(f"/api/v1/models/{version.pk}/tflite/")
     assert response.status_code == 404 and response.json()["error"]["code"] == "no_artifact"
+
+
+@pytest.mark.django_db
+def test_the_client_applies_a_softmax_head_version_offline_as_the_server_does(
+    settings, device_api, django_capture_on_commit_callbacks, tmp_path, monkeypatch
+):
+    from django_q.models import Schedule
+
+    from recognition import services as recognition
+    from recognition.engine.images import decode_image
+    from training import services
+    from training.models import ModelVersion
+
+    ModelVersion.objects.all().delete()
+    Schedule.objects.all().delete()
+    settings.TRAINING_EXPORT_TFLITE = True
+    settings.TRAINING_UNKNOWN_FACES_DIR = None
+    settings.TRAINING_APPROACHES = ["nearest_neighbour", "softmax_head"]
+    settings.TRAINING_RECOGNISER = "softmax_head"
+    with django_capture_on_commit_callbacks(execute=True):
+        version, _ = services.request_training(ModelVersion.Trigger.API)
+    version.refresh_from_db()
+    assert version.status == "active" and version.recogniser == "softmax_head", version.error
+
+    for name, url in (("model.tflite", "tflite"), ("labels.json", "labels")):
+        response = device_api.get(f"/api/v1/models/{version.pk}/{url}/")
+        assert response.status_code == 200
+        (tmp_path / name).write_bytes(body(response))
+    labels = json.loads((tmp_path / "labels.json").read_text())
+    assert labels["matching"] == "softmax_head" and len(labels["head"]["people"]) == 10
+    assert labels["head"]["threshold"] == pytest.approx(version.head_threshold)
+
+    recogniser = load_edge_client(monkeypatch).EdgeRecogniser(tmp_path)
+    rgb = decode_image((PROBES / "obama_and_biden.jpg").read_bytes())
+    edge = {r.name: r.similarity for r in recogniser.recognise(rgb) if r.name}
+    server = {}
+    for face in recognition.recognize(rgb):
+        assert face.result.scored_by == "softmax_head"
+        if face.result.match:
+            server[recognition_name(face.result.match.person_id)] = face.result.match.similarity
+    assert sorted(edge) == sorted(server) == ["Barack Obama", "Joe Biden"]
+    for name, probability in server.items():  # TFLite embeddings differ from the server's in the 3rd decimal
+        assert edge[name] == pytest.approx(probability, abs=0.03)
+    strangers = recogniser.recognise(decode_image((PROBES / "multiface.jpg").read_bytes()))
+    assert len(strangers) == 6 and all(r.name is None for r in strangers)
+
+
+def recognition_name(person_id: int) -> str:
+    from people.models import Person
+
+    return Person.objects.get(pk=person_id).name
