@@ -51,12 +51,16 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 ]
             },
         ),
-        ("Result", {"fields": ["recogniser", "embedder", "threshold", "metrics_table", "comparison_table", "plots"]}),
+        (
+            "Result",
+            {"fields": ["recogniser", "embedder", "threshold", "head_threshold", "metrics_table", "comparison_table", "plots"]},
+        ),
         (
             "Data and timings",
             {"fields": ["people_count", "image_count", "timings", "created_at", "started_at", "finished_at", "activated_at"]},
         ),
         ("Edge export", {"fields": ["tflite", "tflite_sha256", "labels", "labels_sha256"]}),
+        ("Served softmax head", {"classes": ["collapse"], "fields": ["head", "head_sha256"]}),
         ("Log", {"classes": ["collapse"], "fields": ["log"]}),
     ]
 
@@ -126,8 +130,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
             obj.stage,
         )
 
-    @admin.display(description="Threshold", ordering="threshold")
+    @admin.display(description="Threshold")
     def threshold_label(self, obj):
+        """The served recogniser's: a cosine similarity, or the softmax head's probability."""
+        if obj.recogniser == ModelVersion.Recogniser.SOFTMAX_HEAD and obj.head_threshold is not None:
+            return f"p {obj.head_threshold:.3f}"
         return "-" if obj.threshold is None else f"{obj.threshold:.3f}"
 
     @admin.display(description="Top-1")
