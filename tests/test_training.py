@@ -532,3 +532,14 @@ def test_a_softmax_head_version_is_what_recognition_serves_and_rollback_switches
     assert body["threshold"] == pytest.approx(nearest.threshold, abs=1e-4)
     assert {face["scored_by"] for face in body["faces"]} == {"nearest_neighbour"}
     assert _named(body) == ["Kit Harington", "Rose Leslie"]
+
+    # back to the head, then a new run is compared with it as served: a head at its probability threshold
+    assert staff_api.post(f"/api/v1/models/{headed.pk}/activate/").status_code == 200
+    assert _recognize(staff_api, "obama1.jpg")["recogniser"] == "softmax_head"
+    training_settings.TRAINING_RECOGNISER = "auto"
+    latest = train(django_capture_on_commit_callbacks)
+    assert latest.status in ("active", "ready") and f"active v{headed.number}'s" in latest.activation_note
+    # this run's head row is the same kind of head at the same (floor) threshold: the same score
+    row = next(r for r in latest.comparison["table"] if r["name"] == "softmax_head")
+    assert row["threshold"] == pytest.approx(headed.head_threshold)
+    assert latest.metrics["active_version_open_set_score"] == pytest.approx(row["open_set_score"])
