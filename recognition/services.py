@@ -304,12 +304,12 @@ def recognize(rgb: np.ndarray, top_k: int | None = None, threshold: float | None
     return [RecognisedFace(f, r) for f, r in zip(faces, results)]
 
 
-def main_face(rgb: np.ndarray) -> tuple[AnalysedFace | None, int]:
-    """The largest face of an image and how many faces were found."""
+def main_face(rgb: np.ndarray, flip: bool | None = None) -> tuple[AnalysedFace | None, int]:
+    """The largest face of an image and how many faces were found (``flip``: see FacePipeline.analyse)."""
     faces = pipeline().detect(rgb)
     if not faces:
         return None, 0
-    return pipeline().analyse(rgb, faces=faces[:1])[0], len(faces)
+    return pipeline().analyse(rgb, faces=faces[:1], flip=flip)[0], len(faces)
 
 
 def person_similarity(embedding: np.ndarray, person_id: int) -> tuple[float | None, int]:

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from recognition.engine.alignment import align_face
+from recognition.engine.embedding import combine_flipped
 from recognition.engine.facenet import WEIGHTS_SHA256, WeightsError, default_weights_path, load_facenet, sha256_of
 from recognition.engine.images import ImageError, ImageLimits, decode_image
 from recognition.engine.matching import Gallery
@@ -43,6 +44,16 @@ def test_embeddings_are_128_d_and_unit_length(pipe):
     assert faces[0].embedding.shape == (128,)
     assert faces[0].embedding.dtype == np.float32
     assert np.linalg.norm(faces[0].embedding) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_flip_augmentation_is_the_normalised_sum_of_the_face_and_its_mirror_image(pipe):
+    crops = np.stack([f.crop for f in pipe.analyse(decode_image(read(PROBES / "kit_with_rose.jpg")))])
+    plain = pipe.embedder.embed(crops, flip=False)
+    mirrored = pipe.embedder.embed(crops[:, :, ::-1], flip=False)
+    flipped = pipe.embedder.embed(crops, flip=True)
+    assert np.allclose(flipped, combine_flipped(plain, mirrored), atol=1e-4)
+    assert np.linalg.norm(flipped, axis=1) == pytest.approx([1.0, 1.0], abs=1e-4)
+    assert np.all(np.sum(flipped * plain, axis=1) > 0.9)  # a steadier view of the same face, not another one
 
 
 def test_same_person_is_closer_than_different_people(pipe):

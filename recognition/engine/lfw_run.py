@@ -38,9 +38,11 @@ def embed_lfw_images(
     cache_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
     batch: int = 64,
-) -> tuple[dict[str, np.ndarray], int]:
-    """Embed every image the pairs name: ({relative path: (128,) embedding}, number of detector misses).
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
+    """Embed every image the pairs name, as it is and mirrored.
 
+    Returns ({relative path: (128,) embedding}, {relative path: (128,) embedding of the mirror
+    image}, number of detector misses); ``combine_flipped`` of the two is the flip-TTA embedding.
     Embeddings are cached per pipeline configuration, so a re-run costs seconds.
     """
     files = sorted({p.left for p in pairs} | {p.right for p in pairs})
@@ -50,21 +52,23 @@ def embed_lfw_images(
         cache = Path(cache_dir) / f"lfw-embeddings-{key}.npz"
         if cache.exists():
             stored = np.load(cache, allow_pickle=False)
-            names, vectors, misses = list(stored["names"]), stored["vectors"], int(stored["misses"])
-            if set(files) <= set(names):
-                lookup = dict(zip(names, vectors))
+            names, misses = list(stored["names"]), int(stored["misses"])
+            if set(files) <= set(names) and "mirrored" in stored:
+                plain, mirrored = dict(zip(names, stored["vectors"])), dict(zip(names, stored["mirrored"]))
                 if progress:
                     progress(len(files))
-                return {f: lookup[f] for f in files}, misses
+                return {f: plain[f] for f in files}, {f: mirrored[f] for f in files}, misses
 
     embeddings: dict[str, np.ndarray] = {}
+    mirrored: dict[str, np.ndarray] = {}
     misses = 0
     pending_names, pending_crops = [], []
 
     def flush():
         if pending_crops:
-            vectors = pipeline.embedder.embed(np.stack(pending_crops))
-            embeddings.update(zip(pending_names, vectors))
+            crops = np.stack(pending_crops)
+            embeddings.update(zip(pending_names, pipeline.embedder.embed(crops, flip=False)))
+            mirrored.update(zip(pending_names, pipeline.embedder.embed(crops[:, :, ::-1], flip=False)))
             pending_names.clear()
             pending_crops.clear()
 
@@ -85,5 +89,11 @@ def embed_lfw_images(
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         names = list(embeddings)
-        np.savez(cache, names=np.array(names), vectors=np.stack([embeddings[n] for n in names]), misses=misses)
-    return embeddings, misses
+        np.savez(
+            cache,
+            names=np.array(names),
+            vectors=np.stack([embeddings[n] for n in names]),
+            mirrored=np.stack([mirrored[n] for n in names]),
+            misses=misses,
+        )
+    return embeddings, mirrored, misses

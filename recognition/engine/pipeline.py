@@ -56,16 +56,18 @@ class FacePipeline:
         return self.detector.detect(rgb)
 
     def analyse(
-        self, rgb: np.ndarray, faces: list[DetectedFace] | None = None, max_faces: int | None = None
+        self, rgb: np.ndarray, faces: list[DetectedFace] | None = None, max_faces: int | None = None, flip: bool | None = None
     ) -> list[AnalysedFace]:
-        """(H, W, 3) uint8 RGB -> every face (largest first), embedded in one batch."""
+        """(H, W, 3) uint8 RGB -> every face (largest first), embedded in one batch.
+
+        ``flip`` overrides the configured flip test-time augmentation (see ``FaceEmbedder.embed``)."""
         faces = self.detect(rgb) if faces is None else faces
         if max_faces is not None:
             faces = faces[:max_faces]
         if not faces:
             return []
         crops = np.stack([align_face(rgb, f, method=self.config.align_method, margin=self.config.align_margin) for f in faces])
-        embeddings = self.embedder.embed(crops)
+        embeddings = self.embedder.embed(crops, flip=flip)
         return [AnalysedFace(f, c, e, sharpness(c)) for f, c, e in zip(faces, crops, embeddings)]
 
 

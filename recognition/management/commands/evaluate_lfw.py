@@ -15,6 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from recognition import services
+from recognition.engine.embedding import combine_flipped
 from recognition.engine.lfw import read_pairs, ten_fold_accuracy
 from recognition.engine.lfw_run import embed_lfw_images
 
@@ -25,10 +26,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("lfw_dir", type=Path)
         parser.add_argument(
-            "--pairs-per-fold", type=int, default=None, help="Use the first N same and N different pairs of each fold (quick run)."
+            "--pairs-per-fold",
+            type=int,
+            default=None,
+            help="Use the first N same and N different pairs of each fold (quick run).",
         )
         parser.add_argument("--no-cache", action="store_true", help="Recompute embeddings even if cached.")
-        parser.add_argument("--json", dest="json_path", type=Path, default=None, help="Also write the result as JSON to this file.")
+        parser.add_argument(
+            "--json", dest="json_path", type=Path, default=None, help="Also write the result as JSON to this file."
+        )
 
     def handle(self, lfw_dir: Path, pairs_per_fold=None, no_cache=False, json_path=None, **options):
         if not (lfw_dir / "pairs.txt").exists():
@@ -43,23 +49,59 @@ class Command(BaseCommand):
 
         started = time.perf_counter()
         with tqdm(total=n_images, unit="img", desc="Embedding LFW") as bar:
-            embeddings, misses = embed_lfw_images(
-                pipeline, lfw_dir, pairs, cache_dir=None if no_cache else Path(settings.BASE_DIR) / "var" / "cache", progress=bar.update
+            plain, mirrored, misses = embed_lfw_images(
+                pipeline,
+                lfw_dir,
+                pairs,
+                cache_dir=None if no_cache else Path(settings.BASE_DIR) / "var" / "cache",
+                progress=bar.update,
             )
         elapsed = time.perf_counter() - started
 
-        similarities = np.array([float(embeddings[p.left] @ embeddings[p.right]) for p in pairs])
-        result = ten_fold_accuracy(similarities, np.array([p.same for p in pairs]), np.array([p.fold for p in pairs]))
+        same = np.array([p.same for p in pairs])
+        folds = np.array([p.fold for p in pairs])
+        flipped = {
+            name: vector
+            for name, vector in zip(
+                plain, combine_flipped(np.stack(list(plain.values())), np.stack([mirrored[n] for n in plain]))
+            )
+        }
+        # The verify endpoint compares two fresh faces, with flip TTA when FACE_VERIFY_FLIP_TTA is on;
+        # recognition compares a face with gallery embeddings, which are made without it.
+        verify_flip = settings.FACE_VERIFY_FLIP_TTA
+        runs = {"verify": flipped if verify_flip else plain, "no_flip": plain, "flip": flipped}
+        results = {}
+        for label, embeddings in runs.items():
+            similarities = np.array([float(embeddings[p.left] @ embeddings[p.right]) for p in pairs])
+            results[label] = (ten_fold_accuracy(similarities, same, folds), similarities)
+
         self.stdout.write("")
+        for label, title in (("no_flip", "without flip TTA (recognition: gallery embeddings)"), ("flip", "with flip TTA")):
+            result = results[label][0]
+            used = " <- the verify endpoint" if runs[label] is runs["verify"] else ""
+            self.stdout.write(
+                f"LFW 10-fold accuracy {title}: {100 * result.accuracy_mean:.2f}% +- {100 * result.accuracy_std:.2f}%{used}"
+            )
+        result, similarities = results["verify"]
         self.stdout.write(
-            self.style.SUCCESS(f"LFW 10-fold accuracy: {100 * result.accuracy_mean:.2f}% +- {100 * result.accuracy_std:.2f}%")
+            self.style.SUCCESS(
+                f"LFW 10-fold accuracy (verify endpoint): {100 * result.accuracy_mean:.2f}% +- {100 * result.accuracy_std:.2f}%"
+            )
         )
         self.stdout.write(f"AUC {result.auc:.5f}; best-accuracy threshold (mean of folds) {result.threshold_mean:.3f}")
         for far, threshold in result.far_thresholds.items():
-            genuine = similarities[np.array([p.same for p in pairs])]
-            tar = float(np.mean(genuine >= threshold))
+            tar = float(np.mean(similarities[same] >= threshold))
             self.stdout.write(f"threshold for FAR <= {float(far):.1%} on impostor pairs: {threshold:.3f} (TAR {tar:.2%})")
         self.stdout.write(f"detector missed {misses} of {n_images} images (centre crop used); {elapsed:.0f} s")
         if json_path:
-            payload = {**result.as_dict(), "pairs": len(pairs), "images": n_images, "misses": misses, "embedder": pipeline.embedder_name}
+            payload = {
+                **result.as_dict(),
+                "pairs": len(pairs),
+                "images": n_images,
+                "misses": misses,
+                "embedder": pipeline.embedder_name,
+                "verify_flip": verify_flip,
+                "no_flip": results["no_flip"][0].as_dict(),
+                "flip": results["flip"][0].as_dict(),
+            }
             json_path.write_text(json.dumps(payload, indent=2))
