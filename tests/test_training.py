@@ -543,3 +543,39 @@ def test_a_softmax_head_version_is_what_recognition_serves_and_rollback_switches
     row = next(r for r in latest.comparison["table"] if r["name"] == "softmax_head")
     assert row["threshold"] == pytest.approx(headed.head_threshold)
     assert latest.metrics["active_version_open_set_score"] == pytest.approx(row["open_set_score"])
+
+
+@pytest.mark.django_db
+def test_the_live_check_in_is_matched_by_an_active_softmax_head(
+    plain_user, training_settings, clean_queue, django_capture_on_commit_callbacks, monkeypatch
+):
+    from recognition.models import CheckIn
+
+    from .test_live_stream import OBAMA, answers_until, communicator_for, open_with_consent, run
+
+    monkeypatch.setattr("channels.db.close_old_connections", lambda: None)  # keep the test transaction
+    training_settings.CHECKIN_STABLE_FRAMES = 4
+    training_settings.TRAINING_APPROACHES = ["nearest_neighbour", "softmax_head"]
+    training_settings.TRAINING_RECOGNISER = "softmax_head"
+    headed = train(django_capture_on_commit_callbacks)
+    assert headed.status == "active" and headed.recogniser == "softmax_head", headed.error
+
+    async def scenario():
+        communicator = communicator_for(plain_user)
+        await open_with_consent(communicator)
+        replies = []
+        for _ in range(4):
+            await communicator.send_to(bytes_data=OBAMA)
+            replies.extend(await answers_until(communicator, "faces"))
+        if not any(m["type"] == "checked_in" for m in replies):
+            replies.extend(await answers_until(communicator, "checked_in"))
+        await communicator.disconnect()
+        return replies
+
+    replies = run(scenario)
+    assert {m["faces"][0]["name"] for m in replies if m["type"] == "faces"} == {"Barack Obama"}
+    checkin = CheckIn.objects.get()
+    assert checkin.person == person_named("Barack Obama") and checkin.model_version == headed
+    # the head's probability against the head's threshold, not a cosine similarity
+    assert checkin.threshold == pytest.approx(headed.head_threshold)
+    assert headed.head_threshold <= checkin.similarity <= 1.0

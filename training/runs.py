@@ -330,8 +330,8 @@ class TrainingRun:
         version.labels_sha256 = sha256_bytes(labels_bytes)
         version.embedder = recognition.pipeline().embedder_name
         version.recogniser = comparison.production
-        # match_threshold() is a cosine similarity everywhere (gallery search, mislabel check): the
-        # nearest-neighbour calibration, whichever recogniser the comparison favoured.
+        # The cosine threshold is kept whichever recogniser is served: the mislabel check compares
+        # faces, and a served head leaves faces of people enrolled after training to the gallery.
         version.threshold = comparison.outcomes["nearest_neighbour"].evaluation.threshold
         if comparison.production == "softmax_head":
             head = comparison.outcomes["softmax_head"]
