@@ -172,10 +172,14 @@ def active_model_version():
     return ModelVersion.objects.active()
 
 
-def match_threshold(version=None) -> float:
+# "Look the active version up": callers that already did pass theirs, which may be None (none active).
+ACTIVE = object()
+
+
+def match_threshold(version=ACTIVE) -> float:
     """The cosine threshold of nearest-neighbour matching: the active model version's calibrated
     one, else the LFW-chosen default. (A served softmax head has its own: ``recogniser().threshold``.)"""
-    version = active_model_version() if version is None else version
+    version = active_model_version() if version is ACTIVE else version
     if version is not None and version.threshold is not None:
         return float(version.threshold)
     return float(settings.FACE_MATCH_THRESHOLD)
@@ -275,10 +279,10 @@ def _load_head(version):
 _head_cache = _HeadCache()
 
 
-def recogniser(version=None) -> GalleryRecogniser | HeadRecogniser:
+def recogniser(version=ACTIVE) -> GalleryRecogniser | HeadRecogniser:
     """What recognition serves now: the active version's recogniser with its threshold. A new
     active version (or a rollback) is used on this process's next call, without a restart."""
-    version = active_model_version() if version is None else version
+    version = active_model_version() if version is ACTIVE else version
     cosine = match_threshold(version)
     current = gallery()
     if version is None or version.recogniser != version.Recogniser.SOFTMAX_HEAD:

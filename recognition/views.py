@@ -102,7 +102,7 @@ class RecognizeView(AuditedView, APIView):
                 "recogniser": served.name,
                 "model_version": version.number if version else None,
                 "embedder": services.pipeline().embedder_name,
-                "gallery_size": len(services.gallery()),
+                "gallery_size": len(served.gallery),  # the gallery this answer was matched against
             }
         )
 
