@@ -256,7 +256,7 @@ def gallery_fixture(path: Path) -> str:
     return key
 
 
-def make_site(tmp: Path, backend: str) -> Site:
+def make_site(tmp: Path, backend: str, redis_db: int = LIVE_REDIS_DB) -> Site:
     from django.conf import settings
 
     tmp.mkdir(parents=True, exist_ok=True)
@@ -289,10 +289,10 @@ def make_site(tmp: Path, backend: str) -> Site:
         database = f"facesite_live_{os.getpid()}_{uuid.uuid4().hex[:6]}"
         create_database(database)
         env["DATABASE_URL"] = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + database
-        env["REDIS_URL"] = f"redis://{REDIS_HOST}:{REDIS_PORT}/{LIVE_REDIS_DB}"
+        env["REDIS_URL"] = f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}"
         import redis
 
-        redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=LIVE_REDIS_DB).flushdb()
+        redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=redis_db).flushdb()
     else:
         env["SQLITE_PATH"] = str(tmp / "db.sqlite3")
     site = Site(tmp, env, token, backend, database=database)
