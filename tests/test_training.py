@@ -579,3 +579,19 @@ def test_the_live_check_in_is_matched_by_an_active_softmax_head(
     # the head's probability against the head's threshold, not a cosine similarity
     assert checkin.threshold == pytest.approx(headed.head_threshold)
     assert headed.head_threshold <= checkin.similarity <= 1.0
+
+
+@pytest.mark.django_db
+def test_a_head_whose_file_fails_its_sha256_is_not_served(
+    staff_api, training_settings, clean_queue, django_capture_on_commit_callbacks, caplog
+):
+    from training.models import ModelVersion
+
+    training_settings.TRAINING_APPROACHES = ["nearest_neighbour", "softmax_head"]
+    training_settings.TRAINING_RECOGNISER = "softmax_head"
+    headed = train(django_capture_on_commit_callbacks)
+    assert _recognize(staff_api, "obama1.jpg")["recogniser"] == "softmax_head"
+    ModelVersion.objects.filter(pk=headed.pk).update(head_sha256="0" * 64)  # the file no longer matches its record
+    body = _recognize(staff_api, "obama1.jpg")
+    assert body["recogniser"] == "nearest_neighbour" and _named(body) == ["Barack Obama"]
+    assert "not the recorded" in caplog.text
