@@ -1,12 +1,11 @@
-"""Settings read from the environment, the production profile, and the production run script."""
+"""Settings read from the environment and the production profile. The production run script itself is
+tested end to end in tests/test_production_setup.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import time
 
 import pytest
 
@@ -126,35 +125,3 @@ def test_a_server_with_debug_off_sends_security_headers_serves_static_and_hides_
     login = live.request(server.url + "/admin/login/")
     assert login.status == 200 and b"csrfmiddlewaretoken" in login.body
     live_site.stop(server.proc)
-
-
-@pytest.mark.servers
-@pytest.mark.django_db
-def test_the_production_script_serves_with_two_workers_and_a_qcluster(live_site):
-    if live_site.backend != "postgresql":
-        pytest.skip(
-            "scripts/run-production.sh needs PostgreSQL and Redis: it runs in the PostgreSQL/Redis pass of scripts/test.sh"
-        )
-    port = live.free_port()
-    script = live_site.start(
-        ["bash", "scripts/run-production.sh"],
-        "run-production",
-        live_site.with_env(PORT=port, WEB_WORKERS=2, SKIP_SETUP=1, SECURE_COOKIES=0, SECURE_HSTS_SECONDS=0),
-    )
-    server = live.Server(f"http://127.0.0.1:{port}", script, live_site.token)
-    try:
-        server.wait_ready(timeout=300)
-        for _ in range(4):  # spread over both workers by the kernel
-            reply = server.recognize(read(PROBES / "obama1.jpg"))
-            assert reply.status == 200 and reply.json()["faces"][0]["match"]["name"] == "Barack Obama"
-        health = live.request(server.url + "/healthz/").json()
-        assert health == {"status": "ok", "database": "ok", "redis": "ok"}
-        children = subprocess.run(["pgrep", "-g", str(os.getpgid(script.pid))], capture_output=True, text=True).stdout.split()
-        assert len(children) >= 4, children  # the script, uvicorn's supervisor + 2 workers, qcluster
-    finally:
-        os.killpg(os.getpgid(script.pid), signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while script.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-        if script.poll() is None:
-            os.killpg(os.getpgid(script.pid), signal.SIGKILL)

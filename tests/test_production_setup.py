@@ -162,6 +162,8 @@ def test_production_script_serves_recognition_check_in_and_retrain_across_its_pr
         assert len(workers) == 2, {pid: Path(f"/proc/{pid}/cmdline").read_text() for pid in children}
         assert any("manage.py qcluster" in c for c in commands), commands
 
+        assert live.request(production.url + "/healthz/").json() == {"status": "ok", "database": "ok", "redis": "ok"}
+
         # A recognition over HTTP.
         reply = production.server.recognize(OBAMA)
         assert reply.status == 200, reply.body
