@@ -39,17 +39,16 @@ class RecognisedFaceSerializer(serializers.Serializer):
     match = CandidateSerializer(allow_null=True)
     candidates = CandidateSerializer(many=True)
     margin = serializers.FloatField(allow_null=True, help_text="Best minus second-best person's similarity")
-    scored_by = serializers.ChoiceField(
-        choices=["nearest_neighbour", "softmax_head"],
-        help_text="Which recogniser matched this face: the active version's, or the gallery for a face closest "
-        "to someone enrolled after that version was trained",
+    scored_by = serializers.CharField(
+        help_text="Which recogniser matched this face, nearest_neighbour or softmax_head: the active version's, "
+        "or the gallery for a face closest to someone enrolled after that version was trained",
     )
 
 
 class RecognizeResponseSerializer(serializers.Serializer):
     faces = RecognisedFaceSerializer(many=True)
     threshold = serializers.FloatField(help_text="The served recogniser's open-set threshold (cosine or probability)")
-    recogniser = serializers.ChoiceField(choices=["nearest_neighbour", "softmax_head"])
+    recogniser = serializers.CharField(help_text="The active version's recogniser: nearest_neighbour or softmax_head")
     model_version = serializers.IntegerField(allow_null=True)
     embedder = serializers.CharField()
     gallery_size = serializers.IntegerField()
