@@ -110,6 +110,31 @@ def run_embedding(lfw_dir: Path, n_faces: int, out) -> dict:
         out(f"| {embedder.name} | {single_fps:.1f} faces/s | {batched_fps:.1f} faces/s | {cmp.speedup:.2f}x |")
         results[embedder.name] = {"single_fps": single_fps, "batched_fps": batched_fps}
 
+    # the same network in the TFLite interpreter (XNNPACK), as exported for edge clients
+    from django.conf import settings
+
+    from recognition.engine.facenet import WEIGHTS_SHA256
+    from training.engine.export import TFLiteEmbedder, cached_embedder_tflite
+
+    graph = FaceEmbedder(flip=False)
+    lite = TFLiteEmbedder(cached_embedder_tflite(graph.model, WEIGHTS_SHA256, settings.TRAINING_CACHE_DIR, flip=False), threads=2)
+    cmp = interleaved(
+        f"{n_faces} faces, one per call",
+        lambda _: [graph.embed(c[None]) for c in crops],
+        lambda _: [lite.embed(c[None]) for c in crops],
+        [None] * 4,
+    )
+    agreement = float(np.min(np.sum(graph.embed(crops) * np.concatenate([lite.embed(c[None]) for c in crops]), axis=1)))
+    out("\n" + table_header("TensorFlow graph (product)", "TFLite interpreter, XNNPACK"))
+    out(cmp.row())
+    out(f"(lowest cosine between the two runtimes' embeddings of the same crop: {agreement:.5f})")
+    results["tflite"] = {
+        "graph_ms": cmp.baseline_median,
+        "tflite_ms": cmp.product_median,
+        "speedup": cmp.speedup,
+        "min_cosine": agreement,
+    }
+
     # concurrent requests, one face each: separate forward passes vs the cross-call batcher
     from concurrent.futures import ThreadPoolExecutor
 

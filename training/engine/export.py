@@ -2,7 +2,7 @@
 
 The exported graph is the whole server-side embedder, not just the network: raw RGB crops
 (N, 160, 160, 3) float32 in 0..255 -> prewhiten -> FaceNet, plus the mirrored crop (flip
-test-time augmentation) -> sum -> L2-normalise -> (N, 128) float32. An edge client therefore gets
+test-time augmentation) -> L2-normalise each, sum -> L2-normalise -> (N, 128) float32. An edge client therefore gets
 the server's embeddings from the same aligned crops without re-implementing any preprocessing.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 # Bump when the exported graph changes, so that cached conversions are not reused.
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
 
 
 def cache_key(weights_sha256: str, flip: bool) -> str:
@@ -39,11 +39,11 @@ def convert_embedder(model, flip: bool = True) -> bytes:
     from recognition.engine.embedding import prewhiten
     from recognition.engine.facenet import INPUT_SIZE
 
-    def embed(crops):
+    def embed(crops):  # the same graph as FaceEmbedder's
         x = prewhiten(crops)
-        emb = model(x, training=False)
+        emb = tf.math.l2_normalize(model(x, training=False), axis=1)
         if flip:
-            emb = emb + model(tf.reverse(x, axis=[2]), training=False)
+            emb = emb + tf.math.l2_normalize(model(tf.reverse(x, axis=[2]), training=False), axis=1)
         return tf.math.l2_normalize(emb, axis=1)
 
     archive = keras.export.ExportArchive()
