@@ -280,3 +280,33 @@ def test_verify_page_compares_two_photos_after_consent(site, browser, tmp_path):
         page.close()
     assert site.query("SELECT count(*) FROM recognition_consent WHERE purpose = 'verify'") == [(1,)]
     assert not any(site.media.rglob("*"))
+
+
+def test_staff_feed_page_shows_a_check_in_as_it_happens(site, browser):
+    site.query("DELETE FROM recognition_checkin")  # the repeat window starts afresh, whatever ran before
+    feed, camera = browser.new_page(), browser.new_page()
+    try:
+        feed.goto(site.url + "/accounts/login/?next=/checkin/feed/")
+        feed.fill("#id_username", "browser-staff")
+        feed.fill("#id_password", STAFF_PASSWORD)
+        feed.click("form.card button")
+        feed.wait_for_selector("#status:has-text('Live.')", timeout=WAIT_MS)
+        assert feed.is_visible("#empty") and feed.inner_text("#feed") == ""
+
+        # The same signed-in staff account streams from the check-in page in another tab.
+        camera.goto(site.url + "/checkin/")
+        camera.check("#consent-agree")
+        camera.check("#consent-age")
+        camera.click("#consent-start")
+        camera.wait_for_selector("#greeting:has-text('Barack Obama')", timeout=WAIT_MS)
+
+        feed.wait_for_selector("#feed li:has-text('Barack Obama')", timeout=60_000)
+        assert "user: browser-staff" in feed.inner_text("#feed li") and feed.is_hidden("#empty")
+        camera.click("#stop")
+    except Exception:
+        print(site.log_tail())
+        raise
+    finally:
+        camera.close()
+        feed.close()
+    site.query("DELETE FROM recognition_checkin")
