@@ -595,3 +595,43 @@ def test_a_head_whose_file_fails_its_sha256_is_not_served(
     body = _recognize(staff_api, "obama1.jpg")
     assert body["recogniser"] == "nearest_neighbour" and _named(body) == ["Barack Obama"]
     assert "not the recorded" in caplog.text
+
+
+# Train a softmax head version in a separate process, inline (django-q sync), and activate it.
+HEAD_RUN_ENV = {
+    "Q_SYNC": "1",
+    "TRAINING_RECOGNISER": "softmax_head",
+    "TRAINING_APPROACHES": "nearest_neighbour,softmax_head",
+    "TRAINING_EXPORT_TFLITE": "0",
+    "TRAINING_UNKNOWN_FACES_DIR": "",
+}
+ACTIVE_VERSION = "from training.models import ModelVersion as M; v = M.objects.active(); print(v.pk, v.number, v.recogniser)"
+
+
+@pytest.mark.servers
+@pytest.mark.django_db
+def test_every_web_worker_serves_a_softmax_head_version_trained_elsewhere_on_its_next_request(live_site):
+    from .conftest import PROBES, read
+
+    obama = read(PROBES / "obama1.jpg")
+    first, second = live_site.start_web(), live_site.start_web()
+    before = first.recognize(obama).json()
+    assert before["recogniser"] == "nearest_neighbour"
+
+    live_site.manage("train_model", "--force", env=live_site.with_env(**HEAD_RUN_ENV))
+    pk, number, recogniser = live_site.manage("shell", "-c", ACTIVE_VERSION).stdout.split()[-3:]
+    try:
+        assert recogniser == "softmax_head"
+        for server in (second, first):  # neither web process was told
+            answer = server.recognize(obama).json()
+            assert answer["recogniser"] == "softmax_head" and answer["model_version"] == int(number)
+            face = answer["faces"][0]
+            assert face["match"]["name"] == "Barack Obama" and face["scored_by"] == "softmax_head"
+    finally:  # the site is shared by the session's server tests
+        live_site.manage(
+            "shell", "-c", f"from training.models import ModelVersion; ModelVersion.objects.filter(pk={pk}).delete()"
+        )
+    for server in (first, second):
+        answer = server.recognize(obama).json()
+        assert answer["recogniser"] == "nearest_neighbour" and answer["model_version"] == before["model_version"]
+        live_site.stop(server.proc)
