@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -56,28 +55,37 @@ class Production:
         self.server = live.Server(self.url, self.proc, site.token)
 
     def processes(self) -> dict[int, str]:
-        """pid -> command line of every process in the script's session."""
+        """pid -> command line of every live process in the script's session (zombies left to an
+        init that does not reap them are not running)."""
         found = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
-                if int(fields[3]) == self.proc.pid:  # the session id
+                if int(fields[3]) == self.proc.pid and fields[0] != "Z":  # the session id; the state
                     found[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except (OSError, IndexError, ValueError):
                 continue
         return found
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 60) -> float | None:
+        """SIGTERM to the script alone, as an init system would send it; it must stop what it started.
+        Returns the seconds until every process of the session was gone, or None if some had to be
+        killed."""
+        started = time.monotonic()
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                pass
+            self.proc.send_signal(signal.SIGTERM)
+        while self.processes() and time.monotonic() - started < timeout:
+            time.sleep(0.5)
+        self.left_running = self.processes()
+        if not self.left_running:
+            self.proc.wait(5)
+            return time.monotonic() - started
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # anything that outlived the script
+            os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        self.proc.wait(10)
+        return None
 
     def log(self) -> str:
         return self.proc.log_path.read_text()[-5000:]
@@ -196,6 +204,11 @@ def test_production_script_serves_recognition_check_in_and_retrain_across_its_pr
             assert answer["model_version"] == version["number"], answer
             assert answer["faces"][0]["match"]["name"] == "Barack Obama"
         assert production.proc.poll() is None, production.log()
+
+        # SIGTERM to the script stops the web workers and the cluster with it.
+        stopped_in = production.stop()
+        assert stopped_in is not None, f"still running 60 s after SIGTERM: {production.left_running}"
+        print(f"run-production.sh stopped everything {stopped_in:.1f} s after SIGTERM")
     except Exception:
         print(production.log())
         raise
