@@ -25,6 +25,7 @@ class StreamSettings:
     full_every: int = 5  # search the whole frame at least every this many frames (new faces appear within it)
     region_margin: float = 0.5  # a followed face's search region: its box widened by this fraction of its side, each way
     region_min_face: float = 0.5  # ... searched for faces down to this fraction of the followed face's side
+    region_min_iou: float = 0.3  # ... and the detection there must overlap the face's last box this much
     max_faces: int = 50
 
 
@@ -68,13 +69,17 @@ class FaceStream:
             return detector.detect(rgb, min_face_size=self.settings.min_face_size), True
         faces: list[DetectedFace] = []
         for box in followed:
-            for face in self._detect_near(rgb, box):
-                if all(iou(face.box, other.box) < 0.5 for other in faces):
-                    faces.append(face)
+            face = self._detect_near(rgb, box)
+            if face is not None and all(iou(face.box, other.box) < 0.5 for other in faces):
+                faces.append(face)
         faces.sort(key=lambda f: f.box[2] * f.box[3], reverse=True)
         return faces, False
 
-    def _detect_near(self, rgb: np.ndarray, box) -> list[DetectedFace]:
+    def _detect_near(self, rgb: np.ndarray, box) -> DetectedFace | None:
+        """The followed face in its region this frame: the detection overlapping its last box most.
+
+        Anything else the region holds is left to the next whole-frame search, which judges it on
+        the whole frame (a region search sees parts of faces cut at its edge)."""
         height, width = rgb.shape[:2]
         x, y, w, h = box
         side = max(w, h)
@@ -83,11 +88,13 @@ class FaceStream:
         x0, y0 = int(max(0, cx - half)), int(max(0, cy - half))
         x1, y1 = int(min(width, cx + half)), int(min(height, cy + half))
         if x1 - x0 < 12 or y1 - y0 < 12:
-            return []
+            return None
         min_face = max(12, int(min(w, h) * self.settings.region_min_face))
         found = self.pipeline.detector.detect(rgb[y0:y1, x0:x1], min_face_size=min_face)
         offset = np.array([x0, y0], np.float32)
-        return [
+        shifted = [
             DetectedFace(box=(f.box[0] + x0, f.box[1] + y0, f.box[2], f.box[3]), landmarks=f.landmarks + offset, score=f.score)
             for f in found
         ]
+        best = max(shifted, key=lambda f: iou(f.box, box), default=None)
+        return best if best is not None and iou(best.box, box) >= self.settings.region_min_iou else None
