@@ -79,7 +79,7 @@ def run(lfw_dir: Path, n_streams: int, n_frames: int, out) -> dict:
 
     total = len(product_ms)
     naive_fps, product_fps = 1000 / float(np.mean(naive_ms)), 1000 / float(np.mean(product_ms))
-    out(f"\n## One live stream, 640x480 JPEG frames, one face (~150 px), gallery of {len(gallery):,} faces\n")
+    out(f"\n## One live stream, 640x480 JPEG frames, a face of ~140 px, gallery of {len(gallery):,} faces\n")
     out(
         f"{n_streams} streams x {n_frames} frames (a person drifting and swaying in front of the camera); "
         "frames/s = 1000 / mean ms per frame, one frame in flight.\n"
