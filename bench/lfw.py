@@ -22,6 +22,12 @@ def run(lfw_dir: Path, pairs_per_fold: int | None, out) -> dict:
     out(f"\n## LFW 10-fold verification ({scope}), production pipeline\n")
     accuracy = result.get("accuracy_mean")
     std = result.get("accuracy_std")
-    out(f"- accuracy {100 * accuracy:.2f}% +- {100 * std:.2f}%, AUC {result.get('auc', float('nan')):.4f}")
-    out(f"- full result: `{json.dumps({k: v for k, v in result.items() if not isinstance(v, list)})}`")
+    flip = " (flip TTA, as the verify endpoint)" if result.get("verify_flip") else ""
+    out(f"- accuracy{flip} {100 * accuracy:.2f}% +- {100 * std:.2f}%, AUC {result.get('auc', float('nan')):.4f}")
+    plain = result.get("no_flip")
+    if plain and result.get("verify_flip"):
+        out(
+            f"- without flip (recognition's gallery embeddings) {100 * plain['accuracy_mean']:.2f}% +- {100 * plain['accuracy_std']:.2f}%"
+        )
+    out(f"- full result: `{json.dumps({k: v for k, v in result.items() if not isinstance(v, (list, dict))})}`")
     return result
