@@ -120,3 +120,14 @@ def live_site(django_db_setup, django_db_blocker, tmp_path_factory):
         site = live.make_site(tmp_path_factory.mktemp("live"), backend)
     yield site
     site.close()
+
+
+@pytest.fixture
+def kiosk(db):
+    """A registered check-in kiosk ("Front door") with a fresh token."""
+    from recognition.models import Kiosk
+
+    kiosk = Kiosk(name="Front door")
+    kiosk.set_new_token()
+    kiosk.save()
+    return kiosk

@@ -17,7 +17,7 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 
 from recognition.consumers import CLOSE_NOT_AUTHENTICATED, CLOSE_NOT_STAFF
-from recognition.models import CheckIn, Kiosk
+from recognition.models import CheckIn
 from recognition.routing import websocket_urlpatterns
 
 from . import live
@@ -42,14 +42,6 @@ def in_process(settings, monkeypatch):
     settings.CHANNEL_LAYERS = IN_MEMORY_LAYER
     settings.CHECKIN_STABLE_FRAMES = 4
     monkeypatch.setattr("channels.db.close_old_connections", lambda: None)
-
-
-@pytest.fixture
-def kiosk(db):
-    kiosk = Kiosk(name="Front door")
-    kiosk.set_new_token()
-    kiosk.save()
-    return kiosk
 
 
 async def stream_until_checked_in(communicator, frame: bytes, limit: int = 8) -> dict:

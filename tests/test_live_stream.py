@@ -89,14 +89,6 @@ def _keep_the_test_transaction(monkeypatch):
     monkeypatch.setattr("channels.db.close_old_connections", lambda: None)
 
 
-@pytest.fixture
-def kiosk(db):
-    kiosk = Kiosk(name="Front door")
-    kiosk.set_new_token()
-    kiosk.save()
-    return kiosk
-
-
 # ---- authentication and consent ------------------------------------------------------------------
 
 
