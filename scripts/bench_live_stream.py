@@ -49,7 +49,8 @@ def camera_frames(path: Path, count: int) -> list[bytes]:
     return frames
 
 
-async def one_in_flight(application, user, frames: list[bytes]) -> dict:
+async def consented_connection(application, user):
+    """A /ws/identify/ connection as the page opens it: connected, consent given."""
     from channels.testing import WebsocketCommunicator
 
     communicator = WebsocketCommunicator(application, "/ws/identify/")
@@ -59,6 +60,11 @@ async def one_in_flight(application, user, frames: list[bytes]) -> dict:
     ready = json.loads(await communicator.receive_from(timeout=60))
     await communicator.send_json_to({"type": "consent", "notice_version": ready["notice_version"], "age_confirmed": True})
     await communicator.receive_from(timeout=60)
+    return communicator
+
+
+async def one_in_flight(application, user, frames: list[bytes]) -> dict:
+    communicator = await consented_connection(application, user)
     round_trips, server, embedded, faces = [], [], 0, 0
     for frame in frames:
         started = time.perf_counter()
@@ -77,15 +83,7 @@ async def one_in_flight(application, user, frames: list[bytes]) -> dict:
 
 async def camera_push(application, user, frames: list[bytes], fps: float) -> dict:
     """Send at the camera's rate whatever happens; count what was answered and what was dropped."""
-    from channels.testing import WebsocketCommunicator
-
-    communicator = WebsocketCommunicator(application, "/ws/identify/")
-    communicator.scope["user"] = user
-    communicator.scope["session"] = {}
-    await communicator.connect()
-    ready = json.loads(await communicator.receive_from(timeout=60))
-    await communicator.send_json_to({"type": "consent", "notice_version": ready["notice_version"], "age_confirmed": True})
-    await communicator.receive_from(timeout=60)
+    communicator = await consented_connection(application, user)
     answered, dropped, lag = [], 0, []
     sent_at: dict[int, float] = {}
     started = time.perf_counter()
