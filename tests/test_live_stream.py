@@ -76,8 +76,22 @@ async def answers_until(communicator, kind: str, limit: int = 20) -> list[dict]:
     raise AssertionError(f"no {kind!r} among {seen}")
 
 
-def run(coroutine_function):
-    return async_to_sync(coroutine_function)()
+async def four_frames_until_checked_in(user, frame: bytes) -> list[dict]:
+    """A consented stream of four identical frames; every message up to the check-in greeting."""
+    communicator = communicator_for(user)
+    await open_with_consent(communicator)
+    replies = []
+    for _ in range(4):
+        await communicator.send_to(bytes_data=frame)
+        replies.extend(await answers_until(communicator, "faces"))
+    if not any(m["type"] == "checked_in" for m in replies):
+        replies.extend(await answers_until(communicator, "checked_in"))
+    await communicator.disconnect()
+    return replies
+
+
+def run(coroutine_function, *args):
+    return async_to_sync(coroutine_function)(*args)
 
 
 @pytest.fixture(autouse=True)
@@ -195,20 +209,7 @@ def test_enrolled_person_is_named_then_checked_in_once(plain_user, settings):
     settings.CHECKIN_REEMBED_EVERY = 3
     obama = person_named("Barack Obama")
 
-    async def scenario():
-        communicator = communicator_for(plain_user)
-        await open_with_consent(communicator)
-        replies = []
-        for _ in range(4):
-            await communicator.send_to(bytes_data=OBAMA)
-            replies.extend(await answers_until(communicator, "faces"))
-        checked = [m for m in replies if m["type"] == "checked_in"]
-        if not checked:
-            replies.extend(await answers_until(communicator, "checked_in"))
-        await communicator.disconnect()
-        return replies
-
-    replies = run(scenario)
+    replies = run(four_frames_until_checked_in, plain_user, OBAMA)
     faces = [m for m in replies if m["type"] == "faces"]
     assert len(faces) == 4 and all(len(m["faces"]) == 1 for m in faces)
     names = {m["faces"][0]["name"] for m in faces}
@@ -223,7 +224,7 @@ def test_enrolled_person_is_named_then_checked_in_once(plain_user, settings):
     assert checkin.consent.user == plain_user and checkin.embedder
 
     # A second check-in within the window is not duplicated; the greeting says so.
-    replies = run(scenario)
+    replies = run(four_frames_until_checked_in, plain_user, OBAMA)
     assert next(m for m in replies if m["type"] == "checked_in")["already"]
     assert CheckIn.objects.count() == 1
 

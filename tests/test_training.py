@@ -551,7 +551,7 @@ def test_the_live_check_in_is_matched_by_an_active_softmax_head(
 ):
     from recognition.models import CheckIn
 
-    from .test_live_stream import OBAMA, answers_until, communicator_for, open_with_consent, run
+    from .test_live_stream import OBAMA, four_frames_until_checked_in, run
 
     monkeypatch.setattr("channels.db.close_old_connections", lambda: None)  # keep the test transaction
     training_settings.CHECKIN_STABLE_FRAMES = 4
@@ -560,19 +560,7 @@ def test_the_live_check_in_is_matched_by_an_active_softmax_head(
     headed = train(django_capture_on_commit_callbacks)
     assert headed.status == "active" and headed.recogniser == "softmax_head", headed.error
 
-    async def scenario():
-        communicator = communicator_for(plain_user)
-        await open_with_consent(communicator)
-        replies = []
-        for _ in range(4):
-            await communicator.send_to(bytes_data=OBAMA)
-            replies.extend(await answers_until(communicator, "faces"))
-        if not any(m["type"] == "checked_in" for m in replies):
-            replies.extend(await answers_until(communicator, "checked_in"))
-        await communicator.disconnect()
-        return replies
-
-    replies = run(scenario)
+    replies = run(four_frames_until_checked_in, plain_user, OBAMA)
     assert {m["faces"][0]["name"] for m in replies if m["type"] == "faces"} == {"Barack Obama"}
     checkin = CheckIn.objects.get()
     assert checkin.person == person_named("Barack Obama") and checkin.model_version == headed
