@@ -25,7 +25,6 @@ from .conftest import PROBES
 from .test_live_stream import camera_frame, communicator_for, open_with_consent, receive
 
 LACAMOIRE = camera_frame(PROBES / "alex_lacamoire1.jpg")
-IN_MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 
 def feed_for(user) -> WebsocketCommunicator:
@@ -37,9 +36,8 @@ def feed_for(user) -> WebsocketCommunicator:
 
 @pytest.fixture
 def in_process(settings, monkeypatch):
-    """One process, the in-memory layer (also in the Redis pass), and check-ins after 4 frames. The
+    """One process (the in-memory layer: see conftest), and check-ins after 4 frames. The
     consumers' ORM calls share the test's transaction (see tests/test_live_stream.py)."""
-    settings.CHANNEL_LAYERS = IN_MEMORY_LAYER
     settings.CHECKIN_STABLE_FRAMES = 4
     monkeypatch.setattr("channels.db.close_old_connections", lambda: None)
 
