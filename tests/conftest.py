@@ -34,15 +34,21 @@ def _is_test_database(connection) -> bool:
 
 
 @pytest.fixture(autouse=True)
-def _in_process_channel_layer(request, settings):
+def _in_process_channel_layer(request):
     """In-process websocket tests (channels' WebsocketCommunicator) use the in-memory layer, also in
     the PostgreSQL/Redis pass. Each scenario runs on a fresh event loop (async_to_sync), while
     channels-redis keeps its connections per loop: a consumer's receive left on an earlier loop's
     connection could then never finish cancelling, and the test hung (seen with test_training's
     live test before test_live_stream). The Redis layer is exercised where it matters, across
     real processes (the `servers` tests: staff feed across workers, the production setup)."""
-    if request.node.get_closest_marker("servers") is None:
-        settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # override_settings, not pytest-django's `settings`: some tests take a parameter of that name.
+    from django.test import override_settings
+
+    if request.node.get_closest_marker("servers") is not None:
+        yield
+        return
+    with override_settings(CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}):
+        yield
 
 
 @pytest.fixture(autouse=True)
