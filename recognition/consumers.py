@@ -197,6 +197,11 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
         await self.send_json(session.describe(analysis, frame, dropped))
         for track, checkin, created in greetings:
             name = session.names.get(checkin.person_id, "")
+            if created:
+                # check_in() has committed: tell staff screens on every worker. Before the greeting,
+                # and shielded: a kiosk that closes as soon as it is greeted cancels this task, and
+                # the announcement used to be lost with it (the cross-process feed test caught it).
+                await asyncio.shield(checkin_feed.announce(checkin, name))
             await self.send_json(
                 {
                     "type": "checked_in",
@@ -208,8 +213,6 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
                     "already": not created,
                 }
             )
-            if created:  # check_in() has committed: staff screens on every worker may show it
-                await checkin_feed.announce(checkin, name)
 
     async def send_json(self, content: dict):
         await self.send(text_data=json.dumps(content))
