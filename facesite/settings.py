@@ -6,7 +6,6 @@ and the in-memory channel layer. DATABASE_URL and REDIS_URL switch to PostgreSQL
 
 import os
 from pathlib import Path
-from urllib.parse import urlparse
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -56,6 +55,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc as static files (the docs work offline)
     "django_q",
     "channels",
     "people",
@@ -95,27 +95,46 @@ WSGI_APPLICATION = "facesite.wsgi.application"
 ASGI_APPLICATION = "facesite.asgi.application"
 
 
+# Background tasks and web requests share the SQLite file: wait for a lock instead of failing.
+# WAL with synchronous=NORMAL: a commit no longer waits for an fsync (the audit row of every
+# recognize call cost ~14 ms); the database cannot be corrupted by a crash, at worst the last commits
+# before a power cut are lost.
+SQLITE_OPTIONS = {
+    "timeout": 20,
+    "transaction_mode": "IMMEDIATE",
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+}
+
+
 def _database_from_url(url: str) -> dict:
-    parsed = urlparse(url)
-    if parsed.scheme not in ("postgres", "postgresql"):
-        raise RuntimeError(f"DATABASE_URL scheme {parsed.scheme!r} is not supported (use postgresql://)")
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": parsed.path.lstrip("/"),
-        "USER": parsed.username or "",
-        "PASSWORD": parsed.password or "",
-        "HOST": parsed.hostname or "",
-        "PORT": str(parsed.port or ""),
-        # 0: close each request's connection when it ends. Under ASGI every request's synchronous
-        # code runs in a thread of its own, so persistent connections pile up one per thread:
-        # measured 96 open connections (PostgreSQL's limit is 100) after 20 s of 16 concurrent
-        # clients with 60 s, and "too many clients" 503s in CI; 16 at most with 0.
-        "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 0),
-        # A connection the server dropped (restart, failover) is replaced on the next request.
-        "CONN_HEALTH_CHECKS": True,
-        "OPTIONS": {"connect_timeout": env_int("DB_CONNECT_TIMEOUT", 5)},
-        "TEST": {"NAME": env_str("DATABASE_TEST_NAME") or None},
-    }
+    """A DATABASES entry from a URL: sqlite:///relative.db, sqlite:////absolute.db, postgres(ql)://..."""
+    import dj_database_url
+
+    try:
+        config = dj_database_url.parse(url)
+    except ValueError as exc:
+        raise RuntimeError(f"DATABASE_URL is not usable: {exc}") from exc
+    engine = config["ENGINE"]
+    if engine == "django.db.backends.sqlite3":
+        config["OPTIONS"] = {**SQLITE_OPTIONS, **config.get("OPTIONS", {})}
+        return config
+    if engine != "django.db.backends.postgresql":
+        scheme = url.split(":", 1)[0]
+        raise RuntimeError(f"DATABASE_URL scheme {scheme!r} is not supported (use sqlite:/// or postgresql://)")
+    config.update(
+        {
+            # 0: close each request's connection when it ends. Under ASGI every request's synchronous
+            # code runs in a thread of its own, so persistent connections pile up one per thread:
+            # measured 96 open connections (PostgreSQL's limit is 100) after 20 s of 16 concurrent
+            # clients with 60 s, and "too many clients" 503s in CI; 16 at most with 0.
+            "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 0),
+            # A connection the server dropped (restart, failover) is replaced on the next request.
+            "CONN_HEALTH_CHECKS": True,
+            "TEST": {"NAME": env_str("DATABASE_TEST_NAME") or None},
+        }
+    )
+    config["OPTIONS"] = {"connect_timeout": env_int("DB_CONNECT_TIMEOUT", 5), **config.get("OPTIONS", {})}
+    return config
 
 
 DATABASE_URL = env_str("DATABASE_URL")
@@ -126,15 +145,7 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": Path(env_str("SQLITE_PATH", str(BASE_DIR / "var" / "db.sqlite3"))),
-            # Background tasks and web requests share the file: wait for a lock instead of failing.
-            # WAL with synchronous=NORMAL: a commit no longer waits for an fsync (the audit row of
-            # every recognize call cost ~14 ms); the database cannot be corrupted by a crash, at worst
-            # the last commits before a power cut are lost.
-            "OPTIONS": {
-                "timeout": 20,
-                "transaction_mode": "IMMEDIATE",
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-            },
+            "OPTIONS": dict(SQLITE_OPTIONS),
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -244,6 +255,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Served from drf-spectacular-sidecar's static files rather than a CDN: /api/v1/docs/ works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 REDIS_URL = env_str("REDIS_URL")
