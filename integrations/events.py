@@ -1,0 +1,159 @@
+"""What the site tells the outside world: ``emit(event, data)`` and the payload of each event.
+
+Services call the small helpers below (``checkin_created(checkin)``, ...) at the point where the
+thing happened, inside their transaction. Nothing leaves before the transaction commits: then one
+Delivery row per subscribed webhook is written and queued to the django-q worker, and the event is
+queued for MQTT. Payloads carry ids, times and scores, and a person's name only while the person
+exists; never an image.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from functools import partial
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from .models import EVENTS, TEST_EVENT, Delivery, Webhook
+
+log = logging.getLogger(__name__)
+
+TASK_GROUP = "integrations"
+
+
+def emit(event: str, data: dict) -> None:
+    """Send ``event`` with ``data`` (JSON-ready) to webhooks and MQTT once the transaction commits.
+
+    Never raises for a receiver, a broker or a queue outage: those are logged."""
+    if event not in EVENTS:
+        raise ValueError(f"unknown event {event!r}")
+    created_at = timezone.now().isoformat()
+    transaction.on_commit(partial(_dispatch, event, data, created_at), robust=True)
+
+
+def message(event: str, data: dict, event_id: uuid.UUID, created_at: str) -> dict:
+    return {"event": event, "id": str(event_id), "created_at": created_at, "data": data}
+
+
+def _dispatch(event: str, data: dict, created_at: str) -> None:
+    try:
+        for webhook in Webhook.objects.subscribed_to(event):
+            queue_delivery(webhook, event, data, created_at)
+    except Exception:
+        log.exception("could not queue webhook deliveries of %s", event)
+    if settings.MQTT_URL:
+        _queue("integrations.tasks.publish", event, message(event, data, uuid.uuid4(), created_at))
+
+
+def queue_delivery(webhook: Webhook, event: str, data: dict, created_at: str | None = None) -> Delivery:
+    delivery_id = uuid.uuid4()
+    payload = message(event, data, delivery_id, created_at or timezone.now().isoformat())
+    delivery = Delivery.objects.create(webhook=webhook, event=event, delivery_id=delivery_id, payload=payload)
+    _queue("integrations.tasks.deliver", delivery.pk)
+    return delivery
+
+
+def _queue(func: str, *args) -> None:
+    from django_q.tasks import async_task
+
+    try:
+        async_task(func, *args, group=TASK_GROUP)
+    except Exception:
+        # The broker is down: the delivery stays "pending" in the admin, where staff can retry it.
+        log.exception("could not queue %s%r", func, args)
+
+
+def send_test(webhook: Webhook) -> Delivery:
+    """A ``webhook.test`` delivery to this endpoint alone, whatever it subscribes to (admin action)."""
+    return queue_delivery(webhook, TEST_EVENT, {"webhook_id": webhook.pk, "message": "A test event from facesite."})
+
+
+def retry(delivery: Delivery) -> None:
+    """Send a delivery again now (admin action), whatever its state."""
+    Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.PENDING, next_attempt_at=None)
+    _queue("integrations.tasks.deliver", delivery.pk)
+
+
+# ---- payloads -------------------------------------------------------------------------------------
+
+
+def _person(person) -> dict | None:
+    return None if person is None else {"id": person.pk, "name": person.name}
+
+
+def _time(value) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _checkin(checkin) -> dict:
+    kiosk = checkin.kiosk
+    return {
+        "checkin_id": checkin.pk,
+        "checked_in_at": _time(checkin.checked_in_at),
+        "person": _person(checkin.person),
+        "similarity": round(checkin.similarity, 4),
+        "threshold": checkin.threshold,
+        "frames": checkin.frames,
+        "liveness_checked": checkin.liveness_checked,
+        "kiosk": None if kiosk is None else {"id": kiosk.pk, "name": kiosk.name},
+        "model_version": checkin.model_version.number if checkin.model_version_id else None,
+    }
+
+
+def checkin_created(checkin) -> None:
+    emit("checkin.created", _checkin(checkin))
+
+
+def checkin_rejected(checkin, by=None) -> None:
+    """Staff deleted a check-in (a wrong identification)."""
+    emit("checkin.rejected", {**_checkin(checkin), "rejected_by": by.get_username() if by else None})
+
+
+FACE_EVENTS = {"accepted": "face.accepted", "rejected": "face.rejected", "review": "face.needs_review"}
+
+
+def face_verdict(face) -> None:
+    """A processed (or approved) enrollment photo's verdict; "pending" emits nothing."""
+    event = FACE_EVENTS.get(face.status)
+    if event is None:
+        return
+    emit(
+        event,
+        {
+            "face_id": face.pk,
+            "person": _person(face.person),
+            "status": face.status,
+            "reason_code": face.reason_code,
+            "reason": face.reason,
+            "detection_score": face.detection_score,
+            "sharpness": face.sharpness,
+            "processed_at": _time(face.processed_at),
+        },
+    )
+
+
+def model_activated(version) -> None:
+    emit(
+        "model.activated",
+        {
+            "model_version": {
+                "id": version.pk,
+                "number": version.number,
+                "embedder": version.embedder,
+                "threshold": version.threshold,
+                "trigger": version.trigger,
+                "activated_at": _time(version.activated_at),
+            }
+        },
+    )
+
+
+def person_erased(person_id: int) -> None:
+    """Only the id goes out; the name is also struck from delivery logs that still hold it."""
+    for delivery in Delivery.objects.filter(payload__data__person__id=person_id):
+        delivery.payload["data"]["person"] = {"id": person_id, "name": None}
+        delivery.save(update_fields=["payload"])
+    emit("person.erased", {"person": {"id": person_id}, "erased_at": timezone.now().isoformat()})

@@ -1,0 +1,22 @@
+"""/api/v1/webhooks/: staff register, list, change and remove webhook endpoints."""
+
+from rest_framework import viewsets
+from rest_framework.permissions import IsAdminUser
+
+from security.permissions import TokenScope
+
+from .models import Webhook
+from .serializers import WebhookSerializer
+
+
+class WebhookViewSet(viewsets.ModelViewSet):
+    """Webhook endpoints. The secret is write-only: it signs deliveries and is never shown again."""
+
+    queryset = Webhook.objects.select_related("created_by")
+    serializer_class = WebhookSerializer
+    permission_classes = [IsAdminUser, TokenScope]
+    token_scope = "webhooks"  # in no limited role's scopes: staff keys only
+    lookup_value_regex = r"\d+"
+
+    def perform_create(self, serializer):
+        serializer.save(created_by=self.request.user)

@@ -1,0 +1,144 @@
+"""Signing and sending one webhook POST safely: public addresses only, pinned, bounded in time and size.
+
+The address is checked when an endpoint is registered and again at every send, because DNS may have
+changed in between: every address the name resolves to must be public (unless WEBHOOK_ALLOW_PRIVATE),
+and the connection goes to an address that was checked, never through a second lookup. Redirects are
+not followed, and at most RESPONSE_READ_LIMIT bytes of the answer are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import ipaddress
+import socket
+import ssl
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from django.conf import settings
+
+RESPONSE_READ_LIMIT = 4096  # bytes of a receiver's answer kept (and read) at most
+USER_AGENT = "facesite-webhooks/1"
+
+
+class UnsafeUrl(ValueError):
+    """The URL cannot be used: bad form, no address, or an address that is not public."""
+
+
+@dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str
+    port: int
+    path: str
+    addresses: tuple[str, ...]  # checked addresses, in resolver order
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int | None  # HTTP status, None when no answer came
+    error: str  # "" on a 2xx
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The X-Facesite-Signature header value: ``sha256=<hex HMAC-SHA256 of the raw body>``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def resolve(url: str) -> Target:
+    """Parse and resolve ``url``; raise UnsafeUrl unless every address is allowed."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as err:
+        raise UnsafeUrl(f"Not a valid URL: {err}.") from None
+    if parts.scheme not in ("http", "https"):
+        raise UnsafeUrl("Only http:// and https:// URLs are accepted.")
+    if not parts.hostname:
+        raise UnsafeUrl("The URL has no host.")
+    if parts.username or parts.password:
+        raise UnsafeUrl("Credentials in the URL are not accepted; the signature authenticates deliveries.")
+    try:
+        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as err:
+        raise UnsafeUrl(f"The host {parts.hostname!r} does not resolve: {err}.") from None
+    addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise UnsafeUrl(f"The host {parts.hostname!r} has no address.")
+    if not settings.WEBHOOK_ALLOW_PRIVATE:
+        refused = [a for a in addresses if not _is_public(a)]
+        if refused:
+            raise UnsafeUrl(
+                f"The host {parts.hostname!r} resolves to a private, loopback or reserved address ({refused[0]}); "
+                "webhooks may only call public addresses."
+            )
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return Target(parts.scheme, parts.hostname, port, path, addresses)
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to a checked address while the Host header keeps the name."""
+
+    def __init__(self, address: str, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._address = address
+
+    def connect(self):
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """TLS to a checked address, verifying the certificate against the URL's host name (SNI too)."""
+
+    def __init__(self, address: str, *args, **kwargs):
+        super().__init__(*args, context=ssl.create_default_context(), **kwargs)
+        self._address = address
+
+    def connect(self):
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
+    """POST ``body`` to ``url`` once. Never raises for network or receiver trouble: it is in the Answer."""
+    try:
+        target = resolve(url)
+    except UnsafeUrl as err:
+        return Answer(None, str(err))
+    timeout = settings.WEBHOOK_TIMEOUT_SECONDS
+    connection_class = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers}
+    error = ""
+    for address in target.addresses:
+        connection = connection_class(address, target.host, target.port, timeout=timeout)
+        try:
+            connection.request("POST", target.path, body=body, headers=headers)
+            response = connection.getresponse()
+            response.read(RESPONSE_READ_LIMIT)
+        except ConnectionRefusedError as err:
+            error = f"{address}: {err}"
+            continue  # the next address may answer
+        except (OSError, http.client.HTTPException) as err:
+            return Answer(None, f"{type(err).__name__}: {err}"[:500])
+        finally:
+            connection.close()
+        if 300 <= response.status < 400:
+            return Answer(response.status, f"Redirect to {response.getheader('Location', '?')[:200]} not followed.")
+        if not 200 <= response.status < 300:
+            return Answer(response.status, f"The receiver answered {response.status} {response.reason}"[:500])
+        return Answer(response.status, "")
+    return Answer(None, f"No address accepted the connection ({error}).")
