@@ -5,8 +5,21 @@ class RecognizeRequestSerializer(serializers.Serializer):
     image = serializers.FileField(
         allow_empty_file=True,
     )
-    top_k = serializers.IntegerField(required=False, min_value=1, max_value=50)
-    threshold = serializers.FloatField(required=False, min_value=-1.0, max_value=1.0)
+    top_k = serializers.IntegerField(
+        required=False, min_value=1, max_value=50, help_text="At most this many candidates per face."
+    )
+    threshold = serializers.FloatField(
+        required=False,
+        min_value=-1.0,
+        max_value=1.0,
+        help_text="A stricter threshold than the one in force (in the served recogniser's units); a lower one is refused.",
+    )
+    candidates = serializers.ChoiceField(
+        choices=["matches", "all"],
+        required=False,
+        default="matches",
+        help_text="matches: only people at or above the threshold; all (staff only): the top_k people whatever their score.",
+    )
 
 
 class VerifyRequestSerializer(serializers.Serializer):
@@ -14,7 +27,12 @@ class VerifyRequestSerializer(serializers.Serializer):
     image2 = serializers.FileField(allow_empty_file=True, required=False, help_text="Second photo (with image1).")
     image = serializers.FileField(allow_empty_file=True, required=False, help_text="A photo to check against person_id.")
     person_id = serializers.IntegerField(required=False)
-    threshold = serializers.FloatField(required=False, min_value=-1.0, max_value=1.0)
+    threshold = serializers.FloatField(
+        required=False,
+        min_value=-1.0,
+        max_value=1.0,
+        help_text="A stricter threshold than FACE_VERIFY_THRESHOLD; a lower one is refused.",
+    )
 
     def validate(self, attrs):
         pair = "image1" in attrs and "image2" in attrs
@@ -37,7 +55,9 @@ class RecognisedFaceSerializer(serializers.Serializer):
     landmarks = serializers.DictField(child=serializers.ListField(child=serializers.FloatField()))
     detection_score = serializers.FloatField()
     match = CandidateSerializer(allow_null=True)
-    candidates = CandidateSerializer(many=True)
+    candidates = CandidateSerializer(
+        many=True, help_text="People at or above the threshold, best first (all top_k for staff asking candidates=all)"
+    )
     margin = serializers.FloatField(allow_null=True, help_text="Best minus second-best person's similarity")
     scored_by = serializers.CharField(
         help_text="Which recogniser matched this face, nearest_neighbour or softmax_head: the active version's, "
@@ -47,7 +67,9 @@ class RecognisedFaceSerializer(serializers.Serializer):
 
 class RecognizeResponseSerializer(serializers.Serializer):
     faces = RecognisedFaceSerializer(many=True)
-    threshold = serializers.FloatField(help_text="The served recogniser's open-set threshold (cosine or probability)")
+    threshold = serializers.FloatField(
+        help_text="The open-set threshold in force (cosine or probability): the served recogniser's, or a stricter one asked for"
+    )
     recogniser = serializers.CharField(help_text="The active version's recogniser: nearest_neighbour or softmax_head")
     model_version = serializers.IntegerField(allow_null=True)
     embedder = serializers.CharField()
@@ -59,3 +81,6 @@ class VerifyResponseSerializer(serializers.Serializer):
     similarity = serializers.FloatField()
     threshold = serializers.FloatField()
     faces = serializers.ListField(child=serializers.DictField())
+    person_id = serializers.IntegerField(required=False, help_text="With image and person_id: the person compared with")
+    name = serializers.CharField(required=False)
+    compared_images = serializers.IntegerField(required=False)

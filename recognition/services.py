@@ -1,4 +1,9 @@
-"""Django's door to the face engine: ORM rows <-> arrays, thresholds, the active model version."""
+"""Django's door to the face engine: ORM rows <-> arrays, thresholds, the active model version.
+
+One façade for what is served now (``served_now()``: the active version, its recogniser and
+threshold, the gallery) and for the two questions the API asks of it, ``recognize()`` and
+``verify()``, which answer with dataclasses the views send as they are.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +11,45 @@ import hashlib
 import io
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
 from django.conf import settings
 from django.db.models import Count, Max
 
-from .engine.detection import DetectedFace
+from security.audit import AuditSummary
+
 from .engine.images import ImageError, ImageLimits, decode_image
-from .engine.matching import Candidate, Gallery, MatchResult
+from .engine.matching import Candidate, Gallery, embeddings_from_blobs
 from .engine.pipeline import AnalysedFace, FacePipeline, PipelineConfig, shared_pipeline
 from .engine.quality import QualityRules
+from .engine.recognisers import GalleryRecogniser, HeadRecogniser, Recogniser, ServedMatch
 
 logger = logging.getLogger(__name__)
 
 
-def pipeline() -> FacePipeline:
-    return shared_pipeline(
-        PipelineConfig(
-            weights_path=settings.FACE_WEIGHTS_PATH,
-            detector=settings.FACE_DETECTOR,
-            detect_max_side=settings.FACE_DETECT_MAX_SIDE,
-            align_method=settings.FACE_ALIGN_METHOD,
-            align_margin=settings.FACE_ALIGN_MARGIN,
-            flip=settings.FACE_FLIP_TTA,
-            min_detection_score=settings.FACE_MIN_DETECTION_SCORE,
-            quality=QualityRules(
-                min_face_px=settings.FACE_ENROLL_MIN_FACE_PX,
-                min_sharpness=settings.FACE_ENROLL_MIN_SHARPNESS,
-            ),
-        )
+def pipeline_config() -> PipelineConfig:
+    """The pipeline the settings ask for (read on every call: a changed setting takes effect)."""
+    return PipelineConfig(
+        weights_path=settings.FACE_WEIGHTS_PATH,
+        detector=settings.FACE_DETECTOR,
+        detect_max_side=settings.FACE_DETECT_MAX_SIDE,
+        align_method=settings.FACE_ALIGN_METHOD,
+        align_margin=settings.FACE_ALIGN_MARGIN,
+        flip=settings.FACE_FLIP_TTA,
+        min_detection_score=settings.FACE_MIN_DETECTION_SCORE,
     )
+
+
+def pipeline() -> FacePipeline:
+    """The process's pipeline for the current settings (models are loaded once and shared)."""
+    return shared_pipeline(pipeline_config())
+
+
+def quality_rules() -> QualityRules:
+    """What an enrollment photo must meet (size, sharpness), from the settings."""
+    return QualityRules(min_face_px=settings.FACE_ENROLL_MIN_FACE_PX, min_sharpness=settings.FACE_ENROLL_MIN_SHARPNESS)
 
 
 def image_limits() -> ImageLimits:
@@ -141,9 +153,7 @@ class _GalleryCache:
 def _rows_to_arrays(rows) -> tuple[np.ndarray, np.ndarray]:
     """(id, embedding blob) rows -> keys (N,) int64, embeddings (N, 128) float32."""
     rows = list(rows)
-    keys = np.array([row[0] for row in rows], np.int64)
-    blobs = b"".join(bytes(row[1]) for row in rows)
-    return keys, np.frombuffer(blobs, dtype=np.float32).reshape(-1, 128)
+    return np.array([row[0] for row in rows], np.int64), embeddings_from_blobs(row[1] for row in rows)
 
 
 _gallery_cache = _GalleryCache()
@@ -157,13 +167,7 @@ def invalidate_gallery() -> None:
     _gallery_cache.invalidate()
 
 
-# ---- recognition and verification ----------------------------------------------------------------
-
-
-@dataclass
-class RecognisedFace:
-    analysed: AnalysedFace
-    result: MatchResult
+# ---- what is served now ---------------------------------------------------------------------------
 
 
 def active_model_version():
@@ -172,76 +176,17 @@ def active_model_version():
     return ModelVersion.objects.active()
 
 
-# "Look the active version up": callers that already did pass theirs, which may be None (none active).
-ACTIVE = object()
-
-
-def match_threshold(version=ACTIVE) -> float:
-    """The cosine threshold of nearest-neighbour matching: the active model version's calibrated
-    one, else the LFW-chosen default. (A served softmax head has its own: ``recogniser().threshold``.)"""
-    version = active_model_version() if version is ACTIVE else version
+def _cosine_threshold(version) -> float:
+    """``version``'s calibrated cosine threshold, else the LFW-chosen default (``version`` may be None)."""
     if version is not None and version.threshold is not None:
         return float(version.threshold)
     return float(settings.FACE_MATCH_THRESHOLD)
 
 
-# ---- the served recogniser ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServedMatch(MatchResult):
-    """A MatchResult that says which recogniser scored it: for "softmax_head" the candidates'
-    ``similarity`` is the head's probability, for "nearest_neighbour" a cosine similarity."""
-
-    scored_by: str = "nearest_neighbour"
-
-
-class GalleryRecogniser:
-    """Nearest neighbour over the enrolled gallery, open-set by a cosine threshold."""
-
-    name = "nearest_neighbour"
-
-    def __init__(self, gallery: Gallery, threshold: float):
-        self.gallery, self.threshold = gallery, threshold
-
-    def search(self, queries: np.ndarray, top_k: int = 5, threshold: float | None = None) -> list[ServedMatch]:
-        threshold = self.threshold if threshold is None else threshold
-        return [ServedMatch(r.candidates, r.threshold, self.name) for r in self.gallery.search(queries, top_k, threshold)]
-
-
-class HeadRecogniser:
-    """The active version's softmax head, open-set by its calibrated probability threshold.
-
-    The head only knows the people enrolled when it was trained, so the gallery still answers
-    two questions per face: who is in it now, and whether the face is closest to someone the head
-    never saw. People erased or deactivated since (no longer in the gallery) lose their column at
-    once; the probabilities are not renormalised, so their face is not handed to the next-likeliest
-    person. A face whose nearest enrolled face belongs to a person enrolled after training is
-    matched by the gallery at the cosine threshold instead (until the next retrain adds them)."""
-
-    name = "softmax_head"
-
-    def __init__(self, head, threshold: float, gallery: Gallery, cosine_threshold: float):
-        self.head, self.threshold = head, threshold
-        self.gallery, self.cosine_threshold = gallery, cosine_threshold
-        self._known = set(int(c) for c in head.classes)
-
-    def search(self, queries: np.ndarray, top_k: int = 5, threshold: float | None = None) -> list[ServedMatch]:
-        threshold = self.threshold if threshold is None else threshold
-        queries = np.asarray(queries, np.float32).reshape(-1, 128)
-        nearest = self.gallery.search(queries, top_k, self.cosine_threshold)
-        enrolled = self.gallery.person_ids
-        served = np.isin(self.head.classes, list(enrolled))
-        probabilities = self.head.scores(queries)
-        results = []
-        for row, near in zip(probabilities, nearest):
-            if near.candidates and near.candidates[0].person_id not in self._known:
-                results.append(ServedMatch(near.candidates, near.threshold, "nearest_neighbour"))
-                continue
-            order = [c for c in np.argsort(-row, kind="stable") if served[c]][:top_k]
-            candidates = [Candidate(int(self.head.classes[c]), float(row[c])) for c in order]
-            results.append(ServedMatch(candidates, threshold, self.name))
-        return results
+def match_threshold() -> float:
+    """The cosine threshold of nearest-neighbour matching now: the active model version's calibrated
+    one, else the LFW-chosen default. (A served softmax head has its own: ``recogniser().threshold``.)"""
+    return _cosine_threshold(active_model_version())
 
 
 class _HeadCache:
@@ -279,11 +224,9 @@ def _load_head(version):
 _head_cache = _HeadCache()
 
 
-def recogniser(version=ACTIVE) -> GalleryRecogniser | HeadRecogniser:
-    """What recognition serves now: the active version's recogniser with its threshold. A new
-    active version (or a rollback) is used on this process's next call, without a restart."""
-    version = active_model_version() if version is ACTIVE else version
-    cosine = match_threshold(version)
+def _recogniser_for(version) -> Recogniser:
+    """``version``'s recogniser (None: no version is active) over the current gallery."""
+    cosine = _cosine_threshold(version)
     current = gallery()
     if version is None or version.recogniser != version.Recogniser.SOFTMAX_HEAD:
         return GalleryRecogniser(current, cosine)
@@ -296,24 +239,166 @@ def recogniser(version=ACTIVE) -> GalleryRecogniser | HeadRecogniser:
     return HeadRecogniser(head, float(version.head_threshold), current, cosine)
 
 
-def recognize(rgb: np.ndarray, top_k: int | None = None, threshold: float | None = None, served=None) -> list[RecognisedFace]:
-    """Every face in the image, largest first, each matched by the served recogniser (the active
-    version's; ``threshold`` overrides its threshold, in its own units)."""
-    top_k = top_k or settings.FACE_TOP_K
-    served = recogniser() if served is None else served
+@dataclass(frozen=True)
+class Served:
+    """What recognition serves at one moment, read once per request: the active model version
+    (None when none is), its recogniser and that recogniser's open-set threshold (cosine, or the
+    head's probability), over the gallery as it was read."""
+
+    version: object | None  # training.models.ModelVersion
+    recogniser: Recogniser
+
+    @property
+    def threshold(self) -> float:
+        return float(self.recogniser.threshold)
+
+    @property
+    def gallery(self) -> Gallery:
+        return self.recogniser.gallery
+
+    @property
+    def model_version(self) -> int | None:
+        return None if self.version is None else self.version.number
+
+
+def served_now() -> Served:
+    """The active version's recogniser with its threshold. A new active version (or a rollback) is
+    used on this process's next call, without a restart."""
+    version = active_model_version()
+    return Served(version, _recogniser_for(version))
+
+
+def recogniser() -> Recogniser:
+    """The recogniser served now (see ``served_now``), searched like a Gallery."""
+    return served_now().recogniser
+
+
+# ---- recognition and verification ----------------------------------------------------------------
+
+# The answers show thresholds to 4 decimals; a client sending the shown value back is not lowering it.
+_THRESHOLD_TOLERANCE = 5e-5
+
+
+class Refused(Exception):
+    """A request the service will not answer as asked; ``code`` is the API's error code."""
+
+    def __init__(self, code: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.code, self.message, self.field = code, message, field
+
+
+def threshold_in_force(asked: float | None, served: float) -> float:
+    """The threshold a request is answered at: the served one, or a stricter one the client asked
+    for. Nobody lowers it through the API (a lower one would turn strangers into matches, logged
+    against the people they were matched to): staff evaluate thresholds in training, not here."""
+    if asked is None:
+        return served
+    if asked < served - _THRESHOLD_TOLERANCE:
+        raise Refused(
+            "invalid",
+            f"threshold {asked:g} is below the threshold in force ({served:.4f}): a request may raise it, not lower it.",
+            "threshold",
+        )
+    return max(float(asked), served)
+
+
+@dataclass(frozen=True)
+class NamedCandidate:
+    person_id: int
+    name: str
+    similarity: float  # cosine similarity, or the softmax head's probability (see scored_by)
+
+
+@dataclass(frozen=True)
+class RecognisedFace:
+    box: list[int]  # [x, y, w, h] in original image pixels
+    landmarks: dict[str, list[float]]
+    detection_score: float
+    match: NamedCandidate | None
+    candidates: list[NamedCandidate]  # at or above the threshold, unless all were asked for (staff)
+    margin: float | None  # best minus second-best person's similarity
+    scored_by: str
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """The answer to "who is in this image?", as the API sends it."""
+
+    faces: list[RecognisedFace]
+    threshold: float  # the threshold in force, in the served recogniser's units
+    recogniser: str
+    model_version: int | None
+    embedder: str
+    gallery_size: int  # the gallery this answer was matched against
+
+    def audit_summary(self) -> AuditSummary:
+        """What the audit log keeps: faces found and the real matches (the people it names)."""
+        matches = [{"person_id": f.match.person_id, "similarity": f.match.similarity} for f in self.faces if f.match]
+        result = {"faces": len(self.faces), "matches": matches, "threshold": self.threshold, "model_version": self.model_version}
+        return AuditSummary(result, tuple(m["person_id"] for m in matches))
+
+
+def _names(person_ids) -> dict[int, str]:
+    from people.models import Person
+
+    return dict(Person.objects.filter(pk__in=set(person_ids)).values_list("id", "name"))
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
+
+
+def recognize(
+    rgb: np.ndarray, top_k: int | None = None, threshold: float | None = None, all_candidates: bool = False
+) -> Recognition:
+    """Every face in the image (largest first), each matched by the recogniser served now.
+
+    ``threshold`` may only raise the served threshold (``Refused`` otherwise). Each face's
+    candidates are the people at or above the threshold in force, at most ``top_k``;
+    ``all_candidates`` (for staff) lists the top ``top_k`` whatever their score. Only a candidate at
+    or above the threshold is ever a ``match``."""
+    served = served_now()
+    in_force = threshold_in_force(threshold, served.threshold)
     faces = pipeline().analyse(rgb, max_faces=settings.FACE_MAX_FACES_PER_IMAGE)
-    if not faces:
-        return []
-    results = served.search(np.stack([f.embedding for f in faces]), top_k=top_k, threshold=threshold)
-    return [RecognisedFace(f, r) for f, r in zip(faces, results)]
+    results: list[ServedMatch] = []
+    if faces:
+        results = served.recogniser.search(
+            np.stack([f.embedding for f in faces]), top_k=top_k or settings.FACE_TOP_K, threshold=in_force
+        )
+    shown = [r.candidates if all_candidates else [c for c in r.candidates if c.similarity >= r.threshold] for r in results]
+    names = _names(c.person_id for candidates in shown for c in candidates)
+
+    def named(c: Candidate) -> NamedCandidate:
+        return NamedCandidate(c.person_id, names.get(c.person_id, ""), _round(c.similarity))
+
+    return Recognition(
+        faces=[
+            RecognisedFace(
+                box=f.face.box_ints(),
+                landmarks=f.face.landmarks_dict(),
+                detection_score=_round(f.face.score),
+                match=named(r.match) if r.match else None,
+                candidates=[named(c) for c in candidates],
+                margin=_round(r.margin),
+                scored_by=r.scored_by,
+            )
+            for f, r, candidates in zip(faces, results, shown)
+        ],
+        threshold=_round(in_force),
+        recogniser=served.recogniser.name,
+        model_version=served.model_version,
+        embedder=pipeline().embedder_name,
+        gallery_size=len(served.gallery),
+    )
 
 
 def main_face(rgb: np.ndarray, flip: bool | None = None) -> tuple[AnalysedFace | None, int]:
     """The largest face of an image and how many faces were found (``flip``: see FacePipeline.analyse)."""
-    faces = pipeline().detect(rgb)
+    pipe = pipeline()
+    faces = pipe.detect(rgb)
     if not faces:
         return None, 0
-    return pipeline().analyse(rgb, faces=faces[:1], flip=flip)[0], len(faces)
+    return pipe.analyse(rgb, faces=faces[:1], flip=flip)[0], len(faces)
 
 
 def person_similarity(embedding: np.ndarray, person_id: int) -> tuple[float | None, int]:
@@ -323,13 +408,86 @@ def person_similarity(embedding: np.ndarray, person_id: int) -> tuple[float | No
     blobs = list(FaceImage.objects.in_gallery().filter(person_id=person_id).values_list("embedding", flat=True))
     if not blobs:
         return None, 0
-    matrix = np.frombuffer(b"".join(bytes(b) for b in blobs), dtype=np.float32).reshape(-1, 128)
-    return float(np.max(matrix @ embedding)), len(blobs)
+    return float(np.max(embeddings_from_blobs(blobs) @ embedding)), len(blobs)
 
 
 def verify_threshold() -> float:
     return float(settings.FACE_VERIFY_THRESHOLD)
 
 
-def box_of(face: DetectedFace) -> list[int]:
-    return face.box_ints()
+@dataclass(frozen=True)
+class VerifiedFace:
+    field: str
+    box: list[int]
+    detection_score: float
+    faces_found: int
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The answer to "are these the same person?" (two images) or "is this the person?" (one image
+    and a person: then ``person_id``, ``name`` and ``compared_images`` are set)."""
+
+    verified: bool
+    similarity: float
+    threshold: float
+    faces: list[VerifiedFace] = field(default_factory=list)
+    person_id: int | None = None
+    name: str | None = None
+    compared_images: int | None = None
+
+    def answer(self) -> dict:
+        """The API's JSON answer: the person's fields only when a person was asked about."""
+        from dataclasses import asdict
+
+        data = asdict(self)
+        if self.person_id is None:
+            for key in ("person_id", "name", "compared_images"):
+                data.pop(key)
+        return data
+
+    def audit_summary(self) -> AuditSummary:
+        keys = ("verified", "similarity", "threshold") + (("person_id", "compared_images") if self.person_id is not None else ())
+        people = (self.person_id,) if self.person_id is not None else ()
+        return AuditSummary({key: getattr(self, key) for key in keys}, people)
+
+
+def _face_of(rgb: np.ndarray, field_name: str, flip: bool | None = None) -> tuple[AnalysedFace, int]:
+    face, count = main_face(rgb, flip=flip)
+    if face is None:
+        raise Refused("no_face", f"{field_name}: no face was found in the image.", field_name)
+    return face, count
+
+
+def verify(images: dict[str, np.ndarray], person_id: int | None = None, threshold: float | None = None) -> Verification:
+    """``images`` {"image1": rgb, "image2": rgb} -> are they the same person? Or ``images``
+    {"image": rgb} and ``person_id`` -> is this face that person (best of their accepted faces)?
+
+    ``threshold`` may only raise FACE_VERIFY_THRESHOLD; ``Refused`` for an unknown or unenrolled
+    person, an image without a face, or a lower threshold."""
+    from people.models import Person
+
+    in_force = threshold_in_force(threshold, verify_threshold())
+    if person_id is not None:
+        person = Person.objects.filter(pk=person_id).first()
+        if person is None:
+            raise Refused("unknown_person", f"No person with id {person_id}.", "person_id")
+        # compared with gallery embeddings, which are made without flip
+        face, count = _face_of(images["image"], "image")
+        similarity, compared = person_similarity(face.embedding, person.pk)
+        if similarity is None:
+            raise Refused("person_not_enrolled", f"{person.name} has no accepted face images to compare with.", "person_id")
+        analysed = [("image", face, count)]
+        person_fields = {"person_id": person.pk, "name": person.name, "compared_images": compared}
+    else:
+        # two fresh faces: both embedded with flip test-time augmentation (more accurate on LFW)
+        analysed = [(name, *_face_of(images[name], name, flip=settings.FACE_VERIFY_FLIP_TTA)) for name in ("image1", "image2")]
+        similarity = float(analysed[0][1].embedding @ analysed[1][1].embedding)
+        person_fields = {}
+    return Verification(
+        verified=similarity >= in_force,
+        similarity=_round(similarity),
+        threshold=_round(in_force),
+        faces=[VerifiedFace(name, f.face.box_ints(), _round(f.face.score), count) for name, f, count in analysed],
+        **person_fields,
+    )

@@ -1,17 +1,19 @@
 """Recognition, verification and token endpoints: validate, call the service, shape the answer."""
 
-from django.conf import settings
+from dataclasses import asdict
+
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
-from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from people.models import Person
+from facesite import lockout
 from security.audit import AuditedView
+from security.authentication import issue_token
+from security.models import ApiKey, Role
 from security.permissions import TokenScope
 
 from . import services
@@ -32,12 +34,8 @@ def _read(upload, field: str):
         raise image_error(err, field)
 
 
-def _no_face(field: str) -> ApiError:
-    return ApiError("no_face", f"{field}: no face was found in the image.", status.HTTP_422_UNPROCESSABLE_ENTITY)
-
-
 class ObtainTokenView(APIView):
-    """Exchange a username and password for an API token."""
+    """Exchange a username and password for an API token (valid API_TOKEN_TTL_HOURS)."""
 
     permission_classes = [AllowAny]
     authentication_classes = []
@@ -45,14 +43,40 @@ class ObtainTokenView(APIView):
 
     @extend_schema(request=AuthTokenSerializer, responses={200: {"type": "object", "properties": {"token": {"type": "string"}}}})
     def post(self, request):
+        # The request goes to authenticate(): django-axes counts the failure and refuses a locked-out
+        # username or address even with the right password (facesite/lockout.py).
         serializer = AuthTokenSerializer(data=request.data, context={"request": request})
         if not serializer.is_valid():
+            if getattr(request, "axes_locked_out", False):
+                locked = ApiError(lockout.LOCKED_OUT_CODE, lockout.lockout_message(), status.HTTP_429_TOO_MANY_REQUESTS)
+                locked.wait = lockout.retry_after_seconds()  # sent as Retry-After
+                raise locked
             errors = serializer.errors
             if "non_field_errors" in errors:
                 raise ApiError("invalid_credentials", "Unable to log in with the given username and password.")
             raise ApiError("invalid", "username and password are required.", fields=errors)
-        token, _ = Token.objects.get_or_create(user=serializer.validated_data["user"])
+        token = issue_token(serializer.validated_data["user"])  # a fresh one if theirs has expired
         return Response({"token": token.key})
+
+
+def _is_staff(request) -> bool:
+    """Staff users on their own token or session, or through a staff-role API key."""
+    user = request.user
+    if not (user and user.is_authenticated and user.is_staff):
+        return False
+    return not isinstance(request.auth, ApiKey) or request.auth.role == Role.STAFF
+
+
+def _refusal(err: services.Refused) -> ApiError:
+    fields = {err.field: [err.message]} if err.field else None
+    return ApiError(err.code, err.message, _REFUSAL_STATUS.get(err.code, status.HTTP_400_BAD_REQUEST), fields=fields)
+
+
+_REFUSAL_STATUS = {
+    "no_face": status.HTTP_422_UNPROCESSABLE_ENTITY,
+    "person_not_enrolled": status.HTTP_422_UNPROCESSABLE_ENTITY,
+    "unknown_person": status.HTTP_404_NOT_FOUND,
+}
 
 
 class RecognizeView(AuditedView, APIView):
@@ -66,45 +90,23 @@ class RecognizeView(AuditedView, APIView):
     def post(self, request):
         params = RecognizeRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        rgb = _read(params.validated_data["image"], "image")
-        version = services.active_model_version()
-        served = services.recogniser(version)
-        threshold = params.validated_data.get("threshold")
-        threshold = served.threshold if threshold is None else threshold
-        recognised = services.recognize(rgb, top_k=params.validated_data.get("top_k"), threshold=threshold, served=served)
-        if not recognised:
-            raise _no_face("image")
-        ids = {c.person_id for r in recognised for c in r.result.candidates}
-        names = dict(Person.objects.filter(pk__in=ids).values_list("id", "name"))
-
-        def candidate(c):
-            return {"person_id": c.person_id, "name": names.get(c.person_id, ""), "similarity": round(c.similarity, 4)}
-
-        faces = []
-        for r in recognised:
-            face = r.analysed.face
-            match = r.result.match
-            faces.append(
-                {
-                    "box": face.box_ints(),
-                    "landmarks": face.landmarks_dict(),
-                    "detection_score": round(face.score, 4),
-                    "match": candidate(match) if match else None,
-                    "candidates": [candidate(c) for c in r.result.candidates],
-                    "margin": None if r.result.margin is None else round(r.result.margin, 4),
-                    "scored_by": r.result.scored_by,
-                }
+        data = params.validated_data
+        all_candidates = data.get("candidates") == "all"
+        if all_candidates and not _is_staff(request):
+            raise ApiError(
+                "permission_denied",
+                "Only staff may see candidates below the threshold (candidates=all).",
+                status.HTTP_403_FORBIDDEN,
             )
-        return Response(
-            {
-                "faces": faces,
-                "threshold": round(threshold, 4),
-                "recogniser": served.name,
-                "model_version": version.number if version else None,
-                "embedder": services.pipeline().embedder_name,
-                "gallery_size": len(served.gallery),  # the gallery this answer was matched against
-            }
-        )
+        rgb = _read(data["image"], "image")
+        try:
+            recognition = services.recognize(rgb, data.get("top_k"), data.get("threshold"), all_candidates)
+        except services.Refused as err:
+            raise _refusal(err)
+        if not recognition.faces:
+            raise _refusal(services.Refused("no_face", "image: no face was found in the image.", "image"))
+        self.audit_summary = recognition.audit_summary()
+        return Response(asdict(recognition))
 
 
 class VerifyView(AuditedView, APIView):
@@ -119,54 +121,11 @@ class VerifyView(AuditedView, APIView):
         params = VerifyRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         data = params.validated_data
-        threshold = data.get("threshold")
-        threshold = services.verify_threshold() if threshold is None else threshold
-
-        if "person_id" in data:
-            person = Person.objects.filter(pk=data["person_id"]).first()
-            if person is None:
-                raise ApiError("unknown_person", f"No person with id {data['person_id']}.", status.HTTP_404_NOT_FOUND)
-            rgb = _read(data["image"], "image")
-            face, count = services.main_face(rgb)
-            if face is None:
-                raise _no_face("image")
-            similarity, n = services.person_similarity(face.embedding, person.pk)
-            if similarity is None:
-                raise ApiError(
-                    "person_not_enrolled",
-                    f"{person.name} has no accepted face images to compare with.",
-                    status.HTTP_422_UNPROCESSABLE_ENTITY,
-                )
-            faces = [
-                {
-                    "field": "image",
-                    "box": face.face.box_ints(),
-                    "detection_score": round(face.face.score, 4),
-                    "faces_found": count,
-                }
-            ]
-            extra = {"person_id": person.pk, "name": person.name, "compared_images": n}
-        else:
-            analysed = []
-            for field in ("image1", "image2"):
-                rgb = _read(data[field], field)
-                # two fresh faces: both embedded with flip test-time augmentation (more accurate on LFW)
-                face, count = services.main_face(rgb, flip=settings.FACE_VERIFY_FLIP_TTA)
-                if face is None:
-                    raise _no_face(field)
-                analysed.append((field, face, count))
-            similarity = float(analysed[0][1].embedding @ analysed[1][1].embedding)
-            faces = [
-                {"field": field, "box": face.face.box_ints(), "detection_score": round(face.face.score, 4), "faces_found": count}
-                for field, face, count in analysed
-            ]
-            extra = {}
-        return Response(
-            {
-                "verified": similarity >= threshold,
-                "similarity": round(similarity, 4),
-                "threshold": round(threshold, 4),
-                "faces": faces,
-                **extra,
-            }
-        )
+        fields = ("image",) if "person_id" in data else ("image1", "image2")
+        images = {field: _read(data[field], field) for field in fields}
+        try:
+            verification = services.verify(images, person_id=data.get("person_id"), threshold=data.get("threshold"))
+        except services.Refused as err:
+            raise _refusal(err)
+        self.audit_summary = verification.audit_summary()
+        return Response(verification.answer())

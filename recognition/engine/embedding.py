@@ -22,6 +22,21 @@ def prewhiten(batch):
     return (x - mean) / std
 
 
+def embedding_graph(model, crops, flip: bool):
+    """The embedder's TensorFlow graph (shared by ``FaceEmbedder`` and the TFLite export):
+    (N, 160, 160, 3) RGB crops in 0..255 (any dtype) -> prewhiten -> FaceNet -> L2-normalise;
+    with ``flip`` the mirrored crop's unit embedding is added and the sum L2-normalised again
+    (flip test-time augmentation, which steadies the embedding against pose: +0.10 points on LFW
+    at twice the cost, BENCHMARKS.md). Equal to combine_flipped(embed(x), embed(mirrored x))."""
+    import tensorflow as tf
+
+    x = prewhiten(crops)
+    emb = tf.math.l2_normalize(model(x, training=False), axis=1)
+    if flip:
+        emb = tf.math.l2_normalize(emb + tf.math.l2_normalize(model(tf.reverse(x, axis=[2]), training=False), axis=1), axis=1)
+    return emb
+
+
 def combine_flipped(embeddings: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
     """Flip test-time augmentation from separate passes: (N, 128) unit embeddings of the crops and
     of their mirror images -> (N, 128) float32, L2-normalised (what ``embed(..., flip=True)`` gives)."""
@@ -57,16 +72,7 @@ class FaceEmbedder:
         def graph(mirror: bool):
             @tf.function(input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.uint8)], reduce_retracing=True)
             def _embed(crops):
-                x = prewhiten(crops)
-                emb = tf.math.l2_normalize(model(x, training=False), axis=1)
-                if mirror:
-                    # Flip test-time augmentation: the mirrored face's unit embedding is added,
-                    # which steadies the embedding against pose (+0.10 points on LFW, at twice the
-                    # cost: BENCHMARKS.md). Equal to combine_flipped(embed(x), embed(mirrored x)).
-                    emb = tf.math.l2_normalize(
-                        emb + tf.math.l2_normalize(model(tf.reverse(x, axis=[2]), training=False), axis=1), axis=1
-                    )
-                return emb
+                return embedding_graph(model, crops, mirror)
 
             return _embed
 

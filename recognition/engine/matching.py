@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .index import EmbeddingIndex, IndexSettings
+from .index import EmbeddingIndex, IndexSettings, _as_matrix
 
 
 @dataclass(frozen=True)
@@ -136,9 +136,10 @@ class Gallery:
             self._keys = np.concatenate([self._keys, np.full(capacity - len(self._keys), -1, np.int64)])
 
 
-def _as_matrix(embeddings: np.ndarray, dim: int) -> np.ndarray:
-    matrix = np.asarray(embeddings, np.float32).reshape(-1, dim)
-    return np.ascontiguousarray(matrix)
+def embeddings_from_blobs(blobs, dim: int = 128) -> np.ndarray:
+    """Stored embedding blobs (bytes of ``dim`` float32 each) -> (N, dim) float32, a writable copy."""
+    data = b"".join(bytes(b) for b in blobs)
+    return np.frombuffer(data, dtype=np.float32).reshape(-1, dim).copy()
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:

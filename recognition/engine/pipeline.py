@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,8 @@ import numpy as np
 from .alignment import align_face
 from .detection import DetectedFace, make_detector
 from .embedding import FaceEmbedder
-from .quality import QualityRules, sharpness
+from .facenet import default_weights_path
+from .quality import sharpness
 
 
 @dataclass
@@ -32,21 +35,22 @@ class PipelineConfig:
     align_method: str = "box"
     align_margin: float = 0.05
     flip: bool = False
-    quality: QualityRules = field(default_factory=QualityRules)
 
 
 class FacePipeline:
     """MTCNN detection, alignment and FaceNet embedding. Build once per process; thread-safe."""
 
-    def __init__(self, config: PipelineConfig = PipelineConfig()):
+    def __init__(self, config: PipelineConfig = PipelineConfig(), detector=None, embedder: FaceEmbedder | None = None):
+        """``detector`` and ``embedder`` (built from ``config`` when omitted) let pipelines whose
+        configs differ only in cheap parameters share the loaded weights (see ``shared_pipeline``)."""
         self.config = config
-        self.detector = make_detector(
+        self.detector = detector or make_detector(
             config.detector,
             max_side=config.detect_max_side,
             min_face_size=config.min_face_size,
             min_score=config.min_detection_score,
         )
-        self.embedder = FaceEmbedder(weights_path=config.weights_path, flip=config.flip)
+        self.embedder = embedder or FaceEmbedder(weights_path=config.weights_path, flip=config.flip)
 
     @property
     def embedder_name(self) -> str:
@@ -71,15 +75,51 @@ class FacePipeline:
         return [AnalysedFace(f, c, e, sharpness(c)) for f, c, e in zip(faces, crops, embeddings)]
 
 
-_shared: FacePipeline | None = None
-_shared_lock = threading.Lock()
+class _PipelineRegistry:
+    """Pipelines by config, like deepface's model cache: each config gets its own pipeline, so a
+    changed setting takes effect instead of whichever config asked first winning for the process.
+
+    At most ``size`` pipelines are kept (least recently used dropped). Pipelines share their
+    detector and embedder with any other whose config asks for the same ones (weak references:
+    the weights are freed once no kept pipeline uses them), so configs that differ only in cheap
+    parameters (alignment) never load the models twice.
+    """
+
+    def __init__(self, size: int = 3):
+        self.size = size
+        self._lock = threading.Lock()
+        self._pipelines: OrderedDict[PipelineConfig, FacePipeline] = OrderedDict()
+        self._detectors: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._embedders: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+    def get(self, config: PipelineConfig) -> FacePipeline:
+        with self._lock:
+            found = self._pipelines.get(config)
+            if found is None:
+                found = self._build(config)
+                self._pipelines[config] = found
+                while len(self._pipelines) > self.size:
+                    self._pipelines.popitem(last=False)
+            self._pipelines.move_to_end(config)
+            return found
+
+    def _build(self, config: PipelineConfig) -> FacePipeline:
+        detector_key = (config.detector, config.detect_max_side, config.min_face_size, config.min_detection_score)
+        weights = Path(config.weights_path) if config.weights_path else default_weights_path()
+        embedder_key = (str(weights.resolve()), config.flip)
+        detector, embedder = self._detectors.get(detector_key), self._embedders.get(embedder_key)
+        pipeline = FacePipeline(config, detector=detector, embedder=embedder)
+        self._detectors[detector_key], self._embedders[embedder_key] = pipeline.detector, pipeline.embedder
+        return pipeline
+
+    def __len__(self) -> int:
+        return len(self._pipelines)
+
+
+_registry = _PipelineRegistry()
 
 
 def shared_pipeline(config: PipelineConfig | None = None) -> FacePipeline:
-    """The process-wide pipeline, built on first use (models load once per process)."""
-    global _shared
-    if _shared is None:
-        with _shared_lock:
-            if _shared is None:
-                _shared = FacePipeline(config or PipelineConfig())
-    return _shared
+    """The process's pipeline for ``config`` (default ``PipelineConfig()``), built on first use;
+    models load once per process and are shared between configs (see ``_PipelineRegistry``)."""
+    return _registry.get(config or PipelineConfig())

@@ -12,7 +12,6 @@ import numpy as np
 class QualityRules:
     min_face_px: int = 60  # the shorter side of the face box, in original pixels
     min_sharpness: float = 20.0  # variance of the Laplacian of the aligned 160x160 grey crop
-    min_score: float = 0.95  # detector confidence
     dominant_ratio: float = 4.0  # a face this many times larger (in area) than the next one is "the" face
 
 

@@ -36,15 +36,11 @@ def convert_embedder(model, flip: bool = True) -> bytes:
     import keras
     import tensorflow as tf
 
-    from recognition.engine.embedding import prewhiten
+    from recognition.engine.embedding import embedding_graph
     from recognition.engine.facenet import INPUT_SIZE
 
     def embed(crops):  # the same graph as FaceEmbedder's
-        x = prewhiten(crops)
-        emb = tf.math.l2_normalize(model(x, training=False), axis=1)
-        if flip:
-            emb = emb + tf.math.l2_normalize(model(tf.reverse(x, axis=[2]), training=False), axis=1)
-        return tf.math.l2_normalize(emb, axis=1)
+        return embedding_graph(model, crops, flip)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
