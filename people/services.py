@@ -73,7 +73,7 @@ def _safe_name(name: str) -> str:
 
 def process_face_image(face: FaceImage) -> FaceImage:
     """Detect, check, align and embed one enrollment photo; set its status and reason."""
-    rules = recognition.pipeline().config.quality
+    rules = recognition.quality_rules()
     face.box = face.landmarks = face.detection_score = face.sharpness = None
     face.set_vector(None)
     try:
