@@ -11,6 +11,7 @@ from .webhooks import UnsafeUrl, resolve
 
 
 class WebhookForm(forms.ModelForm):
+    url = forms.URLField(max_length=500, assume_scheme="https", help_text=Webhook._meta.get_field("url").help_text)
     events = forms.MultipleChoiceField(choices=[(name, name) for name in EVENTS], widget=forms.CheckboxSelectMultiple)
     secret = forms.CharField(
         required=False,

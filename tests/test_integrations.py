@@ -1,0 +1,430 @@
+"""Webhooks and MQTT: signed deliveries to a real local receiver, retries, address checks, the
+webhook API, and events on the real Mosquitto broker (127.0.0.1:1883)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import paho.mqtt.client as paho
+import pytest
+from django.test import override_settings
+
+from integrations import events, mqtt
+from integrations.models import Delivery, Webhook
+from integrations.webhooks import UnsafeUrl, resolve
+
+from .conftest import person_named
+from .test_live_stream import OBAMA, answers_until, communicator_for, open_with_consent, run
+
+SECRET = "a-long-shared-secret-for-tests"
+BROKER = "mqtt://127.0.0.1:1883"
+pytestmark = pytest.mark.django_db
+
+
+# ---- a real HTTP receiver ------------------------------------------------------------------------
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 recording each POST's headers and raw body, answering with the
+    given statuses in turn (200 once they run out)."""
+
+    def __init__(self, *statuses: int, delay: float = 0.0, location: str = ""):
+        self.requests: list[tuple[dict, bytes]] = []
+        self.statuses = list(statuses)
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append((dict(self.headers), body))
+                time.sleep(delay)
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+                self.send_response(status)
+                if location:
+                    self.send_header("Location", location)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/facesite"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def payloads(self) -> list[dict]:
+        return [json.loads(body) for _, body in self.requests]
+
+
+def webhook_to(receiver: Receiver, *names: str) -> Webhook:
+    return Webhook.objects.create(url=receiver.url, events=list(names), secret=SECRET)
+
+
+def verified(headers: dict, body: bytes, secret: str = SECRET) -> bool:
+    """How a receiver checks a delivery (the README's snippet)."""
+    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, headers["X-Facesite-Signature"])
+
+
+def run_due_retries() -> None:
+    """What the django-q cluster's scheduler does every 30 s: start the tasks now due."""
+    from django_q.scheduler import scheduler
+
+    time.sleep(0.05)  # a retry due "now" is picked up once the clock has passed it
+    scheduler()
+
+
+async def kiosk_checks_in(kiosk, frame: bytes) -> list[dict]:
+    """A consented kiosk stream of the same frame until the check-in greeting."""
+    communicator = communicator_for(kiosk=kiosk)
+    await open_with_consent(communicator)
+    replies = []
+    for _ in range(8):
+        await communicator.send_to(bytes_data=frame)
+        replies.extend(await answers_until(communicator, "faces"))
+        if any(m["type"] == "checked_in" for m in replies):
+            break
+    await communicator.disconnect()
+    return replies
+
+
+class MqttListener:
+    """A paho client subscribed to ``<prefix>/#`` on the real broker, collecting (topic, payload, retain)."""
+
+    def __init__(self, prefix: str):
+        self.messages: list[tuple[str, str, bool]] = []
+        self.subscribed = threading.Event()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"test-listener-{uuid.uuid4().hex[:8]}")
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload.decode(), bool(m.retain)))
+        self.client.on_subscribe = lambda *args: self.subscribed.set()
+        self.client.on_connect = lambda c, *args: c.subscribe(f"{prefix}/#", qos=1)
+
+    def __enter__(self):
+        self.client.connect("127.0.0.1", 1883)
+        self.client.loop_start()
+        assert self.subscribed.wait(10), "the test's MQTT client could not subscribe to the broker"
+        return self
+
+    def __exit__(self, *exc):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def wait_for(self, topic: str, timeout: float = 10) -> list[tuple[str, str, bool]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [m for m in self.messages if m[0] == topic]
+            if found:
+                return found
+            time.sleep(0.02)
+        raise AssertionError(f"nothing on {topic} within {timeout} s; got {self.messages}")
+
+
+@pytest.fixture
+def mqtt_prefix():
+    """A topic prefix of this test's own; its retained status is cleared and the publisher closed after."""
+    prefix = f"facesite-test-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    mqtt.stop_all()
+    cleaner = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    cleaner.connect("127.0.0.1", 1883)
+    cleaner.loop_start()
+    cleaner.publish(mqtt.status_topic(prefix), b"", qos=1, retain=True).wait_for_publish(5)
+    cleaner.disconnect()
+    cleaner.loop_stop()
+
+
+# ---- end to end: a live check-in, delivered signed, retried; and on MQTT -------------------------
+
+
+def test_a_live_checkin_is_delivered_signed_retried_after_a_500_and_published_on_mqtt(
+    kiosk, monkeypatch, django_capture_on_commit_callbacks, mqtt_prefix
+):
+    monkeypatch.setattr("channels.db.close_old_connections", lambda: None)  # as in test_live_stream
+    obama = person_named("Barack Obama")
+    with (
+        Receiver(500, 200) as checkins,
+        Receiver() as faces_only,
+        override_settings(
+            WEBHOOK_ALLOW_PRIVATE=True, WEBHOOK_RETRY_BASE_SECONDS=0, MQTT_URL=BROKER, MQTT_TOPIC_PREFIX=mqtt_prefix
+        ),
+        MqttListener(mqtt_prefix) as listener,
+    ):
+        hook = webhook_to(checkins, "checkin.created", "person.erased")
+        webhook_to(faces_only, "face.accepted")  # not subscribed to check-ins: gets nothing
+        with django_capture_on_commit_callbacks(execute=True):
+            replies = run(kiosk_checks_in, kiosk, OBAMA)
+        greeting = next(m for m in replies if m["type"] == "checked_in")
+        assert greeting["name"] == "Barack Obama"
+
+        # First attempt: the receiver answered 500; a retry is scheduled, not a failure.
+        assert len(checkins.requests) == 1
+        delivery = Delivery.objects.get(webhook=hook)
+        assert (delivery.status, delivery.attempts, delivery.response_code) == ("retrying", 1, 500)
+        run_due_retries()
+        assert len(checkins.requests) == 2
+        delivery.refresh_from_db()
+        assert (delivery.status, delivery.attempts, delivery.response_code) == ("delivered", 2, 200)
+        assert not faces_only.requests
+
+        # Both attempts carry the same signed body, the event and the delivery id.
+        (first_headers, first_body), (headers, body) = checkins.requests
+        assert first_body == body and first_headers["X-Facesite-Delivery"] == headers["X-Facesite-Delivery"]
+        assert verified(headers, body)
+        assert not verified(headers, body, secret="another-secret-of-some-length")
+        assert headers["X-Facesite-Event"] == "checkin.created"
+        assert headers["X-Facesite-Delivery"] == str(delivery.delivery_id)
+        payload = json.loads(body)
+        assert payload["event"] == "checkin.created" and payload["id"] == str(delivery.delivery_id)
+        data = payload["data"]
+        checkin = obama.checkins.get()
+        assert data["checkin_id"] == checkin.pk and data["person"] == {"id": obama.pk, "name": "Barack Obama"}
+        assert data["kiosk"] == {"id": kiosk.pk, "name": "Front door"}
+        assert data["similarity"] == pytest.approx(checkin.similarity, abs=1e-4) and data["similarity"] >= data["threshold"]
+        assert len(body) < 2000  # ids, times and scores: no image
+
+        # MQTT: the same event on <prefix>/checkin/created, and a retained "online" status.
+        (topic, published, retained), *_ = listener.wait_for(f"{mqtt_prefix}/checkin/created")
+        assert not retained and json.loads(published)["data"] == data
+    with MqttListener(mqtt_prefix) as late:  # subscribed after the fact: retained messages only
+        assert late.wait_for(f"{mqtt_prefix}/status") == [(f"{mqtt_prefix}/status", "online", True)]
+
+
+# ---- delivery behaviour ---------------------------------------------------------------------------
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE=True, WEBHOOK_RETRY_BASE_SECONDS=0, WEBHOOK_MAX_ATTEMPTS=2)
+def test_a_failing_receiver_never_fails_the_emitter_and_fails_for_good_after_the_last_attempt(
+    django_capture_on_commit_callbacks,
+):
+    with Receiver(500, 503, 200) as receiver:
+        webhook_to(receiver, "model.activated")
+        with django_capture_on_commit_callbacks(execute=True):
+            events.emit("model.activated", {"model_version": {"id": 1}})  # does not raise
+        run_due_retries()
+        run_due_retries()  # nothing left to run: the second failure was the last attempt
+    delivery = Delivery.objects.get()
+    assert [s for s in (delivery.status, delivery.attempts, delivery.response_code)] == ["failed", 2, 503]
+    assert len(receiver.requests) == 2 and "503" in delivery.last_error
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE=True, WEBHOOK_RETRY_BASE_SECONDS=0)
+def test_an_unreachable_receiver_is_logged_and_retried(django_capture_on_commit_callbacks):
+    with Receiver() as receiver:
+        url = receiver.url
+    Webhook.objects.create(url=url, events=["face.rejected"], secret=SECRET)  # the server is gone now
+    with django_capture_on_commit_callbacks(execute=True):
+        events.emit("face.rejected", {"face_id": 1})
+    delivery = Delivery.objects.get()
+    assert delivery.status == "retrying" and delivery.response_code is None and "refused" in delivery.last_error.lower()
+    assert delivery.next_attempt_at is not None
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE=True, WEBHOOK_TIMEOUT_SECONDS=0.5)
+def test_a_slow_receiver_times_out(django_capture_on_commit_callbacks):
+    with Receiver(delay=3) as receiver:
+        webhook_to(receiver, "face.rejected")
+        started = time.monotonic()
+        with django_capture_on_commit_callbacks(execute=True):
+            events.emit("face.rejected", {"face_id": 1})
+        assert time.monotonic() - started < 2.5
+    delivery = Delivery.objects.get()
+    assert delivery.status == "retrying" and "timed out" in delivery.last_error
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE=True)
+def test_redirects_are_not_followed(django_capture_on_commit_callbacks):
+    with Receiver(302, location="http://127.0.0.1:9/elsewhere") as receiver:
+        webhook_to(receiver, "face.rejected")
+        with django_capture_on_commit_callbacks(execute=True):
+            events.emit("face.rejected", {"face_id": 1})
+    delivery = Delivery.objects.get()
+    assert len(receiver.requests) == 1
+    assert delivery.status == "retrying" and delivery.response_code == 302 and "not followed" in delivery.last_error
+
+
+def test_an_endpoint_on_a_private_address_is_refused_at_registration_and_at_send_time(
+    staff_api, django_capture_on_commit_callbacks
+):
+    with Receiver() as receiver:
+        with override_settings(WEBHOOK_ALLOW_PRIVATE=False):
+            for url in (receiver.url, f"http://localhost:{receiver.server.server_port}/", "http://10.1.2.3/", "http://[::1]/"):
+                response = staff_api.post(
+                    "/api/v1/webhooks/", {"url": url, "events": ["checkin.created"], "secret": SECRET}, format="json"
+                )
+                assert response.status_code == 400, url
+                error = response.json()["error"]
+                assert error["code"] == "invalid" and "url" in error["fields"] and "private" in error["message"]
+            # Registered while allowed (or its DNS changed since): still refused when sending.
+            webhook_to(receiver, "face.rejected")
+            with django_capture_on_commit_callbacks(execute=True):
+                events.emit("face.rejected", {"face_id": 1})
+        assert not receiver.requests
+    assert "private" in Delivery.objects.get().last_error
+    with override_settings(WEBHOOK_ALLOW_PRIVATE=True):
+        assert resolve(receiver.url).addresses == ("127.0.0.1",)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "10.0.0.8",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "[::1]",
+        "[fd00::1]",
+        "[::ffff:127.0.0.1]",
+        "224.0.0.1",
+    ],
+)
+@override_settings(WEBHOOK_ALLOW_PRIVATE=False)
+def test_non_public_addresses_are_refused(address):
+    with pytest.raises(UnsafeUrl):
+        resolve(f"https://{address}/hook")
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE=False)
+def test_a_public_address_is_accepted():
+    assert resolve("https://8.8.8.8:8443/hook?x=1").addresses == ("8.8.8.8",)
+    assert resolve("https://8.8.8.8:8443/hook?x=1").path == "/hook?x=1"
+
+
+# ---- the API --------------------------------------------------------------------------------------
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE=True)
+def test_staff_create_list_change_and_delete_webhooks_and_the_secret_is_never_shown(staff_api):
+    created = staff_api.post(
+        "/api/v1/webhooks/",
+        {"url": "http://127.0.0.1:8123/hook", "events": ["checkin.created", "visitor.created"], "secret": SECRET},
+        format="json",
+    )
+    assert created.status_code == 201, created.content
+    body = created.json()
+    assert "secret" not in body and body["created_by"] == "staff" and body["is_active"]
+    assert Webhook.objects.get(pk=body["id"]).secret == SECRET
+
+    listed = staff_api.get("/api/v1/webhooks/").json()["results"]
+    assert [w["url"] for w in listed] == ["http://127.0.0.1:8123/hook"] and "secret" not in listed[0]
+
+    changed = staff_api.patch(f"/api/v1/webhooks/{body['id']}/", {"events": ["person.erased"], "is_active": False}, format="json")
+    assert changed.status_code == 200 and changed.json()["events"] == ["person.erased"] and not changed.json()["is_active"]
+    assert Webhook.objects.get().secret == SECRET  # unchanged when not sent
+
+    assert staff_api.delete(f"/api/v1/webhooks/{body['id']}/").status_code == 204
+    assert not Webhook.objects.exists()
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE=True)
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"url": "ftp://example.com/hook"}, "url"),
+        ({"url": "not a url"}, "url"),
+        ({"url": "http://user:pw@127.0.0.1/hook"}, "url"),
+        ({"url": "http://no-such-host.invalid/hook"}, "url"),
+        ({"events": ["checkin.deleted"]}, "events"),
+        ({"events": []}, "events"),
+        ({"events": "checkin.created"}, "events"),
+        ({"secret": "short"}, "secret"),
+        ({"secret": None}, "secret"),
+    ],
+)
+def test_bad_webhook_input_is_a_400_naming_the_field(staff_api, change, field):
+    good = {"url": "http://127.0.0.1:8123/hook", "events": ["checkin.created"], "secret": SECRET}
+    response = staff_api.post("/api/v1/webhooks/", {**good, **change}, format="json")
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["code"] == "invalid" and field in error["fields"]
+    assert not Webhook.objects.exists()
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE=True)
+def test_only_staff_may_manage_webhooks(user_api, plain_user, staff_user):
+    from security.models import ApiKey, Role
+
+    from .conftest import token_client
+
+    good = {"url": "http://127.0.0.1:8123/hook", "events": ["checkin.created"], "secret": SECRET}
+    assert user_api.get("/api/v1/webhooks/").status_code == 403
+    assert user_api.post("/api/v1/webhooks/", good, format="json").json()["error"]["code"] == "permission_denied"
+    # A staff member's client-role key acts only within that role.
+    _, raw = ApiKey.issue(staff_user, "reporting", role=Role.CLIENT)
+    keyed = token_client(staff_user)
+    keyed.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
+    assert keyed.get("/api/v1/webhooks/").status_code == 403
+    from rest_framework.test import APIClient
+
+    assert APIClient().get("/api/v1/webhooks/").status_code in (401, 403)
+    assert not Webhook.objects.exists()
+
+
+# ---- privacy: names leave with the person ---------------------------------------------------------
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE=True)
+def test_person_erased_carries_only_the_id_and_strikes_the_name_from_the_delivery_log(django_capture_on_commit_callbacks):
+    with Receiver() as receiver:
+        webhook_to(receiver, "checkin.created", "person.erased")
+        obama = person_named("Barack Obama")
+        with django_capture_on_commit_callbacks(execute=True):
+            events.emit("checkin.created", {"checkin_id": 1, "person": {"id": obama.pk, "name": obama.name}})
+        with django_capture_on_commit_callbacks(execute=True):
+            events.person_erased(obama.pk)
+    checkin_sent, erased_sent = receiver.payloads()
+    assert checkin_sent["data"]["person"]["name"] == "Barack Obama"  # sent while he existed
+    assert erased_sent["event"] == "person.erased" and erased_sent["data"]["person"] == {"id": obama.pk}
+    assert "Barack" not in json.dumps(erased_sent)
+    logged = Delivery.objects.get(event="checkin.created").payload
+    assert logged["data"]["person"] == {"id": obama.pk, "name": None}
+
+
+# ---- MQTT availability -----------------------------------------------------------------------------
+
+
+def test_mqtt_status_is_retained_online_then_offline_by_last_will_and_on_shutdown(mqtt_prefix):
+    with override_settings(MQTT_URL=BROKER, MQTT_TOPIC_PREFIX=mqtt_prefix):
+        assert mqtt.publish("model.activated", {"event": "model.activated", "data": {}})
+        publisher = mqtt.publisher()
+        with MqttListener(mqtt_prefix) as listener:
+            assert listener.wait_for(f"{mqtt_prefix}/status")[-1][1:] == ("online", True)
+            # The process dies without saying goodbye: the broker publishes the last will.
+            publisher.client.socket().close()
+            deadline = time.monotonic() + 10
+            while ("offline" not in [m[1] for m in listener.messages]) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert listener.messages[-1][:2] == (f"{mqtt_prefix}/status", "offline")
+            # paho reconnects by itself and says online again; a clean shutdown says offline.
+            deadline = time.monotonic() + 15
+            while listener.messages[-1][1] != "online" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert listener.messages[-1][1] == "online"
+            mqtt.stop_all()
+            deadline = time.monotonic() + 10
+            while listener.messages[-1][1] != "offline" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert listener.messages[-1][1] == "offline"
+
+
+def test_a_broker_outage_does_not_fail_the_caller(caplog):
+    with override_settings(MQTT_URL="mqtt://127.0.0.1:9", MQTT_TIMEOUT_SECONDS=1):
+        assert mqtt.publish("checkin.created", {"event": "checkin.created"}) is False
+    assert "could not publish checkin.created" in caplog.text
