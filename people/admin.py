@@ -110,11 +110,20 @@ class PersonAdmin(admin.ModelAdmin):
             messages.error(request, f"Not stored: {line}")
 
     def delete_model(self, request, obj):
-        services.erase_person(obj)
+        services.erase_person(obj, by=request.user)  # everywhere: see privacy.services
 
-    def delete_queryset(self, request, queryset):
+    def delete_queryset(self, request, queryset):  # the "delete selected" action too
         for person in queryset:
-            services.erase_person(person)
+            services.erase_person(person, by=request.user)
+
+    def save_formset(self, request, form, formset, change):
+        # photos deleted in the inline go through the service (files, gallery, retrain)
+        instances = formset.save(commit=False)
+        for face in formset.deleted_objects:
+            services.delete_face(face)
+        for instance in instances:
+            instance.save()
+        formset.save_m2m()
 
     @admin.action(description="Re-process the photos of the selected people")
     def reprocess_photos(self, request, queryset):
@@ -176,6 +185,13 @@ class FaceImageAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
         if "image" in form.changed_data or "person" in form.changed_data:
             services.queue_processing(obj.pk)
+
+    def delete_model(self, request, obj):
+        services.delete_face(obj)
+
+    def delete_queryset(self, request, queryset):
+        for face in queryset:
+            services.delete_face(face)
 
     @admin.action(description="Re-process selected photos")
     def reprocess(self, request, queryset):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -71,9 +72,15 @@ def _safe_name(name: str) -> str:
     return (name or "").encode("utf-8", "replace").decode("utf-8")[-255:]
 
 
-def process_face_image(face: FaceImage) -> FaceImage:
-    """Detect, check, align and embed one enrollment photo; set its status and reason."""
+def process_face_image(face: FaceImage) -> FaceImage | None:
+    """Detect, check, align and embed one enrollment photo; set its status and reason.
+
+    Returns None when the photo was deleted while it was processed: its results are not written
+    (the row is never re-inserted) and the crop made for it is removed."""
     rules = recognition.quality_rules()
+    face._previous_crop = face.crop.name if face.crop else ""
+    face._was_in_gallery = face.status == FaceImage.Status.ACCEPTED and face.embedding is not None
+    face.crop = ""
     face.box = face.landmarks = face.detection_score = face.sharpness = None
     face.set_vector(None)
     try:
@@ -104,7 +111,8 @@ def process_face_image(face: FaceImage) -> FaceImage:
     face.landmarks = main.landmarks_dict()
     face.detection_score = round(main.score, 4)
     face.sharpness = round(analysed.sharpness, 1)
-    face.crop.save(f"{face.pk}.jpg", ContentFile(encode_jpeg(analysed.crop)), save=False)
+    # A random name, like the photo's: a crop's address must not be guessable from the row's id.
+    face.crop.save(f"{uuid.uuid4().hex}.jpg", ContentFile(encode_jpeg(analysed.crop)), save=False)
 
     side = min(main.box[2], main.box[3])
     if side < rules.min_face_px:
@@ -151,13 +159,57 @@ def _mislabel_check(face: FaceImage, embedding) -> Verdict:
     )
 
 
-def _finish(face: FaceImage, verdict: Verdict) -> FaceImage:
+RESULT_FIELDS = (
+    "status",
+    "reason_code",
+    "reason",
+    "processed_at",
+    "box",
+    "landmarks",
+    "detection_score",
+    "sharpness",
+    "embedding",
+    "embedder",
+    "crop",
+)
+
+
+def _finish(face: FaceImage, verdict: Verdict) -> FaceImage | None:
+    """Write the results onto the existing row, never re-inserting a row deleted meanwhile."""
     face.status = verdict.status
     face.reason_code = verdict.code
     face.reason = verdict.reason
-    face.processed_at = timezone.now()
-    face.save()
+    face.processed_at = face.updated_at = timezone.now()
+    new_crop, old_crop = (face.crop.name if face.crop else ""), getattr(face, "_previous_crop", "")
+    with transaction.atomic():
+        values = {name: getattr(face, name) for name in RESULT_FIELDS}
+        values["crop"] = new_crop
+        written = FaceImage.objects.filter(pk=face.pk).update(updated_at=face.updated_at, **values)
+        if not written:
+            # Deleted while it was processed: the deletion removed the files it knew of; this crop
+            # is the one it could not know.
+            if new_crop:
+                _delete_files([new_crop])
+            return None
+        if old_crop and old_crop != new_crop:
+            transaction.on_commit(lambda: _delete_files([old_crop]))
+        in_gallery = face.status == FaceImage.Status.ACCEPTED and face.embedding is not None
+        if in_gallery or getattr(face, "_was_in_gallery", False):
+            gallery_changed()
     return face
+
+
+def _delete_files(names: list[str]) -> None:
+    storage = FaceImage._meta.get_field("crop").storage
+    for name in names:
+        storage.delete(name)
+
+
+def gallery_changed() -> None:
+    """The set of matchable faces changed: retrain (debounced) once this transaction commits."""
+    from training import services as training  # training imports people: a late import
+
+    transaction.on_commit(training.enrollment_changed)
 
 
 def approve(face: FaceImage) -> None:
@@ -166,11 +218,23 @@ def approve(face: FaceImage) -> None:
         face.status = FaceImage.Status.ACCEPTED
         face.reason_code = ""
         face.reason = ""
-        face.save(update_fields=["status", "reason_code", "reason", "updated_at"])
+        with transaction.atomic():
+            face.save(update_fields=["status", "reason_code", "reason", "updated_at"])
+            gallery_changed()
 
 
-def erase_person(person: Person) -> None:
-    """Delete a person with every image file, crop and embedding (files go after commit)."""
+def delete_face(face: FaceImage) -> None:
+    """Delete one photo with its files (people/signals.py removes them after commit)."""
     with transaction.atomic():
-        person.delete()
+        was_in_gallery = FaceImage.objects.in_gallery().filter(pk=face.pk).exists()
+        face.delete()
+        if was_in_gallery:
+            gallery_changed()
     recognition.invalidate_gallery()
+
+
+def erase_person(person: Person, by=None):
+    """Erase a person everywhere: see privacy.services.erase_person."""
+    from privacy import services as privacy  # privacy imports people: a late import
+
+    return privacy.erase_person(person, by=by)

@@ -14,14 +14,16 @@ def process_face_image(face_image_id: int) -> str:
     if face is None:
         return "deleted"  # erased before the worker got to it
     try:
-        services.process_face_image(face)
+        processed = services.process_face_image(face)
     except Exception as err:
         log.exception("processing face image %s failed", face_image_id)
         FaceImage.objects.filter(pk=face_image_id).update(
             status=FaceImage.Status.REJECTED, reason_code="processing_failed", reason=f"Processing failed: {err}"[:500]
         )
         raise
-    return face.status
+    if processed is None:
+        return "deleted"  # erased while it was processed: nothing was written back
+    return processed.status
 
 
 def requeue_pending(older_than_seconds: int = 60) -> int:

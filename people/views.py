@@ -29,7 +29,7 @@ class PersonViewSet(viewsets.ModelViewSet):
         )
 
     def perform_destroy(self, instance):
-        services.erase_person(instance)
+        services.erase_person(instance, by=self.request.user)  # everywhere: see privacy.services
 
 
 class FaceImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
@@ -55,3 +55,6 @@ class FaceImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.
             raise image_error(err, "image")
         face.refresh_from_db()
         return Response(self.get_serializer(face).data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance):
+        services.delete_face(instance)

@@ -4,6 +4,3 @@ from django.apps import AppConfig
 class PrivacyConfig(AppConfig):
     name = "privacy"
     verbose_name = "Privacy: retention and data export"
-
-    def ready(self):
-        from . import signals  # noqa: F401

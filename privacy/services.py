@@ -1,4 +1,4 @@
-"""Privacy controls over people's face data: export of one person's data, and photo retention."""
+"""Privacy controls over people's face data: erasure, export of one person's data, photo retention."""
 
 from __future__ import annotations
 
@@ -6,20 +6,156 @@ import base64
 import io
 import json
 import logging
+import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import PurePath
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from people.models import FaceImage, Person
+from recognition import services as recognition
 from recognition.models import CheckIn
-from security.models import AuditEvent
+from security.models import AuditEvent, person_ids_field
 
 log = logging.getLogger(__name__)
+
+
+ERASED_REVIEW_TEXT = "another enrolled person (erased)"
+
+
+@dataclass
+class ErasureReport:
+    """What an erasure removed, by kind (no name, no id: it is also the audit receipt)."""
+
+    checkins_deleted: int = 0
+    checkins_anonymised: int = 0
+    audit_events_redacted: int = 0
+    admin_log_entries_deleted: int = 0
+    faces_deleted: int = 0
+    files_deleted: int = 0
+    review_reasons_rewritten: int = 0
+    model_versions_redacted: int = 0
+    label_maps_rewritten: int = 0
+    heads_rewritten: int = 0
+    metrics_redacted: int = 0
+    plots_redrawn: int = 0
+
+
+def erase_person(person: Person, by=None) -> ErasureReport:
+    """Erase a person everywhere they are held, in one transaction, and leave an anonymised receipt.
+
+    In order: their check-ins (deleted, or kept with the person removed when
+    ERASE_CHECKINS_WITH_PERSON is off); their id in audit events; admin history entries about them
+    or their photos; other people's review reasons that name them; their photos, crops and
+    embeddings; the person; every model version's artifacts and fields (training.services.
+    forget_person). Files go once the transaction commits; the gallery is reloaded and a retrain
+    is requested. The receipt is an AuditEvent "erase": who, when, these counts."""
+    from people import services as people
+    from training import services as training
+
+    report = ErasureReport()
+    pid, name = person.pk, person.name
+    with transaction.atomic():
+        checkins = CheckIn.objects.filter(person_id=pid)
+        checkin_ids = list(checkins.values_list("id", flat=True))
+        if settings.ERASE_CHECKINS_WITH_PERSON:
+            report.checkins_deleted, _ = checkins.delete()
+        else:
+            report.checkins_anonymised = checkins.update(person=None)
+
+        report.audit_events_redacted = _forget_in_audit_log(pid, name)
+
+        faces = list(FaceImage.objects.select_for_update().filter(person_id=pid).values_list("id", "image", "crop", "status"))
+        report.admin_log_entries_deleted = _forget_in_admin_history(pid, name, [f[0] for f in faces], checkin_ids)
+
+        report.review_reasons_rewritten = _forget_in_review_reasons(pid, name)
+
+        files = [n for f in faces for n in f[1:3] if n]
+        storage = FaceImage._meta.get_field("image").storage
+        report.files_deleted = sum(1 for n in files if storage.exists(n))
+        report.faces_deleted = FaceImage.objects.filter(person_id=pid).delete()[1].get(FaceImage._meta.label, 0)
+        person.delete()
+        transaction.on_commit(lambda: _delete_files(files))
+
+        redacted = training.forget_person(pid)
+        report.model_versions_redacted = redacted.get("versions", 0)
+        report.label_maps_rewritten = redacted.get("label_maps", 0)
+        report.heads_rewritten = redacted.get("heads", 0)
+        report.metrics_redacted = redacted.get("metrics", 0)
+        report.plots_redrawn = redacted.get("plots", 0)
+
+        if any(f[3] == FaceImage.Status.ACCEPTED for f in faces):
+            people.gallery_changed()
+        AuditEvent.objects.create(
+            action="erase",
+            user=by if by is not None and getattr(by, "is_authenticated", False) else None,
+            actor=(by.get_username() if by is not None and getattr(by, "is_authenticated", False) else "system")[:200],
+            status_code=200,
+            result=asdict(report),
+        )
+    recognition.invalidate_gallery()
+    return report
+
+
+def _forget_in_audit_log(pid: int, name: str) -> int:
+    """Remove an erased person from the audit events that named them (their id in ``person_ids``;
+    in ``result``, entries about them in lists, their id elsewhere, their name in any text); count
+    the events changed. The events stay: who called, when, and what came out for others."""
+    count = 0
+    for event in AuditEvent.objects.about(pid):
+        result = _without_person(dict(event.result), pid, name)
+        result["erased_people"] = result.get("erased_people", 0) + 1
+        kept = [int(i) for i in event.person_ids.strip(",").split(",") if i and int(i) != pid]
+        AuditEvent.objects.filter(pk=event.pk).update(result=result, person_ids=person_ids_field(kept))
+        count += 1
+    return count
+
+
+def _without_person(value, pid: int, name: str):
+    if isinstance(value, dict):
+        return {k: (None if k == "person_id" and v == pid else _without_person(v, pid, name)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [
+            _without_person(v, pid, name) for v in value if not (isinstance(v, dict) and v.get("person_id") == pid) and v != pid
+        ]
+    if isinstance(value, str) and name.strip() and name in value:
+        return value.replace(name, "(erased)")
+    return value
+
+
+def _forget_in_admin_history(pid: int, name: str, face_ids: list[int], checkin_ids: list[int]) -> int:
+    """Admin history entries about the person, their photos or check-ins carry their name
+    (``object_repr``): they are deleted (the erasure receipt records the erasure itself)."""
+    from django.contrib.admin.models import LogEntry
+    from django.contrib.contenttypes.models import ContentType
+
+    about = Q()
+    for model, ids in ((Person, [pid]), (FaceImage, face_ids), (CheckIn, checkin_ids)):
+        kind = ContentType.objects.get_for_model(model)
+        about |= Q(content_type=kind, object_id__in=[str(i) for i in ids])
+        if name.strip():
+            about |= Q(content_type=kind, object_repr__contains=name)
+    deleted, _ = LogEntry.objects.filter(about).delete()
+    return deleted
+
+
+def _forget_in_review_reasons(pid: int, name: str) -> int:
+    """Other people's photos held for review say "Looks more like <name> ...": drop the name."""
+    if not name.strip():
+        return 0
+    count = 0
+    for face in FaceImage.objects.exclude(person_id=pid).filter(reason__contains=name):
+        reason = face.reason.replace(f"Looks more like {name} ", f"Looks more like {ERASED_REVIEW_TEXT} ")
+        reason = re.sub(rf"(?<!\w){re.escape(name)}(?!\w)", ERASED_REVIEW_TEXT, reason)
+        if reason != face.reason:
+            FaceImage.objects.filter(pk=face.pk).update(reason=reason[:500])
+            count += 1
+    return count
 
 
 def person_data(person: Person) -> dict:
@@ -60,6 +196,10 @@ def person_data(person: Person) -> dict:
             "external_id": person.external_id,
             "notes": person.notes,
             "is_active": person.is_active,
+            "legal_basis": person.legal_basis or None,  # None: enrolled before it was recorded
+            "legal_basis_recorded_at": person.consent_recorded_at.isoformat() if person.consent_recorded_at else None,
+            "legal_basis_recorded_by": person.consent_recorded_by.get_username() if person.consent_recorded_by else None,
+            "consent_notice_version": person.consent_notice_version or None,
             "created_at": person.created_at.isoformat(),
             "updated_at": person.updated_at.isoformat(),
         },

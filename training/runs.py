@@ -350,6 +350,20 @@ class TrainingRun:
             version.save()
             if activate:
                 version.activate()
+        self.forget_erased(version, metrics["people_names"])
+
+    @staticmethod
+    def forget_erased(version: ModelVersion, names: dict[str, str]) -> None:
+        """People erased while the run worked from its snapshot are taken out of what it saved (an
+        erasure after this point redacts the saved version itself)."""
+        from people.models import Person
+
+        from . import services
+
+        named = {int(k) for k in names}
+        gone = named - set(Person.objects.filter(pk__in=named).values_list("id", flat=True))
+        for person_id in sorted(gone):
+            services.redact_version(ModelVersion.objects.get(pk=version.pk), person_id)
 
 
 def head_bytes(head: SoftmaxHead) -> bytes:

@@ -6,12 +6,17 @@ code is Django-free in ``training.engine``.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import socket
+from collections import Counter
 from datetime import timedelta
 
+import numpy as np
 from django.conf import settings
+from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -183,3 +188,152 @@ def activate(version: ModelVersion) -> None:
             f"Version {version.number} is {version.get_status_display().lower()}; only a finished version can be activated."
         )
     version.activate()
+
+
+# ---- erasure: taking one person out of every version's artifacts ----------------------------------
+
+ERASED_LABEL = "(erased)"
+
+
+def forget_person(person_id: int) -> dict[str, int]:
+    """Take an erased person out of every model version; returns what was rewritten, by kind.
+
+    A version keeps serving, minus the person: the label map is rewritten without their entry,
+    reference embeddings and head column (and its sha256 updated); the softmax head's .npz loses
+    their class column (a head left with fewer than two classes is retired: the version serves
+    nearest neighbour); per-person metrics, the confusion matrix and the names shown by the API
+    lose their row, and the confusion plot is redrawn without them. Aggregate metrics (accuracy,
+    FAR, counts) are anonymous and are kept as measured. The TFLite embedder holds no person.
+    Replaced files are deleted after the transaction commits."""
+    counts: Counter = Counter()
+    for version in ModelVersion.objects.order_by("pk"):
+        counts.update(redact_version(version, person_id))
+    return dict(counts)
+
+
+def redact_version(version: ModelVersion, person_id: int) -> dict[str, int]:
+    from training.engine import evaluation
+    from training.engine.export import sha256_bytes
+
+    person_id = int(person_id)
+    counts: Counter = Counter()
+    replaced: list[str] = []
+    fields: set[str] = set()
+
+    labels = _read_artifact(version.labels)
+    if labels is not None:
+        redacted = labels_without(json.loads(labels), person_id)
+        if redacted is not None:
+            content = json.dumps(redacted, indent=1).encode()
+            replaced.append(version.labels.name)
+            version.labels.save("labels.json", ContentFile(content), save=False)
+            version.labels_sha256 = sha256_bytes(content)
+            fields |= {"labels", "labels_sha256"}
+            counts["label_maps"] += 1
+
+    head = _read_artifact(version.head)
+    if head is not None:
+        with np.load(io.BytesIO(head)) as stored:
+            arrays = {key: stored[key] for key in stored.files}
+        keep = arrays["classes"] != person_id
+        if not keep.all():
+            replaced.append(version.head.name)
+            if keep.sum() >= 2:
+                buffer = io.BytesIO()
+                np.savez(buffer, kernel=arrays["kernel"][:, keep], bias=arrays["bias"][keep], classes=arrays["classes"][keep])
+                version.head.save("head.npz", ContentFile(buffer.getvalue()), save=False)
+                version.head_sha256 = sha256_bytes(buffer.getvalue())
+            else:  # one class cannot tell anyone apart: the version serves nearest neighbour
+                version.head, version.head_sha256, version.head_threshold = "", "", None
+                version.recogniser = ModelVersion.Recogniser.NEAREST_NEIGHBOUR
+                fields |= {"head_threshold", "recogniser"}
+            fields |= {"head", "head_sha256"}
+            counts["heads"] += 1
+
+    metrics, named = metrics_without(version.metrics or {}, person_id)
+    if named:
+        version.metrics = metrics
+        fields.add("metrics")
+        counts["metrics"] += 1
+        if version.confusion_plot:
+            replaced.append(version.confusion_plot.name)
+            rows = metrics.get("per_person")
+            if rows is not None and "confusion" in metrics:
+                names = metrics.get("people_names") or {}
+                png = evaluation.confusion_png(metrics["confusion"], [names.get(str(r["person"]), ERASED_LABEL) for r in rows])
+                version.confusion_plot.save("confusion.png", ContentFile(png), save=False)
+            else:
+                version.confusion_plot = ""
+            fields.add("confusion_plot")
+            counts["plots"] += 1
+
+    if fields:
+        version.save(update_fields=sorted(fields))
+        storage = version.labels.storage
+        transaction.on_commit(lambda: [storage.delete(name) for name in replaced])
+        counts["versions"] += 1
+    return dict(counts)
+
+
+def labels_without(data: dict, person_id: int) -> dict | None:
+    """A label map (see TrainingRun.label_map) without one person; None if they are not in it."""
+    people = data.get("people") or []
+    gone = [p["index"] for p in people if p.get("person_id") == person_id]
+    if not gone:
+        return None
+    kept = [p for p in people if p.get("person_id") != person_id]
+    index = {p["index"]: new for new, p in enumerate(kept)}
+    data = dict(data, people=[dict(p, index=index[p["index"]]) for p in kept])
+    gallery = data.get("gallery")
+    if gallery:
+        rows = [i for i, label in enumerate(gallery["labels"]) if label in index]
+        data["gallery"] = {
+            "labels": [index[gallery["labels"][i]] for i in rows],
+            "embeddings": [gallery["embeddings"][i] for i in rows],
+        }
+    head = data.get("head")
+    if head:
+        columns = [c for c, label in enumerate(head["people"]) if label in index]
+        data["head"] = dict(
+            head,
+            people=[index[head["people"][c]] for c in columns],
+            kernel=[[row[c] for c in columns] for row in head["kernel"]],
+            bias=[head["bias"][c] for c in columns],
+        )
+    return data
+
+
+def metrics_without(metrics: dict, person_id: int) -> tuple[dict, bool]:
+    """A version's metrics without one person's per-person row, confusion row and column, and
+    name; and whether they were named at all."""
+    metrics = dict(metrics)
+    named = False
+    rows = metrics.get("per_person")
+    if rows is not None:
+        drop = [i for i, row in enumerate(rows) if row.get("person") == person_id]
+        if drop:
+            named = True
+            metrics["per_person"] = [row for i, row in enumerate(rows) if i not in drop]
+            if "confusion" in metrics:
+                metrics["confusion"] = [
+                    [n for j, n in enumerate(row) if j not in drop] for i, row in enumerate(metrics["confusion"]) if i not in drop
+                ]
+    names = metrics.get("people_names")
+    if names and str(person_id) in names:
+        named = True
+        metrics["people_names"] = {k: v for k, v in names.items() if k != str(person_id)}
+    if person_id in (metrics.get("train_only_people") or []):
+        named = True
+        metrics["train_only_people"] = [p for p in metrics["train_only_people"] if p != person_id]
+    return metrics, named
+
+
+def _read_artifact(field) -> bytes | None:
+    if not field or not field.name:
+        return None
+    try:
+        with field.storage.open(field.name, "rb") as fh:
+            return fh.read()
+    except OSError:
+        log.warning("artifact %s is missing; nothing to redact in it", field.name)
+        return None

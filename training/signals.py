@@ -1,34 +1,31 @@
-"""Retrain after the gallery changes: a face accepted or removed, a person (de)activated or erased.
+"""Retrain when a person is activated or deactivated (it changes who can be recognised).
 
-Every change asks for a debounced run (``services.enrollment_changed``); the database keeps at
-most one queued run, so a burst of uploads gives one retrain."""
+The other gallery changes call ``training.services.enrollment_changed`` explicitly from the services
+that make them (a face accepted, approved or deleted: people/services.py; an erasure:
+privacy/services.py). (De)activation is saved by the generic admin form and API update, so it is
+caught here, and only when ``is_active`` really changed: editing a name or notes queues nothing.
+"""
 
 from django.db import transaction
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import post_save, pre_save
 from django.dispatch import receiver
 
-from people.models import FaceImage, Person
+from people.models import Person
 
 
-def _after_commit() -> None:
-    from . import services
-
-    transaction.on_commit(services.enrollment_changed)
-
-
-@receiver(post_save, sender=FaceImage)
-def face_saved(sender, instance: FaceImage, **kwargs):
-    if instance.status == FaceImage.Status.ACCEPTED and instance.embedding is not None:
-        _after_commit()
-
-
-@receiver(post_delete, sender=FaceImage)
-def face_deleted(sender, instance: FaceImage, **kwargs):
-    if instance.status == FaceImage.Status.ACCEPTED:
-        _after_commit()
+@receiver(pre_save, sender=Person)
+def remember_activity(sender, instance: Person, **kwargs):
+    if instance.pk is None:
+        instance._stored_is_active = None
+        return
+    instance._stored_is_active = Person.objects.filter(pk=instance.pk).values_list("is_active", flat=True).first()
 
 
 @receiver(post_save, sender=Person)
-def person_saved(sender, instance: Person, created: bool, **kwargs):
-    if not created:  # a new person has no faces yet; (de)activation changes who can be recognised
-        _after_commit()
+def activity_changed(sender, instance: Person, created: bool, **kwargs):
+    stored = getattr(instance, "_stored_is_active", None)
+    if created or stored is None or stored == instance.is_active:
+        return  # a new person has no faces yet; other edits do not change the gallery
+    from . import services
+
+    transaction.on_commit(services.enrollment_changed)

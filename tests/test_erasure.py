@@ -1,0 +1,332 @@
+"""Erasing a person reaches everything held about them: rows, files, model artifacts, API answers.
+
+The big test trains two real model versions on the session gallery (one serving a softmax head),
+erases one person over the API, then searches every file under MEDIA_ROOT, every API answer and a
+full database dump for their name, their id-linked rows and their embeddings.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from .conftest import PEOPLE, PROBES, person_named, read
+
+
+@pytest.fixture
+def training_settings(settings):
+    settings.TRAINING_EXPORT_TFLITE = False  # person-free, and slow; test_edge_export.py covers it
+    settings.TRAINING_UNKNOWN_FACES_DIR = None
+    settings.TRAINING_TARGET_FAR = 0.05
+    settings.TRAINING_APPROACHES = ["nearest_neighbour", "softmax_head"]
+    return settings
+
+
+@pytest.fixture
+def clean_queue(db):
+    from django_q.models import Schedule
+
+    from training.models import ModelVersion
+
+    ModelVersion.objects.all().delete()
+    Schedule.objects.all().delete()
+
+
+def train(capture, recogniser: str, settings):
+    from training import services
+    from training.models import ModelVersion
+
+    settings.TRAINING_RECOGNISER = recogniser
+    with capture(execute=True):
+        version, _ = services.request_training("api", force_activate=True)
+    version = ModelVersion.objects.get(pk=version.pk)
+    assert version.status == "active", version.error
+    return version
+
+
+def file_a_lookalike(api, capture, photo: Path, as_name: str) -> int:
+    """Enroll ``photo`` under a new person: the real mislabel check holds it for review, naming the
+    person it looks like in its reason."""
+    from people.models import FaceImage, Person
+
+    other = Person.objects.create(name=as_name)
+    with capture(execute=True):
+        response = api.post(
+            f"/api/v1/people/{other.pk}/faces/", {"image": SimpleUploadedFile(photo.name, read(photo))}, format="multipart"
+        )
+    assert response.status_code == 201, response.content
+    face = FaceImage.objects.get(pk=response.json()["id"])
+    assert face.status == "review", face.reason
+    return face.pk
+
+
+def check_in(person, n: int = 1) -> None:
+    from recognition.models import CheckIn
+
+    for _ in range(n):
+        CheckIn.objects.create(person=person, similarity=0.9, threshold=0.5, frames=4)
+
+
+def recognise(api, photo: Path) -> list[str]:
+    response = api.post("/api/v1/recognize/", {"image": SimpleUploadedFile(photo.name, read(photo))}, format="multipart")
+    assert response.status_code == 200, response.content
+    return [face["match"]["name"] for face in response.json()["faces"] if face["match"]]
+
+
+def media_root() -> Path:
+    from django.conf import settings
+
+    return Path(settings.MEDIA_ROOT)
+
+
+def referenced_media() -> set[str]:
+    """Every file a database row points to."""
+    from django.apps import apps
+    from django.db.models import FileField
+
+    names = set()
+    for model in apps.get_models():
+        for field in model._meta.get_fields():
+            if isinstance(field, FileField):
+                names |= set(model.objects.exclude(**{field.name: ""}).values_list(field.name, flat=True))
+    return names
+
+
+def files_to_scan(orphans: set[str]) -> list[Path]:
+    """Every file under MEDIA_ROOT except those other tests left unreferenced (their rows were
+    rolled back) before this test began."""
+    root = media_root()
+    return [p for p in root.rglob("*") if p.is_file() and str(p.relative_to(root)) not in orphans]
+
+
+def artifact(field) -> bytes:
+    with field.storage.open(field.name, "rb") as fh:
+        return fh.read()
+
+
+def walk(value):
+    yield value
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from walk(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from walk(v)
+
+
+def names_person(value, pid: int) -> bool:
+    """Whether JSON data links to person ``pid`` (a "person_id"/"person" field, or a people map key)."""
+    for item in walk(value):
+        if isinstance(item, dict):
+            if item.get("person_id") == pid or item.get("person") == pid:
+                return True
+            if "people_names" in item and str(pid) in item["people_names"]:
+                return True
+    return False
+
+
+@pytest.mark.django_db
+def test_an_erased_person_is_nowhere_in_files_api_answers_or_the_database(
+    staff_api, staff_user, client, training_settings, clean_queue, django_capture_on_commit_callbacks
+):
+    from django.contrib.admin.models import CHANGE, LogEntry
+    from django.contrib.contenttypes.models import ContentType
+    from django.core.management import call_command
+
+    from people.models import FaceImage, Person
+    from security.models import AuditEvent
+    from training.models import ModelVersion
+
+    capture = django_capture_on_commit_callbacks
+    obama = person_named("Barack Obama")
+    pid, name = obama.pk, obama.name
+    orphans = {str(p.relative_to(media_root())) for p in media_root().rglob("*") if p.is_file()} - referenced_media()
+
+    # what a running system holds about him besides his photos
+    lookalike = file_a_lookalike(staff_api, capture, PROBES / "obama1.jpg", "Filed Under Someone Else")
+    check_in(obama, 2)
+    assert name in recognise(staff_api, PROBES / "obama1.jpg")  # an audit event naming him
+    assert AuditEvent.objects.about(pid).exists()
+    LogEntry.objects.create(
+        user=staff_user,
+        content_type=ContentType.objects.get_for_model(Person),
+        object_id=str(pid),
+        object_repr=str(obama),
+        action_flag=CHANGE,
+        change_message="[]",
+    )
+
+    nearest = train(capture, "nearest_neighbour", training_settings)
+    headed = train(capture, "softmax_head", training_settings)
+    assert headed.recogniser == "softmax_head" and headed.head
+    for version in (nearest, headed):  # both versions carry him before the erasure
+        assert names_person(version.metrics, pid) and name.encode() in artifact(version.labels)
+
+    faces = list(FaceImage.objects.filter(person=obama))
+    embeddings = [bytes(f.embedding) for f in faces if f.embedding is not None]
+    files = [f.image.name for f in faces] + [f.crop.name for f in faces if f.crop]
+    assert len(embeddings) == 3 and all(faces[0].image.storage.exists(n) for n in files)
+    old_artifacts = [
+        field.name for v in (nearest, headed) for field in (v.labels, v.head, v.confusion_plot) if field and field.name
+    ]
+
+    with capture(execute=True):
+        response = staff_api.delete(f"/api/v1/people/{pid}/")
+    assert response.status_code == 204, response.content
+
+    # ---- files: every file under MEDIA_ROOT, as bytes -------------------------------------------
+    needles = [name.encode()] + embeddings
+    for path in files_to_scan(orphans):
+        data = path.read_bytes()
+        for needle in needles:
+            assert needle not in data, f"{path} still holds {'the name' if needle == needles[0] else 'an embedding'}"
+    storage = faces[0].image.storage
+    assert not any(storage.exists(n) for n in files + old_artifacts)
+    theirs = np.frombuffer(b"".join(embeddings), np.float32).reshape(-1, 128)
+    for version in ModelVersion.objects.all():
+        labels = json.loads(artifact(version.labels))
+        assert version.labels_sha256 == hashlib.sha256(artifact(version.labels)).hexdigest()
+        kept = np.asarray(labels["gallery"]["embeddings"], np.float32)
+        assert np.abs(kept[:, None, :] - theirs[None]).max(axis=2).min() > 1e-3  # no rounded copy either
+        assert not names_person(labels, pid) and len(labels["people"]) == version.people_count - 1
+        if version.head:
+            with np.load(io.BytesIO(artifact(version.head))) as head:
+                assert pid not in head["classes"] and head["kernel"].shape[1] == len(head["classes"])
+                assert len(labels["head"]["people"]) == len(head["classes"])
+
+    # ---- API answers ------------------------------------------------------------------------------
+    answers = [staff_api.get("/api/v1/models/"), staff_api.get("/api/v1/people/")]
+    for version in ModelVersion.objects.all():
+        answers += [staff_api.get(f"/api/v1/models/{version.pk}/"), staff_api.get(f"/api/v1/models/{version.pk}/labels/")]
+    for person in Person.objects.all():
+        answers.append(staff_api.get(f"/api/v1/people/{person.pk}/faces/"))
+    client.force_login(staff_user)
+    answers += [client.get("/admin/security/auditevent/"), client.get("/admin/people/faceimage/?status=review")]
+    for answer in answers:
+        assert answer.status_code == 200, (answer.status_code, answer.content[:300])
+        body = answer.content
+        assert name.encode() not in body and not any(base64.b64encode(e) in body for e in embeddings)
+        if answer.get("Content-Type", "").startswith("application/json"):
+            assert not names_person(answer.json(), pid)
+    assert staff_api.get(f"/api/v1/people/{pid}/").status_code == 404
+    assert staff_api.get(f"/api/v1/people/{pid}/faces/").status_code == 404
+    reason = FaceImage.objects.get(pk=lookalike).reason
+    assert reason.startswith("Looks more like another enrolled person (erased)"), reason
+
+    # ---- the database, every row ----------------------------------------------------------------
+    dump = io.StringIO()
+    call_command("dumpdata", stdout=dump)
+    text = dump.getvalue()
+    assert name not in text
+    assert not any(base64.b64encode(e).decode() in text for e in embeddings)
+    for row in json.loads(text):
+        fields = row["fields"]
+        assert not (row["model"] == "people.person" and row["pk"] == pid)
+        assert fields.get("person") != pid or row["model"] not in ("people.faceimage", "recognition.checkin"), row
+        assert f",{pid}," not in str(fields.get("person_ids", "")), row
+        assert not names_person(fields.get("result"), pid) and not names_person(fields.get("metrics"), pid), row
+
+    # ---- the receipt, and the versions still serve the others --------------------------------------
+    receipt = AuditEvent.objects.get(action="erase")
+    assert receipt.user == staff_user and receipt.person_ids == ""
+    assert receipt.result["faces_deleted"] == 3 and receipt.result["files_deleted"] == 6
+    assert receipt.result["model_versions_redacted"] == 2 and receipt.result["heads_rewritten"] == 1
+    assert receipt.result["label_maps_rewritten"] == 2 and receipt.result["plots_redrawn"] == 2
+    assert "Joe Biden" in recognise(staff_api, PEOPLE / "joe_biden" / "biden2.jpg")  # the rewritten head loads
+    assert name not in recognise(staff_api, PROBES / "obama1.jpg")
+
+
+@pytest.mark.django_db
+def test_the_erasure_report_counts_what_was_removed_and_the_receipt_is_anonymous(
+    staff_api, staff_user, settings, clean_queue, django_capture_on_commit_callbacks
+):
+    from dataclasses import asdict
+
+    from privacy.services import erase_person
+    from recognition.models import CheckIn
+    from security.models import AuditEvent
+
+    settings.ERASE_CHECKINS_WITH_PERSON = False  # kept, anonymised
+    capture = django_capture_on_commit_callbacks
+    biden = person_named("Joe Biden")
+    pid = biden.pk
+    file_a_lookalike(staff_api, capture, PEOPLE / "joe_biden" / "biden2.jpg", "Another Filer")
+    check_in(biden, 3)
+    assert "Joe Biden" in recognise(staff_api, PEOPLE / "joe_biden" / "biden.jpg")
+    assert "Joe Biden" in recognise(staff_api, PROBES / "obama_and_biden.jpg")
+    events = AuditEvent.objects.about(pid).count()
+    assert events == 2
+
+    with capture(execute=True):
+        report = erase_person(biden, by=staff_user)
+    assert report.faces_deleted == 2 and report.files_deleted == 4
+    assert report.checkins_anonymised == 3 and report.checkins_deleted == 0
+    assert CheckIn.objects.filter(person__isnull=True).count() >= 3
+    assert report.audit_events_redacted == 2 and report.review_reasons_rewritten == 1
+    assert report.model_versions_redacted == 0  # nothing trained in this test
+
+    receipt = AuditEvent.objects.get(action="erase")
+    assert receipt.result["checkins_anonymised"] == 3 and receipt.result["faces_deleted"] == 2
+    assert receipt.actor == staff_user.username and receipt.person_ids == ""
+    assert "Joe Biden" not in json.dumps(receipt.result) and set(receipt.result) == set(asdict(report))
+    both = AuditEvent.objects.filter(action="recognize").order_by("id").last()
+    assert both.result["erased_people"] == 1 and all(m["person_id"] != pid for m in both.result["matches"])
+    assert both.result["matches"], "Obama's match in the same call is kept"
+
+
+@pytest.mark.django_db
+def test_the_admin_delete_and_bulk_delete_erase_through_the_service(staff_user, client, clean_queue):
+    from django.contrib.admin.models import LogEntry
+
+    from people.models import Person
+    from security.models import AuditEvent
+
+    client.force_login(staff_user)
+    rudd, rose = person_named("Paul Rudd"), person_named("Rose Leslie")
+    check_in(rudd)
+    response = client.post(f"/admin/people/person/{rudd.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    response = client.post("/admin/people/person/", {"action": "delete_selected", "_selected_action": [rose.pk], "post": "yes"})
+    assert response.status_code == 302
+    assert not Person.objects.filter(pk__in=[rudd.pk, rose.pk]).exists()
+    receipts = AuditEvent.objects.filter(action="erase", user=staff_user)
+    assert receipts.count() == 2 and receipts.filter(result__checkins_deleted=1).count() == 1
+    # the admin's own deletion history named them; erasure removes it
+    assert not LogEntry.objects.filter(object_repr__in=["Paul Rudd", "Rose Leslie"]).exists()
+
+
+@pytest.mark.django_db
+def test_only_changes_to_the_gallery_queue_a_retrain(clean_queue, django_capture_on_commit_callbacks):
+    from people import services
+    from people.models import FaceImage
+    from training.models import ModelVersion
+
+    capture = django_capture_on_commit_callbacks
+    kit = person_named("Kit Harington")
+    with capture(execute=True):
+        kit.notes = "Edited notes"
+        kit.name = "Kit Harington (actor)"
+        kit.save()
+    assert not ModelVersion.objects.exists(), "a notes or name edit queued a retrain"
+
+    face = FaceImage.objects.filter(person=kit, status="accepted").first()
+    with capture(execute=True):
+        services.process_face_image(face)  # re-processed and accepted again: the gallery changed
+    assert ModelVersion.objects.queued().get().trigger == "enrollment"
+
+    for change in (  # a face of an active person deleted; the person deactivated
+        lambda: services.delete_face(face),
+        lambda: setattr(kit, "is_active", False) or kit.save(),
+    ):
+        ModelVersion.objects.all().delete()
+        with capture(execute=True):
+            change()
+        assert ModelVersion.objects.queued().count() == 1
