@@ -360,3 +360,11 @@ CHECKIN_FULL_FRAME_EVERY = env_int("CHECKIN_FULL_FRAME_EVERY", 5)
 CHECKIN_REPEAT_WINDOW_MINUTES = env_int("CHECKIN_REPEAT_WINDOW_MINUTES", 30)
 # Ask logged-in users (not kiosks: that is a per-kiosk switch) for a head turn before check-in.
 CHECKIN_LIVENESS_FOR_USERS = env_bool("CHECKIN_LIVENESS_FOR_USERS", False)
+# Open /ws/identify/ sockets at once: per kiosk (session or bound API key), per API key or user, and
+# per web process (0 = no cap). Beyond a cap the new socket is told too_many_connections (close 4429).
+# With REDIS_URL the per-kiosk/per-key counts hold across workers (recognition.socket_limits).
+CHECKIN_MAX_SOCKETS_PER_KIOSK = env_int("CHECKIN_MAX_SOCKETS_PER_KIOSK", 2)
+CHECKIN_MAX_SOCKETS_PER_KEY = env_int("CHECKIN_MAX_SOCKETS_PER_KEY", 4)
+CHECKIN_MAX_SOCKETS = env_int("CHECKIN_MAX_SOCKETS", 32)
+# A socket that sends nothing (no frame, no message) for this long is closed (idle_timeout, 4408).
+CHECKIN_IDLE_SECONDS = env_float("CHECKIN_IDLE_SECONDS", 120.0)

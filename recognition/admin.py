@@ -11,7 +11,7 @@ class KioskAdmin(admin.ModelAdmin):
     list_display = ["name", "token_prefix", "is_active", "liveness_required", "last_seen_at", "created_at"]
     list_filter = ["is_active", "liveness_required"]
     readonly_fields = ["token_prefix", "created_by", "created_at", "last_seen_at"]
-    actions = ["issue_new_token"]
+    actions = ["issue_new_token", "issue_api_key"]
 
     def save_model(self, request, obj, form, change):
         token = None
@@ -28,6 +28,18 @@ class KioskAdmin(admin.ModelAdmin):
             token = kiosk.set_new_token()
             kiosk.save(update_fields=["token_hash", "token_prefix"])
             self._show_token(request, kiosk, token)
+
+    @admin.action(description="Issue an API key for this kiosk (a non-browser device streaming as it)")
+    def issue_api_key(self, request, queryset):
+        from security.models import ApiKey, Role
+
+        for kiosk in queryset:
+            key, raw = ApiKey.issue(request.user, f"kiosk {kiosk.name}", Role.KIOSK, kiosk=kiosk)
+            messages.warning(
+                request,
+                f"API key for kiosk “{kiosk.name}”: {raw} — send it as 'Authorization: Token <key>' on "
+                "/ws/identify/. It is not stored and will not be shown again (revoke it under API keys).",
+            )
 
     def _show_token(self, request, kiosk, token):
         messages.warning(

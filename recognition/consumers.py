@@ -6,9 +6,23 @@ and ``{"type": "withdraw"}``, and each camera frame as one binary message of JPE
 answers with JSON: ``ready`` on connect, ``consent_recorded``/``consent_withdrawn``, ``faces`` per
 processed frame, ``checked_in``, and ``error`` (``{"code", "message"}``) for anything refused.
 
+Error codes. The connection stays open after: ``invalid_message`` (a text message that is not JSON,
+is nested too deep, is not an object, is over 4 KiB or has an unknown ``type``), ``consent_required``,
+``stale_notice``, ``age_not_confirmed``, ``frame_too_large`` (over CHECKIN_MAX_FRAME_BYTES or
+CHECKIN_MAX_FRAME_PIXELS; the ASGI servers accept messages up to 16 MiB so that the consumer can say
+so), ``invalid_image``, ``rate_limited``, ``server_error``. The connection is closed after:
+``not_authenticated`` (4401), ``kiosk_not_bound`` (4403: a kiosk-role API key not tied to a kiosk),
+``too_many_connections`` (4429: over CHECKIN_MAX_SOCKETS_PER_KIOSK, _PER_KEY or CHECKIN_MAX_SOCKETS;
+see recognition.socket_limits) and ``idle_timeout`` (4408: nothing sent for CHECKIN_IDLE_SECONDS).
+
 Who may connect: a signed-in user or a registered kiosk (both carried by the browser's session), or
-a non-browser client sending ``Authorization: Token <key>`` (a kiosk- or staff-role API key, or a
-user's token) and an ``Origin`` header from ALLOWED_HOSTS.
+a non-browser client sending ``Authorization: Token <key>`` (a kiosk-role API key, which acts as the
+kiosk it is bound to; a staff-role key; or a user's token) and an ``Origin`` header from ALLOWED_HOSTS.
+``ready`` names the device (the kiosk, "api key", or a signed-in user's own name), never a key's owner.
+
+Audit (security.audit.record_stream_event; person ids, never images): ``stream_identify`` the first
+time each person is named on a socket, ``checkin`` for each check-in made or found, and ``stream``
+when the socket closes (frames analysed, faces tracked, every person id matched, close code).
 
 The consumer keeps up with the camera instead of queueing: it processes the newest frame and drops
 any that arrived while the previous one was being analysed (each ``faces`` reply says how many were
@@ -21,21 +35,30 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.utils import timezone
+
+from security.audit import record_stream_event
 
 from . import checkin_feed
 from .live import FrameRefused, LiveSession, RateLimiter
 from .models import Kiosk
+from .socket_limits import HEARTBEAT_SECONDS, Slots
 
 log = logging.getLogger(__name__)
 
 KIOSK_SESSION_KEY = "checkin_kiosk_id"
 CLOSE_NOT_AUTHENTICATED = 4401
 CLOSE_NOT_STAFF = 4403
+CLOSE_FORBIDDEN = 4403
+CLOSE_IDLE = 4408
+CLOSE_TOO_MANY = 4429
+MAX_TEXT_CHARS = 4096  # consent and withdraw messages are a few dozen characters
 STREAM_SCOPE = "stream"  # the API-key scope (security.models.ROLE_SCOPES) that may use this socket
 
 
@@ -47,14 +70,32 @@ def _kiosk_from_session(session) -> Kiosk | None:
     return Kiosk.objects.filter(pk=kiosk_id, is_active=True).first()
 
 
+@dataclass
+class Caller:
+    """Who a socket acts for. ``refused`` is (code, message) for a credential that is known but unusable."""
+
+    user: object | None = None  # the session user, the token's user, or the key's owner
+    api_key: object | None = None  # security.models.ApiKey
+    kiosk: Kiosk | None = None
+    device: str = ""  # what ``ready`` says: never the owner of a key
+    refused: tuple[str, str] | None = None
+
+
 @database_sync_to_async
-def _user_from_token_header(headers) -> object | None:
-    """A non-browser client's ``Authorization: Token <key>``: a kiosk- or staff-role API key, or a
-    user's API token. Browsers cannot set the header; they use their session."""
+def _touch_kiosk(kiosk: Kiosk) -> None:
+    Kiosk.objects.filter(pk=kiosk.pk).update(last_seen_at=timezone.now())
+
+
+@database_sync_to_async
+def _user_from_token_header(headers) -> Caller | None:
+    """A non-browser client's ``Authorization: Token <key>``: a kiosk-role API key (acting as its
+    kiosk), a staff-role key, or a user's API token. Browsers cannot set the header; they use their
+    session. None if there is no usable credential."""
     from rest_framework.authtoken.models import Token
     from rest_framework.exceptions import AuthenticationFailed
 
     from security.authentication import authenticate_key
+    from security.models import Role
 
     keyword, _, raw = dict(headers or []).get(b"authorization", b"").decode("latin-1").partition(" ")
     raw = raw.strip()
@@ -65,58 +106,169 @@ def _user_from_token_header(headers) -> object | None:
     except AuthenticationFailed:
         return None  # revoked
     if key is not None:
-        return key.user if key.allows(STREAM_SCOPE) else None
+        if not key.allows(STREAM_SCOPE):
+            return None
+        if key.role != Role.KIOSK:
+            return Caller(user=key.user, api_key=key, device="api key")
+        if key.kiosk_id is None:
+            return Caller(
+                api_key=key,
+                refused=(
+                    "kiosk_not_bound",
+                    "This kiosk API key is not bound to a kiosk: staff must choose its kiosk in the admin.",
+                ),
+            )
+        kiosk = Kiosk.objects.filter(pk=key.kiosk_id, is_active=True).first()
+        if kiosk is None:
+            return Caller(api_key=key, refused=("not_authenticated", "The kiosk this API key belongs to is deactivated."))
+        return Caller(user=key.user, api_key=key, kiosk=kiosk, device=f"kiosk: {kiosk.name}")
     token = Token.objects.select_related("user").filter(key=raw, user__is_active=True).first()
-    return token.user if token else None
+    return Caller(user=token.user, device="api token") if token else None
 
 
 class IdentifyConsumer(AsyncWebsocketConsumer):
     async def connect(self):
-        user = self.scope.get("user")
-        kiosk = await _kiosk_from_session(self.scope.get("session"))
-        if kiosk is None and not (user is not None and user.is_authenticated):
-            user = await _user_from_token_header(self.scope.get("headers"))
+        self.slots = Slots()
+        self.last_active = time.monotonic()
+        caller = await self.identify_caller()
         await self.accept()
-        if kiosk is None and not (user is not None and user.is_authenticated):
+        if caller is None:
             # Accept first so the page can show why, then close with an application code.
             await self.send_error("not_authenticated", "Sign in, or open check-in on a registered kiosk, to use the camera.")
             await self.close(code=CLOSE_NOT_AUTHENTICATED)
             return
-        self.session = LiveSession(user=user if kiosk is None else None, kiosk=kiosk)
+        if caller.refused is not None:
+            code, message = caller.refused
+            await self.send_error(code, message)
+            await self.close(code=CLOSE_NOT_AUTHENTICATED if code == "not_authenticated" else CLOSE_FORBIDDEN)
+            return
+        if not await self.claim_slots(caller):
+            await self.send_error(
+                "too_many_connections", "Too many check-in connections are open for this device or key; close one and retry."
+            )
+            await self.close(code=CLOSE_TOO_MANY)
+            return
+        self.caller = caller
+        if caller.kiosk is not None:
+            await _touch_kiosk(caller.kiosk)
+        self.session = LiveSession(user=caller.user if caller.kiosk is None else None, kiosk=caller.kiosk)
         self.limiter = RateLimiter(settings.CHECKIN_MAX_FPS)
         self.latest: tuple[int, bytes] | None = None  # the newest frame not yet analysed
         self.worker: asyncio.Task | None = None
         self.received = 0
         self.dropped = 0
         self.last_rate_error = 0.0
+        self.opened = time.monotonic()
+        self.analysed = 0
+        self.tracks_seen: set[int] = set()
+        self.identified: set[int] = set()  # person ids already audited on this socket
+        self.checkins = 0
+        self.watcher = asyncio.create_task(self.watch())
         await self.send_json(
             {
                 "type": "ready",
-                "device": self.session.device,
+                "device": caller.device,
                 "notice_version": settings.CONSENT_NOTICE_VERSION,
                 "liveness": self.session.liveness_required,
-                "limits": {"max_frame_bytes": settings.CHECKIN_MAX_FRAME_BYTES, "max_fps": settings.CHECKIN_MAX_FPS},
+                "limits": {
+                    "max_frame_bytes": settings.CHECKIN_MAX_FRAME_BYTES,
+                    "max_fps": settings.CHECKIN_MAX_FPS,
+                    "idle_seconds": settings.CHECKIN_IDLE_SECONDS,
+                },
             }
         )
 
+    async def identify_caller(self) -> Caller | None:
+        user = self.scope.get("user")
+        kiosk = await _kiosk_from_session(self.scope.get("session"))
+        if kiosk is not None:
+            return Caller(kiosk=kiosk, device=f"kiosk: {kiosk.name}")
+        if user is not None and user.is_authenticated:
+            return Caller(user=user, device=f"user: {user}")  # a signed-in user sees their own name
+        return await _user_from_token_header(self.scope.get("headers"))
+
+    async def claim_slots(self, caller: Caller) -> bool:
+        """A slot in every cap that applies; none held if any is full."""
+        caps = []
+        if caller.kiosk is not None:
+            caps.append((f"kiosk:{caller.kiosk.pk}", settings.CHECKIN_MAX_SOCKETS_PER_KIOSK))
+        if caller.api_key is not None:
+            caps.append((f"key:{caller.api_key.pk}", settings.CHECKIN_MAX_SOCKETS_PER_KEY))
+        elif caller.user is not None:
+            caps.append((f"user:{caller.user.pk}", settings.CHECKIN_MAX_SOCKETS_PER_KEY))
+        claimed = await self.slots.claim_process(settings.CHECKIN_MAX_SOCKETS)
+        for group, limit in caps:
+            claimed = claimed and await self.slots.claim(group, limit)
+        if not claimed:
+            await self.slots.release()
+        return claimed
+
+    async def watch(self):
+        """Close the socket when the client has sent nothing for CHECKIN_IDLE_SECONDS (a frame being
+        analysed counts as activity), and keep this connection's slots alive meanwhile."""
+        idle = settings.CHECKIN_IDLE_SECONDS
+        next_beat = time.monotonic() + HEARTBEAT_SECONDS
+        while True:
+            now = time.monotonic()
+            if self.worker is not None and not self.worker.done():
+                self.last_active = now
+            if idle > 0 and now - self.last_active >= idle:
+                await self.send_error("idle_timeout", f"Nothing was sent for {idle:g} seconds; the connection is closed.")
+                await self.close(code=CLOSE_IDLE)
+                return
+            wait = next_beat - now
+            if idle > 0:
+                wait = min(wait, self.last_active + idle - now)
+            await asyncio.sleep(max(0.05, wait))
+            if time.monotonic() >= next_beat:
+                await self.slots.refresh()
+                next_beat += HEARTBEAT_SECONDS
+
     async def disconnect(self, code):
-        worker = getattr(self, "worker", None)
-        if worker is not None:
-            worker.cancel()
+        for task in (getattr(self, "worker", None), getattr(self, "watcher", None)):
+            if task is not None:
+                task.cancel()
         self.latest = None
+        # Shielded: the slots must be given back even if this task is being cancelled.
+        await asyncio.shield(self.slots.release())
+        if hasattr(self, "session"):
+            await self.audit(
+                "stream",
+                {
+                    "frames": self.analysed,
+                    "faces": len(self.tracks_seen),
+                    "matched": sorted(self.identified),
+                    "checkins": self.checkins,
+                    "seconds": round(time.monotonic() - self.opened, 1),
+                    "close_code": code,
+                },
+                self.identified,
+                status_code=code if isinstance(code, int) and 0 < code < 32768 else 1000,
+            )
+
+    async def audit(self, action: str, result: dict, person_ids, status_code: int = 200):
+        caller = self.caller
+        client = self.scope.get("client") or (None,)
+        await database_sync_to_async(record_stream_event)(
+            action,
+            user=caller.user,
+            api_key=caller.api_key,
+            kiosk=caller.kiosk,
+            client_address=client[0],
+            status_code=status_code,
+            result=result,
+            person_ids=person_ids,
+        )
 
     async def receive(self, text_data=None, bytes_data=None):
+        self.last_active = time.monotonic()
         if not hasattr(self, "session"):
             return  # refused in connect(); the close is on its way
         if bytes_data is not None:
             await self.receive_frame(bytes_data)
             return
-        try:
-            message = json.loads(text_data)
-            kind = message.get("type") if isinstance(message, dict) else None
-        except (TypeError, ValueError):
-            await self.send_error("invalid_message", "Text messages must be JSON objects with a 'type'.")
-            return
+        message = self.parse(text_data)
+        kind = message.get("type") if message is not None else None
         if kind == "consent":
             await self.receive_consent(message)
         elif kind == "withdraw":
@@ -124,7 +276,23 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
             self.latest = None
             await self.send_json({"type": "consent_withdrawn"})
         else:
-            await self.send_error("unknown_message", f"Unknown message type {kind!r}; expected 'consent' or 'withdraw'.")
+            detail = "" if message is None else f" (got type {str(kind)[:40]!r})"
+            await self.send_error(
+                "invalid_message",
+                f"Text messages must be JSON objects under {MAX_TEXT_CHARS} characters with a 'type' of "
+                f"'consent' or 'withdraw'{detail}; camera frames are binary messages.",
+            )
+
+    @staticmethod
+    def parse(text: str | None) -> dict | None:
+        """The message as a dict, or None if it is not a small JSON object."""
+        if not text or len(text) > MAX_TEXT_CHARS:
+            return None
+        try:
+            message = json.loads(text)
+        except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
+            return None
+        return message if isinstance(message, dict) else None
 
     async def receive_consent(self, message: dict):
         try:
@@ -137,15 +305,15 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
         await self.send_json({"type": "consent_recorded", "consent_id": consent.pk, "notice_version": consent.notice_version})
 
     async def receive_frame(self, data: bytes):
-        if not self.session.has_consent:
-            await self.send_error("consent_required", "Frames are refused until consent is given on this connection.")
-            return
         if len(data) > settings.CHECKIN_MAX_FRAME_BYTES:
             await self.send_error(
                 "frame_too_large",
                 f"The frame is {len(data):,} bytes; the limit is {settings.CHECKIN_MAX_FRAME_BYTES:,} bytes. "
                 "Send smaller JPEG frames (e.g. 640x480).",
             )
+            return
+        if not self.session.has_consent:
+            await self.send_error("consent_required", "Frames are refused until consent is given on this connection.")
             return
         if not self.limiter.allow():
             # Said at most once a second: a client far over the rate would otherwise be flooded.
@@ -186,11 +354,34 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
         analysis = await sync_to_async(session.analyse_frame, thread_sensitive=False)(data, context)
         if not session.has_consent:
             return  # withdrawn while the frame was analysed: say nothing about it
+        self.analysed += 1
+        self.tracks_seen.update(t.id for t in analysis.tracks)
+        for track in analysis.tracks:
+            if track.person_id is not None and track.person_id not in self.identified:
+                self.identified.add(track.person_id)
+                similarity = None if track.similarity is None else round(track.similarity, 4)
+                await self.audit(
+                    "stream_identify",
+                    {"person_id": track.person_id, "similarity": similarity, "track": track.id, "frame": frame},
+                    [track.person_id],
+                )
         greetings = []
         for track in analysis.tracks:
             if session.ready_to_check_in(track):
                 checkin, created = await database_sync_to_async(session.check_in)(track, context.threshold)
                 greetings.append((track, checkin, created))
+                self.checkins += 1
+                await self.audit(
+                    "checkin",
+                    {
+                        "checkin_id": checkin.pk,
+                        "person_id": checkin.person_id,
+                        "similarity": round(checkin.similarity, 4),
+                        "already": not created,
+                        "liveness_checked": checkin.liveness_checked,
+                    },
+                    [checkin.person_id],
+                )
         person_ids = {t.person_id for t in analysis.tracks if t.person_id is not None}
         if person_ids - session.names.keys():
             await database_sync_to_async(session.load_names)(person_ids)

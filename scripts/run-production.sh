@@ -34,8 +34,10 @@ trap 'exit 0' INT TERM
 
 echo "Serving on http://$HOST:$PORT/ with $WEB_WORKERS web workers and a django-q cluster (pid $QCLUSTER)"
 # Channels' router has no lifespan protocol; models warm up when each worker imports the app.
+# --ws-max-size: websocket messages up to 16 MiB reach the app, which answers one over
+# CHECKIN_MAX_FRAME_BYTES with frame_too_large instead of the socket being dropped.
 .venv/bin/uvicorn facesite.asgi:application --host "$HOST" --port "$PORT" --workers "$WEB_WORKERS" \
-  --lifespan off --proxy-headers --no-server-header --timeout-graceful-shutdown 20 &
+  --lifespan off --proxy-headers --no-server-header --timeout-graceful-shutdown 20 --ws-max-size 16777216 &
 WEB=$!
 stop() { kill "$WEB" "$QCLUSTER" 2>/dev/null || true; wait "$WEB" "$QCLUSTER" 2>/dev/null || true; }
 wait "$WEB"

@@ -16,4 +16,7 @@ $PY manage.py qcluster &
 WORKER=$!
 trap 'kill $WORKER 2>/dev/null || true' EXIT INT TERM
 echo "Serving on http://$HOST:$PORT/  (admin: /admin/, API docs: /api/v1/docs/)"
-.venv/bin/daphne -b "$HOST" -p "$PORT" facesite.asgi:application
+# Websocket messages up to 16 MiB reach the app (daphne's own cap is 1 MiB and drops the socket), so
+# that /ws/identify/ can answer an oversized frame with frame_too_large (CHECKIN_MAX_FRAME_BYTES).
+.venv/bin/daphne -b "$HOST" -p "$PORT" --websocket-max-message-size 16777216 --websocket-max-frame-size 16777216 \
+  facesite.asgi:application

@@ -6,11 +6,12 @@ from .models import ApiKey, AuditEvent
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "user", "role", "prefix", "created_at", "last_used_at", "revoked_at"]
+    list_display = ["name", "user", "role", "kiosk", "prefix", "created_at", "last_used_at", "revoked_at"]
     list_filter = ["role", ("revoked_at", admin.EmptyFieldListFilter)]
-    search_fields = ["name", "prefix", "user__username"]
+    search_fields = ["name", "prefix", "user__username", "kiosk__name"]
     readonly_fields = ["prefix", "created_at", "last_used_at"]
-    fields = ["name", "user", "role", "prefix", "created_at", "last_used_at", "revoked_at"]
+    # A kiosk-role key must name its kiosk (ApiKey.clean, run by the admin form).
+    fields = ["name", "user", "role", "kiosk", "prefix", "created_at", "last_used_at", "revoked_at"]
     actions = ["revoke"]
 
     @admin.action(description="Revoke the selected keys")
@@ -21,7 +22,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         if change:
             return super().save_model(request, obj, form, change)
-        key, raw = ApiKey.issue(obj.user, obj.name, obj.role)
+        key, raw = ApiKey.issue(obj.user, obj.name, obj.role, kiosk=obj.kiosk)
         obj.pk, obj.prefix, obj.key_hash = key.pk, key.prefix, key.key_hash
         # The only time the key is shown: it is stored as a hash.
         self.message_user(request, f"New key for {key.name}: {raw}  (copy it now; it is not shown again)", messages.WARNING)

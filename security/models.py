@@ -6,6 +6,7 @@ import hashlib
 import secrets
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -55,6 +56,16 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True, help_text="Set to revoke the key.")
+    # A kiosk-role key acts as this kiosk on /ws/identify/ (its liveness setting, its check-ins).
+    # SET_NULL: deleting the kiosk leaves the key row for the audit trail, unbound and so refused.
+    kiosk = models.ForeignKey(
+        "recognition.Kiosk",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="api_keys",
+        help_text="Kiosk keys only: the kiosk this key streams as. A kiosk key without one is refused.",
+    )
 
     objects = ApiKeyQuerySet.as_manager()
 
@@ -65,11 +76,18 @@ class ApiKey(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.role}, {self.prefix}…)"
 
+    def clean(self):
+        super().clean()
+        if self.role == Role.KIOSK and self.kiosk_id is None:
+            raise ValidationError({"kiosk": "A kiosk key must name the kiosk it streams as."})
+        if self.role != Role.KIOSK and self.kiosk_id is not None:
+            raise ValidationError({"kiosk": "Only kiosk-role keys are bound to a kiosk."})
+
     @classmethod
-    def issue(cls, user, name: str, role: str = Role.CLIENT) -> tuple[ApiKey, str]:
+    def issue(cls, user, name: str, role: str = Role.CLIENT, kiosk=None) -> tuple[ApiKey, str]:
         """Create a key; returns the row and the raw key (which is not stored anywhere)."""
         raw = secrets.token_hex(20)
-        key = cls.objects.create(user=user, name=name, role=role, prefix=raw[:8], key_hash=hash_key(raw))
+        key = cls.objects.create(user=user, name=name, role=role, kiosk=kiosk, prefix=raw[:8], key_hash=hash_key(raw))
         return key, raw
 
     @property

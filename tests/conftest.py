@@ -62,6 +62,18 @@ def _fresh_throttle_counts(monkeypatch):
     monkeypatch.setattr(TokenRateThrottle, "cache_format", f"throttle_{uuid.uuid4().hex[:8]}_%(scope)s_%(ident)s")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_socket_slots(monkeypatch):
+    """Each test counts its open /ws/identify/ sockets afresh (recognition.socket_limits): a socket a
+    test left open, or a reused kiosk/user id, must not count against the next test."""
+    import uuid
+
+    from recognition import socket_limits
+
+    monkeypatch.setattr(socket_limits, "KEY_PREFIX", f"ws-slot-{uuid.uuid4().hex[:8]}")
+    socket_limits.forget_all_in_process()
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker, _test_settings):
     """Enroll the ten fixture people once; every test starts from this gallery and rolls back."""

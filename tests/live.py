@@ -31,6 +31,10 @@ REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 LIVE_REDIS_DB = int(os.environ.get("TEST_LIVE_REDIS_DB", "11"))
 
 
+# The websocket message caps scripts/run.sh gives daphne (tests/test_ws_limits.py checks they match).
+DAPHNE_WEBSOCKET_ARGS = ["--websocket-max-message-size", "16777216", "--websocket-max-frame-size", "16777216"]
+
+
 def require_services() -> bool:
     """In CI (scripts/test.sh) an unreachable PostgreSQL/Redis fails the test instead of skipping it."""
     return bool(os.environ.get("REQUIRE_SERVICES"))
@@ -158,7 +162,8 @@ class Site:
     def start_web(self, port: int | None = None, env: dict | None = None) -> Server:
         port = port or free_port()
         proc = self.start(
-            [str(ROOT / ".venv" / "bin" / "daphne"), "-b", "127.0.0.1", "-p", str(port), "facesite.asgi:application"],
+            [str(ROOT / ".venv" / "bin" / "daphne"), "-b", "127.0.0.1", "-p", str(port), *DAPHNE_WEBSOCKET_ARGS]
+            + ["facesite.asgi:application"],
             f"web-{port}",
             env,
         )

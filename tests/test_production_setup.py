@@ -29,8 +29,12 @@ PRODUCTION_REDIS_DB = int(os.environ.get("TEST_PRODUCTION_REDIS_DB", "12"))  # a
 
 ISSUE_KIOSK_KEY = """
 from django.contrib.auth import get_user_model
+from recognition.models import Kiosk
 from security.models import ApiKey, Role
-_, raw = ApiKey.issue(get_user_model().objects.get(username="live-staff"), "door camera", role=Role.KIOSK)
+door = Kiosk(name="Door camera")
+door.set_new_token()
+door.save()
+_, raw = ApiKey.issue(get_user_model().objects.get(username="live-staff"), "door camera", role=Role.KIOSK, kiosk=door)
 print(raw)
 """
 
@@ -186,7 +190,7 @@ def test_production_script_serves_recognition_check_in_and_retrain_across_its_pr
         checkins = api(production, "/api/v1/checkins/").json()
         assert checkins["count"] == 1, checkins
         assert checkins["results"][0]["person"] == {"id": greeting["person_id"], "name": "Barack Obama"}
-        assert checkins["results"][0]["device"] == "user: live-staff"  # the kiosk key's account
+        assert checkins["results"][0]["device"] == "kiosk: Door camera"  # the kiosk the key is bound to
 
         # A retrain through the API, run by the cluster and activated; the web workers serve it.
         queued = api(production, "/api/v1/models/train/", {"force_activate": True})

@@ -1,0 +1,376 @@
+"""Bounded, audited websockets (/ws/identify/): caps per kiosk, per key and per process, the idle
+timeout, kiosk API keys bound to their kiosk, the audit of identifications, and the documented error
+for every bad message; one real daphne server for the 10 MB frame and the cap over the wire."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import AnonymousUser
+
+from recognition.consumers import CLOSE_FORBIDDEN, CLOSE_IDLE, CLOSE_TOO_MANY
+from recognition.models import Consent, Kiosk
+from recognition.routing import websocket_urlpatterns
+from security.models import ApiKey, AuditEvent, Role
+
+from . import live
+from .conftest import PROBES, person_named
+from .test_checkin_feed import stream_until_checked_in, stream_until_checked_in_over_the_wire
+from .test_live_stream import camera_frame, communicator_for, open_with_consent, receive
+
+ROOT = Path(__file__).resolve().parent.parent
+LACAMOIRE = camera_frame(PROBES / "alex_lacamoire1.jpg")
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_test_transaction(monkeypatch):
+    """The consumer's ORM calls share the test's transaction (see tests/test_live_stream.py)."""
+    monkeypatch.setattr("channels.db.close_old_connections", lambda: None)
+
+
+def keyed(raw: str) -> WebsocketCommunicator:
+    """A non-browser client: no session, ``Authorization: Token <key>``."""
+    communicator = WebsocketCommunicator(
+        URLRouter(websocket_urlpatterns), "/ws/identify/", headers=[(b"authorization", f"Token {raw}".encode())]
+    )
+    communicator.scope["user"] = AnonymousUser()
+    communicator.scope["session"] = {}
+    communicator.scope["client"] = ("192.0.2.7", 50000)
+    return communicator
+
+
+async def refused_with(communicator) -> tuple[dict, dict]:
+    """The error a refused connection is told, and how it is closed."""
+    connected, _ = await communicator.connect()
+    assert connected  # accepted only to say why
+    error = await receive(communicator, timeout=10)
+    return error, await communicator.receive_output(timeout=10)
+
+
+async def opened(communicator) -> dict:
+    connected, _ = await communicator.connect()
+    assert connected
+    ready = await receive(communicator, timeout=30)
+    assert ready["type"] == "ready", ready
+    return ready
+
+
+def run(coroutine_function, *args):
+    return async_to_sync(coroutine_function)(*args)
+
+
+# ---- caps ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_kiosk_gets_at_most_its_cap_of_sockets_and_a_closed_one_frees_its_slot(kiosk, settings):
+    settings.CHECKIN_MAX_SOCKETS_PER_KIOSK = 2
+
+    async def scenario():
+        first, second = communicator_for(kiosk=kiosk), communicator_for(kiosk=kiosk)
+        await opened(first)
+        await opened(second)
+        error, closed = await refused_with(communicator_for(kiosk=kiosk))
+        await first.disconnect()
+        third = communicator_for(kiosk=kiosk)
+        ready = await opened(third)
+        await second.disconnect()
+        await third.disconnect()
+        return error, closed, ready
+
+    error, closed, ready = run(scenario)
+    assert error["type"] == "error" and error["code"] == "too_many_connections", error
+    assert closed == {"type": "websocket.close", "code": CLOSE_TOO_MANY}
+    assert ready["device"] == "kiosk: Front door"
+
+
+@pytest.mark.django_db
+def test_an_api_key_gets_at_most_its_cap_and_other_keys_are_not_affected(staff_user, settings):
+    settings.CHECKIN_MAX_SOCKETS_PER_KEY = 2
+    _, raw = ApiKey.issue(staff_user, "integration", Role.STAFF)
+    _, other = ApiKey.issue(staff_user, "second integration", Role.STAFF)
+
+    async def scenario():
+        held = [keyed(raw), keyed(raw)]
+        readies = [await opened(c) for c in held]
+        error, closed = await refused_with(keyed(raw))
+        another = keyed(other)
+        readies.append(await opened(another))
+        for communicator in [*held, another]:
+            await communicator.disconnect()
+        return readies, error, closed
+
+    readies, error, closed = run(scenario)
+    assert error["code"] == "too_many_connections" and closed["code"] == CLOSE_TOO_MANY
+    # A key's socket is "api key" to the device, never its owner's username.
+    assert {r["device"] for r in readies} == {"api key"}
+    assert staff_user.username not in json.dumps(readies)
+
+
+@pytest.mark.django_db
+def test_a_process_takes_at_most_its_cap_of_sockets_from_anyone(staff_user, plain_user, settings):
+    settings.CHECKIN_MAX_SOCKETS = 1
+
+    async def scenario():
+        first = communicator_for(staff_user)
+        await opened(first)
+        error, closed = await refused_with(communicator_for(plain_user))
+        await first.disconnect()
+        second = communicator_for(plain_user)
+        ready = await opened(second)
+        await second.disconnect()
+        return error, closed, ready
+
+    error, closed, ready = run(scenario)
+    assert error["code"] == "too_many_connections" and closed["code"] == CLOSE_TOO_MANY
+    assert ready["device"] == f"user: {plain_user}"  # a signed-in user sees their own name
+
+
+# ---- idle timeout ------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_socket_that_sends_nothing_is_told_and_closed_but_an_active_one_is_kept(plain_user, settings):
+    settings.CHECKIN_IDLE_SECONDS = 1
+
+    async def scenario():
+        communicator = communicator_for(plain_user)
+        ready = await opened(communicator)
+        # Active for twice the timeout: a message every 0.3 s keeps the socket open.
+        for _ in range(7):
+            await communicator.send_json_to({"type": "withdraw"})
+            assert (await receive(communicator, timeout=5))["type"] == "consent_withdrawn"
+            await communicator.receive_nothing(timeout=0.3)
+        error = await receive(communicator, timeout=5)
+        closed = await communicator.receive_output(timeout=5)
+        return ready, error, closed
+
+    ready, error, closed = run(scenario)
+    assert ready["limits"]["idle_seconds"] == 1
+    assert error["code"] == "idle_timeout" and "1 seconds" in error["message"], error
+    assert closed == {"type": "websocket.close", "code": CLOSE_IDLE}
+
+
+# ---- kiosk keys ------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_kiosk_key_acts_as_its_kiosk_and_an_unbound_one_is_refused(staff_user, kiosk):
+    kiosk.liveness_required = True
+    kiosk.save()
+    _, bound = ApiKey.issue(staff_user, "door pi", Role.KIOSK, kiosk=kiosk)
+    _, unbound = ApiKey.issue(staff_user, "old pi", Role.KIOSK)
+
+    async def scenario():
+        communicator = keyed(bound)
+        ready = await open_with_consent(communicator)
+        await communicator.disconnect()
+        return ready, await refused_with(keyed(unbound))
+
+    ready, (error, closed) = run(scenario)
+    assert ready["device"] == "kiosk: Front door" and ready["liveness"] is True  # the kiosk's setting
+    assert staff_user.username not in json.dumps(ready)
+    assert error["code"] == "kiosk_not_bound" and closed == {"type": "websocket.close", "code": CLOSE_FORBIDDEN}
+    consent = Consent.objects.get()
+    assert consent.kiosk == kiosk and consent.user is None
+    assert Kiosk.objects.get(pk=kiosk.pk).last_seen_at is not None
+
+
+@pytest.mark.django_db
+def test_the_admin_refuses_a_kiosk_key_without_a_kiosk_and_issues_one_for_a_kiosk(client, staff_user, kiosk):
+    client.force_login(staff_user)
+    form = {"name": "door pi", "user": staff_user.pk, "role": Role.KIOSK}
+    refused = client.post("/admin/security/apikey/add/", form)
+    assert refused.status_code == 200 and b"must name the kiosk" in refused.content
+    assert not ApiKey.objects.exists()
+    created = client.post("/admin/security/apikey/add/", {**form, "kiosk": kiosk.pk}, follow=True)
+    assert created.status_code == 200
+    assert ApiKey.objects.get().kiosk == kiosk
+
+    issued = client.post("/admin/recognition/kiosk/", {"action": "issue_api_key", "_selected_action": [kiosk.pk]}, follow=True)
+    shown = [str(m) for m in issued.context["messages"] if "API key for kiosk" in str(m)]
+    assert len(shown) == 1
+    raw = shown[0].split(": ", 1)[1].split(" ")[0]
+    from security.authentication import authenticate_key
+
+    assert authenticate_key(raw).kiosk == kiosk
+
+
+# ---- audit -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_check_in_over_a_kiosk_key_is_audited_with_person_ids_and_no_images(staff_user, kiosk, settings):
+    settings.CHECKIN_STABLE_FRAMES = 4
+    key, raw = ApiKey.issue(staff_user, "door pi", Role.KIOSK, kiosk=kiosk)
+    lacamoire = person_named("Alex Lacamoire")
+
+    async def scenario():
+        communicator = keyed(raw)
+        await open_with_consent(communicator)
+        greeting = await stream_until_checked_in(communicator, LACAMOIRE)
+        await communicator.disconnect()
+        return greeting
+
+    greeting = run(scenario)
+    assert greeting["person_id"] == lacamoire.pk
+    events = {e.action: e for e in AuditEvent.objects.all()}
+    assert set(events) == {"stream_identify", "checkin", "stream"}, list(AuditEvent.objects.values("action"))
+    for event in events.values():
+        assert event.api_key == key and event.user == staff_user
+        assert event.actor == "kiosk 'Front door' / staff / key 'door pi'"
+        assert event.client_address == "192.0.2.7"
+        assert list(AuditEvent.objects.about(lacamoire.pk).filter(pk=event.pk))  # findable for export/erasure
+        assert not {"image", "frame_bytes", "crop", "embedding"} & set(event.result)
+    assert events["stream_identify"].result["person_id"] == lacamoire.pk
+    assert events["checkin"].result["checkin_id"] == lacamoire.checkins.get().pk
+    assert events["checkin"].result["already"] is False
+    summary = events["stream"].result
+    assert summary["matched"] == [lacamoire.pk] and summary["checkins"] == 1 and summary["frames"] >= 4
+
+
+# ---- bad messages ----------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_every_bad_text_message_gets_invalid_message_and_the_socket_stays_open(plain_user, caplog):
+    bad = [
+        "{not json",
+        "[" * 5000 + "]" * 5000,  # RecursionError in json.loads (was: close 1011 and a traceback)
+        '{"a":' * 1500 + "1" + "}" * 1500,
+        "[1, 2, 3]",
+        '"consent"',
+        json.dumps({"type": "selfie"}),
+        json.dumps({"no": "type"}),
+        json.dumps({"type": "consent", "padding": "x" * 100_000}),
+    ]
+
+    async def scenario():
+        communicator = communicator_for(plain_user)
+        await opened(communicator)
+        codes = []
+        for text in bad:
+            await communicator.send_to(text_data=text)
+            codes.append((await receive(communicator, timeout=10))["code"])
+        await communicator.send_json_to({"type": "withdraw"})
+        still_open = await receive(communicator, timeout=10)
+        await communicator.disconnect()
+        return codes, still_open
+
+    with caplog.at_level(logging.WARNING):
+        codes, still_open = run(scenario)
+    assert codes == ["invalid_message"] * len(bad)
+    assert still_open["type"] == "consent_withdrawn"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+@pytest.mark.django_db
+def test_an_oversized_frame_is_refused_before_consent_is_checked(plain_user, settings):
+    settings.CHECKIN_MAX_FRAME_BYTES = 1000
+
+    async def scenario():
+        communicator = communicator_for(plain_user)
+        await opened(communicator)
+        await communicator.send_to(bytes_data=b"\0" * 1001)
+        error = await receive(communicator, timeout=10)
+        await communicator.disconnect()
+        return error
+
+    assert run(scenario)["code"] == "frame_too_large"
+
+
+def test_the_run_scripts_let_messages_over_the_frame_limit_reach_the_app():
+    from django.conf import settings
+
+    assert " ".join(live.DAPHNE_WEBSOCKET_ARGS) in (ROOT / "scripts" / "run.sh").read_text()
+    assert "--ws-max-size 16777216" in (ROOT / "scripts" / "run-production.sh").read_text()
+    assert settings.CHECKIN_MAX_FRAME_BYTES < 10 * 1024 * 1024 < 16777216
+
+
+# ---- a real server ---------------------------------------------------------------------------------
+
+ISSUE_BOUND_KIOSK_KEY = """
+from django.contrib.auth import get_user_model
+from recognition.models import Kiosk
+from security.models import ApiKey, Role
+kiosk = Kiosk(name="Gate")
+kiosk.set_new_token()
+kiosk.save()
+print(ApiKey.issue(get_user_model().objects.get(username="live-staff"), "gate pi", Role.KIOSK, kiosk=kiosk)[1])
+"""
+
+
+@pytest.mark.servers
+@pytest.mark.django_db
+def test_over_a_real_server_a_10_mb_frame_gets_frame_too_large_and_the_kiosk_cap_holds(live_site):
+    """daphne as scripts/run.sh runs it (two of them on Redis in the PostgreSQL pass, so the cap is
+    shown to hold across processes)."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    raw = live_site.manage("shell", "-c", ISSUE_BOUND_KIOSK_KEY).stdout.split()[-1]
+    env = live_site.with_env(CHECKIN_MAX_SOCKETS_PER_KIOSK=2)
+    servers = [live_site.start_web(env=env)]
+    if live_site.backend == "postgresql":
+        servers.append(live_site.start_web(env=env))
+
+    def socket(number: int):
+        server = servers[number % len(servers)]
+        return connect(
+            server.url.replace("http://", "ws://") + "/ws/identify/",
+            origin=server.url,
+            additional_headers={"Authorization": f"Token {raw}"},
+            max_size=2**22,
+            open_timeout=60,
+        )
+
+    def ready_of(stream) -> dict:
+        message = json.loads(stream.recv(timeout=60))
+        assert message["type"] == "ready", message
+        return message
+
+    try:
+        first, second = socket(0), socket(1)
+        ready = ready_of(first)
+        ready_of(second)
+        assert ready["device"] == "kiosk: Gate" and "live-staff" not in json.dumps(ready)
+
+        with socket(2) as third:
+            refused = json.loads(third.recv(timeout=30))
+            with pytest.raises(ConnectionClosed) as closed:
+                third.recv(timeout=30)
+        assert refused["code"] == "too_many_connections", refused
+        assert closed.value.rcvd.code == CLOSE_TOO_MANY
+
+        first.send(b"\xff" * (10 * 1024 * 1024))
+        too_large = json.loads(first.recv(timeout=60))
+        assert too_large["code"] == "frame_too_large" and "10,485,760 bytes" in too_large["message"], too_large
+        # Still open and usable: consent, then a real frame is answered.
+        first.send(json.dumps({"type": "consent", "notice_version": ready["notice_version"], "age_confirmed": True}))
+        assert json.loads(first.recv(timeout=60))["type"] == "consent_recorded"
+        greeting = stream_until_checked_in_over_the_wire(first, LACAMOIRE)
+        assert greeting["name"] == "Alex Lacamoire", greeting
+
+        first.close()  # frees its slot: a new socket is accepted (on the other process, with two)
+        for _ in range(20):  # the server releases the slot as it handles the close: a moment later
+            with socket(1) as replacement:
+                if json.loads(replacement.recv(timeout=60))["type"] == "ready":
+                    break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("a closed socket's slot was never freed")
+        second.close()
+    except Exception:
+        for server in servers:  # shown by pytest with the failure
+            print(f"--- {server.url} ---\n{server.proc.log_path.read_text()[-4000:]}")
+        raise
+    finally:
+        for server in servers:
+            live_site.stop(server.proc)
