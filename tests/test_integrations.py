@@ -428,3 +428,52 @@ def test_a_broker_outage_does_not_fail_the_caller(caplog):
     with override_settings(MQTT_URL="mqtt://127.0.0.1:9", MQTT_TIMEOUT_SECONDS=1):
         assert mqtt.publish("checkin.created", {"event": "checkin.created"}) is False
     assert "could not publish checkin.created" in caplog.text
+
+
+# ---- the admin ------------------------------------------------------------------------------------
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE=True, WEBHOOK_MAX_ATTEMPTS=1)
+def test_admin_registers_a_webhook_sends_a_test_event_shows_the_log_and_retries(admin_client):
+    with Receiver(500, 200) as receiver:
+        added = admin_client.post(
+            "/admin/integrations/webhook/add/",
+            {"url": receiver.url, "events": ["checkin.created", "face.accepted"], "secret": SECRET, "is_active": "on"},
+            follow=True,
+        )
+        assert added.status_code == 200 and not added.context.get("errors"), added.content[:2000]
+        hook = Webhook.objects.get()
+        assert hook.events == ["checkin.created", "face.accepted"] and hook.secret == SECRET
+
+        tested = admin_client.post(
+            "/admin/integrations/webhook/", {"action": "send_test_event", "_selected_action": [hook.pk]}, follow=True
+        )
+        assert b"failed" in tested.content  # the receiver answered 500 and one attempt is the limit
+        delivery = Delivery.objects.get()
+        assert (delivery.event, delivery.status, delivery.response_code) == ("webhook.test", "failed", 500)
+        page = admin_client.get(f"/admin/integrations/webhook/{hook.pk}/change/").content.decode()
+        assert "webhook.test" in page and "500" in page and SECRET not in page
+
+        admin_client.post("/admin/integrations/delivery/", {"action": "retry", "_selected_action": [delivery.pk]}, follow=True)
+        delivery.refresh_from_db()
+        assert (delivery.status, delivery.response_code) == ("delivered", 200)
+        headers, body = receiver.requests[-1]
+        assert verified(headers, body) and json.loads(body)["data"]["webhook_id"] == hook.pk
+
+        # A change that leaves the secret empty keeps it.
+        admin_client.post(
+            f"/admin/integrations/webhook/{hook.pk}/change/",
+            {"url": receiver.url, "events": ["person.erased"], "secret": "", "is_active": "on"},
+        )
+        hook.refresh_from_db()
+        assert hook.events == ["person.erased"] and hook.secret == SECRET
+
+
+def test_admin_refuses_a_private_address(admin_client):
+    with override_settings(WEBHOOK_ALLOW_PRIVATE=False):
+        response = admin_client.post(
+            "/admin/integrations/webhook/add/",
+            {"url": "http://127.0.0.1:8123/hook", "events": ["checkin.created"], "secret": SECRET, "is_active": "on"},
+        )
+    assert response.status_code == 200 and b"private" in response.content
+    assert not Webhook.objects.exists()
