@@ -229,10 +229,13 @@ TRAINING_EXPORT_TFLITE = env_bool("TRAINING_EXPORT_TFLITE", True)
 # Converting FaceNet to TFLite takes a minute or more; the result is reused while weights and TF match.
 TRAINING_CACHE_DIR = Path(env_str("TRAINING_CACHE_DIR", str(BASE_DIR / "var" / "cache")))
 
+# Users' own tokens (/api/v1/auth/token/) expire after this many hours (0: never); they are also
+# deleted when the user's password changes or the account is deactivated. API keys do not expire.
+API_TOKEN_TTL_HOURS = env_int("API_TOKEN_TTL_HOURS", 24 * 30)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "security.authentication.ApiKeyAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
+        "security.authentication.ExpiringTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     # Per token (or per user, or per client address when anonymous); see security/throttling.py.

@@ -1,10 +1,10 @@
-from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
 
 from facesite.health import healthz
+from people.media import FaceMediaView
 from privacy.views import PersonExportView
 from recognition import pages
 
@@ -13,6 +13,9 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz/", healthz, name="healthz"),
     path("api/v1/people/<int:pk>/export/", PersonExportView.as_view(), name="person-export"),
+    # Face photos are served to staff by these views only: no /media/ route, in any DEBUG mode.
+    path("api/v1/people/<int:person_pk>/faces/<int:pk>/image/", FaceMediaView.as_view(kind="image"), name="face-image"),
+    path("api/v1/people/<int:person_pk>/faces/<int:pk>/crop/", FaceMediaView.as_view(kind="crop"), name="face-crop"),
     path("api/v1/", include("facesite.api_urls")),
     path("checkin/", pages.checkin, name="checkin"),
     path("checkin/feed/", pages.checkin_feed, name="checkin-feed"),
@@ -23,8 +26,3 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(next_page="checkin"), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(next_page="login"), name="logout"),
 ]
-
-if settings.DEBUG:
-    from django.conf.urls.static import static
-
-    urlpatterns += static(settings.MEDIA_URL, document_root=settings.MEDIA_ROOT)

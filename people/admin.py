@@ -6,18 +6,23 @@ from recognition.engine.images import ImageError
 
 from . import services
 from .forms import PersonAdminForm
+from .media import face_media_url
 from .models import FaceImage, Person
 
 STATUS_COLOURS = {"accepted": "#1a7f37", "rejected": "#cf222e", "review": "#9a6700", "pending": "#57606a"}
 
 
 def crop_thumbnail(face: FaceImage, size: int = 80) -> str:
+    # Through the staff-only media view (people/media.py): there is no public /media/ route.
     if face.crop:
         return format_html(
-            '<img src="{}" width="{}" height="{}" alt="face crop" style="border-radius:4px">', face.crop.url, size, size
+            '<img src="{}" width="{}" height="{}" alt="face crop" style="border-radius:4px">',
+            face_media_url(face, "crop"),
+            size,
+            size,
         )
     if face.image:
-        return format_html('<img src="{}" height="{}" alt="photo" style="opacity:.6">', face.image.url, size)
+        return format_html('<img src="{}" height="{}" alt="photo" style="opacity:.6">', face_media_url(face, "image"), size)
     return "-"
 
 

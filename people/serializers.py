@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from .media import face_media_url
 from .models import FaceImage, Person
 
 
@@ -51,17 +52,17 @@ class FaceImageSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    def _url(self, field):
+    def _url(self, face, kind: str) -> str | None:
+        # The staff-only view (people/media.py), never the storage URL: there is no public /media/.
+        path = face_media_url(face, kind)
         request = self.context.get("request")
-        if not field:
-            return None
-        return request.build_absolute_uri(field.url) if request else field.url
+        return request.build_absolute_uri(path) if request and path else path
 
     def get_image_url(self, obj) -> str | None:
-        return self._url(obj.image)
+        return self._url(obj, "image")
 
     def get_crop_url(self, obj) -> str | None:
-        return self._url(obj.crop)
+        return self._url(obj, "crop")
 
 
 class FaceUploadSerializer(serializers.Serializer):

@@ -1,4 +1,4 @@
-"""People and their face images over the API (staff write, authenticated users read)."""
+"""People and their face images over the API (staff write; staff or an explicit read role read)."""
 
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404
@@ -7,9 +7,9 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
+from facesite.api import IsStaffOrReadRole
 from recognition.engine.images import ImageError
 from recognition.errors import image_error
-from recognition.permissions import IsStaffOrReadOnly
 from security.permissions import TokenScope
 
 from . import services
@@ -19,8 +19,9 @@ from .serializers import FaceImageSerializer, FaceUploadSerializer, PersonSerial
 
 class PersonViewSet(viewsets.ModelViewSet):
     serializer_class = PersonSerializer
-    permission_classes = [IsStaffOrReadOnly, TokenScope]
+    permission_classes = [IsStaffOrReadRole, TokenScope]
     token_scope_read, token_scope_write = "read", "enroll"
+    read_permission = "people.view_person"
     parser_classes = [JSONParser, FormParser, MultiPartParser]
 
     def get_queryset(self):
@@ -34,8 +35,9 @@ class PersonViewSet(viewsets.ModelViewSet):
 
 class FaceImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
     serializer_class = FaceImageSerializer
-    permission_classes = [IsStaffOrReadOnly, TokenScope]
+    permission_classes = [IsStaffOrReadRole, TokenScope]
     token_scope_read, token_scope_write = "read", "enroll"
+    read_permission = "people.view_faceimage"
     parser_classes = [MultiPartParser, FormParser]
 
     def person(self) -> Person:

@@ -5,8 +5,8 @@ from datetime import date, datetime, time
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers
-from rest_framework.permissions import IsAdminUser
 
+from facesite.api import IsStaffOrReadRole
 from security.permissions import TokenScope
 
 from .errors import ApiError
@@ -30,8 +30,9 @@ class CheckInListView(generics.ListAPIView):
     """Check-ins, newest first: today's (server time zone), a given day's (?date=YYYY-MM-DD) or all (?date=all)."""
 
     serializer_class = CheckInSerializer
-    permission_classes = [IsAdminUser, TokenScope]
+    permission_classes = [IsStaffOrReadRole, TokenScope]
     token_scope = "checkins"  # staff API keys only: no narrower role lists check-ins
+    read_permission = "recognition.view_checkin"  # an account given this in the admin may list them too
 
     @extend_schema(parameters=[OpenApiParameter("date", str, description="'today' (default), 'all' or YYYY-MM-DD")])
     def get(self, request, *args, **kwargs):

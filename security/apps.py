@@ -6,4 +6,4 @@ class SecurityConfig(AppConfig):
     verbose_name = "API access and audit"
 
     def ready(self):
-        from . import schema  # noqa: F401  (registers the OpenAPI auth scheme)
+        from . import schema, signals  # noqa: F401  (the OpenAPI auth scheme; token revocation)

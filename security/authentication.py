@@ -1,16 +1,21 @@
-"""`Authorization: Token <key>` for role-limited API keys (security.models.ApiKey).
+"""`Authorization: Token <key>`: role-limited API keys (security.models.ApiKey) and users' own tokens.
 
-Keys are looked up by hash. A key that is not an ApiKey falls through to DRF's TokenAuthentication
-(the per-user token from /api/v1/auth/token/, which carries the user's own rights).
+API keys are looked up by hash. A key that is not an ApiKey falls through to
+ExpiringTokenAuthentication: the per-user token from /api/v1/auth/token/, which carries the user's
+own rights, lasts API_TOKEN_TTL_HOURS and is deleted when the user's password changes or the
+account is deactivated (security/signals.py). API keys are machine keys with explicit revocation
+and do not expire.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import TokenAuthentication
+from rest_framework.authtoken.models import Token
 
 from .models import ApiKey, hash_key
 from .permissions import TokenScope, required_scope
@@ -49,3 +54,45 @@ class ApiKeyAuthentication(TokenAuthentication):
         if key is None:
             return None  # not one of ours: let the next authentication class try
         return key.user, key
+
+
+TOKEN_EXPIRED = "This token has expired; ask /api/v1/auth/token/ for a new one."
+
+
+def token_expired(token: Token) -> bool:
+    """True once a user token is older than API_TOKEN_TTL_HOURS (0: tokens never expire)."""
+    hours = settings.API_TOKEN_TTL_HOURS
+    return hours > 0 and timezone.now() - token.created >= timedelta(hours=hours)
+
+
+def issue_token(user) -> Token:
+    """The user's token, a fresh one if theirs has expired (what /api/v1/auth/token/ hands out)."""
+    token, created = Token.objects.get_or_create(user=user)
+    if not created and token_expired(token):
+        token.delete()
+        token = Token.objects.create(user=user)
+    return token
+
+
+def user_for_token(raw: str) -> object | None:
+    """The active user a raw user token stands for; None if unknown, expired (then deleted) or inactive.
+
+    For callers outside DRF (the websocket consumers), applying the same expiry as the API."""
+    token = Token.objects.select_related("user").filter(key=raw).first()
+    if token is None or not token.user.is_active:
+        return None
+    if token_expired(token):
+        token.delete()
+        return None
+    return token.user
+
+
+class ExpiringTokenAuthentication(TokenAuthentication):
+    """DRF's per-user token, refused (and deleted) once older than API_TOKEN_TTL_HOURS."""
+
+    def authenticate_credentials(self, key):
+        user, token = super().authenticate_credentials(key)
+        if token_expired(token):
+            token.delete()
+            raise exceptions.AuthenticationFailed(TOKEN_EXPIRED)
+        return user, token

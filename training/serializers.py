@@ -48,11 +48,11 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    def _url(self, obj, name: str, has: bool) -> str | None:
+    def _url(self, obj, name: str, has: bool, *args) -> str | None:
         if not has:
             return None
         request = self.context.get("request")
-        path = reverse(name, args=[obj.pk])
+        path = reverse(name, args=[obj.pk, *args])
         return request.build_absolute_uri(path) if request else path
 
     def get_tflite_url(self, obj) -> str | None:
@@ -62,10 +62,10 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         return self._url(obj, "model-labels", bool(obj.labels))
 
     def get_confusion_plot_url(self, obj) -> str | None:
-        return obj.confusion_plot.url if obj.confusion_plot else None
+        return self._url(obj, "model-plot", bool(obj.confusion_plot), "confusion")
 
     def get_roc_plot_url(self, obj) -> str | None:
-        return obj.roc_plot.url if obj.roc_plot else None
+        return self._url(obj, "model-plot", bool(obj.roc_plot), "roc")
 
 
 class TrainRequestSerializer(serializers.Serializer):

@@ -1,4 +1,8 @@
-"""/api/v1/models/: training history, triggers, activation (rollback) and edge downloads."""
+"""/api/v1/models/: training history, triggers, activation (rollback) and edge downloads.
+
+Reading needs staff or an explicit read role (facesite.api.IsStaffOrReadRole); training and
+activating need staff; the edge files need CanDownloadModel. Model files are served only here:
+there is no public /media/ route."""
 
 from django.http import FileResponse
 from drf_spectacular.utils import extend_schema
@@ -6,18 +10,23 @@ from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from facesite.api import IsStaffOrReadRole
 from recognition.errors import ApiError
+from security.permissions import TokenScope
 
 from . import services
 from .models import ModelVersion
-from .permissions import CanDownloadModel, IsStaffOrReadOnly
+from .permissions import CanDownloadModel
 from .serializers import ModelVersionSerializer, TrainRequestSerializer, TrainResponseSerializer
 
 
 class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = ModelVersion.objects.select_related("requested_by")
     serializer_class = ModelVersionSerializer
-    permission_classes = [IsStaffOrReadOnly]
+    permission_classes = [IsStaffOrReadRole, TokenScope]
+    token_scope_read, token_scope_write = "read", "train"  # "train": staff-role keys only
+    # An edge device's account (the download permission) reads /models/active/ to find its files.
+    read_permission = ("training.view_modelversion", "training.download_modelversion")
     lookup_value_regex = r"\d+"
 
     @extend_schema(request=TrainRequestSerializer, responses={202: TrainResponseSerializer, 200: TrainResponseSerializer})
@@ -64,6 +73,23 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
         """The label map: people, threshold, recogniser and the reference embeddings."""
         version = self.get_object()
         return _download(version.labels, f"facesite-v{version.number}-labels.json", version.labels_sha256, "application/json")
+
+    @extend_schema(responses={(200, "image/png"): bytes})
+    @action(detail=True, methods=["get"], url_path="plots/(?P<which>confusion|roc)")
+    def plot(self, request, pk=None, which=None):
+        """The evaluation plot of this version (PNG): `confusion` matrix or `roc` curve."""
+        version = self.get_object()
+        field = version.confusion_plot if which == "confusion" else version.roc_plot
+        if not field:
+            raise ApiError("no_artifact", "This version has no such plot.", status.HTTP_404_NOT_FOUND)
+        try:
+            handle = field.open("rb")
+        except FileNotFoundError:
+            raise ApiError("no_artifact", "The plot of this version is missing from storage.", status.HTTP_404_NOT_FOUND)
+        response = FileResponse(handle, content_type="image/png")
+        response["Cache-Control"] = "private, no-store"
+        response["X-Content-Type-Options"] = "nosniff"
+        return response
 
 
 def _download(field, filename: str, sha256: str, content_type: str) -> FileResponse:
