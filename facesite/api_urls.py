@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
+from integrations.views import WebhookViewSet
 from people.views import FaceImageViewSet, PersonViewSet
 from recognition.checkin_api import CheckInListView
 from recognition.views import ObtainTokenView, RecognizeView, VerifyView
@@ -12,6 +13,7 @@ from training.views import ModelVersionViewSet
 router = DefaultRouter()
 router.register("people", PersonViewSet, basename="person")
 router.register("models", ModelVersionViewSet, basename="model")
+router.register("webhooks", WebhookViewSet, basename="webhook")
 
 face_list = FaceImageViewSet.as_view({"get": "list", "post": "create"})
 face_detail = FaceImageViewSet.as_view({"get": "retrieve", "delete": "destroy"})

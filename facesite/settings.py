@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "training",
     "security",
     "privacy",
+    "integrations",
 ]
 
 MIDDLEWARE = [
@@ -371,3 +372,16 @@ CHECKIN_MAX_SOCKETS_PER_KEY = env_int("CHECKIN_MAX_SOCKETS_PER_KEY", 4)
 CHECKIN_MAX_SOCKETS = env_int("CHECKIN_MAX_SOCKETS", 32)
 # A socket that sends nothing (no frame, no message) for this long is closed (idle_timeout, 4408).
 CHECKIN_IDLE_SECONDS = env_float("CHECKIN_IDLE_SECONDS", 120.0)
+
+# ---- integrations: webhooks and MQTT (integrations/, README "Integrations") -----------------------
+# Webhook URLs on private, loopback or reserved addresses are refused (at registration and at every
+# send) unless this is on (tests; a trusted LAN).
+WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)
+WEBHOOK_TIMEOUT_SECONDS = env_float("WEBHOOK_TIMEOUT_SECONDS", 5.0)
+# A failed delivery is retried after base, 6x base, 36x base ... seconds (10 s, 60 s, 6 min, ...).
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 6)
+WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 10.0)
+# mqtt://user:pass@host:1883 (mqtts:// for TLS); empty: no MQTT.
+MQTT_URL = env_str("MQTT_URL", "")
+MQTT_TOPIC_PREFIX = env_str("MQTT_TOPIC_PREFIX", "facesite")
+MQTT_TIMEOUT_SECONDS = env_float("MQTT_TIMEOUT_SECONDS", 5.0)
