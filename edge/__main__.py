@@ -1,0 +1,5 @@
+import sys
+
+from .kiosk import main
+
+sys.exit(main())

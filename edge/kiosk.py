@@ -1,0 +1,256 @@
+#!/usr/bin/env python
+"""Offline edge kiosk: sync the server's TFLite model, recognise from a camera or video, check in.
+
+    python -m edge sync   --server https://faces.example --key $KIOSK_KEY
+    python -m edge run    --camera 0 --consent            # window with boxes and names
+    python -m edge run    --video clip.mp4 --headless     # JSON lines on stdout
+    python -m edge upload                                  # send queued check-ins now
+    python -m edge status
+
+Frames are analysed in memory and never written anywhere. Check-ins follow the server's rule (the
+same identity over CHECKIN_STABLE_FRAMES tracked frames, backed by two embeddings; one per person
+per repeat window), are queued in the state directory and uploaded when the server answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python edge/kiosk.py`: the engine code is imported from the repository
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+from edge.outbox import Outbox  # noqa: E402
+from edge.recogniser import EdgeRecogniser  # noqa: E402
+from edge.sync import Offline, Server, State, SyncError, sync  # noqa: E402
+
+
+def emit(event: dict) -> None:
+    print(json.dumps(event), flush=True)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+# ---- consent ---------------------------------------------------------------------------------------
+
+
+def ensure_consent(state: State, given_by_flag: bool, interactive: bool) -> dict:
+    """The consent in force for the notice version last fetched from the server; asks or records it.
+
+    Raises SystemExit when there is none: the camera is not opened without it."""
+    notice = state.manifest.get("consent")
+    if not notice:
+        raise SystemExit("No consent notice cached: run `python -m edge sync` while the server is reachable first.")
+    consent = state.read().get("consent") or {}
+    if consent.get("notice_version") == notice["notice_version"]:
+        return consent
+    if not given_by_flag:
+        if not interactive:
+            raise SystemExit(
+                f"Consent to notice {notice['notice_version']} has not been given on this device: pass --consent "
+                "(after the people using the kiosk have been shown the notice) or run interactively."
+            )
+        print(notice["text"], "\n", file=sys.stderr)
+        answer = input(
+            f"Do the people using this kiosk agree to this processing, and are they at least {notice['min_age']}? [y/N] "
+        )
+        if answer.strip().lower() not in ("y", "yes"):
+            raise SystemExit("Consent not given: the camera stays off.")
+    consent = {"notice_version": notice["notice_version"], "given_at": now_iso()}
+    state.update(consent=consent)
+    return consent
+
+
+# ---- the run loop ----------------------------------------------------------------------------------
+
+
+def open_source(args):
+    import cv2
+
+    source = cv2.VideoCapture(str(args.video) if args.video else int(args.camera))
+    if not source.isOpened():
+        raise SystemExit(f"cannot open {'video ' + str(args.video) if args.video else 'camera ' + str(args.camera)}")
+    return source
+
+
+def check_window_support() -> None:
+    import cv2
+
+    try:
+        cv2.namedWindow("facesite kiosk")
+    except cv2.error as err:
+        raise SystemExit(
+            "This OpenCV has no GUI (opencv-contrib-python-headless is what the server installs): "
+            "run with --headless, or `pip uninstall opencv-contrib-python-headless && pip install opencv-python` "
+            f"on the device. ({str(err).strip().splitlines()[-1]})"
+        )
+
+
+def draw(bgr, faces: list[dict]):
+    import cv2
+
+    for face in faces:
+        x, y, w, h = face["box"]
+        colour = (0, 200, 0) if face["person_id"] else (0, 0, 220)
+        cv2.rectangle(bgr, (x, y), (x + w, y + h), colour, 2)
+        label = face["name"] or "unknown"
+        if face["state"] == "checked_in":
+            label += " - checked in"
+        cv2.putText(bgr, label, (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.6, colour, 2)
+    cv2.imshow("facesite kiosk", bgr)
+    return cv2.waitKey(1) & 0xFF
+
+
+class Kiosk:
+    def __init__(self, state: State, server: Server | None, outbox: Outbox, sync_every: float):
+        self.state = state
+        self.server = server
+        self.outbox = outbox
+        self.sync_every = sync_every
+        self.last_sync = 0.0
+        self.online: bool | None = None
+        self.recogniser = self.load()
+
+    def load(self) -> EdgeRecogniser:
+        if self.state.pair_dir is None:
+            raise SystemExit("No model on this device yet: run `python -m edge sync` while the server is reachable.")
+        rule = self.state.manifest.get("checkin", {})
+        return EdgeRecogniser(self.state.pair_dir, self.state.gallery(), self.state.read().get("names", {}), rule)
+
+    def maybe_sync(self, force: bool = False) -> None:
+        """Every ``sync_every`` seconds: upload queued check-ins, fetch a newly activated model."""
+        if self.server is None or (not force and time.monotonic() - self.last_sync < self.sync_every):
+            return
+        self.last_sync = time.monotonic()
+        try:
+            for report in self.outbox.upload(self.server):
+                emit(report)
+            before = (self.state.version, self.state.read().get("gallery_cursor"))
+            report = sync(self.server, self.state)
+            if self.online is not True:
+                emit({"type": "online"})
+            self.online = True
+            if report["model_changed"] or report["gallery_changes"] or before[0] != self.state.version:
+                self.recogniser = self.load()
+                emit({**report, "reloaded": True})
+            for upload in self.outbox.upload(self.server):
+                emit(upload)
+        except Offline as err:
+            if self.online is not False:
+                emit({"type": "offline", "error": str(err)})
+            self.online = False
+        except SyncError as err:
+            emit({"type": "sync_error", "error": str(err), "version": self.state.version})
+
+    def run(self, source, headless: bool, every: int, consent: dict) -> int:
+        import cv2
+
+        rule = self.state.manifest.get("checkin", {})
+        window = timedelta(minutes=rule.get("repeat_window_minutes", 30))
+        index = 0
+        self.maybe_sync(force=True)
+        while True:
+            ok, bgr = source.read()
+            if not ok:
+                break
+            if index % every:
+                index += 1
+                continue
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            faces, ready = self.recogniser.process(rgb)
+            for track in ready:
+                track.checked_in = True
+                if self.outbox.checked_in_recently(track.person_id, window):
+                    continue
+                checkin = {
+                    "client_id": str(uuid.uuid4()),
+                    "person_id": track.person_id,
+                    "checked_in_at": now_iso(),
+                    "similarity": round(float(np.mean(track.agreeing)), 6),
+                    "threshold": self.recogniser.threshold,
+                    "frames": min(track.streak, 32767),
+                    "model_version": self.state.version,
+                    "notice_version": consent["notice_version"],
+                    "consent_given_at": consent["given_at"],
+                }
+                self.outbox.add(checkin)
+                emit({"type": "checkin", "name": self.recogniser.name(track.person_id), "queued": True, **checkin})
+            faces = self.recogniser.describe(faces)
+            del rgb  # frames live in memory only, for the time it takes to analyse them
+            if headless:
+                emit({"type": "frame", "frame": index, "version": self.state.version, "faces": faces})
+            elif draw(bgr, faces) in (ord("q"), 27):
+                break
+            index += 1
+            self.maybe_sync()
+        self.maybe_sync(force=True)
+        emit({"type": "end", "frames": index, "pending": len(self.outbox.pending()), "version": self.state.version})
+        return 0
+
+
+# ---- command line ----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edge", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--server", default=os.environ.get("FACESITE_SERVER", "http://127.0.0.1:8000"))
+    parser.add_argument("--key", default=os.environ.get("FACESITE_KIOSK_KEY"), help="kiosk API key (or FACESITE_KIOSK_KEY)")
+    parser.add_argument("--state-dir", type=Path, default=Path(os.environ.get("FACESITE_EDGE_STATE", "var/edge-kiosk")))
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("sync", help="fetch the active model pair (if changed), the gallery delta and the rules")
+    run = commands.add_parser("run", help="recognise and check in from a camera or a video")
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--video", type=Path)
+    source.add_argument("--camera", type=int)
+    run.add_argument("--headless", action="store_true", help="no window: JSON lines on stdout")
+    run.add_argument("--consent", action="store_true", help="record consent to the cached notice without asking")
+    run.add_argument("--every", type=int, default=1, help="analyse every n-th frame")
+    run.add_argument("--sync-every", type=float, default=60.0, help="seconds between syncs and uploads while running")
+    commands.add_parser("upload", help="upload queued check-ins now")
+    commands.add_parser("status", help="print the state: version, pending check-ins, consent")
+    args = parser.parse_args(argv)
+
+    state = State(args.state_dir)
+    server = Server(args.server, args.key) if args.key else None
+    outbox = Outbox(state.root / "outbox.sqlite3")
+    try:
+        if args.command == "status":
+            emit({**{k: v for k, v in state.read().items() if k != "names"}, "pending": len(outbox.pending())})
+            return 0
+        if server is None:
+            parser.error("--key (or FACESITE_KIOSK_KEY) is required")
+        if args.command == "sync":
+            try:
+                emit(sync(server, state))
+            except (Offline, SyncError) as err:
+                emit({"type": "sync_error", "error": str(err), "version": state.version})
+                return 1
+            return 0
+        if args.command == "upload":
+            reports = outbox.upload(server)
+            for report in reports:
+                emit(report)
+            return 0 if all(r["status"] in (200, 201) for r in reports) else 1
+        consent = ensure_consent(state, args.consent, sys.stdin.isatty())  # before any camera is opened
+        if not args.headless:
+            check_window_support()
+        kiosk = Kiosk(state, server, outbox, args.sync_every)
+        return kiosk.run(open_source(args), args.headless, max(1, args.every), consent)
+    finally:
+        outbox.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

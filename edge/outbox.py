@@ -1,0 +1,80 @@
+"""Check-ins waiting for the server, in an SQLite file in the state directory.
+
+Each check-in gets a uuid when it is recorded; the server stores one row per uuid, so a retried
+upload (the answer lost, the process killed after the POST) never makes a second check-in. A row is
+deleted only after the server answered 201 (stored) or 200 (already stored).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from .sync import Offline, Server
+
+
+class Outbox:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.db = sqlite3.connect(self.path)
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS pending (client_id TEXT PRIMARY KEY, body TEXT NOT NULL, "
+            "attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '')"
+        )
+        # who checked in when, on this device: the server's repeat window applied offline too
+        self.db.execute("CREATE TABLE IF NOT EXISTS recent (person_id INTEGER NOT NULL, at TEXT NOT NULL)")
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def add(self, checkin: dict) -> None:
+        with self.db:
+            self.db.execute("INSERT INTO pending (client_id, body) VALUES (?, ?)", (checkin["client_id"], json.dumps(checkin)))
+            self.db.execute("INSERT INTO recent (person_id, at) VALUES (?, ?)", (checkin["person_id"], checkin["checked_in_at"]))
+
+    def checked_in_recently(self, person_id: int, window: timedelta) -> bool:
+        since = (datetime.now(UTC) - window).isoformat()
+        row = self.db.execute("SELECT 1 FROM recent WHERE person_id = ? AND at >= ? LIMIT 1", (person_id, since)).fetchone()
+        return row is not None
+
+    def pending(self) -> list[dict]:
+        return [json.loads(body) for (body,) in self.db.execute("SELECT body FROM pending ORDER BY rowid")]
+
+    def upload(self, server: Server, retries: int = 3, backoff: float = 1.0) -> list[dict]:
+        """POST every pending check-in; returns one report per check-in. Offline: stops, keeps the rest."""
+        reports = []
+        for checkin in self.pending():
+            for attempt in range(retries):
+                try:
+                    code, body = server.request("/api/v1/checkins/", "POST", checkin)
+                except Offline as err:
+                    self._failed(checkin, str(err))
+                    reports.append({"type": "upload", "client_id": checkin["client_id"], "status": "offline"})
+                    return reports
+                if code in (200, 201):
+                    with self.db:
+                        self.db.execute("DELETE FROM pending WHERE client_id = ?", (checkin["client_id"],))
+                    row = json.loads(body)
+                    reports.append(
+                        {"type": "upload", "client_id": checkin["client_id"], "status": code, "checkin_id": row.get("id")}
+                    )
+                    break
+                if 400 <= code < 500 and code != 429:  # refused for good: keep it, say why, go on
+                    self._failed(checkin, f"HTTP {code}: {body[:300].decode(errors='replace')}")
+                    reports.append({"type": "upload", "client_id": checkin["client_id"], "status": code, "error": body.decode()})
+                    break
+                self._failed(checkin, f"HTTP {code}")
+                time.sleep(backoff * (2**attempt))
+            else:
+                reports.append({"type": "upload", "client_id": checkin["client_id"], "status": "retry_later"})
+        return reports
+
+    def _failed(self, checkin: dict, error: str) -> None:
+        with self.db:
+            self.db.execute(
+                "UPDATE pending SET attempts = attempts + 1, last_error = ? WHERE client_id = ?", (error, checkin["client_id"])
+            )

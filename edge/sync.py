@@ -1,0 +1,233 @@
+"""Keeping the kiosk's model pair, gallery and server rules in step with the server.
+
+State directory layout (``--state-dir``, default var/edge-kiosk)::
+
+    state.json        version in use, its sha256s, gallery cursor, consent given on this device
+    manifest.json     the server's last manifest: notice text and version, check-in rule
+    pairs/v<N>-<sha>/ model.tflite + labels.json of one version, verified
+    gallery.npz       the gallery delta's faces (ids, person ids, embeddings), names in state.json
+    outbox.sqlite3    check-ins waiting for upload (outbox.py)
+
+A new pair is downloaded into ``pairs/.partial-*``, both sha256 sums are checked against the
+manifest, and only then is the folder renamed and state.json (written to a temporary name, then
+``os.replace``) pointed at it: a failed or tampered download leaves the previous pair in use.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MODEL_FILE = "model.tflite"
+LABELS_FILE = "labels.json"
+
+
+class SyncError(Exception):
+    """The server answered, but what it sent cannot be used (bad sha256, no model, refused key)."""
+
+
+class Offline(Exception):
+    """The server could not be reached."""
+
+
+@dataclass
+class Server:
+    url: str
+    key: str
+    timeout: float = 30.0
+
+    def request(self, path_or_url: str, method: str = "GET", body: dict | None = None) -> tuple[int, bytes]:
+        url = path_or_url if path_or_url.startswith("http") else self.url.rstrip("/") + path_or_url
+        headers = {"Authorization": f"Token {self.key}", "Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            with urllib.request.urlopen(
+                urllib.request.Request(url, data=data, method=method, headers=headers), timeout=self.timeout
+            ) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+        except (urllib.error.URLError, OSError) as err:
+            raise Offline(f"{url}: {getattr(err, 'reason', err)}") from err
+
+    def json(self, path: str) -> dict:
+        code, data = self.request(path)
+        if code != 200:
+            raise SyncError(f"{path}: HTTP {code}: {data[:300].decode(errors='replace')}")
+        return json.loads(data)
+
+    def download(self, url: str, target: Path) -> str:
+        """Stream ``url`` into ``target``; returns the sha256 of what was written."""
+        digest = hashlib.sha256()
+        request = urllib.request.Request(url, headers={"Authorization": f"Token {self.key}"})
+        try:
+            with urllib.request.urlopen(request, timeout=max(self.timeout, 300)) as response, open(target, "wb") as out:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except urllib.error.HTTPError as err:
+            raise SyncError(f"{url}: HTTP {err.code}") from err
+        except (urllib.error.URLError, OSError) as err:
+            raise Offline(f"{url}: {getattr(err, 'reason', err)}") from err
+        return digest.hexdigest()
+
+
+class State:
+    """The kiosk's state directory (see the module docstring)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "pairs").mkdir(exist_ok=True)
+
+    # ---- small JSON files, replaced atomically ------------------------------------------------------
+
+    def read(self, name: str = "state.json") -> dict:
+        path = self.root / name
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def write(self, data: dict, name: str = "state.json") -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{name}.")
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out, indent=1)
+        os.replace(tmp, self.root / name)
+
+    def update(self, **values) -> dict:
+        state = self.read()
+        state.update(values)
+        self.write(state)
+        return state
+
+    # ---- the model pair -----------------------------------------------------------------------------
+
+    @property
+    def pair_dir(self) -> Path | None:
+        name = self.read().get("pair")
+        return self.root / "pairs" / name if name else None
+
+    @property
+    def version(self) -> int | None:
+        return self.read().get("version")
+
+    @property
+    def manifest(self) -> dict:
+        return self.read("manifest.json")
+
+    # ---- the gallery delta --------------------------------------------------------------------------
+
+    def gallery(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(face ids, person ids, (N, 128) embeddings) from the last gallery sync, or None."""
+        path = self.root / "gallery.npz"
+        if not path.exists():
+            return None
+        with np.load(path) as data:
+            return data["ids"], data["people"], data["embeddings"]
+
+    def save_gallery(self, ids: np.ndarray, people: np.ndarray, embeddings: np.ndarray) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".gallery.", suffix=".npz")
+        with os.fdopen(fd, "wb") as out:
+            np.savez(out, ids=np.asarray(ids, np.int64), people=np.asarray(people, np.int64), embeddings=embeddings)
+        os.replace(tmp, self.root / "gallery.npz")
+
+
+def sync_manifest(server: Server, state: State) -> dict:
+    manifest = server.json("/api/v1/edge/manifest/")
+    state.write(manifest, "manifest.json")
+    return manifest
+
+
+def sync_model(server: Server, state: State, manifest: dict) -> bool:
+    """Download the active version's pair if its sha256s differ from ours. True if it changed.
+
+    Raises SyncError (and keeps the pair in use) when a file does not match the manifest's sha256."""
+    model = manifest.get("model")
+    if not model:
+        raise SyncError("the server has no active model version with exported TFLite files")
+    current = state.read()
+    if (current.get("tflite_sha256"), current.get("labels_sha256")) == (model["tflite_sha256"], model["labels_sha256"]):
+        return False
+    partial = Path(tempfile.mkdtemp(dir=state.root / "pairs", prefix=".partial-"))
+    try:
+        for name, url_key, sha_key in ((MODEL_FILE, "tflite_url", "tflite_sha256"), (LABELS_FILE, "labels_url", "labels_sha256")):
+            got = server.download(model[url_key], partial / name)
+            if got != model[sha_key]:
+                raise SyncError(
+                    f"version {model['number']}: {name} has sha256 {got[:12]}…, the server announced "
+                    f"{model[sha_key][:12]}…; kept version {current.get('version')}"
+                )
+        labels = json.loads((partial / LABELS_FILE).read_text())
+        if labels.get("tflite_sha256") not in (None, model["tflite_sha256"]):
+            raise SyncError(f"version {model['number']}: the label map belongs to another .tflite; kept the old pair")
+        name = f"v{model['number']}-{model['labels_sha256'][:12]}"
+        target = state.root / "pairs" / name
+        if target.exists():
+            shutil.rmtree(target)
+        partial.rename(target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    previous = current.get("pair")
+    state.update(
+        pair=name,
+        version=model["number"],
+        tflite_sha256=model["tflite_sha256"],
+        labels_sha256=model["labels_sha256"],
+        previous_pair=previous,
+    )
+    # keep the pair just replaced (a fallback), drop older ones
+    for old in (state.root / "pairs").iterdir():
+        if old.name not in (name, previous):
+            shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
+def sync_gallery(server: Server, state: State) -> int:
+    """Apply the gallery delta since our cursor; returns how many faces changed (added, updated or removed)."""
+    cursor = state.read().get("gallery_cursor")
+    have = state.gallery()
+    path = "/api/v1/edge/gallery/"
+    delta = server.json(path + ("?" + urllib.parse.urlencode({"since": cursor}) if cursor and have is not None else ""))
+    if delta["full"] or have is None:
+        rows: dict[int, tuple[int, np.ndarray]] = {}
+    else:
+        rows = {int(i): (int(p), e) for i, p, e in zip(*have)}
+    names = dict(state.read().get("names", {}))
+    before = set(rows)
+    for face in delta["faces"]:
+        embedding = np.frombuffer(base64.b64decode(face["embedding"]), dtype="<f4").astype(np.float32)
+        rows[int(face["id"])] = (int(face["person_id"]), embedding)
+        names[str(face["person_id"])] = face["name"]
+    current = {int(i) for i in delta["ids"]}
+    if current - set(rows):  # faces back in the gallery without a change of their own: start over
+        state.update(gallery_cursor=None)
+        (state.root / "gallery.npz").unlink(missing_ok=True)
+        return sync_gallery(server, state)
+    rows = {i: row for i, row in rows.items() if i in current}
+    ids = np.asarray(sorted(rows), np.int64)
+    people = np.asarray([rows[i][0] for i in ids], np.int64)
+    embeddings = np.stack([rows[i][1] for i in ids]) if len(ids) else np.zeros((0, 128), np.float32)
+    state.save_gallery(ids, people, embeddings)
+    state.update(gallery_cursor=delta["cursor"], names=names)
+    return len(delta["faces"]) + len(before - current)
+
+
+def sync(server: Server, state: State) -> dict:
+    """Manifest, model pair and gallery delta. Returns what happened, for the log line."""
+    manifest = sync_manifest(server, state)
+    changed = sync_model(server, state, manifest)
+    gallery = sync_gallery(server, state)
+    return {"type": "sync", "version": state.version, "model_changed": changed, "gallery_changes": gallery}

@@ -1,0 +1,157 @@
+"""/api/v1/edge/: what an offline edge kiosk (edge/ in the repo) syncs with a kiosk API key.
+
+``manifest/`` names the active model version's files and their sha256 sums, the consent notice and
+the check-in rule (stable frames, re-embedding, repeat window), so the kiosk applies the server's
+rules. ``gallery/`` is the gallery delta for nearest-neighbour serving: the faces added or changed
+since a cursor, and the ids of every face in the gallery now (the client drops the others).
+Kiosk keys need the "edge_sync" scope (security.models.ROLE_SCOPES); staff may call these too.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from datetime import datetime
+
+from django.conf import settings
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils import timezone
+from rest_framework import status
+from rest_framework.permissions import BasePermission
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from security.models import ApiKey
+
+from .errors import ApiError
+
+NOTICE_WHAT = (
+    "pictures of the face in front of the camera, a few per second, and the identity they match among the people enrolled here."
+)
+NOTICE_WHY = "to recognise enrolled people and record that they checked in."
+NOTICE_KEPT = "Only a check-in record is kept: the name, the time, how sure the match was and this device."
+
+
+def is_staff(request) -> bool:
+    user = request.user
+    return bool(user and user.is_authenticated and user.is_active and user.is_staff)
+
+
+class EdgeSyncKey(BasePermission):
+    """A kiosk-role API key bound to a kiosk (scope "edge_sync"), or staff."""
+
+    message = "Only a kiosk API key (bound to a kiosk) or staff may use the edge sync API."
+
+    def has_permission(self, request, view):
+        key = request.auth
+        if isinstance(key, ApiKey):
+            if not key.allows("edge_sync"):
+                return False
+            return key.role != "kiosk" or getattr(key, "kiosk_id", None) is not None
+        return is_staff(request)
+
+
+def notice_text() -> str:
+    """The check-in page's consent notice as plain text (the kiosk shows it before the camera starts)."""
+    html = render_to_string(
+        "consent_notice.html",
+        {
+            "what": NOTICE_WHAT,
+            "why": NOTICE_WHY,
+            "kept": NOTICE_KEPT,
+            "notice_version": settings.CONSENT_NOTICE_VERSION,
+            "min_age": settings.CONSENT_MIN_AGE,
+            "start_label": "",
+        },
+    )
+    lines = [re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", line)).strip() for line in re.split(r"</p>|</h2>|</label>", html)]
+    return "\n".join(line for line in lines if line)
+
+
+class EdgeManifestView(APIView):
+    """The active version's files (URLs, sha256), the consent notice and the check-in rule."""
+
+    permission_classes = [EdgeSyncKey]
+    token_scope = "edge_sync"
+
+    def get(self, request):
+        from training.models import ModelVersion
+
+        version = ModelVersion.objects.active()
+        model = None
+        if version is not None and version.tflite and version.labels:
+            model = {
+                "id": version.pk,
+                "number": version.number,
+                "recogniser": version.recogniser,
+                "tflite_sha256": version.tflite_sha256,
+                "labels_sha256": version.labels_sha256,
+                "tflite_url": request.build_absolute_uri(reverse("model-tflite", args=[version.pk])),
+                "labels_url": request.build_absolute_uri(reverse("model-labels", args=[version.pk])),
+            }
+        key = request.auth if isinstance(request.auth, ApiKey) else None
+        kiosk = getattr(key, "kiosk", None) if key else None
+        return Response(
+            {
+                "model": model,
+                "kiosk": kiosk.name if kiosk else (key.name if key else None),
+                "consent": {
+                    "notice_version": settings.CONSENT_NOTICE_VERSION,
+                    "min_age": settings.CONSENT_MIN_AGE,
+                    "text": notice_text(),
+                },
+                "checkin": {
+                    "stable_frames": settings.CHECKIN_STABLE_FRAMES,
+                    "reembed_every": settings.CHECKIN_REEMBED_EVERY,
+                    "full_frame_every": settings.CHECKIN_FULL_FRAME_EVERY,
+                    "min_face_px": settings.CHECKIN_MIN_FACE_PX,
+                    "repeat_window_minutes": settings.CHECKIN_REPEAT_WINDOW_MINUTES,
+                },
+            }
+        )
+
+
+class EdgeGalleryView(APIView):
+    """GET ?since=<cursor>: gallery faces added or changed since the cursor (all of them without
+    one), with embeddings (base64 of 128 little-endian float32), the ids of every face in the
+    gallery now (drop the rest) and the next cursor."""
+
+    permission_classes = [EdgeSyncKey]
+    token_scope = "edge_sync"
+
+    def get(self, request):
+        from people.models import FaceImage
+
+        since_text = request.query_params.get("since") or ""
+        faces = FaceImage.objects.in_gallery()
+        ids = sorted(faces.values_list("id", flat=True))
+        changed = faces
+        if since_text:
+            try:
+                since = datetime.fromisoformat(since_text)
+            except ValueError:
+                raise ApiError("invalid", "since must be a cursor this endpoint returned.", fields={"since": ["Invalid cursor."]})
+            if timezone.is_naive(since):
+                raise ApiError("invalid", "since must carry its time zone.", fields={"since": ["Invalid cursor."]})
+            changed = faces.filter(updated_at__gt=since)
+        rows = list(changed.select_related("person").order_by("updated_at", "id"))
+        latest = faces.order_by("-updated_at").values_list("updated_at", flat=True).first()
+        cursor = latest.isoformat() if latest else (since_text or None)
+        return Response(
+            {
+                "cursor": cursor,
+                "full": not since_text,
+                "faces": [
+                    {
+                        "id": face.pk,
+                        "person_id": face.person_id,
+                        "name": face.person.name,
+                        "embedding": base64.b64encode(bytes(face.embedding)).decode(),
+                    }
+                    for face in rows
+                ],
+                "ids": ids,
+            },
+            status=status.HTTP_200_OK,
+        )
