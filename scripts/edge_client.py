@@ -13,6 +13,9 @@ Detection and alignment are the repository's MTCNN code (plain Python, no Django
 runs in tf.lite.Interpreter; matching is what the version serves: cosine nearest neighbour with
 its threshold, or, when its softmax head is in production, the head (one dense layer whose weights
 are in the label map, applied here in numpy) with the head's probability threshold.
+
+For a kiosk (webcam, check-ins queued offline, model updates followed by itself) see
+``python -m edge`` (edge/README.md); this script stays the minimal example.
 """
 
 from __future__ import annotations

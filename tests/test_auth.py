@@ -35,12 +35,16 @@ def test_requests_without_a_valid_token_are_refused(header):
     assert response.json()["error"]["code"] in ("not_authenticated", "authentication_failed")
 
 
-def test_non_staff_can_read_people_but_not_change_them(user_api):
-    assert user_api.get("/api/v1/people/").status_code == 200
+def test_non_staff_accounts_neither_read_nor_change_people(user_api):
+    # An account made to use /checkin/ is no reader of the roster: that needs staff or a read role.
+    listing = user_api.get("/api/v1/people/")
+    assert listing.status_code == 403 and listing.json()["error"]["code"] == "permission_denied"
+    person = Person.objects.first()
+    assert user_api.get(f"/api/v1/people/{person.pk}/").status_code == 403
+    assert user_api.get(f"/api/v1/people/{person.pk}/faces/").status_code == 403
     response = user_api.post("/api/v1/people/", {"name": "Mallory"}, format="json")
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "permission_denied"
-    person = Person.objects.first()
     assert user_api.delete(f"/api/v1/people/{person.pk}/").status_code == 403
     upload = {"image": SimpleUploadedFile("a.jpg", read(PROBES / "obama1.jpg"))}
     assert user_api.post(f"/api/v1/people/{person.pk}/faces/", upload, format="multipart").status_code == 403
