@@ -21,7 +21,7 @@ ENROLLED = [
     "Joe Biden",
     "Kate Siegel",
     "Kit Harington",
-    "Lin-Manuel Miranda",
+    "Lin Manuel Miranda",
     "Paul Rudd",
     "Rose Leslie",
     "Shea Whigham",
