@@ -1,3 +1,4 @@
+from django.core.validators import URLValidator
 from rest_framework import serializers
 
 from .models import EVENTS, Delivery, Webhook
@@ -5,7 +6,7 @@ from .webhooks import UnsafeUrl, resolve
 
 
 class WebhookSerializer(serializers.ModelSerializer):
-    url = serializers.CharField(max_length=500)
+    url = serializers.CharField(max_length=500, validators=[URLValidator(schemes=["http", "https"])])
     events = serializers.ListField(child=serializers.CharField(max_length=40), allow_empty=False, max_length=len(EVENTS))
     secret = serializers.CharField(write_only=True, min_length=16, max_length=200, trim_whitespace=False)
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
@@ -16,6 +17,7 @@ class WebhookSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_by", "created_at"]
 
     def validate_url(self, value: str) -> str:
+        """Every address the host resolves to must be public (unless WEBHOOK_ALLOW_PRIVATE)."""
         try:
             resolve(value)
         except UnsafeUrl as err:

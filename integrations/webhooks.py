@@ -132,7 +132,7 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
         except ConnectionRefusedError as err:
             error = f"{address}: {err}"
             continue  # the next address may answer
-        except (OSError, http.client.HTTPException) as err:
+        except (OSError, ValueError, http.client.HTTPException) as err:  # ValueError: InvalidURL
             return Answer(None, f"{type(err).__name__}: {err}"[:500])
         finally:
             connection.close()

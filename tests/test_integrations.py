@@ -328,6 +328,9 @@ def test_staff_create_list_change_and_delete_webhooks_and_the_secret_is_never_sh
     changed = staff_api.patch(f"/api/v1/webhooks/{body['id']}/", {"events": ["person.erased"], "is_active": False}, format="json")
     assert changed.status_code == 200 and changed.json()["events"] == ["person.erased"] and not changed.json()["is_active"]
     assert Webhook.objects.get().secret == SECRET  # unchanged when not sent
+    Delivery.objects.create(webhook_id=body["id"], event="person.erased", payload={"event": "person.erased"}, attempts=2)
+    (logged,) = staff_api.get(f"/api/v1/webhooks/{body['id']}/deliveries/").json()["results"]
+    assert (logged["event"], logged["status"], logged["attempts"]) == ("person.erased", "pending", 2)
 
     assert staff_api.delete(f"/api/v1/webhooks/{body['id']}/").status_code == 204
     assert not Webhook.objects.exists()
@@ -341,6 +344,7 @@ def test_staff_create_list_change_and_delete_webhooks_and_the_secret_is_never_sh
         ({"url": "not a url"}, "url"),
         ({"url": "http://user:pw@127.0.0.1/hook"}, "url"),
         ({"url": "http://no-such-host.invalid/hook"}, "url"),
+        ({"url": "http://127.0.0.1/a b"}, "url"),
         ({"events": ["checkin.deleted"]}, "events"),
         ({"events": []}, "events"),
         ({"events": "checkin.created"}, "events"),
@@ -477,3 +481,94 @@ def test_admin_refuses_a_private_address(admin_client):
         )
     assert response.status_code == 200 and b"private" in response.content
     assert not Webhook.objects.exists()
+
+
+# ---- where the events come from ---------------------------------------------------------------------
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE=True, TRAINING_RETRAIN_ON_ENROLLMENT=False)
+def test_enrollment_verdicts_are_sent(staff_api, django_capture_on_commit_callbacks):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from people import services
+    from people.models import FaceImage
+
+    from .conftest import PEOPLE, PROBES, read
+
+    def upload(person, data: bytes) -> FaceImage:
+        with django_capture_on_commit_callbacks(execute=True):
+            response = staff_api.post(
+                f"/api/v1/people/{person.pk}/faces/", {"image": SimpleUploadedFile("photo.jpg", data)}, format="multipart"
+            )
+        assert response.status_code == 201, response.content
+        return FaceImage.objects.get(pk=response.json()["id"])
+
+    obama = person_named("Barack Obama")
+    with Receiver() as receiver:
+        webhook_to(receiver, "face.accepted", "face.rejected", "face.needs_review")
+        rejected = upload(obama, read(PROBES / "two_people.jpg"))
+        held = upload(obama, read(PEOPLE / "joe_biden/biden2.jpg"))  # Biden filed under Obama
+        with django_capture_on_commit_callbacks(execute=True):
+            services.approve(held)
+    assert [(p["event"], p["data"]["face_id"]) for p in receiver.payloads()] == [
+        ("face.rejected", rejected.pk),
+        ("face.needs_review", held.pk),
+        ("face.accepted", held.pk),
+    ]
+    first = receiver.payloads()[0]["data"]
+    assert first["person"] == {"id": obama.pk, "name": "Barack Obama"} and first["reason_code"] == "several_faces"
+    assert all(verified(headers, body) for headers, body in receiver.requests)
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE=True)
+def test_activating_a_model_version_is_sent(staff_api, django_capture_on_commit_callbacks):
+    from training.models import ModelVersion
+
+    version = ModelVersion.objects.create(
+        number=ModelVersion.next_number(), status=ModelVersion.Status.READY, threshold=0.6, recogniser="nearest_neighbour"
+    )
+    with Receiver() as receiver:
+        webhook_to(receiver, "model.activated")
+        with django_capture_on_commit_callbacks(execute=True):
+            assert staff_api.post(f"/api/v1/models/{version.pk}/activate/").status_code == 200
+    (sent,) = receiver.payloads()
+    assert sent["event"] == "model.activated"
+    assert sent["data"]["model_version"]["id"] == version.pk and sent["data"]["model_version"]["number"] == version.number
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE=True)
+def test_erasing_a_person_sends_only_their_id(staff_api, django_capture_on_commit_callbacks):
+    from people.models import Person
+
+    person = Person.objects.create(name="Erase Me Soon")
+    with Receiver() as receiver:
+        webhook_to(receiver, "person.erased")
+        with django_capture_on_commit_callbacks(execute=True):
+            assert staff_api.delete(f"/api/v1/people/{person.pk}/").status_code == 204
+    ((headers, body),) = receiver.requests
+    assert headers["X-Facesite-Event"] == "person.erased" and b"Erase Me" not in body
+    assert json.loads(body)["data"]["person"] == {"id": person.pk}
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE=True)
+def test_staff_deleting_a_checkin_in_the_admin_sends_checkin_rejected(admin_client, kiosk, django_capture_on_commit_callbacks):
+    from recognition.models import CheckIn
+
+    obama, biden = person_named("Barack Obama"), person_named("Joe Biden")
+    wrong = CheckIn.objects.create(person=obama, similarity=0.61, threshold=0.55, frames=4, kiosk=kiosk)
+    also_wrong = CheckIn.objects.create(person=biden, similarity=0.58, threshold=0.55, frames=4, kiosk=kiosk)
+    with Receiver() as receiver:
+        webhook_to(receiver, "checkin.rejected")
+        with django_capture_on_commit_callbacks(execute=True):
+            admin_client.post(f"/admin/recognition/checkin/{wrong.pk}/delete/", {"post": "yes"})
+        with django_capture_on_commit_callbacks(execute=True):
+            admin_client.post(
+                "/admin/recognition/checkin/", {"action": "delete_selected", "_selected_action": [also_wrong.pk], "post": "yes"}
+            )
+    assert not CheckIn.objects.filter(pk__in=[wrong.pk, also_wrong.pk]).exists()
+    sent = [p["data"] for p in receiver.payloads()]
+    assert [(d["checkin_id"], d["person"]["name"], d["rejected_by"]) for d in sent] == [
+        (wrong.pk, "Barack Obama", "admin"),
+        (also_wrong.pk, "Joe Biden", "admin"),
+    ]
+    assert sent[0]["kiosk"] == {"id": kiosk.pk, "name": "Front door"}
