@@ -7,6 +7,7 @@ from rest_framework.routers import DefaultRouter
 from integrations.views import WebhookViewSet
 from people.views import FaceImageViewSet, PersonViewSet
 from recognition.checkin_api import CheckInListView
+from recognition.edge_api import EdgeGalleryView, EdgeManifestView
 from recognition.views import ObtainTokenView, RecognizeView, VerifyView
 from training.views import ModelVersionViewSet
 
@@ -23,6 +24,8 @@ urlpatterns = [
     path("recognize/", RecognizeView.as_view(), name="recognize"),
     path("verify/", VerifyView.as_view(), name="verify"),
     path("checkins/", CheckInListView.as_view(), name="checkins"),
+    path("edge/manifest/", EdgeManifestView.as_view(), name="edge-manifest"),
+    path("edge/gallery/", EdgeGalleryView.as_view(), name="edge-gallery"),
     path("people/<int:person_pk>/faces/", face_list, name="person-faces"),
     path("people/<int:person_pk>/faces/<int:pk>/", face_detail, name="person-face-detail"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -21,7 +21,7 @@ class Role(models.TextChoices):
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     Role.STAFF: frozenset({"*"}),
     Role.CLIENT: frozenset({"recognize", "verify", "read"}),
-    Role.KIOSK: frozenset({"stream"}),
+    Role.KIOSK: frozenset({"stream", "edge_sync"}),  # edge_sync: model files, gallery delta, offline check-ins
 }
 
 

@@ -11,6 +11,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from facesite.api import IsStaffOrReadRole
+from recognition.edge_api import EdgeSyncKey
 from recognition.errors import ApiError
 from security.permissions import TokenScope
 
@@ -61,14 +62,26 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
         return Response(self.get_serializer(version).data)
 
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
-    @action(detail=True, methods=["get"], permission_classes=[CanDownloadModel], url_path="tflite")
+    @action(
+        detail=True,
+        methods=["get"],
+        permission_classes=[CanDownloadModel | EdgeSyncKey],
+        token_scope_read="edge_sync",  # kiosk keys sync the model (edge/); staff keys hold every scope
+        url_path="tflite",
+    )
     def tflite(self, request, pk=None):
         """The embedder for edge clients (.tflite): aligned RGB crops in, L2-normalised embeddings out."""
         version = self.get_object()
         return _download(version.tflite, f"facesite-v{version.number}.tflite", version.tflite_sha256, "application/octet-stream")
 
     @extend_schema(responses={(200, "application/json"): dict})
-    @action(detail=True, methods=["get"], permission_classes=[CanDownloadModel], url_path="labels")
+    @action(
+        detail=True,
+        methods=["get"],
+        permission_classes=[CanDownloadModel | EdgeSyncKey],
+        token_scope_read="edge_sync",  # kiosk keys sync the model (edge/); staff keys hold every scope
+        url_path="labels",
+    )
     def labels(self, request, pk=None):
         """The label map: people, threshold, recogniser and the reference embeddings."""
         version = self.get_object()
