@@ -572,3 +572,59 @@ def test_staff_deleting_a_checkin_in_the_admin_sends_checkin_rejected(admin_clie
         (also_wrong.pk, "Joe Biden", "admin"),
     ]
     assert sent[0]["kiosk"] == {"id": kiosk.pk, "name": "Front door"}
+
+
+def self_signed_localhost(folder) -> tuple[str, str]:
+    """A certificate for the name "localhost" only (not 127.0.0.1), and its key, as PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(cert_path), str(key_path)
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE=True, WEBHOOK_MAX_ATTEMPTS=1)
+def test_https_goes_to_the_checked_address_and_verifies_the_certificate_against_the_host_name(
+    tmp_path, monkeypatch, django_capture_on_commit_callbacks
+):
+    import ssl
+
+    cert, key = self_signed_localhost(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", cert)  # trusted as a CA by the sender's default context
+    with Receiver() as receiver:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        receiver.server.socket = context.wrap_socket(receiver.server.socket, server_side=True)
+        port = receiver.server.server_port
+        Webhook.objects.create(url=f"https://localhost:{port}/hook", events=["face.rejected"], secret=SECRET)
+        Webhook.objects.create(url=f"https://127.0.0.1:{port}/hook", events=["face.rejected"], secret=SECRET)
+        with django_capture_on_commit_callbacks(execute=True):
+            events.emit("face.rejected", {"face_id": 1})
+    by_host = {d.webhook.url.split("//")[1].split(":")[0]: d for d in Delivery.objects.select_related("webhook")}
+    assert by_host["localhost"].status == "delivered"
+    assert by_host["127.0.0.1"].status == "failed" and "certificate" in by_host["127.0.0.1"].last_error.lower()
+    ((headers, _),) = receiver.requests  # the certificate's name did not match 127.0.0.1: nothing sent there
+    assert headers["Host"] == f"localhost:{port}"
