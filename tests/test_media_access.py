@@ -145,7 +145,7 @@ def test_media_paths_of_stored_files_are_404_for_everyone_with_debug_on_or_off(u
 
     assert serve not in set(_views(get_resolver().url_patterns))
     face = accepted_face()
-    version = ModelVersion.objects.create(number=90, status=ModelVersion.Status.READY)
+    version = ModelVersion.objects.create(number=9090, status=ModelVersion.Status.READY)
     version.labels.save("labels.json", ContentFile(b'{"people": []}'))
     stored = [face.image.name, face.crop.name, version.labels.name]
     session = APIClient()
@@ -193,7 +193,7 @@ def test_admin_thumbnails_point_at_the_staff_view_and_load(client, staff_user):
 def test_model_plots_are_served_to_readers_of_models_only(staff_user, plain_user):
     from training.models import ModelVersion
 
-    version = ModelVersion.objects.create(number=91, status=ModelVersion.Status.READY)
+    version = ModelVersion.objects.create(number=9091, status=ModelVersion.Status.READY)
     version.confusion_plot.save("confusion.png", ContentFile(PNG + b"plot"))
     staff = token_client(staff_user)
     url = staff.get(f"/api/v1/models/{version.pk}/").json()["confusion_plot_url"]

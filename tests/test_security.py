@@ -61,10 +61,15 @@ def test_a_kiosk_key_cannot_call_the_http_api(staff_user):
     assert key.allows("stream") and not key.allows("recognize")
 
 
-def test_a_client_key_cannot_reach_views_that_name_no_scope(staff_user):
-    client, _ = key_client(staff_user, Role.CLIENT)
-    response = client.get("/api/v1/models/")  # the training API: staff keys only
+def test_a_client_key_reads_model_versions_but_cannot_train_or_download(staff_user):
+    from training.models import ModelVersion
+
+    client, _ = key_client(staff_user, Role.CLIENT)  # "read" is an explicit role: history and metrics
+    assert client.get("/api/v1/models/").status_code == 200
+    response = client.post("/api/v1/models/train/", {}, format="json")  # training: staff keys only
     assert response.status_code == 403 and response.json()["error"]["code"] == "permission_denied"
+    version = ModelVersion.objects.create(number=901, status=ModelVersion.Status.READY)
+    assert client.get(f"/api/v1/models/{version.pk}/labels/").status_code == 403
     staff, _ = key_client(staff_user, Role.STAFF)
     assert staff.get("/api/v1/models/").status_code == 200
 

@@ -163,8 +163,10 @@ def test_train_endpoint_runs_a_version_with_metrics_plots_and_comparison(
 
 
 @pytest.mark.django_db
-def test_plain_users_read_history_but_cannot_train_activate_or_download(user_api, clean_queue):
-    assert user_api.get("/api/v1/models/").status_code == 200
+def test_plain_users_cannot_read_history_train_activate_or_download(user_api, clean_queue):
+    # Model versions and their metrics are for staff or an explicit read role, not any account.
+    assert user_api.get("/api/v1/models/").status_code == 403
+    assert user_api.get("/api/v1/models/active/").status_code == 403
     assert user_api.post("/api/v1/models/train/", {}, format="json").status_code == 403
     from training.models import ModelVersion
 
