@@ -129,6 +129,22 @@ def publish(event: str, message: dict) -> bool:
     return False
 
 
+def announce_online() -> bool:
+    """Say ``online`` again (retained). Run every minute by the worker: when a django-q worker is
+    recycled its connection drops without a goodbye, the broker publishes the ``offline`` will, and
+    this puts the status right within a minute while the site is up."""
+    try:
+        target = publisher()
+        if target is None:
+            return False
+        info = target.client.publish(status_topic(target.prefix), ONLINE, qos=1, retain=True)
+        info.wait_for_publish(target.timeout)
+        return info.is_published()
+    except Exception as err:
+        log.warning("MQTT: could not announce online: %s", err)
+    return False
+
+
 @atexit.register
 def stop_all() -> None:
     with _lock:

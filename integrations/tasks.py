@@ -78,3 +78,8 @@ def _schedule_retry(delivery: Delivery) -> None:
 def publish(event: str, message: dict) -> bool:
     """Publish one event to MQTT (False, logged, when the broker is unreachable)."""
     return mqtt.publish(event, message)
+
+
+def announce_online() -> bool:
+    """Every minute (schedule in migration 0002): keep the retained MQTT status ``online``."""
+    return mqtt.announce_online()

@@ -628,3 +628,29 @@ def test_https_goes_to_the_checked_address_and_verifies_the_certificate_against_
     assert by_host["127.0.0.1"].status == "failed" and "certificate" in by_host["127.0.0.1"].last_error.lower()
     ((headers, _),) = receiver.requests  # the certificate's name did not match 127.0.0.1: nothing sent there
     assert headers["Host"] == f"localhost:{port}"
+
+
+def test_the_minutely_schedule_puts_the_status_back_online_after_a_workers_will(mqtt_prefix):
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from django_q.models import Schedule
+
+    assert Schedule.objects.filter(func="integrations.tasks.announce_online", schedule_type="I", minutes=1).exists()
+    with override_settings(MQTT_URL=BROKER, MQTT_TOPIC_PREFIX=mqtt_prefix), MqttListener(mqtt_prefix) as listener:
+        # A recycled django-q worker left without a goodbye: the broker published its will.
+        other = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        other.connect("127.0.0.1", 1883)
+        other.loop_start()
+        other.publish(mqtt.status_topic(mqtt_prefix), "offline", qos=1, retain=True).wait_for_publish(5)
+        other.disconnect()
+        other.loop_stop()
+        assert listener.wait_for(f"{mqtt_prefix}/status")[-1][1] == "offline"
+        Schedule.objects.filter(func="integrations.tasks.announce_online").update(next_run=timezone.now() - timedelta(seconds=1))
+        run_due_retries()  # the cluster's scheduler: the minutely task is due
+        deadline = time.monotonic() + 10
+        while listener.messages[-1][1] != "online" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert listener.messages[-1][:2] == (f"{mqtt_prefix}/status", "online")
+    with MqttListener(mqtt_prefix) as late:
+        assert late.wait_for(f"{mqtt_prefix}/status") == [(f"{mqtt_prefix}/status", "online", True)]
