@@ -3,6 +3,8 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "facesite.settings")
+# Before TensorFlow loads (see manage.py): its C++ log lines are not actionable for a user.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the app registry loaded)
@@ -10,6 +12,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from facesite.limits import limit_request_size  # noqa: E402
 from recognition.routing import websocket_urlpatterns  # noqa: E402
 
 if settings.FACE_WARMUP:
@@ -19,7 +22,8 @@ if settings.FACE_WARMUP:
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Refuses a body over REQUEST_MAX_BYTES before Django's handler reads it all (facesite/limits.py).
+        "http": limit_request_size(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -303,7 +303,14 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}},
+    "loggers": {
+        "django.request": {"level": "ERROR"},
+        # faiss tries its AVX512 and AVX2 builds first and logs each miss with a traceback at INFO:
+        # not actionable (the generic build loads), but it reads like a failure on every start.
+        "faiss.loader": {"level": "WARNING"},
+        "tensorflow": {"level": "ERROR"},
+        "absl": {"level": "WARNING"},
+    },
 }
 
 # ---- privacy ----------------------------------------------------------------------------------------
