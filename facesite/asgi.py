@@ -12,7 +12,6 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from facesite.limits import limit_request_size  # noqa: E402
 from recognition.routing import websocket_urlpatterns  # noqa: E402
 
 if settings.FACE_WARMUP:
@@ -22,8 +21,7 @@ if settings.FACE_WARMUP:
 
 application = ProtocolTypeRouter(
     {
-        # Refuses a body over REQUEST_MAX_BYTES before Django's handler reads it all (facesite/limits.py).
-        "http": limit_request_size(django_asgi_app),
+        "http": django_asgi_app,
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
