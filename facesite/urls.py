@@ -1,15 +1,15 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from django.views.generic import RedirectView
 
 from facesite.health import healthz
+from facesite.home import home
 from people.media import FaceMediaView
 from privacy.views import PersonExportView
 from recognition import pages
 
 urlpatterns = [
-    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("", home, name="home"),
     path("admin/", admin.site.urls),
     path("healthz/", healthz, name="healthz"),
     path("api/v1/people/<int:pk>/export/", PersonExportView.as_view(), name="person-export"),

@@ -1,5 +1,6 @@
 from django.contrib import admin, messages
 from django.db.models import Count, Q
+from django.http import HttpResponseRedirect
 from django.utils.html import format_html
 
 from recognition.engine.images import ImageError
@@ -30,10 +31,22 @@ def status_badge(face: FaceImage) -> str:
     return format_html('<strong style="color:{}">{}</strong>', STATUS_COLOURS.get(face.status, "#000"), face.get_status_display())
 
 
+def short_reason(face: FaceImage, length: int = 80) -> str:
+    """The reason on one or two lines of a list; the whole text in the tooltip."""
+    reason = face.reason or ""
+    if len(reason) <= length:
+        return reason or "-"
+    return format_html('<span title="{}">{}…</span>', reason, reason[: length - 1].rstrip())
+
+
+def rounded(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 class FaceImageInline(admin.TabularInline):
     model = FaceImage
     extra = 0
-    fields = ["thumbnail", "status_label", "reason", "detection_score", "sharpness", "original_name", "created_at"]
+    fields = ["thumbnail", "status_label", "reason", "review_action", "score", "sharpness_label", "original_name", "created_at"]
     readonly_fields = fields
     can_delete = True
     show_change_link = True
@@ -48,6 +61,24 @@ class FaceImageInline(admin.TabularInline):
     @admin.display(description="Status")
     def status_label(self, obj):
         return status_badge(obj)
+
+    @admin.display(description="Detection score")
+    def score(self, obj):
+        return rounded(obj.detection_score, 3)
+
+    @admin.display(description="Sharpness")
+    def sharpness_label(self, obj):
+        return rounded(obj.sharpness, 1)
+
+    @admin.display(description="Review")
+    def review_action(self, obj):
+        # Submits the person's form (saving it, like "Save and continue") with the photo to approve:
+        # PersonAdmin.response_change approves it. A form of its own cannot nest in the change form.
+        if obj.status != FaceImage.Status.REVIEW:
+            return ""
+        return format_html(
+            '<button type="submit" class="button" name="_approve_face" value="{}">Approve this photo</button>', obj.pk
+        )
 
 
 class HasRejectedFilter(admin.SimpleListFilter):
@@ -114,6 +145,18 @@ class PersonAdmin(admin.ModelAdmin):
         for line in refused:
             messages.error(request, f"Not stored: {line}")
 
+    def response_change(self, request, obj):
+        face_pk = request.POST.get("_approve_face")
+        if face_pk is None:
+            return super().response_change(request, obj)
+        face = obj.faces.filter(pk=face_pk if face_pk.isdigit() else None, status=FaceImage.Status.REVIEW).first()
+        if face is None:
+            messages.error(request, "That photo is not held for review any more.")
+        else:
+            services.approve(face)
+            messages.success(request, f"Photo {face.original_name or face.pk} approved: it joins {obj.name}'s gallery.")
+        return HttpResponseRedirect(request.path)
+
     def delete_model(self, request, obj):
         services.erase_person(obj, by=request.user)  # everywhere: see privacy.services
 
@@ -149,7 +192,7 @@ class PersonAdmin(admin.ModelAdmin):
 
 @admin.register(FaceImage)
 class FaceImageAdmin(admin.ModelAdmin):
-    list_display = ["thumbnail", "person", "status_label", "reason", "detection_score", "sharpness", "embedder", "created_at"]
+    list_display = ["thumbnail", "person", "status_label", "reason_label", "score", "sharpness_label", "embedder", "created_at"]
     list_display_links = ["thumbnail", "person"]
     list_filter = ["status", "reason_code", "embedder", "created_at"]
     search_fields = ["person__name", "person__external_id", "original_name", "reason"]
@@ -179,6 +222,18 @@ class FaceImageAdmin(admin.ModelAdmin):
     @admin.display(description="Face crop")
     def preview(self, obj):
         return crop_thumbnail(obj, 160)
+
+    @admin.display(description="Reason", ordering="reason")
+    def reason_label(self, obj):
+        return short_reason(obj)
+
+    @admin.display(description="Detection score", ordering="detection_score")
+    def score(self, obj):
+        return rounded(obj.detection_score, 3)
+
+    @admin.display(description="Sharpness", ordering="sharpness")
+    def sharpness_label(self, obj):
+        return rounded(obj.sharpness, 1)
 
     @admin.display(description="Status", ordering="status")
     def status_label(self, obj):

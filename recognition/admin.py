@@ -84,7 +84,7 @@ class TodayFilter(admin.SimpleListFilter):
 
 @admin.register(CheckIn)
 class CheckInAdmin(admin.ModelAdmin):
-    list_display = ["local_time", "person", "similarity", "frames", "device", "model_version", "liveness_checked"]
+    list_display = ["local_time", "person", "similarity_label", "frames", "device", "model_version", "liveness_checked"]
     list_filter = [TodayFilter, "kiosk", "liveness_checked"]
     list_select_related = ["person", "kiosk", "user", "model_version"]
     search_fields = ["person__name"]
@@ -99,3 +99,7 @@ class CheckInAdmin(admin.ModelAdmin):
     @admin.display(description="Checked in", ordering="checked_in_at")
     def local_time(self, obj):
         return timezone.localtime(obj.checked_in_at).strftime("%Y-%m-%d %H:%M:%S")
+
+    @admin.display(description="Similarity", ordering="similarity")
+    def similarity_label(self, obj):
+        return "-" if obj.similarity is None else f"{obj.similarity:.3f}"

@@ -4,6 +4,43 @@ from django.utils import timezone
 from .models import ApiKey, AuditEvent
 
 
+def _plain(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {_plain(item)}" for key, item in value.items())
+    if isinstance(value, list):
+        return ", ".join(_plain(item) for item in value) or "none"
+    return str(value)
+
+
+def result_summary(result: dict) -> str:
+    """An audit result in words: "2 faces; matched person 3 (0.812); threshold 0.550; model 4"."""
+    if not isinstance(result, dict) or not result:
+        return "-"
+    rest = dict(result)
+    parts = []
+    if "error" in rest:
+        parts.append(f"refused: {rest.pop('error')}")
+    if "faces" in rest:
+        faces = rest.pop("faces")
+        parts.append(f"{faces} face{'s' if faces != 1 else ''}" if isinstance(faces, int) else f"faces: {_plain(faces)}")
+    if "matches" in rest:
+        matches = rest.pop("matches") or []
+        named = [f"person {m.get('person_id')} ({_plain(m.get('similarity'))})" for m in matches if isinstance(m, dict)]
+        parts.append("matched " + ", ".join(named) if named else "no match")
+    if "verified" in rest:
+        parts.append("same person" if rest.pop("verified") else "different people")
+    if "similarity" in rest:
+        parts.append(f"similarity {_plain(rest.pop('similarity'))}")
+    if "person_id" in rest:
+        parts.append(f"against person {rest.pop('person_id')}")
+    parts.extend(f"{key.replace('_', ' ')} {_plain(value)}" for key, value in rest.items() if value is not None)
+    return "; ".join(parts)
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     list_display = ["name", "user", "role", "kiosk", "prefix", "created_at", "last_used_at", "revoked_at"]
@@ -30,10 +67,19 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "action", "actor", "status_code", "result", "duration_ms", "client_address"]
+    list_display = ["created_at", "action", "actor", "status_code", "result_label", "duration", "client_address"]
     list_filter = ["action", "status_code"]
     search_fields = ["actor"]
     date_hierarchy = "created_at"
+    readonly_fields = ["result_label"]
+
+    @admin.display(description="Result")
+    def result_label(self, obj):
+        return result_summary(obj.result)
+
+    @admin.display(description="Duration", ordering="duration_ms")
+    def duration(self, obj):
+        return "-" if obj.duration_ms is None else f"{obj.duration_ms:,} ms"
 
     def has_add_permission(self, request):
         return False

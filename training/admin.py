@@ -14,6 +14,21 @@ def percent(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def percent_of(value, count, what: str) -> str:
+    """A rate beside its sample size: 100% of 5 faces means little, 99% of 3,000 a lot."""
+    if value is None:
+        return "-"
+    return f"{percent(value)} of {count:,} {what}" if count is not None else percent(value)
+
+
+def threshold_fallback(metrics: dict, recogniser: str) -> str | None:
+    """The run's note when it could not calibrate this recogniser's threshold and kept the setting."""
+    for note in str((metrics or {}).get("threshold_note", "")).split(". "):
+        if note.startswith(f"{recogniser}:"):
+            return note.rstrip(".") + "."
+    return None
+
+
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
     change_list_template = "admin/training/modelversion/change_list.html"
@@ -45,7 +60,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
                     "stage",
                     "trigger",
                     "requested_by",
-                    "force_activate",
+                    "force_activate_label",
                     "activation_note",
                     "error",
                 ]
@@ -53,11 +68,31 @@ class ModelVersionAdmin(admin.ModelAdmin):
         ),
         (
             "Result",
-            {"fields": ["recogniser", "embedder", "threshold", "head_threshold", "metrics_table", "comparison_table", "plots"]},
+            {
+                "fields": [
+                    "recogniser",
+                    "embedder",
+                    "threshold_detail",
+                    "head_threshold_detail",
+                    "metrics_table",
+                    "comparison_table",
+                    "plots",
+                ]
+            },
         ),
         (
             "Data and timings",
-            {"fields": ["people_count", "image_count", "timings", "created_at", "started_at", "finished_at", "activated_at"]},
+            {
+                "fields": [
+                    "people_count",
+                    "image_count",
+                    "timings_table",
+                    "created_at",
+                    "started_at",
+                    "finished_at",
+                    "activated_at",
+                ]
+            },
         ),
         ("Edge export", {"fields": ["tflite", "tflite_sha256", "labels", "labels_sha256"]}),
         ("Served softmax head", {"classes": ["collapse"], "fields": ["head", "head_sha256"]}),
@@ -68,6 +103,10 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return [f.name for f in ModelVersion._meta.fields] + [
             "status_label",
             "progress_bar",
+            "force_activate_label",
+            "timings_table",
+            "threshold_detail",
+            "head_threshold_detail",
             "metrics_table",
             "comparison_table",
             "plots",
@@ -123,12 +162,57 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def progress_bar(self, obj):
         if obj.status not in (ModelVersion.Status.QUEUED, ModelVersion.Status.TRAINING):
             return "-" if obj.status != ModelVersion.Status.FAILED else obj.stage
+        # The run's latest log line says what the stage is doing (e.g. that the first export is a
+        # one-time conversion of a few minutes), so a long stage does not look stuck.
+        latest = (obj.log or "").strip().rsplit("\n", 1)[-1].split(" ", 1)[-1] if obj.log else ""
         return format_html(
-            '<progress value="{}" max="100" style="width:8em"></progress> {}% <small>{}</small>',
+            '<progress value="{}" max="100" style="width:8em"></progress> {}% <small>{}</small>'
+            '<div class="progress-note" style="max-width:32em;color:var(--body-quiet-color)"><small>{}</small></div>',
             obj.progress,
             obj.progress,
             obj.stage,
+            latest,
         )
+
+    @admin.display(description="Timings")
+    def timings_table(self, obj):
+        timings = obj.timings or {}
+        if not timings:
+            return "-"
+        total = sum(v for v in timings.values() if isinstance(v, (int, float)))
+        rows = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td></tr>", ((stage, f"{seconds:.1f} s") for stage, seconds in timings.items())
+        )
+        return format_html("<table>{}<tr><th>total</th><th>{}</th></tr></table>", rows, f"{total:.1f} s")
+
+    @admin.display(description="Force activate")
+    def force_activate_label(self, obj):
+        if obj.force_activate:
+            return "Yes: activated when ready, even if it scores below the active version"
+        return "No: activated only if it scores at least as well as the active version"
+
+    def _threshold_detail(self, value, recogniser: str, setting: str, fmt: str, obj):
+        if value is None:
+            return "-"
+        fallback = threshold_fallback(obj.metrics, recogniser)
+        if fallback:
+            return format_html(
+                '{} <strong style="color:#9a6700">not calibrated: the {} setting is used</strong><br><small>{}</small>',
+                fmt.format(value),
+                setting,
+                fallback,
+            )
+        impostors = (obj.metrics or {}).get("n_impostor")
+        sample = f" on {impostors:,} impostor searches" if impostors is not None and recogniser == obj.recogniser else ""
+        return format_html("{} <small>(calibrated on held-out data{})</small>", fmt.format(value), sample)
+
+    @admin.display(description="Threshold (cosine)")
+    def threshold_detail(self, obj):
+        return self._threshold_detail(obj.threshold, "nearest_neighbour", "FACE_MATCH_THRESHOLD", "{:.3f}", obj)
+
+    @admin.display(description="Head threshold (probability)")
+    def head_threshold_detail(self, obj):
+        return self._threshold_detail(obj.head_threshold, "softmax_head", "TRAINING_HEAD_MIN_PROBABILITY", "p {:.3f}", obj)
 
     @admin.display(description="Threshold")
     def threshold_label(self, obj):
@@ -139,7 +223,12 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description="Top-1")
     def accuracy(self, obj):
-        return percent(obj.metrics.get("top1_accuracy"))
+        m = obj.metrics or {}
+        if m.get("top1_accuracy") is None:
+            return "-"
+        return format_html(
+            '{} <small title="held-out faces">(n={})</small>', percent(m["top1_accuracy"]), m.get("n_known_probes", "?")
+        )
 
     @admin.display(description="Macro F1")
     def macro_f1(self, obj):
@@ -150,15 +239,26 @@ class ModelVersionAdmin(admin.ModelAdmin):
         m = obj.metrics or {}
         if not m:
             return "-"
+        fallback = threshold_fallback(m, obj.recogniser)
+        threshold = f"{m.get('threshold')} ({percent(m.get('target_far'))})"
+        if fallback:
+            threshold = f"{m.get('threshold')}: the default, not calibrated ({fallback})"
         rows = [
-            ("Top-1 accuracy (held-out)", percent(m.get("top1_accuracy"))),
+            ("Top-1 accuracy (held-out)", percent_of(m.get("top1_accuracy"), m.get("n_known_probes"), "held-out faces")),
             (
                 "Macro precision / recall / F1",
                 f"{percent(m.get('macro_precision'))} / {percent(m.get('macro_recall'))} / {percent(m.get('macro_f1'))}",
             ),
-            ("Threshold (target FAR)", f"{m.get('threshold')} ({percent(m.get('target_far'))})"),
-            ("FAR / FRR at threshold", f"{percent(m.get('far'))} / {percent(m.get('frr'))}"),
-            ("Identification rate at threshold", percent(m.get("identification_rate"))),
+            ("Threshold (target FAR)", threshold),
+            (
+                "FAR / FRR at threshold",
+                f"{percent_of(m.get('far'), m.get('n_impostor'), 'impostor searches')} / "
+                f"{percent_of(m.get('frr'), m.get('n_genuine'), 'genuine claims')}",
+            ),
+            (
+                "Identification rate at threshold",
+                percent_of(m.get("identification_rate"), m.get("n_known_probes"), "held-out faces"),
+            ),
             ("Unknown rejection", f"{percent(m.get('unknown_rejection'))} of {m.get('n_unknown_probes', 0)} unknown faces"),
             ("ROC AUC", "-" if m.get("auc") is None else f"{m['auc']:.4f}"),
             (

@@ -104,7 +104,12 @@ class TrainingRun:
             {n: o.evaluation.roc for n, o in comparison.outcomes.items() if o.evaluation is not None}, threshold_fpr=target_far
         )
 
-        self.report("exporting", 80, "Exporting the embedder as TFLite and the label map.")
+        self.report(
+            "exporting",
+            80,
+            "Exporting the edge model (TFLite embedder and label map). The first time this is a one-time "
+            "conversion of a few minutes; later runs reuse it.",
+        )
         tflite_name, tflite_sha = self.export_tflite()
         self.report("exporting", 92)
         labels = self.label_map(faces, comparison, tflite_sha)
