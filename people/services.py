@@ -35,9 +35,10 @@ def enroll(person: Person, upload, uploaded_by=None, process: bool = True) -> Fa
     """
     recognition.read_upload(upload)  # raises ImageError: nothing is stored
     upload.seek(0)
+    photo = ContentFile(strip_metadata(upload.read()))
     with transaction.atomic():
         face = FaceImage(person=person, uploaded_by=uploaded_by, original_name=_safe_name(getattr(upload, "name", "")))
-        face.image.save(upload.name or "upload", upload, save=False)
+        face.image.save(upload.name or "upload", photo, save=False)
         face.save()
         if process:
             transaction.on_commit(lambda: queue_processing(face.pk))
@@ -66,6 +67,86 @@ def broker_backlog() -> int | None:
     except Exception as err:
         log.warning("could not read the task queue's length: %s", err)
         return None
+
+
+# JPEG segments kept: APP0 (JFIF), APP2 (ICC colour profile), APP14 (Adobe colour transform).
+# APP1 (EXIF, XMP), APP13 (IPTC captions), other APPn and comments are dropped.
+_JPEG_KEPT_APP = {0xE0, 0xE2, 0xEE}
+_PNG_TEXT_CHUNKS = {b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"tIME"}
+
+
+def strip_metadata(data: bytes) -> bytes:
+    """The photo as stored: JPEG and PNG without their text metadata, pixels untouched.
+
+    Captions, keywords and XMP descriptions often name other people ("President Obama and Vice
+    President Biden ..."), and an erasure could not find them in someone else's photo; GPS and
+    camera serials are personal data too. The EXIF orientation, which decoding honours, is kept.
+    Other formats, and anything that does not parse, are stored as uploaded."""
+    try:
+        if data.startswith(b"\xff\xd8"):
+            return _strip_jpeg(data)
+        if data.startswith(b"\x89PNG\r\n\x1a\n"):
+            return _strip_png(data)
+    except (ValueError, IndexError):
+        pass
+    return data
+
+
+def _strip_jpeg(data: bytes) -> bytes:
+    out, i = [data[:2]], 2
+    orientation = _jpeg_orientation(data)
+    if orientation not in (None, 1):
+        tiff = b"MM\x00*\x00\x00\x00\x08\x00\x01" + b"\x01\x12\x00\x03\x00\x00\x00\x01"
+        tiff += orientation.to_bytes(2, "big") + b"\x00\x00" + b"\x00\x00\x00\x00"
+        payload = b"Exif\x00\x00" + tiff
+        out.append(b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload)
+    while i < len(data):
+        if data[i] != 0xFF:
+            raise ValueError("not a JPEG marker")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xDA, 0xD9):  # start of scan: the rest is image data
+            out.append(data[i:])
+            return b"".join(out)
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            out.append(data[i : i + 2])
+            i += 2
+            continue
+        end = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        if end > len(data):
+            raise ValueError("truncated JPEG segment")
+        if not ((0xE0 <= marker <= 0xEF and marker not in _JPEG_KEPT_APP) or marker == 0xFE):
+            out.append(data[i:end])
+        i = end
+    raise ValueError("no image data")
+
+
+def _jpeg_orientation(data: bytes) -> int | None:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        value = image.getexif().get(0x0112)
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else None
+
+
+def _strip_png(data: bytes) -> bytes:
+    out, i = [data[:8]], 8
+    while i < len(data):
+        length = int.from_bytes(data[i : i + 4], "big")
+        kind = data[i + 4 : i + 8]
+        end = i + 12 + length
+        if end > len(data):
+            raise ValueError("truncated PNG chunk")
+        if kind not in _PNG_TEXT_CHUNKS:
+            out.append(data[i:end])
+        i = end
+        if kind == b"IEND":
+            break
+    return b"".join(out)
 
 
 def _safe_name(name: str) -> str:

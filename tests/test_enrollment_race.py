@@ -9,6 +9,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from .conftest import PEOPLE, person_named, read
+from .test_erasure import session_files_restored  # noqa: F401  (re-processing deletes real crops)
 
 
 def media_files() -> set[str]:
