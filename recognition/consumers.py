@@ -91,10 +91,9 @@ def _user_from_token_header(headers) -> Caller | None:
     """A non-browser client's ``Authorization: Token <key>``: a kiosk-role API key (acting as its
     kiosk), a staff-role key, or a user's API token. Browsers cannot set the header; they use their
     session. None if there is no usable credential."""
-    from rest_framework.authtoken.models import Token
     from rest_framework.exceptions import AuthenticationFailed
 
-    from security.authentication import authenticate_key
+    from security.authentication import authenticate_key, user_for_token
     from security.models import Role
 
     keyword, _, raw = dict(headers or []).get(b"authorization", b"").decode("latin-1").partition(" ")
@@ -122,8 +121,8 @@ def _user_from_token_header(headers) -> Caller | None:
         if kiosk is None:
             return Caller(api_key=key, refused=("not_authenticated", "The kiosk this API key belongs to is deactivated."))
         return Caller(user=key.user, api_key=key, kiosk=kiosk, device=f"kiosk: {kiosk.name}")
-    token = Token.objects.select_related("user").filter(key=raw, user__is_active=True).first()
-    return Caller(user=token.user, device="api token") if token else None
+    user = user_for_token(raw)  # the API's expiry applies on the socket too
+    return Caller(user=user, device="api token") if user is not None else None
 
 
 class IdentifyConsumer(AsyncWebsocketConsumer):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from security.models import ApiKey, AuditEvent, Role
 
 from . import live
 from .conftest import PROBES, person_named
-from .test_checkin_feed import stream_until_checked_in, stream_until_checked_in_over_the_wire
+from .test_checkin_feed import stream_until_checked_in
 from .test_live_stream import camera_frame, communicator_for, open_with_consent, receive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,6 +185,29 @@ def test_a_kiosk_key_acts_as_its_kiosk_and_an_unbound_one_is_refused(staff_user,
 
 
 @pytest.mark.django_db
+def test_a_user_token_works_on_the_socket_until_it_expires(plain_user, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from rest_framework.authtoken.models import Token
+
+    settings.API_TOKEN_TTL_HOURS = 1
+    token = Token.objects.create(user=plain_user)
+
+    async def scenario():
+        communicator = keyed(token.key)
+        ready = await opened(communicator)
+        await communicator.disconnect()
+        return ready
+
+    ready = run(scenario)
+    assert ready["device"] == "api token" and plain_user.username not in json.dumps(ready)
+    Token.objects.filter(pk=token.pk).update(created=timezone.now() - timedelta(hours=2))
+    error, closed = run(refused_with, keyed(token.key))
+    assert error["code"] == "not_authenticated" and closed["code"] == 4401
+
+
+@pytest.mark.django_db
 def test_the_admin_refuses_a_kiosk_key_without_a_kiosk_and_issues_one_for_a_kiosk(client, staff_user, kiosk):
     client.force_login(staff_user)
     form = {"name": "door pi", "user": staff_user.pk, "role": Role.KIOSK}
@@ -272,6 +296,25 @@ def test_every_bad_text_message_gets_invalid_message_and_the_socket_stays_open(p
 
 
 @pytest.mark.django_db
+def test_the_staff_feed_answers_any_message_read_only_and_stays_open(staff_user):
+    from .test_checkin_feed import feed_for
+
+    async def scenario():
+        feed = feed_for(staff_user)
+        await opened(feed)
+        codes = []
+        for message in ({"text_data": "[" * 5000}, {"text_data": "{not json"}, {"bytes_data": b"\0" * 100_000}):
+            await feed.send_to(**message)
+            codes.append((await receive(feed, timeout=10))["code"])
+        quiet = await feed.receive_nothing(timeout=0.5)
+        await feed.disconnect()
+        return codes, quiet
+
+    codes, quiet = run(scenario)
+    assert codes == ["read_only"] * 3 and quiet
+
+
+@pytest.mark.django_db
 def test_an_oversized_frame_is_refused_before_consent_is_checked(plain_user, settings):
     settings.CHECKIN_MAX_FRAME_BYTES = 1000
 
@@ -336,8 +379,9 @@ def test_over_a_real_server_a_10_mb_frame_gets_frame_too_large_and_the_kiosk_cap
         assert message["type"] == "ready", message
         return message
 
+    held = ExitStack()
     try:
-        first, second = socket(0), socket(1)
+        first, second = held.enter_context(socket(0)), held.enter_context(socket(1))
         ready = ready_of(first)
         ready_of(second)
         assert ready["device"] == "kiosk: Gate" and "live-staff" not in json.dumps(ready)
@@ -355,8 +399,10 @@ def test_over_a_real_server_a_10_mb_frame_gets_frame_too_large_and_the_kiosk_cap
         # Still open and usable: consent, then a real frame is answered.
         first.send(json.dumps({"type": "consent", "notice_version": ready["notice_version"], "age_confirmed": True}))
         assert json.loads(first.recv(timeout=60))["type"] == "consent_recorded"
-        greeting = stream_until_checked_in_over_the_wire(first, LACAMOIRE)
-        assert greeting["name"] == "Alex Lacamoire", greeting
+        first.send(LACAMOIRE)
+        while (answer := json.loads(first.recv(timeout=120)))["type"] != "faces":
+            assert answer["type"] != "error", answer
+        assert [f["name"] for f in answer["faces"]] == ["Alex Lacamoire"], answer
 
         first.close()  # frees its slot: a new socket is accepted (on the other process, with two)
         for _ in range(20):  # the server releases the slot as it handles the close: a moment later
@@ -366,11 +412,11 @@ def test_over_a_real_server_a_10_mb_frame_gets_frame_too_large_and_the_kiosk_cap
             time.sleep(0.5)
         else:
             raise AssertionError("a closed socket's slot was never freed")
-        second.close()
     except Exception:
         for server in servers:  # shown by pytest with the failure
             print(f"--- {server.url} ---\n{server.proc.log_path.read_text()[-4000:]}")
         raise
     finally:
+        held.close()
         for server in servers:
             live_site.stop(server.proc)
