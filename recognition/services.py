@@ -11,15 +11,14 @@ import hashlib
 import io
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
 from django.conf import settings
 from django.db.models import Count, Max
 
-from security.audit import AuditSummary
-
+from .answers import NamedCandidate, RecognisedFace, Recognition, Verification, VerifiedFace
 from .engine.images import ImageError, ImageLimits, decode_image
 from .engine.matching import Candidate, Gallery, embeddings_from_blobs
 from .engine.pipeline import AnalysedFace, FacePipeline, PipelineConfig, shared_pipeline
@@ -302,42 +301,6 @@ def threshold_in_force(asked: float | None, served: float) -> float:
     return max(float(asked), served)
 
 
-@dataclass(frozen=True)
-class NamedCandidate:
-    person_id: int
-    name: str
-    similarity: float  # cosine similarity, or the softmax head's probability (see scored_by)
-
-
-@dataclass(frozen=True)
-class RecognisedFace:
-    box: list[int]  # [x, y, w, h] in original image pixels
-    landmarks: dict[str, list[float]]
-    detection_score: float
-    match: NamedCandidate | None
-    candidates: list[NamedCandidate]  # at or above the threshold, unless all were asked for (staff)
-    margin: float | None  # best minus second-best person's similarity
-    scored_by: str
-
-
-@dataclass(frozen=True)
-class Recognition:
-    """The answer to "who is in this image?", as the API sends it."""
-
-    faces: list[RecognisedFace]
-    threshold: float  # the threshold in force, in the served recogniser's units
-    recogniser: str
-    model_version: int | None
-    embedder: str
-    gallery_size: int  # the gallery this answer was matched against
-
-    def audit_summary(self) -> AuditSummary:
-        """What the audit log keeps: faces found and the real matches (the people it names)."""
-        matches = [{"person_id": f.match.person_id, "similarity": f.match.similarity} for f in self.faces if f.match]
-        result = {"faces": len(self.faces), "matches": matches, "threshold": self.threshold, "model_version": self.model_version}
-        return AuditSummary(result, tuple(m["person_id"] for m in matches))
-
-
 def _names(person_ids) -> dict[int, str]:
     from people.models import Person
 
@@ -413,43 +376,6 @@ def person_similarity(embedding: np.ndarray, person_id: int) -> tuple[float | No
 
 def verify_threshold() -> float:
     return float(settings.FACE_VERIFY_THRESHOLD)
-
-
-@dataclass(frozen=True)
-class VerifiedFace:
-    field: str
-    box: list[int]
-    detection_score: float
-    faces_found: int
-
-
-@dataclass(frozen=True)
-class Verification:
-    """The answer to "are these the same person?" (two images) or "is this the person?" (one image
-    and a person: then ``person_id``, ``name`` and ``compared_images`` are set)."""
-
-    verified: bool
-    similarity: float
-    threshold: float
-    faces: list[VerifiedFace] = field(default_factory=list)
-    person_id: int | None = None
-    name: str | None = None
-    compared_images: int | None = None
-
-    def answer(self) -> dict:
-        """The API's JSON answer: the person's fields only when a person was asked about."""
-        from dataclasses import asdict
-
-        data = asdict(self)
-        if self.person_id is None:
-            for key in ("person_id", "name", "compared_images"):
-                data.pop(key)
-        return data
-
-    def audit_summary(self) -> AuditSummary:
-        keys = ("verified", "similarity", "threshold") + (("person_id", "compared_images") if self.person_id is not None else ())
-        people = (self.person_id,) if self.person_id is not None else ()
-        return AuditSummary({key: getattr(self, key) for key in keys}, people)
 
 
 def _face_of(rgb: np.ndarray, field_name: str, flip: bool | None = None) -> tuple[AnalysedFace, int]:
