@@ -1,7 +1,5 @@
 """Recognition, verification and token endpoints: validate, call the service, shape the answer."""
 
-from dataclasses import asdict
-
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.authtoken.serializers import AuthTokenSerializer
@@ -106,7 +104,7 @@ class RecognizeView(AuditedView, APIView):
         if not recognition.faces:
             raise _refusal(services.Refused("no_face", "image: no face was found in the image.", "image"))
         self.audit_summary = recognition.audit_summary()
-        return Response(asdict(recognition))
+        return Response(recognition.answer())
 
 
 class VerifyView(AuditedView, APIView):
