@@ -160,7 +160,7 @@ def run(out, loads=((1, 20), (4, 40), (16, 64)), baseline: bool = True, time_lim
         with tempfile.TemporaryDirectory(prefix="facesite-bench-") as tmp:
             server = Server(detector, Path(tmp))
             server.manage("migrate", "--noinput")
-            server.manage("import_faces", str(F.PEOPLE))
+            server.manage("import_faces", str(F.PEOPLE), "--legal-basis", "explicit_consent")
             token = _token(server)
             server.start()
             try:

@@ -12,6 +12,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from facesite.limits import limit_request_size  # noqa: E402
 from recognition.routing import websocket_urlpatterns  # noqa: E402
 
 if settings.FACE_WARMUP:
@@ -21,7 +22,8 @@ if settings.FACE_WARMUP:
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Refuses a body over REQUEST_MAX_BYTES before Django's handler reads it all (facesite/limits.py).
+        "http": limit_request_size(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -64,9 +64,12 @@ INSTALLED_APPS = [
     "security",
     "privacy",
     "integrations",
+    "axes",
 ]
 
 MIDDLEWARE = [
+    # First: an oversized body is refused before anything reads it (facesite/limits.py).
+    "facesite.limits.RequestSizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -75,6 +78,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into facesite.lockout's response.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "facesite.urls"
@@ -151,6 +156,9 @@ else:
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# django-axes first: it refuses a locked-out username or address before any password is checked.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -171,6 +179,13 @@ MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / "var" / "media")))
 FACE_UPLOAD_MAX_BYTES = env_int("FACE_UPLOAD_MAX_BYTES", 10 * 1024 * 1024)
 FACE_UPLOAD_MAX_PIXELS = env_int("FACE_UPLOAD_MAX_PIXELS", 40_000_000)
 DATA_UPLOAD_MAX_MEMORY_SIZE = FACE_UPLOAD_MAX_BYTES * 2 + 1024 * 1024
+# Form fields and files in one request (Django's defaults, made explicit): past them a request is
+# refused with 400 too_many_fields / too_many_files (recognition/errors.py), not a 500.
+DATA_UPLOAD_MAX_NUMBER_FIELDS = env_int("DATA_UPLOAD_MAX_NUMBER_FIELDS", 1000)
+DATA_UPLOAD_MAX_NUMBER_FILES = env_int("DATA_UPLOAD_MAX_NUMBER_FILES", 100)
+# A declared Content-Length above this is refused with 413 before the body is read, on any route
+# (facesite/limits.py): the largest legitimate request is two photos at FACE_UPLOAD_MAX_BYTES each.
+REQUEST_MAX_BYTES = env_int("REQUEST_MAX_BYTES", DATA_UPLOAD_MAX_MEMORY_SIZE + 1024 * 1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = FACE_UPLOAD_MAX_BYTES + 1024 * 1024
 # A photo whose processing was queued this long ago and is still pending, while the broker holds no
 # waiting task, is taken as lost (e.g. Redis restarted, a worker was killed) and queued again by
@@ -233,6 +248,27 @@ TRAINING_CACHE_DIR = Path(env_str("TRAINING_CACHE_DIR", str(BASE_DIR / "var" / "
 # Users' own tokens (/api/v1/auth/token/) expire after this many hours (0: never); they are also
 # deleted when the user's password changes or the account is deactivated. API keys do not expire.
 API_TOKEN_TTL_HOURS = env_int("API_TOKEN_TTL_HOURS", 24 * 30)
+# ---- client address, login lockout ------------------------------------------------------------------
+# How many reverse proxies in front of the site append to X-Forwarded-For. 0: the client is
+# REMOTE_ADDR and X-Forwarded-For is ignored (any client can write it); N: the N-th address from the
+# right. Used by the login lockout, the API throttle and the audit log (facesite/client_ip.py).
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+# Failed sign-ins (the login page, the admin's, the API token endpoint) are counted per username and,
+# separately, per client address; at the limit, both are locked for the cool-off (django-axes).
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
+LOGIN_LOCKOUT_MINUTES = env_float("LOGIN_LOCKOUT_MINUTES", 15)
+# Either one locks: a per-address limit alone lets a botnet guess one account's password from many
+# addresses; a per-username limit alone lets one address try a few passwords on every account.
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_FAILURE_LIMIT = "facesite.lockout.failure_limit"
+AXES_COOLOFF_TIME = "facesite.lockout.cool_off"
+AXES_CLIENT_IP_CALLABLE = "facesite.client_ip.client_ip"
+AXES_LOCKOUT_CALLABLE = "facesite.lockout.lockout_response"
+# A successful sign-in clears that username's and address's failures.
+AXES_RESET_ON_SUCCESS = True
+# Failures only; successful sign-ins are not logged (no second store of addresses and user agents).
+AXES_DISABLE_ACCESS_LOG = True
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "security.authentication.ApiKeyAuthentication",
@@ -250,6 +286,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "recognition.errors.api_exception_handler",
+    # Anonymous callers are counted by client address; security/throttling.py takes it from
+    # facesite.client_ip, which follows the same rule as this.
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
 }
@@ -259,6 +298,9 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Not part of `check --deploy`: run-production.sh fails on any warning, and a view the schema
+    # cannot describe (drf_spectacular.W002) is a documentation gap, not a reason to refuse to start.
+    "ENABLE_DJANGO_DEPLOY_CHECK": False,
     # Served from drf-spectacular-sidecar's static files rather than a CDN: /api/v1/docs/ works offline.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -342,6 +384,25 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", Fals
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 if env_bool("BEHIND_TLS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# scripts/run-production.sh refuses to start on any deploy-check warning (a weak SECRET_KEY, cookies
+# sent over plain http, no HSTS, ...). A check is silenced only where the configuration has answered it
+# by an explicit choice, or where it is not this site's to answer; the SECRET_KEY check never is.
+SILENCED_SYSTEM_CHECKS = [
+    # W005 (HSTS for every subdomain) and W021 (the browsers' HSTS preload list): decisions for the
+    # owner of the whole domain, taken at its apex, not by one site on one host name of it.
+    "security.W005",
+    "security.W021",
+]
+if env_bool("BEHIND_TLS_PROXY", False):
+    # W008 (no SECURE_SSL_REDIRECT): the TLS-terminating proxy redirects http to https itself.
+    SILENCED_SYSTEM_CHECKS.append("security.W008")
+if os.environ.get("SECURE_COOKIES") is not None and not SECURE_COOKIES:
+    # SECURE_COOKIES=0 declares a site served over plain http (a trial on loopback): secure-only
+    # cookies (W012, W016) and a redirect to https (W008) cannot work there.
+    SILENCED_SYSTEM_CHECKS += ["security.W008", "security.W012", "security.W016"]
+if os.environ.get("SECURE_HSTS_SECONDS", "").strip() == "0":
+    # W004: HSTS switched off on purpose (plain http, or HSTS set by the proxy).
+    SILENCED_SYSTEM_CHECKS.append("security.W004")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {

@@ -101,10 +101,20 @@ class HasRejectedFilter(admin.SimpleListFilter):
 @admin.register(Person)
 class PersonAdmin(admin.ModelAdmin):
     form = PersonAdminForm
-    list_display = ["name", "external_id", "is_active", "accepted_count", "review_count", "rejected_count", "updated_at"]
-    list_filter = ["is_active", HasRejectedFilter, "created_at"]
+    list_display = [
+        "name",
+        "external_id",
+        "is_active",
+        "legal_basis_label",
+        "accepted_count",
+        "review_count",
+        "rejected_count",
+        "updated_at",
+    ]
+    list_filter = ["is_active", "legal_basis", HasRejectedFilter, "created_at"]
     search_fields = ["name", "external_id", "notes"]
-    fields = ["name", "external_id", "notes", "is_active", "new_photos"]
+    fields = ["name", "external_id", "notes", "is_active", "legal_basis", "legal_basis_record", "new_photos"]
+    readonly_fields = ["legal_basis_record"]
     inlines = [FaceImageInline]
     actions = ["reprocess_photos", "export_data"]
 
@@ -118,6 +128,30 @@ class PersonAdmin(admin.ModelAdmin):
                 n_rejected=Count("faces", filter=Q(faces__status=FaceImage.Status.REJECTED)),
             )
         )
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        # Nobody is enrolled without a legal basis; people enrolled before it was recorded can still
+        # be edited (and given one) without it.
+        form.base_fields["legal_basis"].required = obj is None
+        return form
+
+    def save_model(self, request, obj, form, change):
+        if "legal_basis" in form.changed_data and obj.legal_basis:
+            obj.record_legal_basis(obj.legal_basis, by=request.user)
+        super().save_model(request, obj, form, change)
+
+    @admin.display(description="Legal basis", ordering="legal_basis")
+    def legal_basis_label(self, obj):
+        return obj.get_legal_basis_display() if obj.legal_basis else "Not recorded"
+
+    @admin.display(description="Recorded")
+    def legal_basis_record(self, obj):
+        if obj is None or not obj.legal_basis:
+            return "Not recorded"
+        by = obj.consent_recorded_by.get_username() if obj.consent_recorded_by else "an import or a deleted user"
+        when = obj.consent_recorded_at.strftime("%Y-%m-%d %H:%M %Z") if obj.consent_recorded_at else "an unknown time"
+        return f"{when} by {by}, consent notice {obj.consent_notice_version or '(none)'}"
 
     @admin.display(description="Accepted", ordering="n_accepted")
     def accepted_count(self, obj):

@@ -6,6 +6,16 @@ from django.conf import settings
 from django.db import models
 
 
+class LegalBasis(models.TextChoices):
+    """Why the site may hold this person's face: the GDPR Art. 9(2) condition for biometric data used
+    to identify someone (an Art. 6 basis such as contract or legitimate interests alone is not enough)."""
+
+    EXPLICIT_CONSENT = "explicit_consent", "Explicit consent (Art. 9(2)(a))"
+    EMPLOYMENT = "employment", "Employment or social security law (Art. 9(2)(b))"
+    VITAL_INTERESTS = "vital_interests", "Vital interests (Art. 9(2)(c))"
+    SUBSTANTIAL_PUBLIC_INTEREST = "substantial_public_interest", "Substantial public interest in law (Art. 9(2)(g))"
+
+
 class Person(models.Model):
     name = models.CharField(max_length=200)
     external_id = models.CharField(
@@ -13,6 +23,18 @@ class Person(models.Model):
     )
     notes = models.TextField(blank=True)
     is_active = models.BooleanField(default=True, help_text="Inactive people are never recognised.")
+    # Required for every new enrollment (API, admin, import_faces); blank only on people enrolled
+    # before it was recorded ("not recorded").
+    legal_basis = models.CharField(
+        max_length=40, choices=LegalBasis.choices, blank=True, help_text="The legal basis for holding this face."
+    )
+    consent_recorded_at = models.DateTimeField(null=True, blank=True, editable=False)
+    consent_recorded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, editable=False, on_delete=models.SET_NULL, related_name="+"
+    )
+    consent_notice_version = models.CharField(
+        max_length=40, blank=True, editable=False, help_text="The CONSENT_NOTICE_VERSION in force when the basis was recorded."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -22,6 +44,15 @@ class Person(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def record_legal_basis(self, basis: str, by=None) -> None:
+        """Set the legal basis with who recorded it, when, and the notice version then in force (not saved)."""
+        from django.utils import timezone
+
+        self.legal_basis = basis
+        self.consent_recorded_at = timezone.now()
+        self.consent_recorded_by = by if by is not None and by.is_authenticated else None
+        self.consent_notice_version = settings.CONSENT_NOTICE_VERSION
 
 
 def face_upload_to(instance: "FaceImage", filename: str) -> str:

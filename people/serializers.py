@@ -1,12 +1,17 @@
 from rest_framework import serializers
 
 from .media import face_media_url
-from .models import FaceImage, Person
+from .models import FaceImage, LegalBasis, Person
 
 
 class PersonSerializer(serializers.ModelSerializer):
     face_count = serializers.IntegerField(read_only=True)
     accepted_face_count = serializers.IntegerField(read_only=True)
+    # Required on enrollment (validate); who recorded it, when and under which notice are the server's.
+    legal_basis = serializers.ChoiceField(
+        choices=LegalBasis.choices, required=False, help_text="The GDPR Art. 9(2) condition for holding this face."
+    )
+    consent_recorded_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
 
     class Meta:
         model = Person
@@ -16,15 +21,41 @@ class PersonSerializer(serializers.ModelSerializer):
             "external_id",
             "notes",
             "is_active",
+            "legal_basis",
+            "consent_recorded_at",
+            "consent_recorded_by",
+            "consent_notice_version",
             "face_count",
             "accepted_face_count",
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["created_at", "updated_at"]
+        read_only_fields = ["created_at", "updated_at", "consent_recorded_at", "consent_notice_version"]
 
     def validate_external_id(self, value):
         return value or None
+
+    def validate(self, attrs):
+        if self.instance is None and not attrs.get("legal_basis"):
+            raise serializers.ValidationError({"legal_basis": ["This field is required to enroll a person."]})
+        return attrs
+
+    def _recorder(self):
+        request = self.context.get("request")
+        return getattr(request, "user", None)
+
+    def create(self, validated_data):
+        basis = validated_data.pop("legal_basis")
+        person = Person(**validated_data)
+        person.record_legal_basis(basis, by=self._recorder())
+        person.save()
+        return person
+
+    def update(self, instance, validated_data):
+        basis = validated_data.pop("legal_basis", None)
+        if basis and basis != instance.legal_basis:
+            instance.record_legal_basis(basis, by=self._recorder())
+        return super().update(instance, validated_data)
 
 
 class FaceImageSerializer(serializers.ModelSerializer):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import DatabaseError
 from django.http import Http404
 from rest_framework import exceptions, status
@@ -36,7 +37,24 @@ def image_error(err: ImageError, field: str | None = None) -> ApiError:
     return ApiError(err.code, message, _IMAGE_STATUS.get(err.code, 400), fields={field: [err.message]} if field else None)
 
 
+def request_limit_error(exc: Exception) -> ApiError | None:
+    """Django's upload limits, raised while DRF parses a body: 413/400 rather than a 500."""
+    from django.conf import settings
+
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return ApiError("request_too_large", f"The request's form data is larger than {limit:,} bytes.", 413)
+    if isinstance(exc, TooManyFieldsSent):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        return ApiError("too_many_fields", f"The request has more than {limit:,} form fields.")
+    if isinstance(exc, TooManyFilesSent):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FILES
+        return ApiError("too_many_files", f"The request has more than {limit:,} files.")
+    return None
+
+
 def api_exception_handler(exc, context):
+    exc = request_limit_error(exc) or exc
     if isinstance(exc, ImageError):
         exc = image_error(exc)
     elif isinstance(exc, Http404):

@@ -1,5 +1,6 @@
 """Recognition, verification and token endpoints: validate, call the service, shape the answer."""
 
+from django.contrib.auth.signals import user_logged_in
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.authtoken.serializers import AuthTokenSerializer
@@ -8,6 +9,7 @@ from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from facesite import lockout
 from facesite import lockout
 from security.audit import AuditedView
 from security.authentication import issue_token
@@ -53,6 +55,10 @@ class ObtainTokenView(APIView):
             if "non_field_errors" in errors:
                 raise ApiError("invalid_credentials", "Unable to log in with the given username and password.")
             raise ApiError("invalid", "username and password are required.", fields=errors)
+        # A token is a sign-in: last_login is set, and django-axes clears the failures counted
+        # against this username and address, as after the login forms.
+        user = serializer.validated_data["user"]
+        user_logged_in.send(sender=user.__class__, request=request, user=user)
         token = issue_token(serializer.validated_data["user"])  # a fresh one if theirs has expired
         return Response({"token": token.key})
 

@@ -148,7 +148,7 @@ def main() -> None:
     from recognition.routing import websocket_urlpatterns
 
     call_command("migrate", verbosity=0)
-    call_command("import_faces", str(FACES / "people"), verbosity=0)
+    call_command("import_faces", str(FACES / "people"), legal_basis="explicit_consent", verbosity=0)
     for face in FaceImage.objects.filter(status=FaceImage.Status.REVIEW):
         from people import services
 

@@ -24,7 +24,9 @@ PY=.venv/bin/python
 $PY scripts/check_services.py
 $PY manage.py migrate --noinput
 $PY manage.py collectstatic --noinput -v0
-$PY manage.py check --deploy --fail-level ERROR
+# Any deploy-check warning stops the start: a weak SECRET_KEY, cookies without Secure, no HSTS, ...
+# (settings.py silences a check only where the configuration answered it explicitly).
+$PY manage.py check --deploy --fail-level WARNING
 
 $PY manage.py qcluster &
 QCLUSTER=$!
@@ -34,10 +36,13 @@ trap 'exit 0' INT TERM
 
 echo "Serving on http://$HOST:$PORT/ with $WEB_WORKERS web workers and a django-q cluster (pid $QCLUSTER)"
 # Channels' router has no lifespan protocol; models warm up when each worker imports the app.
+# --no-proxy-headers: uvicorn would otherwise take the client address from X-Forwarded-For on
+# connections from 127.0.0.1; the app does that itself, through TRUSTED_PROXY_COUNT proxies only
+# (facesite/client_ip.py), so that the lockout, throttle and audit log follow one rule.
 # --ws-max-size: websocket messages up to 16 MiB reach the app, which answers one over
 # CHECKIN_MAX_FRAME_BYTES with frame_too_large instead of the socket being dropped.
 .venv/bin/uvicorn facesite.asgi:application --host "$HOST" --port "$PORT" --workers "$WEB_WORKERS" \
-  --lifespan off --proxy-headers --no-server-header --timeout-graceful-shutdown 20 --ws-max-size 16777216 &
+  --lifespan off --no-proxy-headers --no-server-header --timeout-graceful-shutdown 20 --ws-max-size 16777216 &
 WEB=$!
 stop() { kill "$WEB" "$QCLUSTER" 2>/dev/null || true; wait "$WEB" "$QCLUSTER" 2>/dev/null || true; }
 wait "$WEB"

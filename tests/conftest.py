@@ -74,6 +74,22 @@ def _fresh_socket_slots(monkeypatch):
     socket_limits.forget_all_in_process()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_login_failures(request):
+    """No test starts locked out by another's failed sign-ins (django-axes keeps them in the database:
+    rolled back with each test, but not after a transactional one)."""
+    marker = request.node.get_closest_marker("django_db")
+    transactional = "transactional_db" in request.fixturenames or bool(marker and marker.kwargs.get("transaction"))
+    if not (marker or transactional or "db" in request.fixturenames):
+        yield
+        return
+    request.getfixturevalue("transactional_db" if transactional else "db")
+    from axes.utils import reset
+
+    reset()
+    yield
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker, _test_settings):
     """Enroll the ten fixture people once; every test starts from this gallery and rolls back."""
@@ -85,7 +101,7 @@ def django_db_setup(django_db_setup, django_db_blocker, _test_settings):
     if not _is_test_database(connection):
         pytest.fail(f"refusing to enroll into {connection.settings_dict['NAME']}: no test database was set up")
     with django_db_blocker.unblock():
-        call_command("import_faces", str(PEOPLE), verbosity=0)
+        call_command("import_faces", str(PEOPLE), legal_basis="explicit_consent", verbosity=0)
         # Kate Siegel resembles Angelina Jolie closely enough to be held for review as a possible
         # mislabel; staff approve her, as they would.
         from people import services

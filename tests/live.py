@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -273,7 +274,8 @@ def make_site(tmp: Path, backend: str, redis_db: int = LIVE_REDIS_DB) -> Site:
         TF_CPP_MIN_LOG_LEVEL="3",
         DJANGO_SETTINGS_MODULE="facesite.settings",
         DEBUG="0",
-        SECRET_KEY="live-test-" + uuid.uuid4().hex,
+        # Strong enough for `check --deploy` (50+ characters, many distinct): run-production.sh refuses a weak key.
+        SECRET_KEY="live-test-" + secrets.token_urlsafe(50),
         ALLOWED_HOSTS="127.0.0.1,localhost",
         MEDIA_ROOT=str(media),
         STATIC_ROOT=str(tmp / "static"),

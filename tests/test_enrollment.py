@@ -58,7 +58,9 @@ def test_import_command_prints_a_summary(tmp_path):
     (folder / "good.jpg").write_bytes(read(PROBES / "obama_small.jpg"))
     (folder / "broken.jpg").write_bytes(b"not an image")
     out = io.StringIO()
-    call_command("import_faces", str(tmp_path / "people"), stdout=out, stderr=io.StringIO())
+    call_command(
+        "import_faces", str(tmp_path / "people"), legal_basis="explicit_consent", stdout=out, stderr=io.StringIO()
+    )
     text = out.getvalue()
     assert re.search(r"1 people, 2 photos: \d+ accepted, \d+ rejected", text)
     assert "broken.jpg" in text
@@ -130,11 +132,15 @@ def test_list_and_delete_a_face(staff_api):
 
 
 def test_people_crud_over_the_api(staff_api):
-    created = staff_api.post("/api/v1/people/", {"name": "Ada Lovelace", "external_id": "E-1"}, format="json")
+    created = staff_api.post(
+        "/api/v1/people/", {"name": "Ada Lovelace", "external_id": "E-1", "legal_basis": "employment"}, format="json"
+    )
     assert created.status_code == 201
     pid = created.json()["id"]
     assert staff_api.patch(f"/api/v1/people/{pid}/", {"notes": "engineer"}, format="json").json()["notes"] == "engineer"
-    duplicate = staff_api.post("/api/v1/people/", {"name": "Other", "external_id": "E-1"}, format="json")
+    duplicate = staff_api.post(
+        "/api/v1/people/", {"name": "Other", "external_id": "E-1", "legal_basis": "employment"}, format="json"
+    )
     assert duplicate.status_code == 400 and "external_id" in duplicate.json()["error"]["fields"]
     assert staff_api.delete(f"/api/v1/people/{pid}/").status_code == 204
 

@@ -42,7 +42,9 @@ def test_every_web_worker_uses_an_enrollment_made_elsewhere_on_its_next_request(
     assert best_match(second) is None
 
     # Enrolled again through the second process; the django-q worker process embeds the photos.
-    person = post_json(second, "/api/v1/people/", {"name": "Barack Obama (re-enrolled)"}).json()
+    person = post_json(
+        second, "/api/v1/people/", {"name": "Barack Obama (re-enrolled)", "legal_basis": "explicit_consent"}
+    ).json()
     photos = sorted((PEOPLE / "barack_obama").iterdir())[:2]
     uploads = [second.post_image(f"/api/v1/people/{person['id']}/faces/", read(p), filename=p.name) for p in photos]
     assert [u.status for u in uploads] == [201, 201], [u.body for u in uploads]

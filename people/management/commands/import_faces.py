@@ -1,6 +1,9 @@
 """Bulk enrollment from a folder with one sub-folder per person.
 
-    python manage.py import_faces ../shared/faces/people
+    python manage.py import_faces ../shared/faces/people --legal-basis explicit_consent
+
+--legal-basis (required) is recorded on each person the import creates, with the consent notice
+version in force; people who already exist keep theirs.
 
 The folder name becomes the person's name ("barack_obama" -> "Barack Obama"); an existing person
 of that name gets the new photos. Photos are processed here, in this process, so the summary at
@@ -15,7 +18,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from people import services
-from people.models import FaceImage, Person
+from people.models import FaceImage, LegalBasis, Person
 from recognition.engine.images import ImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -33,8 +36,16 @@ class Command(BaseCommand):
         parser.add_argument("--limit-people", type=int, default=None, help="Import at most this many people.")
         parser.add_argument("--max-photos", type=int, default=None, help="At most this many photos per person.")
         parser.add_argument("--skip-existing", action="store_true", help="Skip people that already have photos.")
+        parser.add_argument(
+            "--legal-basis",
+            required=True,
+            choices=LegalBasis.values,
+            help="The GDPR Art. 9(2) basis for holding these faces, recorded on each person created.",
+        )
 
-    def handle(self, directory: Path, limit_people=None, max_photos=None, skip_existing=False, **options):
+    def handle(self, directory: Path, limit_people=None, max_photos=None, skip_existing=False, legal_basis=None, **options):
+        if legal_basis not in LegalBasis.values:  # argparse checks the command line; this, call_command's kwargs
+            raise CommandError(f"--legal-basis is required, one of: {', '.join(LegalBasis.values)}")
         if not directory.is_dir():
             raise CommandError(f"{directory} is not a directory")
         folders = sorted(p for p in directory.iterdir() if p.is_dir())[:limit_people]
@@ -53,7 +64,11 @@ class Command(BaseCommand):
         with tqdm(total=total, unit="photo", desc="Enrolling", disable=options.get("verbosity", 1) == 0) as bar:
             for folder, photos in jobs:
                 name = person_name(folder.name)
-                person, _ = Person.objects.get_or_create(name=name, defaults={"notes": f"Imported from {folder.name}/"})
+                person = Person.objects.filter(name=name).first()
+                if person is None:
+                    person = Person(name=name, notes=f"Imported from {folder.name}/")
+                    person.record_legal_basis(legal_basis)
+                    person.save()
                 if skip_existing and person.faces.exists():
                     bar.update(len(photos))
                     outcomes["skipped"] += len(photos)
