@@ -31,7 +31,7 @@ def status_badge(face: FaceImage) -> str:
     return format_html('<strong style="color:{}">{}</strong>', STATUS_COLOURS.get(face.status, "#000"), face.get_status_display())
 
 
-def short_reason(face: FaceImage, length: int = 80) -> str:
+def short_reason(face: FaceImage, length: int = 60) -> str:
     """The reason on one or two lines of a list; the whole text in the tooltip."""
     reason = face.reason or ""
     if len(reason) <= length:
@@ -76,9 +76,7 @@ class FaceImageInline(admin.TabularInline):
         # PersonAdmin.response_change approves it. A form of its own cannot nest in the change form.
         if obj.status != FaceImage.Status.REVIEW:
             return ""
-        return format_html(
-            '<button type="submit" class="button" name="_approve_face" value="{}">Approve this photo</button>', obj.pk
-        )
+        return format_html('<button type="submit" class="button" name="_approve_face" value="{}">Approve</button>', obj.pk)
 
 
 class HasRejectedFilter(admin.SimpleListFilter):
@@ -226,7 +224,9 @@ class PersonAdmin(admin.ModelAdmin):
 
 @admin.register(FaceImage)
 class FaceImageAdmin(admin.ModelAdmin):
-    list_display = ["thumbnail", "person", "status_label", "reason_label", "score", "sharpness_label", "embedder", "created_at"]
+    # The embedder is the same on nearly every row (it is a filter and on each photo's page): its
+    # column pushed the list past 1280 px.
+    list_display = ["thumbnail", "person", "status_label", "reason_label", "score", "sharpness_label", "created_at"]
     list_display_links = ["thumbnail", "person"]
     list_filter = ["status", "reason_code", "embedder", "created_at"]
     search_fields = ["person__name", "person__external_id", "original_name", "reason"]

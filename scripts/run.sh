@@ -11,11 +11,22 @@ HOST="${HOST:-127.0.0.1}"
 PORT="${PORT:-8000}"
 $PY manage.py migrate --noinput
 $PY manage.py collectstatic --noinput -v0
-$PY manage.py create_demo_admin
+# Printed again once the server is up, after the worker's and server's start-up lines.
+CREDENTIALS="$($PY manage.py create_demo_admin)"
+echo "$CREDENTIALS"
 $PY manage.py qcluster &
 WORKER=$!
 trap 'kill $WORKER 2>/dev/null || true' EXIT INT TERM
-echo "Serving on http://$HOST:$PORT/  (admin: /admin/, API docs: /api/v1/docs/)"
+(
+  # Once the server answers: the address and the demo account, the two lines a newcomer needs.
+  for _ in $(seq 600); do
+    if (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null; then
+      printf '\n==> Serving on http://%s:%s/  (admin: /admin/, API docs: /api/v1/docs/)\n==> %s\n\n' "$HOST" "$PORT" "$CREDENTIALS"
+      exit 0
+    fi
+    sleep 1
+  done
+) &
 # Websocket messages up to 16 MiB reach the app (daphne's own cap is 1 MiB and drops the socket), so
 # that /ws/identify/ can answer an oversized frame with frame_too_large (CHECKIN_MAX_FRAME_BYTES).
 .venv/bin/daphne -b "$HOST" -p "$PORT" --websocket-max-message-size 16777216 --websocket-max-frame-size 16777216 \
