@@ -160,3 +160,31 @@ def test_refused_calls_are_logged_with_their_error_code_only(user_api):
     recognize(user_api, "multiface.jpg", threshold=-1)
     event = AuditEvent.objects.latest("id")
     assert event.status_code == 400 and event.result == {"error": "invalid"} and event.person_ids == ""
+
+
+def test_a_softmax_head_version_names_no_stranger_either(user_api, settings, django_capture_on_commit_callbacks):
+    from django_q.models import Schedule
+
+    from training import services as training
+    from training.models import ModelVersion
+
+    ModelVersion.objects.all().delete()
+    Schedule.objects.all().delete()
+    settings.TRAINING_EXPORT_TFLITE = False
+    settings.TRAINING_UNKNOWN_FACES_DIR = None
+    settings.TRAINING_APPROACHES = ["nearest_neighbour", "softmax_head"]
+    settings.TRAINING_RECOGNISER = "softmax_head"
+    with django_capture_on_commit_callbacks(execute=True):
+        version, _ = training.request_training(ModelVersion.Trigger.API)
+    version.refresh_from_db()
+    assert version.status == "active" and version.recogniser == "softmax_head", version.error
+
+    strangers = recognize(user_api, "multiface.jpg", top_k=50)
+    assert strangers.json()["recogniser"] == "softmax_head"
+    assert all(face["match"] is None and face["candidates"] == [] for face in strangers.json()["faces"])
+    assert names_mentioned(strangers) == []
+    lowered = recognize(user_api, "multiface.jpg", threshold=round(version.head_threshold - 0.05, 4))
+    assert lowered.status_code == 400 and lowered.json()["error"]["code"] == "invalid"
+    body = recognize(user_api, "obama_and_biden.jpg", top_k=50).json()
+    named = [c["name"] for face in body["faces"] for c in face["candidates"]]
+    assert sorted(named) == ["Barack Obama", "Joe Biden"]
