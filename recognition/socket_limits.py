@@ -13,10 +13,13 @@ is counted in memory.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field
 
 from django.core.cache import cache
+
+log = logging.getLogger(__name__)
 
 SLOT_TTL_SECONDS = 60  # a slot not refreshed for this long is free again (a crashed worker's)
 HEARTBEAT_SECONDS = SLOT_TTL_SECONDS / 3
@@ -45,27 +48,38 @@ class Slots:
         """A slot among ``limit`` for ``group`` (e.g. "kiosk:3"); False if all are taken. 0 = no cap."""
         if limit <= 0:
             return True
-        for number in range(limit):
-            key = f"{KEY_PREFIX}:{group}:{number}"
-            if await cache.aadd(key, self.connection, timeout=SLOT_TTL_SECONDS):
-                self.keys.append(key)
-                return True
+        try:
+            for number in range(limit):
+                key = f"{KEY_PREFIX}:{group}:{number}"
+                if await cache.aadd(key, self.connection, timeout=SLOT_TTL_SECONDS):
+                    self.keys.append(key)
+                    return True
+        except Exception as err:
+            # The cache (Redis) is unreachable: kiosks keep working, bounded by the per-process cap.
+            log.warning("socket cap for %s not enforced: the cache is unavailable (%r)", group, err)
+            return True
         return False
 
     async def refresh(self) -> None:
         """Push back the expiry of the slots still ours (called every HEARTBEAT_SECONDS)."""
-        for key in self.keys:
-            if await cache.aget(key) == self.connection:
-                await cache.atouch(key, SLOT_TTL_SECONDS)
+        try:
+            for key in self.keys:
+                if await cache.aget(key) == self.connection:
+                    await cache.atouch(key, SLOT_TTL_SECONDS)
+        except Exception as err:
+            log.warning("socket slots not refreshed: the cache is unavailable (%r)", err)
 
     async def release(self) -> None:
         _open_in_process.discard(self.connection)
         self.in_process = False
         keys, self.keys = self.keys, []
-        for key in keys:
-            # Only if still ours: a slot that expired may since belong to another connection.
-            if await cache.aget(key) == self.connection:
-                await cache.adelete(key)
+        try:
+            for key in keys:
+                # Only if still ours: a slot that expired may since belong to another connection.
+                if await cache.aget(key) == self.connection:
+                    await cache.adelete(key)
+        except Exception as err:
+            log.warning("socket slots not released (they expire in %s s): %r", SLOT_TTL_SECONDS, err)
 
 
 def open_in_process() -> int:

@@ -4,6 +4,7 @@ for every bad message; one real daphne server for the 10 MB frame and the cap ov
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -132,6 +133,49 @@ def test_a_process_takes_at_most_its_cap_of_sockets_from_anyone(staff_user, plai
     error, closed, ready = run(scenario)
     assert error["code"] == "too_many_connections" and closed["code"] == CLOSE_TOO_MANY
     assert ready["device"] == f"user: {plain_user}"  # a signed-in user sees their own name
+
+
+@pytest.mark.django_db
+def test_a_crashed_workers_slot_expires_and_frees_the_kiosk(kiosk, settings, monkeypatch):
+    from recognition import socket_limits
+
+    settings.CHECKIN_MAX_SOCKETS_PER_KIOSK = 1
+    monkeypatch.setattr(socket_limits, "SLOT_TTL_SECONDS", 1)
+
+    async def scenario():
+        # A slot claimed by a worker that then died: never refreshed, never released.
+        assert await socket_limits.Slots().claim(f"kiosk:{kiosk.pk}", 1)
+        error, _ = await refused_with(communicator_for(kiosk=kiosk))
+        await asyncio.sleep(1.5)
+        communicator = communicator_for(kiosk=kiosk)
+        ready = await opened(communicator)
+        await communicator.disconnect()
+        return error, ready
+
+    error, ready = run(scenario)
+    assert error["code"] == "too_many_connections" and ready["type"] == "ready"
+
+
+@pytest.mark.django_db
+def test_with_the_cache_unreachable_a_kiosk_still_connects(kiosk):
+    from django.test import override_settings
+
+    unreachable = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{live.free_port()}/0",
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+    }
+
+    async def scenario():
+        communicator = communicator_for(kiosk=kiosk)
+        ready = await opened(communicator)
+        await communicator.disconnect()
+        return ready
+
+    with override_settings(CACHES=unreachable):
+        assert run(scenario)["device"] == "kiosk: Front door"
 
 
 # ---- idle timeout ------------------------------------------------------------------------------------
