@@ -36,6 +36,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -79,6 +80,18 @@ class Caller:
     kiosk: Kiosk | None = None
     device: str = ""  # what ``ready`` says: never the owner of a key
     refused: tuple[str, str] | None = None
+
+
+def _client_address(scope) -> str | None:
+    """The client's address by the site's one rule (facesite.client_ip: X-Forwarded-For only through
+    TRUSTED_PROXY_COUNT proxies), for the audit log."""
+    from facesite.client_ip import client_ip
+
+    meta = {"REMOTE_ADDR": (scope.get("client") or [""])[0] or ""}
+    forwarded = dict(scope.get("headers") or []).get(b"x-forwarded-for")
+    if forwarded:
+        meta["HTTP_X_FORWARDED_FOR"] = forwarded.decode("latin-1")
+    return client_ip(SimpleNamespace(META=meta)) or None
 
 
 @database_sync_to_async
@@ -247,13 +260,12 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
 
     async def audit(self, action: str, result: dict, person_ids, status_code: int = 200):
         caller = self.caller
-        client = self.scope.get("client") or (None,)
         await database_sync_to_async(record_stream_event)(
             action,
             user=caller.user,
             api_key=caller.api_key,
             kiosk=caller.kiosk,
-            client_address=client[0],
+            client_address=_client_address(self.scope),
             status_code=status_code,
             result=result,
             person_ids=person_ids,

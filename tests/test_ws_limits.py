@@ -37,10 +37,12 @@ def _keep_the_test_transaction(monkeypatch):
     monkeypatch.setattr("channels.db.close_old_connections", lambda: None)
 
 
-def keyed(raw: str) -> WebsocketCommunicator:
+def keyed(raw: str, headers: list | None = None) -> WebsocketCommunicator:
     """A non-browser client: no session, ``Authorization: Token <key>``."""
     communicator = WebsocketCommunicator(
-        URLRouter(websocket_urlpatterns), "/ws/identify/", headers=[(b"authorization", f"Token {raw}".encode())]
+        URLRouter(websocket_urlpatterns),
+        "/ws/identify/",
+        headers=[(b"authorization", f"Token {raw}".encode()), *(headers or [])],
     )
     communicator.scope["user"] = AnonymousUser()
     communicator.scope["session"] = {}
@@ -302,6 +304,30 @@ def test_a_check_in_over_a_kiosk_key_is_audited_with_person_ids_and_no_images(st
     assert events["checkin"].result["already"] is False
     summary = events["stream"].result
     assert summary["matched"] == [lacamoire.pk] and summary["checkins"] == 1 and summary["frames"] >= 4
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("proxies, logged", [(0, "192.0.2.7"), (1, "203.0.113.9")])
+def test_a_socket_is_audited_when_it_closes_from_the_address_the_proxy_rule_gives(staff_user, settings, proxies, logged):
+    settings.TRUSTED_PROXY_COUNT = proxies
+    _, raw = ApiKey.issue(staff_user, "integration", Role.STAFF)
+
+    async def scenario():
+        communicator = keyed(raw, [(b"x-forwarded-for", b"203.0.113.9")])
+        await opened(communicator)
+        await communicator.disconnect()
+
+    run(scenario)
+    event = AuditEvent.objects.get()
+    assert event.action == "stream" and event.client_address == logged
+    assert event.result == {
+        "frames": 0,
+        "faces": 0,
+        "matched": [],
+        "checkins": 0,
+        "seconds": event.result["seconds"],
+        "close_code": 1000,
+    }
 
 
 # ---- bad messages ----------------------------------------------------------------------------------
