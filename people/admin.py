@@ -12,6 +12,10 @@ from .models import FaceImage, Person
 
 STATUS_COLOURS = {"accepted": "#1a7f37", "rejected": "#cf222e", "review": "#9a6700", "pending": "#57606a"}
 
+# The admin's app sidebar takes a quarter of a 1280 px screen beside every list, which then scrolls
+# sideways (photos, check-ins, audit events); the home page and breadcrumbs lead to each list.
+admin.site.enable_nav_sidebar = False
+
 
 def crop_thumbnail(face: FaceImage, size: int = 80) -> str:
     # Through the staff-only media view (people/media.py): there is no public /media/ route.
@@ -29,6 +33,18 @@ def crop_thumbnail(face: FaceImage, size: int = 80) -> str:
 
 def status_badge(face: FaceImage) -> str:
     return format_html('<strong style="color:{}">{}</strong>', STATUS_COLOURS.get(face.status, "#000"), face.get_status_display())
+
+
+def short_reason(face: FaceImage, length: int = 80) -> str:
+    """The reason on one or two lines of a list; the whole text in the tooltip."""
+    reason = face.reason or ""
+    if len(reason) <= length:
+        return reason or "-"
+    return format_html('<span title="{}">{}…</span>', reason, reason[: length - 1].rstrip())
+
+
+def rounded(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def short_reason(face: FaceImage, length: int = 60) -> str:

@@ -242,6 +242,7 @@ def test_list_pages_round_scores_and_shorten_long_reasons(staff_browser):
     faces = staff_browser.get("/admin/people/faceimage/?q=Reason").content.decode()
     assert f'title="{reason}"' in faces and f">{reason}<" not in faces and "(no other p…</span>" in faces
     assert "0.999" in faces and "0.9994812" not in faces and "123.5" in faces
+    assert 'id="nav-sidebar"' not in faces  # a quarter of a 1280 px screen, beside every list
 
     from django.contrib import admin
 
