@@ -35,18 +35,6 @@ def status_badge(face: FaceImage) -> str:
     return format_html('<strong style="color:{}">{}</strong>', STATUS_COLOURS.get(face.status, "#000"), face.get_status_display())
 
 
-def short_reason(face: FaceImage, length: int = 80) -> str:
-    """The reason on one or two lines of a list; the whole text in the tooltip."""
-    reason = face.reason or ""
-    if len(reason) <= length:
-        return reason or "-"
-    return format_html('<span title="{}">{}…</span>', reason, reason[: length - 1].rstrip())
-
-
-def rounded(value, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def short_reason(face: FaceImage, length: int = 60) -> str:
     """The reason on one or two lines of a list; the whole text in the tooltip."""
     reason = face.reason or ""
