@@ -308,7 +308,12 @@ def delete_face(face: FaceImage) -> None:
     """Delete one photo with its files (people/signals.py removes them after commit)."""
     with transaction.atomic():
         was_in_gallery = FaceImage.objects.in_gallery().filter(pk=face.pk).exists()
+        # the files the row names now: a task may have written a new crop since ``face`` was read
+        current = FaceImage.objects.select_for_update().filter(pk=face.pk).values_list("image", "crop").first() or ()
         face.delete()
+        stale = [name for name in current if name and name not in (face.image.name, face.crop.name)]
+        if stale:
+            transaction.on_commit(lambda: _delete_files(stale))
         if was_in_gallery:
             gallery_changed()
     recognition.invalidate_gallery()

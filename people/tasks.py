@@ -17,6 +17,8 @@ def process_face_image(face_image_id: int) -> str:
         processed = services.process_face_image(face)
     except Exception as err:
         log.exception("processing face image %s failed", face_image_id)
+        if face.crop and face.crop.name != getattr(face, "_previous_crop", ""):
+            face.crop.storage.delete(face.crop.name)  # made by this run, never recorded on the row
         FaceImage.objects.filter(pk=face_image_id).update(
             status=FaceImage.Status.REJECTED, reason_code="processing_failed", reason=f"Processing failed: {err}"[:500]
         )
