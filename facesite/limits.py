@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
@@ -54,13 +55,26 @@ def too_large_response(path: str) -> HttpResponse:
 
 
 class RequestSizeLimitMiddleware:
+    # Both, so that under ASGI this first middleware does not switch the whole chain to sync mode.
+    sync_capable = True
+    async_capable = True
+
     def __init__(self, get_response):
         self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def __call__(self, request: HttpRequest):
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
         if declared_too_large(request.META.get("CONTENT_LENGTH"), settings.REQUEST_MAX_BYTES):
             return too_large_response(request.path)
         return self.get_response(request)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        if declared_too_large(request.META.get("CONTENT_LENGTH"), settings.REQUEST_MAX_BYTES):
+            return too_large_response(request.path)
+        return await self.get_response(request)
 
 
 def limit_request_size(app):
