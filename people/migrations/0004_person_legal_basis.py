@@ -6,31 +6,52 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('people', '0003_face_image_queued_at'),
+        ("people", "0003_face_image_queued_at"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='person',
-            name='consent_notice_version',
-            field=models.CharField(blank=True, editable=False, help_text='The CONSENT_NOTICE_VERSION in force when the basis was recorded.', max_length=40),
+            model_name="person",
+            name="consent_notice_version",
+            field=models.CharField(
+                blank=True,
+                editable=False,
+                help_text="The CONSENT_NOTICE_VERSION in force when the basis was recorded.",
+                max_length=40,
+            ),
         ),
         migrations.AddField(
-            model_name='person',
-            name='consent_recorded_at',
+            model_name="person",
+            name="consent_recorded_at",
             field=models.DateTimeField(blank=True, editable=False, null=True),
         ),
         migrations.AddField(
-            model_name='person',
-            name='consent_recorded_by',
-            field=models.ForeignKey(blank=True, editable=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="person",
+            name="consent_recorded_by",
+            field=models.ForeignKey(
+                blank=True,
+                editable=False,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='person',
-            name='legal_basis',
-            field=models.CharField(blank=True, choices=[('explicit_consent', 'Explicit consent (Art. 9(2)(a))'), ('employment', 'Employment or social security law (Art. 9(2)(b))'), ('vital_interests', 'Vital interests (Art. 9(2)(c))'), ('substantial_public_interest', 'Substantial public interest in law (Art. 9(2)(g))')], help_text='The legal basis for holding this face.', max_length=40),
+            model_name="person",
+            name="legal_basis",
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ("explicit_consent", "Explicit consent (Art. 9(2)(a))"),
+                    ("employment", "Employment or social security law (Art. 9(2)(b))"),
+                    ("vital_interests", "Vital interests (Art. 9(2)(c))"),
+                    ("substantial_public_interest", "Substantial public interest in law (Art. 9(2)(g))"),
+                ],
+                help_text="The legal basis for holding this face.",
+                max_length=40,
+            ),
         ),
     ]
