@@ -361,3 +361,19 @@ def test_photos_are_stored_without_captions_that_name_other_people():
         kept = fh.read()
     assert b"Barack Obama" not in kept and b"Pete Souza" not in kept
     assert (recognition.read_upload(kept) == recognition.read_upload(original)).all()  # the same pixels
+
+
+@pytest.mark.django_db
+def test_a_deleted_model_version_takes_its_label_map_and_plots_with_it(clean_queue, django_capture_on_commit_callbacks):
+    from django.core.files.base import ContentFile
+
+    from training.models import ModelVersion
+
+    version = ModelVersion.objects.create(number=ModelVersion.next_number(), status="ready")
+    version.labels.save("labels.json", ContentFile(b'{"people": [{"name": "Someone"}]}'), save=False)
+    version.confusion_plot.save("confusion.png", ContentFile(b"png"), save=True)
+    names = [version.labels.name, version.confusion_plot.name]
+    assert all(version.labels.storage.exists(n) for n in names)
+    with django_capture_on_commit_callbacks(execute=True):
+        version.delete()
+    assert not any(version.labels.storage.exists(n) for n in names)

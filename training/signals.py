@@ -1,4 +1,5 @@
-"""Retrain when a person is activated or deactivated (it changes who can be recognised).
+"""Retrain when a person is activated or deactivated (it changes who can be recognised), and
+remove a deleted model version's files.
 
 The other gallery changes call ``training.services.enrollment_changed`` explicitly from the services
 that make them (a face accepted, approved or deleted: people/services.py; an erasure:
@@ -7,10 +8,12 @@ caught here, and only when ``is_active`` really changed: editing a name or notes
 """
 
 from django.db import transaction
-from django.db.models.signals import post_save, pre_save
+from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import receiver
 
 from people.models import Person
+
+from .models import ModelVersion
 
 
 @receiver(pre_save, sender=Person)
@@ -29,3 +32,16 @@ def activity_changed(sender, instance: Person, created: bool, **kwargs):
     from . import services
 
     transaction.on_commit(services.enrollment_changed)
+
+
+@receiver(post_delete, sender=ModelVersion)
+def delete_version_files(sender, instance: ModelVersion, **kwargs):
+    """A deleted version takes its label map, head and plots with it (they name people); the
+    TFLite embedder is shared between versions and holds no person."""
+    files = [f for f in (instance.labels, instance.head, instance.confusion_plot, instance.roc_plot) if f and f.name]
+
+    def remove():
+        for f in files:
+            f.storage.delete(f.name)
+
+    transaction.on_commit(remove)
