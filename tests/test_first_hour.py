@@ -4,6 +4,7 @@ admin pages and a root URL that sends each kind of user to their page."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -240,8 +241,10 @@ def test_list_pages_round_scores_and_shorten_long_reasons(staff_browser):
     )
 
     faces = staff_browser.get("/admin/people/faceimage/?q=Reason").content.decode()
-    assert f'title="{reason}"' in faces and f">{reason}<" not in faces and "(no other p…</span>" in faces
+    assert f'title="{reason}"' in faces and f">{reason}<" not in faces
     assert "0.999" in faces and "0.9994812" not in faces and "123.5" in faces
+    shown = re.search(r'<span title="Looks more like[^"]*">([^<]*)…</span>', faces)
+    assert shown and len(shown.group(1)) < 60, shown
     assert 'id="nav-sidebar"' not in faces  # a quarter of a 1280 px screen, beside every list
 
     from django.contrib import admin
