@@ -75,7 +75,7 @@ def test_erasure_removes_the_person_from_the_audit_log(staff_api, django_capture
     assert event.result["faces"] == 1  # the call itself stays on record
 
 
-def test_retention_deletes_old_photos_but_keeps_embeddings(user_api, django_capture_on_commit_callbacks):
+def test_retention_deletes_old_photos_but_keeps_embeddings(user_api, staff_api, django_capture_on_commit_callbacks):
     obama = with_own_files(person_named("Barack Obama"))
     old = list(obama.faces.accepted())
     FaceImage.objects.filter(pk__in=[f.pk for f in old]).update(created_at=timezone.now() - timedelta(days=40))
@@ -96,9 +96,12 @@ def test_retention_deletes_old_photos_but_keeps_embeddings(user_api, django_capt
     assert Path(FaceImage.objects.get(pk=recent.pk).image.path).exists()
     # recognition still works from the kept embeddings
     assert recognize(user_api)["faces"][0]["match"]["name"] == "Barack Obama"
-    # and the API shows the photo as gone rather than failing
-    listing = user_api.get(f"/api/v1/people/{obama.pk}/faces/").json()["results"]
+    # and the API shows the photo as gone rather than failing (face metadata: staff or a read role)
+    listing = staff_api.get(f"/api/v1/people/{obama.pk}/faces/").json()["results"]
     assert {f["image_url"] for f in listing if f["id"] in vectors} == {None}
+    gone = next(iter(vectors))
+    assert staff_api.get(f"/api/v1/people/{obama.pk}/faces/{gone}/image/").status_code == 404
+    assert staff_api.get(f"/api/v1/people/{obama.pk}/faces/{gone}/crop/").status_code == 200
 
 
 def test_retention_can_delete_crops_too(settings, django_capture_on_commit_callbacks):
