@@ -196,6 +196,10 @@ def person_data(person: Person) -> dict:
             "external_id": person.external_id,
             "notes": person.notes,
             "is_active": person.is_active,
+            "legal_basis": person.legal_basis or None,  # None: enrolled before it was recorded
+            "legal_basis_recorded_at": person.consent_recorded_at.isoformat() if person.consent_recorded_at else None,
+            "legal_basis_recorded_by": person.consent_recorded_by.get_username() if person.consent_recorded_by else None,
+            "consent_notice_version": person.consent_notice_version or None,
             "created_at": person.created_at.isoformat(),
             "updated_at": person.updated_at.isoformat(),
         },
