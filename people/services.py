@@ -274,6 +274,9 @@ def _finish(face: FaceImage, verdict: Verdict) -> FaceImage | None:
             return None
         if old_crop and old_crop != new_crop:
             transaction.on_commit(lambda: _delete_files([old_crop]))
+        from integrations.events import face_verdict  # late import: avoids a cycle
+
+        face_verdict(face)
         in_gallery = face.status == FaceImage.Status.ACCEPTED and face.embedding is not None
         if in_gallery or getattr(face, "_was_in_gallery", False):
             gallery_changed()
@@ -301,6 +304,9 @@ def approve(face: FaceImage) -> None:
         face.reason = ""
         with transaction.atomic():
             face.save(update_fields=["status", "reason_code", "reason", "updated_at"])
+            from integrations.events import face_verdict  # late import: avoids a cycle
+
+            face_verdict(face)
             gallery_changed()
 
 

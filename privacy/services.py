@@ -80,6 +80,9 @@ def erase_person(person: Person, by=None) -> ErasureReport:
         report.files_deleted = sum(1 for n in files if storage.exists(n))
         report.faces_deleted = FaceImage.objects.filter(person_id=pid).delete()[1].get(FaceImage._meta.label, 0)
         person.delete()
+        from integrations.events import person_erased  # late import: avoids a cycle
+
+        person_erased(pid)
         transaction.on_commit(lambda: _delete_files(files))
 
         redacted = training.forget_person(pid)

@@ -96,6 +96,19 @@ class CheckInAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def delete_model(self, request, obj):
+        from integrations.events import checkin_rejected  # late import: avoids a cycle
+
+        checkin_rejected(obj, by=request.user)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        from integrations.events import checkin_rejected  # late import: avoids a cycle
+
+        for checkin in queryset.select_related("person", "kiosk", "model_version"):
+            checkin_rejected(checkin, by=request.user)
+        super().delete_queryset(request, queryset)
+
     @admin.display(description="Checked in", ordering="checked_in_at")
     def local_time(self, obj):
         return timezone.localtime(obj.checked_in_at).strftime("%Y-%m-%d %H:%M:%S")

@@ -199,6 +199,9 @@ class LiveSession:
                     liveness_checked=self.liveness_required,
                 )
                 created = True
+                from integrations.events import checkin_created  # late import: avoids a cycle
+
+                checkin_created(checkin)
         track.checked_in = True
         return checkin, created
 

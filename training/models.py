@@ -122,3 +122,6 @@ class ModelVersion(models.Model):
             self.status = self.Status.ACTIVE
             self.activated_at = timezone.now()
             self.save(update_fields=["status", "activated_at"])
+            from integrations.events import model_activated  # late import: avoids a cycle
+
+            model_activated(self)
