@@ -123,6 +123,16 @@ class CheckIn(models.Model):
     )
     consent = models.ForeignKey(Consent, null=True, blank=True, on_delete=models.SET_NULL, related_name="checkins")
     liveness_checked = models.BooleanField(default=False)
+    # An edge kiosk recording offline sends its own id for each check-in, so that retried uploads
+    # never make a second row; checked_in_at is then the device's clock, and says so.
+    client_id = models.UUIDField(
+        null=True, blank=True, unique=True, editable=False, help_text="The edge client's id for this check-in."
+    )
+    time_source = models.CharField(
+        max_length=10,
+        choices=[("server", "Server clock"), ("device", "Device clock (recorded offline)")],
+        default="server",
+    )
 
     objects = CheckInQuerySet.as_manager()
 
