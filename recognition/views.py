@@ -10,7 +10,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from facesite import lockout
-from facesite import lockout
 from security.audit import AuditedView
 from security.authentication import issue_token
 from security.models import ApiKey, Role
