@@ -1,4 +1,5 @@
 from django.contrib import admin, messages
+from django.core.files.base import ContentFile
 from django.db.models import Count, Q
 from django.http import HttpResponseRedirect
 from django.utils.html import format_html
@@ -253,6 +254,20 @@ class FaceImageAdmin(admin.ModelAdmin):
     fields = ["person", "image", *readonly_fields]
     actions = ["reprocess", "approve"]
 
+    def get_fields(self, request, obj=None):
+        # A stored photo is shown through the staff-only media view (there is no /media/ route);
+        # the file input, whose "Currently:" link would point there, is only on the add form.
+        fields = super().get_fields(request, obj)
+        return [("photo" if f == "image" else f) for f in fields] if obj else fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*self.readonly_fields, "photo"] if obj else self.readonly_fields
+
+    @admin.display(description="Photo")
+    def photo(self, obj):
+        url = face_media_url(obj, "image")
+        return format_html('<a href="{}">{}</a>', url, obj.original_name or "photo") if url else "-"
+
     @admin.display(description="Face")
     def thumbnail(self, obj):
         return crop_thumbnail(obj, 64)
@@ -280,6 +295,12 @@ class FaceImageAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         if not change:
             obj.uploaded_by = request.user
+        upload = form.cleaned_data.get("image")
+        if "image" in form.changed_data and upload:
+            # Stored like every other upload: without its text metadata (people/services.py).
+            upload.seek(0)
+            obj.original_name = obj.original_name or services.safe_name(upload.name or "")
+            obj.image = ContentFile(services.strip_metadata(upload.read()), name=upload.name or "upload")
         super().save_model(request, obj, form, change)
         if "image" in form.changed_data or "person" in form.changed_data:
             services.queue_processing(obj.pk)

@@ -37,7 +37,7 @@ def enroll(person: Person, upload, uploaded_by=None, process: bool = True) -> Fa
     upload.seek(0)
     photo = ContentFile(strip_metadata(upload.read()))
     with transaction.atomic():
-        face = FaceImage(person=person, uploaded_by=uploaded_by, original_name=_safe_name(getattr(upload, "name", "")))
+        face = FaceImage(person=person, uploaded_by=uploaded_by, original_name=safe_name(getattr(upload, "name", "")))
         face.image.save(upload.name or "upload", photo, save=False)
         face.save()
         if process:
@@ -149,7 +149,7 @@ def _strip_png(data: bytes) -> bytes:
     return b"".join(out)
 
 
-def _safe_name(name: str) -> str:
+def safe_name(name: str) -> str:
     return (name or "").encode("utf-8", "replace").decode("utf-8")[-255:]
 
 

@@ -58,9 +58,7 @@ def test_import_command_prints_a_summary(tmp_path):
     (folder / "good.jpg").write_bytes(read(PROBES / "obama_small.jpg"))
     (folder / "broken.jpg").write_bytes(b"not an image")
     out = io.StringIO()
-    call_command(
-        "import_faces", str(tmp_path / "people"), legal_basis="explicit_consent", stdout=out, stderr=io.StringIO()
-    )
+    call_command("import_faces", str(tmp_path / "people"), legal_basis="explicit_consent", stdout=out, stderr=io.StringIO())
     text = out.getvalue()
     assert re.search(r"1 people, 2 photos: \d+ accepted, \d+ rejected", text)
     assert "broken.jpg" in text

@@ -321,7 +321,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description="Plots")
     def plots(self, obj):
-        images = [(f.url, alt) for f, alt in ((obj.confusion_plot, "confusion matrix"), (obj.roc_plot, "ROC")) if f]
+        images = [
+            (reverse("model-plot", args=[obj.pk, kind]), alt)
+            for f, kind, alt in ((obj.confusion_plot, "confusion", "confusion matrix"), (obj.roc_plot, "roc", "ROC"))
+            if f
+        ]
         if not images:
             return "-"
         return format_html_join("", '<img src="{}" alt="{}" style="max-width:480px;margin-right:1em">', images)

@@ -20,6 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from recognition import services as recognition
+from recognition.engine.matching import embeddings_from_blobs
 from training.engine import evaluation
 from training.engine.comparison import choose_production, compare, truth_of
 from training.engine.dataset import FaceSet, split_per_person
@@ -166,12 +167,12 @@ class TrainingRun:
         if not rows:
             return FaceSet(np.zeros((0, 128), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), None), names
         keys, labels, blobs, crop_names = zip(*rows)
-        embeddings = np.frombuffer(b"".join(bytes(b) for b in blobs), np.float32).reshape(-1, 128)
+        embeddings = embeddings_from_blobs(blobs)
         crops = [_read_crop(name) for name in crop_names]
         stacked = None if any(c is None for c in crops) else np.stack(crops)
         if stacked is None:
             self.lines.append("Some face crops are missing: the pixel baselines (LBPH, Eigenfaces) are skipped.")
-        return FaceSet(embeddings.copy(), np.array(labels, np.int64), np.array(keys, np.int64), stacked), names
+        return FaceSet(embeddings, np.array(labels, np.int64), np.array(keys, np.int64), stacked), names
 
     def unknown_faces(self, enrolled_names: set[str]) -> FaceSet | None:
         """Faces of people not enrolled (one image per person folder, e.g. LFW), if configured."""
