@@ -93,6 +93,7 @@ def _checkin(checkin) -> dict:
     return {
         "checkin_id": checkin.pk,
         "checked_in_at": _time(checkin.checked_in_at),
+        "time_source": checkin.time_source,  # "device": an edge kiosk's clock, uploaded later
         "person": _person(checkin.person),
         "similarity": round(checkin.similarity, 4),
         "threshold": checkin.threshold,

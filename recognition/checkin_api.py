@@ -13,6 +13,7 @@ from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 
 from facesite.api import IsStaffOrReadRole
+from integrations.events import checkin_created
 from security.models import ApiKey
 from security.permissions import TokenScope
 
@@ -118,6 +119,7 @@ class CheckInListView(generics.ListCreateAPIView):
                     user=user,
                     consent=consent,
                 )
+                checkin_created(checkin)  # sent after commit; a retried upload (200 above) sends nothing
         except IntegrityError:  # the same upload, racing: the other request stored it
             existing = self._existing(data["client_id"], kiosk, user)
             if existing is None:

@@ -435,3 +435,21 @@ def test_the_kiosk_checks_in_offline_uploads_once_and_follows_the_active_model(l
         assert edge(web.url, raw_key, state, "status")[1][0]["version"] == numbers["v2"]
     finally:
         site.stop(web.proc)
+
+
+@pytest.mark.django_db
+def test_an_uploaded_check_in_is_announced_once_with_the_devices_time(kiosk_api, settings, django_capture_on_commit_callbacks):
+    from .test_integrations import Receiver, verified, webhook_to
+
+    settings.WEBHOOK_ALLOW_PRIVATE = True
+    body = checkin_body()
+    with Receiver() as receiver:
+        webhook_to(receiver, "checkin.created")
+        for _ in range(2):  # the kiosk retries: one check-in, one event
+            with django_capture_on_commit_callbacks(execute=True):
+                assert kiosk_api.post("/api/v1/checkins/", body, format="json").status_code in (200, 201)
+    ((headers, raw),) = receiver.requests
+    assert verified(headers, raw)
+    sent = json.loads(raw)["data"]
+    assert sent["person"]["name"] == "Barack Obama" and sent["time_source"] == "device"
+    assert sent["checked_in_at"].startswith("2026-11-30T07:15:02")  # the device's time (UTC)

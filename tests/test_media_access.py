@@ -184,6 +184,7 @@ def test_admin_thumbnails_point_at_the_staff_view_and_load(client, staff_user):
         sources = re.findall(r'<img src="([^"]+)"', html)
         assert media_path(face, "crop") in sources, page
         assert not [src for src in sources if src.startswith("/media/")], page
+        assert '"/media/' not in html, page  # no link either (the photo field's "Currently:" link was one)
         for src in (src for src in sources if src.startswith("/api/v1/people/")):
             response = client.get(src)
             assert response.status_code == 200, src
@@ -204,3 +205,14 @@ def test_model_plots_are_served_to_readers_of_models_only(staff_user, plain_user
     assert staff.get(f"/api/v1/models/{version.pk}/plots/roc/").status_code == 404  # none on file
     assert token_client(plain_user).get(url).status_code == 403
     assert APIClient().get(url).status_code == 401
+
+
+def test_the_model_version_page_shows_its_plots_through_the_permission_checked_view(client, staff_user):
+    from training.models import ModelVersion
+
+    version = ModelVersion.objects.create(number=9092, status=ModelVersion.Status.READY)
+    version.roc_plot.save("roc.png", ContentFile(PNG + b"plot"))
+    client.force_login(staff_user)
+    html = client.get(f"/admin/training/modelversion/{version.pk}/change/").content.decode()
+    assert f'<img src="/api/v1/models/{version.pk}/plots/roc/"' in html and '"/media/' not in html
+    assert client.get(f"/api/v1/models/{version.pk}/plots/roc/").status_code == 200

@@ -18,7 +18,7 @@ from people.models import FaceImage
 from privacy import services as privacy
 from security.models import ApiKey, AuditEvent, Role
 
-from .conftest import PROBES, person_named, read, token_client
+from .conftest import PEOPLE, PROBES, person_named, read, token_client
 
 pytestmark = pytest.mark.django_db
 
@@ -199,3 +199,47 @@ def test_export_includes_check_ins(staff_api):
         zipfile.ZipFile(io.BytesIO(staff_api.get(f"/api/v1/people/{person.pk}/export/").content)).read("person.json")
     )
     assert len(data["checkins"]) == 1 and data["checkins"][0]["similarity"] == 0.8
+
+
+def jpeg_with_a_caption(source: Path) -> bytes:
+    """A real photo carrying what cameras and photo desks write: a caption naming someone else, the
+    camera owner, a comment, and the EXIF orientation (6: rotate to display)."""
+    from PIL import Image
+
+    with Image.open(source) as img:
+        exif = Image.Exif()
+        exif[0x010E] = "Barack Obama with Vice President Joe Biden"  # ImageDescription
+        exif[0x013B] = "Pete Souza"  # Artist
+        exif[0x0112] = 6
+        buf = io.BytesIO()
+        img.convert("RGB").transpose(Image.Transpose.ROTATE_90).save(
+            buf, format="JPEG", exif=exif.tobytes(), comment=b"Biden at the door", quality=92
+        )
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("path", ["api", "admin"])
+def test_a_photo_is_stored_without_its_caption_but_keeps_its_orientation(
+    path, staff_api, admin_client, django_capture_on_commit_callbacks
+):
+    from PIL import Image
+
+    person = person_named("Barack Obama")
+    data = jpeg_with_a_caption(PEOPLE / "barack_obama" / "obama2.jpg")
+    assert b"Biden" in data and b"Souza" in data
+    upload = SimpleUploadedFile("captioned.jpg", data, content_type="image/jpeg")
+    with django_capture_on_commit_callbacks(execute=True):
+        if path == "api":
+            response = staff_api.post(f"/api/v1/people/{person.pk}/faces/", {"image": upload}, format="multipart")
+            assert response.status_code == 201, response.content
+        else:
+            response = admin_client.post("/admin/people/faceimage/add/", {"person": person.pk, "image": upload})
+            assert response.status_code == 302, response.content.decode()[:2000]
+    face = FaceImage.objects.get(person=person, original_name="captioned.jpg")
+    with face.image.open("rb") as fh:
+        stored = fh.read()
+    assert b"Biden" not in stored and b"Souza" not in stored
+    with Image.open(io.BytesIO(stored)) as img:
+        assert img.getexif().get(0x0112) == 6  # decoding still turns it upright
+    face.refresh_from_db()
+    assert face.status == FaceImage.Status.ACCEPTED, face.reason  # found upright, embedded

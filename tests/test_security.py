@@ -105,13 +105,13 @@ def test_staff_revoke_keys_in_the_admin(client, staff_user):
     assert api.get("/api/v1/people/").status_code == 401
 
 
-def test_a_key_created_in_the_admin_is_shown_once(client, staff_user):
+def test_a_key_created_in_the_admin_is_shown_once(client, staff_user, kiosk):
     client.force_login(staff_user)
-    response = client.post(
-        "/admin/security/apikey/add/",
-        {"name": "door kiosk", "user": staff_user.pk, "role": "kiosk", "revoked_at_0": "", "revoked_at_1": ""},
-        follow=True,
-    )
+    form = {"name": "door kiosk", "user": staff_user.pk, "role": "kiosk", "revoked_at_0": "", "revoked_at_1": ""}
+    unbound = client.post("/admin/security/apikey/add/", form)
+    assert unbound.status_code == 200 and "A kiosk key must name the kiosk it streams as." in unbound.content.decode()
+    assert not ApiKey.objects.filter(name="door kiosk").exists()
+    response = client.post("/admin/security/apikey/add/", {**form, "kiosk": kiosk.pk}, follow=True)
     assert response.status_code == 200
     key = ApiKey.objects.get(name="door kiosk")
     text = response.content.decode()

@@ -454,7 +454,8 @@ def test_admin_shows_retrain_button_progress_metrics_plots_and_comparison(
     assert "Top-1 accuracy (held-out)" in page and "Unknown rejection" in page
     for approach in ("nearest_neighbour", "softmax_head", "lbph"):
         assert f"<td>{approach}</td>" in page
-    assert version.confusion_plot.url in page and version.roc_plot.url in page
+    assert f"/api/v1/models/{version.pk}/plots/confusion/" in page and f"/api/v1/models/{version.pk}/plots/roc/" in page
+    assert client.get(f"/api/v1/models/{version.pk}/plots/roc/")["Content-Type"] == "image/png"
     assert version.comparison["reason"] in page
 
 
