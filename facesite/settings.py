@@ -365,6 +365,11 @@ FACE_RETENTION_KEEP_CROPS = env_bool("FACE_RETENTION_KEEP_CROPS", True)
 ERASE_CHECKINS_WITH_PERSON = env_bool("ERASE_CHECKINS_WITH_PERSON", True)
 # Audit events (who called recognise/verify, when, with what result; never images) kept this long.
 AUDIT_LOG_RETENTION_DAYS = env_int("AUDIT_LOG_RETENTION_DAYS", 365)
+# Check-in records (name, time, similarity, device) kept this long; the check-in notice says so.
+# 0 keeps them until staff delete them.
+CHECKIN_RETENTION_DAYS = env_int("CHECKIN_RETENTION_DAYS", 365)
+# Webhook deliveries (their payloads name people) kept this long in the delivery log.
+WEBHOOK_LOG_RETENTION_DAYS = env_int("WEBHOOK_LOG_RETENTION_DAYS", 30)
 
 # ---- production profile -------------------------------------------------------------------------------
 # With DEBUG off: secure cookies, HSTS, no sniffing, no framing, and hashed static files served by

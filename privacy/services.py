@@ -17,6 +17,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from integrations.models import Delivery
 from people.models import FaceImage, Person
 from recognition import services as recognition
 from recognition.models import CheckIn
@@ -235,11 +236,14 @@ class RetentionReport:
     photos_deleted: int
     crops_deleted: int
     audit_events_deleted: int
+    checkins_deleted: int = 0
+    webhook_deliveries_deleted: int = 0
 
 
 def apply_retention(days: int | None = None, now=None) -> RetentionReport:
     """Delete original photos uploaded more than ``days`` ago, keeping their embeddings (and, by
-    setting, the aligned crops); and audit events older than AUDIT_LOG_RETENTION_DAYS."""
+    setting, the aligned crops); and audit events, check-ins and webhook deliveries older than
+    AUDIT_LOG_RETENTION_DAYS, CHECKIN_RETENTION_DAYS and WEBHOOK_LOG_RETENTION_DAYS."""
     days = settings.FACE_PHOTO_RETENTION_DAYS if days is None else days
     now = now or timezone.now()
     photos = crops = 0
@@ -258,10 +262,21 @@ def apply_retention(days: int | None = None, now=None) -> RetentionReport:
                 face.save(update_fields=update)
                 transaction.on_commit(lambda files=files: _delete_files(files))
             photos += 1
-    audit = 0
-    if settings.AUDIT_LOG_RETENTION_DAYS > 0:
-        audit, _ = AuditEvent.objects.filter(created_at__lt=now - timedelta(days=settings.AUDIT_LOG_RETENTION_DAYS)).delete()
-    return RetentionReport(photos, crops, audit)
+    return RetentionReport(
+        photos,
+        crops,
+        _delete_older(AuditEvent.objects.all(), "created_at", settings.AUDIT_LOG_RETENTION_DAYS, now),
+        _delete_older(CheckIn.objects.all(), "checked_in_at", settings.CHECKIN_RETENTION_DAYS, now),
+        _delete_older(Delivery.objects.all(), "created_at", settings.WEBHOOK_LOG_RETENTION_DAYS, now),
+    )
+
+
+def _delete_older(rows, field: str, days: int, now) -> int:
+    """Delete the rows whose ``field`` is more than ``days`` before ``now`` (0 days: keep all)."""
+    if days <= 0:
+        return 0
+    _, by_model = rows.filter(**{f"{field}__lt": now - timedelta(days=days)}).delete()
+    return by_model.get(rows.model._meta.label, 0)
 
 
 def _delete_files(names: list[str]) -> None:

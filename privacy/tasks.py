@@ -5,4 +5,7 @@ from . import services
 
 def apply_retention() -> str:
     report = services.apply_retention()
-    return f"{report.photos_deleted} photos, {report.crops_deleted} crops, {report.audit_events_deleted} audit events deleted"
+    return (
+        f"{report.photos_deleted} photos, {report.crops_deleted} crops, {report.audit_events_deleted} audit events, "
+        f"{report.checkins_deleted} check-ins, {report.webhook_deliveries_deleted} webhook deliveries deleted"
+    )

@@ -26,11 +26,18 @@ from security.models import ApiKey
 
 from .errors import ApiError
 
-NOTICE_WHAT = (
-    "pictures of the face in front of the camera, a few per second, and the identity they match among the people enrolled here."
-)
-NOTICE_WHY = "to recognise enrolled people and record that they checked in."
-NOTICE_KEPT = "Only a check-in record is kept: the name, the time, how sure the match was and this device."
+
+def checkin_notice() -> dict:
+    """What the check-in notice says is processed, why, and what is kept for how long: the same
+    words on the browser page and the edge kiosk. The period is the one apply_retention enforces."""
+    days = settings.CHECKIN_RETENTION_DAYS
+    period = f"for {days} days, then deleted" if days > 0 else "until staff delete it"
+    return {
+        "what": "pictures of the face in front of the camera, a few per second, and the identity they match "
+        "among the people enrolled here.",
+        "why": "to recognize enrolled people and record that they checked in.",
+        "kept": f"Only a check-in record is kept ({period}): the name, the time, how sure the match was and this device.",
+    }
 
 
 def is_staff(request) -> bool:
@@ -57,9 +64,7 @@ def notice_text() -> str:
     html = render_to_string(
         "consent_notice.html",
         {
-            "what": NOTICE_WHAT,
-            "why": NOTICE_WHY,
-            "kept": NOTICE_KEPT,
+            **checkin_notice(),
             "notice_version": settings.CONSENT_NOTICE_VERSION,
             "min_age": settings.CONSENT_MIN_AGE,
             "start_label": "",

@@ -16,12 +16,14 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from .consumers import KIOSK_SESSION_KEY
+from .edge_api import checkin_notice
 from .models import Consent, Kiosk
 
 
 def _notice_context() -> dict:
     return {
         "notice_version": settings.CONSENT_NOTICE_VERSION,
+        "checkin_notice": checkin_notice(),
         "min_age": settings.CONSENT_MIN_AGE,
         # What the page's script needs, passed with json_script.
         "page_config": {

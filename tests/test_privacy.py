@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.utils import timezone
@@ -119,6 +120,29 @@ def test_retention_zero_keeps_photos_and_old_audit_events_go():
     AuditEvent.objects.create(action="recognize", actor="x", status_code=200, created_at=timezone.now() - timedelta(days=800))
     report = privacy.apply_retention(days=0)
     assert report.photos_deleted == 0 and report.audit_events_deleted == 1
+
+
+def test_old_check_ins_and_webhook_deliveries_go_and_the_notice_states_the_period(settings, client, kiosk):
+    from integrations.models import Delivery, Webhook
+    from recognition.models import CheckIn
+
+    settings.CHECKIN_RETENTION_DAYS, settings.WEBHOOK_LOG_RETENTION_DAYS = 90, 30
+    old, recent = timezone.now() - timedelta(days=91), timezone.now() - timedelta(days=89)
+    obama = person_named("Barack Obama")
+    for when in (old, recent):
+        CheckIn.objects.create(person=obama, similarity=0.8, threshold=0.55, frames=4, kiosk=kiosk, checked_in_at=when)
+    hook = Webhook.objects.create(url="https://example.org/hook", events=["checkin.created"], secret="s" * 32)
+    for age in (31, 29):
+        delivery = Delivery.objects.create(webhook=hook, event="checkin.created", payload={"person": {"name": "Barack Obama"}})
+        Delivery.objects.filter(pk=delivery.pk).update(created_at=timezone.now() - timedelta(days=age))
+    report = privacy.apply_retention()
+    assert (report.checkins_deleted, report.webhook_deliveries_deleted) == (1, 1)
+    assert list(CheckIn.objects.values_list("checked_in_at", flat=True)) == [recent]
+    assert Delivery.objects.count() == 1
+    client.force_login(get_user_model().objects.create_user("walk-in", password="x" * 12))
+    assert "Only a check-in record is kept (for 90 days, then deleted)" in client.get("/checkin/").content.decode()
+    settings.CHECKIN_RETENTION_DAYS = 0
+    assert privacy.apply_retention().checkins_deleted == 0 and CheckIn.objects.count() == 1
 
 
 def test_retention_command_and_daily_schedule_exist(capsys):

@@ -1,4 +1,5 @@
-"""Delete original photos older than FACE_PHOTO_RETENTION_DAYS (embeddings stay) and old audit events.
+"""Delete original photos older than FACE_PHOTO_RETENTION_DAYS (embeddings stay), and audit events,
+check-ins and webhook deliveries past their retention periods.
 
     python manage.py apply_retention            # the configured number of days
     python manage.py apply_retention --days 30
@@ -12,7 +13,7 @@ from privacy import services
 
 
 class Command(BaseCommand):
-    help = "Apply the photo and audit-log retention periods."
+    help = "Apply the retention periods of photos, audit events, check-ins and webhook deliveries."
 
     def add_arguments(self, parser):
         parser.add_argument("--days", type=int, default=None, help="Override FACE_PHOTO_RETENTION_DAYS (0 keeps photos).")
@@ -21,5 +22,6 @@ class Command(BaseCommand):
         report = services.apply_retention(days)
         self.stdout.write(
             f"Deleted {report.photos_deleted} original photos (embeddings kept), {report.crops_deleted} crops, "
-            f"{report.audit_events_deleted} audit events."
+            f"{report.audit_events_deleted} audit events, {report.checkins_deleted} check-ins, "
+            f"{report.webhook_deliveries_deleted} webhook deliveries."
         )
