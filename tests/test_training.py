@@ -626,3 +626,20 @@ def test_every_web_worker_serves_a_softmax_head_version_trained_elsewhere_on_its
         answer = server.recognize(obama).json()
         assert answer["recogniser"] == "nearest_neighbour" and answer["model_version"] == before["model_version"]
         live_site.stop(server.proc)
+
+
+@pytest.mark.django_db
+def test_a_queued_run_whose_task_was_lost_is_requeued_once_and_runs(training_settings, clean_queue):
+    """What a long-lived site meets: a queued version older than the stale window (its task lost
+    with a flushed broker). It is queued again once; the requeued task, which checks for dead runs
+    first (in sync mode inside the same call), must not queue it yet again."""
+    from training import services
+    from training.models import ModelVersion
+
+    lost = ModelVersion.objects.create(number=ModelVersion.next_number(), stage="queued")
+    long_ago = timezone.now() - timedelta(seconds=training_settings.TRAINING_STALE_SECONDS + 3600)
+    ModelVersion.objects.filter(pk=lost.pk).update(created_at=long_ago)
+    services.fail_dead_runs()  # django-q runs sync in tests: the requeued task trains right here
+    lost.refresh_from_db()
+    assert lost.status in (ModelVersion.Status.ACTIVE, ModelVersion.Status.READY), lost.error
+    assert ModelVersion.objects.count() == 1

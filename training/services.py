@@ -18,6 +18,7 @@ import numpy as np
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django_q.tasks import async_task
 
@@ -137,10 +138,14 @@ def fail_dead_runs() -> list[int]:
         else:
             continue
         dead.append(version.pk)
-    # A queued run whose task was lost (broker flushed) would block every later request: requeue it.
+    # A queued run whose task was lost (broker flushed) would block every later request: requeue it,
+    # once per window: heartbeat_at records the requeue, so the requeued task (which calls this
+    # first thing, and in sync mode runs inside this loop) does not requeue it again.
     lost_before = stale_before - timedelta(seconds=settings.TRAINING_DEBOUNCE_SECONDS)
-    for version in ModelVersion.objects.queued().filter(created_at__lt=lost_before):
-        enqueue(version.pk)
+    lost = ModelVersion.objects.queued().filter(created_at__lt=lost_before)
+    for version in lost.filter(Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=lost_before)):
+        if ModelVersion.objects.filter(pk=version.pk, heartbeat_at=version.heartbeat_at).update(heartbeat_at=timezone.now()):
+            enqueue(version.pk)
     return dead
 
 
