@@ -1,0 +1,278 @@
+"""LFW 10-fold evaluation of FaceNet fused with dlib's descriptor (issue 15, step 1).
+
+FaceNet's embeddings come from ``lfw_run.embed_lfw_images`` (the same cache as ``evaluate_lfw``);
+dlib's descriptors are made here from the same detector's boxes and landmarks, cached per
+alignment. Every learned part (alignment choice, z statistics, fusion weight, meta-learner,
+threshold) is fitted on the 9 training folds and tested on the held-out one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .alignment import align_face
+from .detection import DetectedFace
+from .dlib_descriptor import MODEL_FILES, DlibDescriptor
+from .embedding import combine_flipped
+from .fusion import CrossValidated, ScoreFusion, best_threshold, cross_validate, fuse_templates, mcnemar, tar_at_far
+from .images import decode_image
+from .lfw import Pair
+from .lfw_run import _LFW_CENTRE_FACE, pick_central_face
+from .pipeline import FacePipeline
+
+
+def detect_lfw_faces(
+    pipeline: FacePipeline, lfw_dir: Path, files: list[str], cache_dir: Path | None, progress: Callable[[int], None] | None = None
+) -> tuple[dict[str, DetectedFace], int]:
+    """The central face of each image ({relative path: face}; LFW's centre face where the detector
+    found none) and the number of such misses; cached per detector configuration."""
+    cfg = pipeline.config
+    key = hashlib.sha256(
+        repr((pipeline.detector.name, cfg.detect_max_side, cfg.min_face_size, cfg.min_detection_score)).encode()
+    ).hexdigest()[:12]
+    cache = Path(cache_dir) / f"lfw-detections-{key}.npz" if cache_dir is not None else None
+    if cache is not None and cache.exists():
+        stored = np.load(cache, allow_pickle=False)
+        found = {
+            name: DetectedFace(box=tuple(float(v) for v in box), landmarks=marks, score=float(score))
+            for name, box, marks, score in zip(stored["names"], stored["boxes"], stored["landmarks"], stored["scores"])
+        }
+        if set(files) <= set(found):
+            if progress:
+                progress(len(files))
+            return {f: found[f] for f in files}, int(stored["misses"])
+    faces, misses = {}, 0
+    for name in files:
+        rgb = decode_image((Path(lfw_dir) / name).read_bytes())
+        face = pick_central_face(pipeline.detect(rgb), rgb.shape[1], rgb.shape[0])
+        if face is None:
+            misses += 1
+            face = _LFW_CENTRE_FACE
+        faces[name] = face
+        if progress:
+            progress(1)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        names = list(faces)
+        np.savez(
+            cache,
+            names=np.array(names),
+            boxes=np.array([faces[n].box for n in names], np.float32),
+            landmarks=np.stack([faces[n].landmarks for n in names]).astype(np.float32),
+            scores=np.array([faces[n].score for n in names], np.float32),
+            misses=misses,
+        )
+    return faces, misses
+
+
+def describe_lfw_images(
+    descriptor: DlibDescriptor,
+    lfw_dir: Path,
+    faces: dict[str, DetectedFace],
+    cache_dir: Path | None,
+    progress: Callable[[int], None] | None = None,
+    batch: int = 64,
+) -> dict[str, np.ndarray]:
+    """dlib descriptors of the given faces ({relative path: (128,) float32 unit}), chips batched;
+    cached per alignment, model file and detections."""
+    files = sorted(faces)
+    detections = hashlib.sha256(
+        b"".join(
+            np.asarray(faces[f].landmarks, np.float32).tobytes() + np.asarray(faces[f].box, np.float32).tobytes() for f in files
+        )
+    ).hexdigest()[:8]
+    key = hashlib.sha256(repr((descriptor.name, sorted(MODEL_FILES.values()))).encode()).hexdigest()[:8]
+    cache = Path(cache_dir) / f"lfw-dlib-{descriptor.alignment}-{key}-{detections}.npz" if cache_dir is not None else None
+    if cache is not None and cache.exists():
+        stored = np.load(cache, allow_pickle=False)
+        found = dict(zip(stored["names"], stored["vectors"]))
+        if set(files) <= set(found):
+            if progress:
+                progress(len(files))
+            return {f: found[f] for f in files}
+    vectors: dict[str, np.ndarray] = {}
+    for start in range(0, len(files), batch):
+        names = files[start : start + batch]
+        chips = np.concatenate([descriptor.chips(decode_image((Path(lfw_dir) / n).read_bytes()), [faces[n]]) for n in names])
+        vectors.update(zip(names, descriptor.describe_chips(chips)))
+        if progress:
+            progress(len(names))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, names=np.array(files), vectors=np.stack([vectors[f] for f in files]))
+    return vectors
+
+
+def pair_cosines(embeddings: dict[str, np.ndarray], pairs: list[Pair]) -> np.ndarray:
+    left = np.stack([embeddings[p.left] for p in pairs]).astype(np.float64)
+    right = np.stack([embeddings[p.right] for p in pairs]).astype(np.float64)
+    return np.einsum("ij,ij->i", left, right)
+
+
+def _single(scores: np.ndarray):
+    return lambda train: (None, lambda mask: scores[mask])
+
+
+def _chosen_alignment(dlib_scores: dict[str, np.ndarray], same: np.ndarray, train: np.ndarray) -> str:
+    """The alignment whose dlib scores alone are more accurate on the training folds."""
+    return max(dlib_scores, key=lambda name: (best_threshold(dlib_scores[name][train], same[train])[1], name))
+
+
+def _weighted_sum(facenet: np.ndarray, dlib_scores: dict[str, np.ndarray], same: np.ndarray):
+    def fit(train):
+        alignment = _chosen_alignment(dlib_scores, same, train)
+        dlib = dlib_scores[alignment]
+        model = ScoreFusion.fit(facenet[train], dlib[train], same[train])
+        return (alignment, model), lambda mask: model.score(facenet[mask], dlib[mask])
+
+    return fit
+
+
+def _meta_learner(facenet: np.ndarray, dlib_scores: dict[str, np.ndarray], same: np.ndarray):
+    """Logistic regression on the two cosines (the predecessor's stacking, on scores)."""
+    from sklearn.linear_model import LogisticRegression
+
+    def fit(train):
+        alignment = _chosen_alignment(dlib_scores, same, train)
+        features = np.stack([facenet, dlib_scores[alignment]], axis=1)
+        model = LogisticRegression(C=1e4).fit(features[train], same[train])
+        return (alignment, model), lambda mask: model.decision_function(features[mask])
+
+    return fit
+
+
+def evaluate(
+    facenet_plain: dict[str, np.ndarray],
+    facenet_mirrored: dict[str, np.ndarray],
+    dlib: dict[str, dict[str, np.ndarray]],
+    pairs: list[Pair],
+) -> dict:
+    """Every row of the comparison, cross-validated on the same folds.
+
+    ``dlib`` maps an alignment name to its descriptors. Returns {"rows": [...], "concatenation":
+    {...}, "correlation": {...}}; each row has accuracy mean/std, TAR at FAR 0.1% and 1% over the
+    pooled held-out scores, errors, and McNemar against FaceNet with the same flip setting.
+    """
+    same = np.array([p.same for p in pairs])
+    folds = np.array([p.fold for p in pairs])
+    names = list(facenet_plain)
+    flipped = dict(
+        zip(names, combine_flipped(np.stack([facenet_plain[n] for n in names]), np.stack([facenet_mirrored[n] for n in names])))
+    )
+    facenet = {"no flip": pair_cosines(facenet_plain, pairs), "flip": pair_cosines(flipped, pairs)}
+    dlib_scores = {alignment: pair_cosines(vectors, pairs) for alignment, vectors in dlib.items()}
+
+    runs: list[tuple[str, str, CrossValidated]] = []
+    for flip, scores in facenet.items():
+        runs.append((f"FaceNet ({flip})", flip, cross_validate(_single(scores), same, folds)))
+    for alignment, scores in dlib_scores.items():
+        runs.append((f"dlib ({alignment} alignment)", "", cross_validate(_single(scores), same, folds)))
+    for flip, scores in facenet.items():
+        runs.append(
+            (
+                f"fused: z-weighted sum, FaceNet {flip}",
+                flip,
+                cross_validate(_weighted_sum(scores, dlib_scores, same), same, folds),
+            )
+        )
+        runs.append(
+            (
+                f"fused: logistic regression, FaceNet {flip}",
+                flip,
+                cross_validate(_meta_learner(scores, dlib_scores, same), same, folds),
+            )
+        )
+
+    baselines = {flip: run for label, flip, run in runs if label == f"FaceNet ({flip})"}
+    rows = []
+    for label, flip, run in runs:
+        row = {
+            "label": label,
+            "accuracy_mean": run.accuracy_mean,
+            "accuracy_std": run.accuracy_std,
+            "errors": int((~run.correct).sum()),
+            "tar_far_0.001": tar_at_far(run.scores, same, 0.001)[1],
+            "tar_far_0.01": tar_at_far(run.scores, same, 0.01)[1],
+        }
+        if run.models and isinstance(run.models[0], tuple):
+            row["alignments"] = [alignment for alignment, _ in run.models]
+            if isinstance(run.models[0][1], ScoreFusion):
+                row["weights"] = [m.weight for _, m in run.models]
+                row["cosine_weights"] = [m.cosine_weight for _, m in run.models]
+        if flip and not label.startswith("FaceNet"):
+            fixed, broken, p = mcnemar(run.correct, baselines[flip].correct)
+            row["mcnemar"] = {"fixed": fixed, "broken": broken, "p": p}
+        rows.append(row)
+
+    # The fused template: one 256-d vector per face whose inner product gives the same decisions.
+    check = {}
+    for flip, embeddings in (("no flip", facenet_plain), ("flip", flipped)):
+        run = next(r for label, f, r in runs if f == flip and label.startswith("fused: z-weighted"))
+        alignment, model = run.models[0]  # fold 0's model
+        fused = {
+            n: v
+            for n, v in zip(
+                names,
+                fuse_templates(
+                    np.stack([embeddings[n] for n in names]), np.stack([dlib[alignment][n] for n in names]), model.cosine_weight
+                ),
+            )
+        }
+        inner = pair_cosines(fused, pairs)
+        weighted = model.cosine_weight * facenet[flip] + (1 - model.cosine_weight) * dlib_scores[alignment]
+        z = model.score(facenet[flip], dlib_scores[alignment])
+        threshold = best_threshold(z[folds != 0], same[folds != 0])[0]
+        check[flip] = {
+            "cosine_weight": model.cosine_weight,
+            "max_abs_inner_minus_weighted_sum": float(np.max(np.abs(inner - weighted))),
+            "decisions_differing": int(np.sum((z >= threshold) != (inner >= model.cosine_threshold(threshold) - 1e-6))),
+        }
+
+    correlation = {}
+    base = facenet["no flip"]
+    for alignment, scores in dlib_scores.items():
+        correlation[alignment] = {
+            "genuine": float(np.corrcoef(base[same], scores[same])[0, 1]),
+            "impostor": float(np.corrcoef(base[~same], scores[~same])[0, 1]),
+        }
+    return {"rows": rows, "concatenation": check, "correlation": correlation}
+
+
+def per_face_cost(
+    pipeline: FacePipeline,
+    descriptors: list[DlibDescriptor],
+    lfw_dir: Path,
+    faces: dict[str, DetectedFace],
+    n_faces: int = 64,
+    repeats: int = 5,
+) -> dict[str, float]:
+    """Median ms per face (over ``repeats`` runs, ``n_faces`` faces in one batch) of FaceNet (crop +
+    embedding, without and with flip) and of each dlib descriptor (chip + descriptor), in one process."""
+    names = sorted(faces)[:n_faces]
+    images = {n: decode_image((Path(lfw_dir) / n).read_bytes()) for n in names}
+    cfg = pipeline.config
+
+    def facenet(flip: bool):
+        crops = np.stack([align_face(images[n], faces[n], method=cfg.align_method, margin=cfg.align_margin) for n in names])
+        pipeline.embedder.embed(crops, flip=flip)
+
+    def dlib_run(descriptor):
+        descriptor.describe_chips(np.concatenate([descriptor.chips(images[n], [faces[n]]) for n in names]))
+
+    jobs = {"facenet": lambda: facenet(False), "facenet flip": lambda: facenet(True)}
+    jobs.update({d.name: (lambda d=d: dlib_run(d)) for d in descriptors})
+    for job in jobs.values():  # warm-up
+        job()
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    for _ in range(repeats):  # interleaved, so load changes hit every job alike
+        for name, job in jobs.items():
+            started = time.perf_counter()
+            job()
+            times[name].append(1000 * (time.perf_counter() - started) / len(names))
+    return {name: statistics.median(values) for name, values in times.items()}
