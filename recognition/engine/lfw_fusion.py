@@ -79,23 +79,24 @@ def describe_lfw_images(
     progress: Callable[[int], None] | None = None,
     batch: int = 64,
 ) -> dict[str, np.ndarray]:
-    """dlib descriptors of the given faces ({relative path: (128,) float32 unit}), chips batched;
-    cached per alignment, model file and detections."""
+    """dlib descriptors of the given faces ({relative path: (128,) float32 unit}), chips batched.
+
+    Cached per alignment and model files, with the detections they were made from: a later run on
+    any subset of the images, from the same detections, reads them back."""
     files = sorted(faces)
-    detections = hashlib.sha256(
-        b"".join(
-            np.asarray(faces[f].landmarks, np.float32).tobytes() + np.asarray(faces[f].box, np.float32).tobytes() for f in files
-        )
-    ).hexdigest()[:8]
+    boxes = np.array([faces[f].box for f in files], np.float32)
+    landmarks = np.stack([faces[f].landmarks for f in files]).astype(np.float32)
     key = hashlib.sha256(repr((descriptor.name, sorted(MODEL_FILES.values()))).encode()).hexdigest()[:8]
-    cache = Path(cache_dir) / f"lfw-dlib-{descriptor.alignment}-{key}-{detections}.npz" if cache_dir is not None else None
+    cache = Path(cache_dir) / f"lfw-dlib-{descriptor.alignment}-{key}.npz" if cache_dir is not None else None
     if cache is not None and cache.exists():
         stored = np.load(cache, allow_pickle=False)
-        found = dict(zip(stored["names"], stored["vectors"]))
-        if set(files) <= set(found):
-            if progress:
-                progress(len(files))
-            return {f: found[f] for f in files}
+        row = {name: i for i, name in enumerate(stored["names"])}
+        if set(files) <= set(row):
+            rows = [row[f] for f in files]
+            if np.allclose(stored["boxes"][rows], boxes) and np.allclose(stored["landmarks"][rows], landmarks):
+                if progress:
+                    progress(len(files))
+                return dict(zip(files, stored["vectors"][rows]))
     vectors: dict[str, np.ndarray] = {}
     for start in range(0, len(files), batch):
         names = files[start : start + batch]
@@ -105,7 +106,7 @@ def describe_lfw_images(
             progress(len(names))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, names=np.array(files), vectors=np.stack([vectors[f] for f in files]))
+        np.savez(cache, names=np.array(files), vectors=np.stack([vectors[f] for f in files]), boxes=boxes, landmarks=landmarks)
     return vectors
 
 
@@ -234,6 +235,16 @@ def evaluate(
             "decisions_differing": int(np.sum((z >= threshold) != (inner >= model.cosine_threshold(threshold) - 1e-6))),
         }
 
+    # how each alignment of dlib's descriptor does on the training folds (what chooses it)
+    alignment_choice = {
+        alignment: {
+            "train_accuracy_mean": float(
+                np.mean([best_threshold(scores[folds != k], same[folds != k])[1] for k in np.unique(folds)])
+            )
+        }
+        for alignment, scores in dlib_scores.items()
+    }
+
     correlation = {}
     base = facenet["no flip"]
     for alignment, scores in dlib_scores.items():
@@ -241,7 +252,7 @@ def evaluate(
             "genuine": float(np.corrcoef(base[same], scores[same])[0, 1]),
             "impostor": float(np.corrcoef(base[~same], scores[~same])[0, 1]),
         }
-    return {"rows": rows, "concatenation": check, "correlation": correlation}
+    return {"rows": rows, "concatenation": check, "correlation": correlation, "alignment_choice": alignment_choice}
 
 
 def per_face_cost(
