@@ -141,7 +141,7 @@ def enroll_new_person(server, name: str) -> tuple[int, int]:
     person = live.request(
         server.url + "/api/v1/people/",
         "POST",
-        json.dumps({"name": name}).encode(),
+        json.dumps({"name": name, "legal_basis": "explicit_consent"}).encode(),
         {**server.auth(), "Content-Type": "application/json"},
     )
     assert person.status == 201, person.body
@@ -205,7 +205,7 @@ def test_a_database_outage_is_a_clear_503_and_the_app_recovers_by_itself(product
         person = live.request(
             server.url + "/api/v1/people/",
             "POST",
-            b'{"name": "During The Outage"}',
+            b'{"name": "During The Outage", "legal_basis": "explicit_consent"}',
             {**server.auth(), "Content-Type": "application/json"},
         )
         assert person.status == 503 and person.json()["error"]["code"] == "service_unavailable"
