@@ -1,9 +1,28 @@
-"""What the API shares across apps: who may read the roster, face metadata and model versions."""
+"""What the API shares across apps: one error shape for every app
+({"error": {"code": "...", "message": "...", "fields": {...}}}) and who may read the roster, face
+metadata and model versions."""
 
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.db import DatabaseError
+from django.http import Http404
+from rest_framework import exceptions, status
 from rest_framework.permissions import SAFE_METHODS, BasePermission
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
 
+from recognition.engine.images import ImageError
 from security.models import ApiKey
 from security.permissions import required_scope
+
+log = logging.getLogger(__name__)
+
+
+# ---- who may read ----------------------------------------------------------------------------------
 
 
 def is_staff(request) -> bool:
@@ -36,3 +55,101 @@ class IsStaffOrReadRole(BasePermission):
             return key.allows(required_scope(request, view))
         wanted = getattr(view, "read_permission", ())
         return any(user.has_perm(name) for name in ((wanted,) if isinstance(wanted, str) else wanted))
+
+
+# ---- one error shape -------------------------------------------------------------------------------
+
+
+class ApiError(exceptions.APIException):
+    """A 4xx with a machine-readable code, raised by views and services."""
+
+    def __init__(self, code: str, message: str, status_code: int = status.HTTP_400_BAD_REQUEST, fields: dict | None = None):
+        super().__init__(detail=message, code=code)
+        self.status_code = status_code
+        self.error_code = code
+        self.message = message
+        self.fields = fields
+
+
+# Codes whose HTTP status is not 400.
+_IMAGE_STATUS = {"file_too_large": 413, "image_too_large": 413, "unsupported_format": 415}
+
+
+def image_error(err: ImageError, field: str | None = None) -> ApiError:
+    message = f"{field}: {err.message}" if field else err.message
+    return ApiError(err.code, message, _IMAGE_STATUS.get(err.code, 400), fields={field: [err.message]} if field else None)
+
+
+def request_limit_error(exc: Exception) -> ApiError | None:
+    """Django's upload limits, raised while DRF parses a body: 413/400 rather than a 500."""
+    from django.conf import settings
+
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return ApiError("request_too_large", f"The request's form data is larger than {limit:,} bytes.", 413)
+    if isinstance(exc, TooManyFieldsSent):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        return ApiError("too_many_fields", f"The request has more than {limit:,} form fields.")
+    if isinstance(exc, TooManyFilesSent):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FILES
+        return ApiError("too_many_files", f"The request has more than {limit:,} files.")
+    return None
+
+
+def api_exception_handler(exc, context):
+    exc = request_limit_error(exc) or exc
+    if isinstance(exc, ImageError):
+        exc = image_error(exc)
+    elif isinstance(exc, Http404):
+        exc = exceptions.NotFound(str(exc) or "Not found.")
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    elif isinstance(exc, RecursionError):
+        # JSON nested thousands deep makes the parser recurse out of stack: the body is at fault.
+        exc = exceptions.ParseError("The request body is nested too deeply.")
+    response = exception_handler(exc, context)
+    if response is None and _is_outage(exc):
+        # The database or Redis is down or restarting: say so, and let the client retry.
+        log.warning("service unavailable in %s: %s", context.get("view").__class__.__name__, exc)
+        return Response(
+            {"error": {"code": "service_unavailable", "message": "A back-end service is briefly unavailable; retry shortly."}},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "5"},
+        )
+    if response is None:
+        # An unexpected error: log it with its trace, answer without one.
+        log.exception("unhandled error in %s", context.get("view").__class__.__name__, exc_info=exc)
+        return Response(
+            {"error": {"code": "server_error", "message": "The server could not complete the request."}},
+            status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
+    if isinstance(exc, ApiError):
+        body = {"code": exc.error_code, "message": exc.message}
+        if exc.fields:
+            body["fields"] = exc.fields
+    elif isinstance(exc, exceptions.ValidationError):
+        fields = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        first_field, first_errors = next(iter(fields.items()), ("", [""]))
+        first = first_errors[0] if isinstance(first_errors, list) and first_errors else first_errors
+        body = {
+            "code": "invalid",
+            "message": f"{first_field}: {first}" if first_field != "non_field_errors" else str(first),
+            "fields": fields,
+        }
+    else:
+        codes = exc.get_codes() if hasattr(exc, "get_codes") else "error"
+        code = codes if isinstance(codes, str) else "error"
+        body = {"code": code, "message": str(exc.detail) if hasattr(exc, "detail") else str(exc)}
+    response.data = {"error": body}
+    return response
+
+
+def _is_outage(exc: Exception) -> bool:
+    if isinstance(exc, DatabaseError) and exc.__class__.__name__ in ("OperationalError", "InterfaceError"):
+        return True
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:
+        return False
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError))

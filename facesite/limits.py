@@ -11,7 +11,7 @@ Two guards share one rule (a declared Content-Length above REQUEST_MAX_BYTES get
 
 The limits Django applies later, while a view parses the body (DATA_UPLOAD_MAX_MEMORY_SIZE,
 DATA_UPLOAD_MAX_NUMBER_FIELDS, DATA_UPLOAD_MAX_NUMBER_FILES), become 413/400 in the API's error shape
-in recognition/errors.py (`request_limit_error`).
+in facesite/api.py (`request_limit_error`).
 """
 
 from __future__ import annotations

@@ -180,7 +180,7 @@ FACE_UPLOAD_MAX_BYTES = env_int("FACE_UPLOAD_MAX_BYTES", 10 * 1024 * 1024)
 FACE_UPLOAD_MAX_PIXELS = env_int("FACE_UPLOAD_MAX_PIXELS", 40_000_000)
 DATA_UPLOAD_MAX_MEMORY_SIZE = FACE_UPLOAD_MAX_BYTES * 2 + 1024 * 1024
 # Form fields and files in one request (Django's defaults, made explicit): past them a request is
-# refused with 400 too_many_fields / too_many_files (recognition/errors.py), not a 500.
+# refused with 400 too_many_fields / too_many_files (facesite/api.py), not a 500.
 DATA_UPLOAD_MAX_NUMBER_FIELDS = env_int("DATA_UPLOAD_MAX_NUMBER_FIELDS", 1000)
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("DATA_UPLOAD_MAX_NUMBER_FILES", 100)
 # A declared Content-Length above this is refused with 413 before the body is read, on any route
@@ -285,7 +285,7 @@ REST_FRAMEWORK = {
     },
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "recognition.errors.api_exception_handler",
+    "EXCEPTION_HANDLER": "facesite.api.api_exception_handler",
     # Anonymous callers are counted by client address; security/throttling.py takes it from
     # facesite.client_ip, which follows the same rule as this.
     "NUM_PROXIES": TRUSTED_PROXY_COUNT,

@@ -7,9 +7,8 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
-from facesite.api import IsStaffOrReadRole
+from facesite.api import IsStaffOrReadRole, image_error
 from recognition.engine.images import ImageError
-from recognition.errors import image_error
 from security.permissions import TokenScope
 
 from . import services

@@ -12,13 +12,12 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 
-from facesite.api import IsStaffOrReadRole
+from facesite.api import ApiError, IsStaffOrReadRole
 from integrations.events import checkin_created
 from security.models import ApiKey
 from security.permissions import TokenScope
 
 from .edge_api import EdgeSyncKey
-from .errors import ApiError
 from .models import CheckIn, Consent
 
 

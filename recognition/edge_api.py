@@ -22,9 +22,8 @@ from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from facesite.api import ApiError, is_staff
 from security.models import ApiKey
-
-from .errors import ApiError
 
 
 def checkin_notice() -> dict:
@@ -38,11 +37,6 @@ def checkin_notice() -> dict:
         "why": "to recognize enrolled people and record that they checked in.",
         "kept": f"Only a check-in record is kept ({period}): the name, the time, how sure the match was and this device.",
     }
-
-
-def is_staff(request) -> bool:
-    user = request.user
-    return bool(user and user.is_authenticated and user.is_active and user.is_staff)
 
 
 class EdgeSyncKey(BasePermission):

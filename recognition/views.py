@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from facesite import lockout
+from facesite.api import ApiError, image_error
 from security.audit import AuditedView
 from security.authentication import issue_token
 from security.models import ApiKey, Role
@@ -17,7 +18,6 @@ from security.permissions import TokenScope
 
 from . import services
 from .engine.images import ImageError
-from .errors import ApiError, image_error
 from .serializers import (
     RecognizeRequestSerializer,
     RecognizeResponseSerializer,

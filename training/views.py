@@ -10,9 +10,8 @@ from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from facesite.api import IsStaffOrReadRole
+from facesite.api import ApiError, IsStaffOrReadRole
 from recognition.edge_api import EdgeSyncKey
-from recognition.errors import ApiError
 from security.permissions import TokenScope
 
 from . import services
