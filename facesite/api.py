@@ -57,6 +57,20 @@ class IsStaffOrReadRole(BasePermission):
         return any(user.has_perm(name) for name in ((wanted,) if isinstance(wanted, str) else wanted))
 
 
+class EdgeSyncKey(BasePermission):
+    """A kiosk-role API key bound to a kiosk (scope "edge_sync"), or staff."""
+
+    message = "Only a kiosk API key (bound to a kiosk) or staff may use the edge sync API."
+
+    def has_permission(self, request, view):
+        key = request.auth
+        if isinstance(key, ApiKey):
+            if not key.allows("edge_sync"):
+                return False
+            return key.role != "kiosk" or getattr(key, "kiosk_id", None) is not None
+        return is_staff(request)
+
+
 # ---- one error shape -------------------------------------------------------------------------------
 
 

@@ -4,10 +4,10 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
+from checkin.api import CheckInListView
+from checkin.edge_api import EdgeGalleryView, EdgeManifestView
 from integrations.views import WebhookViewSet
 from people.views import FaceImageViewSet, PersonViewSet
-from recognition.checkin_api import CheckInListView
-from recognition.edge_api import EdgeGalleryView, EdgeManifestView
 from recognition.views import ObtainTokenView, RecognizeView, VerifyView
 from training.views import ModelVersionViewSet
 

@@ -12,8 +12,8 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from checkin.routing import websocket_urlpatterns  # noqa: E402
 from facesite.limits import limit_request_size  # noqa: E402
-from recognition.routing import websocket_urlpatterns  # noqa: E402
 
 if settings.FACE_WARMUP:
     from recognition import services  # noqa: E402

@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "channels",
     "people",
     "recognition",
+    "checkin",
     "training",
     "security",
     "privacy",
@@ -417,7 +418,7 @@ STORAGES = {
     },
 }
 
-# ---- live check-in (recognition.consumers) --------------------------------------------------------
+# ---- live check-in (checkin.consumers) --------------------------------------------------------
 # The consent notice's version: a change to the notice's wording gets a new version, and each
 # Consent row records which one the person agreed to.
 CONSENT_NOTICE_VERSION = env_str("CONSENT_NOTICE_VERSION", "2026-11-1")
@@ -439,7 +440,7 @@ CHECKIN_REPEAT_WINDOW_MINUTES = env_int("CHECKIN_REPEAT_WINDOW_MINUTES", 30)
 CHECKIN_LIVENESS_FOR_USERS = env_bool("CHECKIN_LIVENESS_FOR_USERS", False)
 # Open /ws/identify/ sockets at once: per kiosk (session or bound API key), per API key or user, and
 # per web process (0 = no cap). Beyond a cap the new socket is told too_many_connections (close 4429).
-# With REDIS_URL the per-kiosk/per-key counts hold across workers (recognition.socket_limits).
+# With REDIS_URL the per-kiosk/per-key counts hold across workers (checkin.socket_limits).
 CHECKIN_MAX_SOCKETS_PER_KIOSK = env_int("CHECKIN_MAX_SOCKETS_PER_KIOSK", 2)
 CHECKIN_MAX_SOCKETS_PER_KEY = env_int("CHECKIN_MAX_SOCKETS_PER_KEY", 4)
 CHECKIN_MAX_SOCKETS = env_int("CHECKIN_MAX_SOCKETS", 32)

@@ -1,15 +1,21 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 
+from checkin import pages
 from facesite.health import healthz
 from facesite.home import home
 from people.media import FaceMediaView
 from privacy.views import PersonExportView
-from recognition import pages
 
 urlpatterns = [
     path("", home, name="home"),
+    # The check-in models' admin pages before the check-in app was split out of recognition.
+    re_path(
+        r"^admin/recognition/(?P<rest>(?:kiosk|consent|checkin)/.*)$",
+        RedirectView.as_view(url="/admin/checkin/%(rest)s", query_string=True),
+    ),
     path("admin/", admin.site.urls),
     path("healthz/", healthz, name="healthz"),
     path("api/v1/people/<int:pk>/export/", PersonExportView.as_view(), name="person-export"),

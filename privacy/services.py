@@ -17,10 +17,10 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from checkin.models import CheckIn
 from integrations.models import Delivery
 from people.models import FaceImage, Person
 from recognition import services as recognition
-from recognition.models import CheckIn
 from security.models import AuditEvent, person_ids_field
 
 log = logging.getLogger(__name__)

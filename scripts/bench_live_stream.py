@@ -144,8 +144,8 @@ def main() -> None:
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
 
+    from checkin.routing import websocket_urlpatterns
     from people.models import FaceImage
-    from recognition.routing import websocket_urlpatterns
 
     call_command("migrate", verbosity=0)
     call_command("import_faces", str(FACES / "people"), legal_basis="explicit_consent", verbosity=0)

@@ -87,7 +87,7 @@ class AuditedView:
         return response
 
 
-# ---- live check-in websockets (recognition.consumers) ---------------------------------------------
+# ---- live check-in websockets (checkin.consumers) ---------------------------------------------
 
 
 def stream_actor(user=None, api_key: ApiKey | None = None, kiosk=None) -> str:

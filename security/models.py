@@ -59,7 +59,7 @@ class ApiKey(models.Model):
     # A kiosk-role key acts as this kiosk on /ws/identify/ (its liveness setting, its check-ins).
     # SET_NULL: deleting the kiosk leaves the key row for the audit trail, unbound and so refused.
     kiosk = models.ForeignKey(
-        "recognition.Kiosk",
+        "checkin.Kiosk",
         null=True,
         blank=True,
         on_delete=models.SET_NULL,

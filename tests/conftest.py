@@ -64,7 +64,7 @@ def _fresh_throttle_counts(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _fresh_socket_slots(monkeypatch):
-    """Each test counts its open /ws/identify/ sockets afresh (recognition.socket_limits): a socket a
+    """Each test counts its open /ws/identify/ sockets afresh (checkin.socket_limits): a socket a
     test left open, or a reused kiosk/user id, must not count against the next test."""
     import uuid
 
@@ -171,7 +171,7 @@ def live_site(django_db_setup, django_db_blocker, tmp_path_factory):
 @pytest.fixture
 def kiosk(db):
     """A registered check-in kiosk ("Front door") with a fresh token."""
-    from recognition.models import Kiosk
+    from checkin.models import Kiosk
 
     kiosk = Kiosk(name="Front door")
     kiosk.set_new_token()

@@ -85,8 +85,8 @@ def gallery_fixture(path: Path) -> None:
     from django.contrib.auth import get_user_model
     from django.core import serializers
 
+    from checkin.models import Kiosk, hash_token
     from people.models import FaceImage, Person
-    from recognition.models import Kiosk, hash_token
 
     user = get_user_model()(username="browser-staff", is_staff=True, is_superuser=True, pk=900001)
     user.set_password(STAFF_PASSWORD)

@@ -16,9 +16,9 @@ from asgiref.sync import async_to_sync
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 
-from recognition.consumers import CLOSE_NOT_AUTHENTICATED, CLOSE_NOT_STAFF
-from recognition.models import CheckIn
-from recognition.routing import websocket_urlpatterns
+from checkin.consumers import CLOSE_NOT_AUTHENTICATED, CLOSE_NOT_STAFF
+from checkin.models import CheckIn
+from checkin.routing import websocket_urlpatterns
 
 from . import live
 from .conftest import PROBES
@@ -206,7 +206,7 @@ def receive_json(socket, timeout: float = 120) -> dict:
 
 
 MAKE_KIOSK = """
-from recognition.models import Kiosk
+from checkin.models import Kiosk
 kiosk = Kiosk(name="Side entrance")
 print(kiosk.set_new_token())
 kiosk.save()

@@ -62,7 +62,7 @@ def checkin_body(**overrides) -> dict:
 
 @pytest.mark.django_db
 def test_a_kiosk_key_uploads_a_check_in_once_however_often_it_retries(kiosk_api, kiosk):
-    from recognition.models import CheckIn
+    from checkin.models import CheckIn
 
     body = checkin_body()
     first = kiosk_api.post("/api/v1/checkins/", body, format="json")
@@ -80,7 +80,7 @@ def test_a_kiosk_key_uploads_a_check_in_once_however_often_it_retries(kiosk_api,
 
 @pytest.mark.django_db
 def test_a_client_key_and_a_plain_users_token_cannot_upload_check_ins(client_key_api, user_api):
-    from recognition.models import CheckIn
+    from checkin.models import CheckIn
 
     for api in (client_key_api, user_api):
         response = api.post("/api/v1/checkins/", checkin_body(), format="json")
@@ -114,7 +114,7 @@ def test_a_bad_check_in_body_is_a_400_in_the_error_shape(kiosk_api, change, fiel
 
 @pytest.mark.django_db
 def test_a_client_id_used_by_another_kiosk_is_a_conflict(kiosk_api, staff_user):
-    from recognition.models import CheckIn, Kiosk
+    from checkin.models import CheckIn, Kiosk
     from security.models import ApiKey
 
     other = Kiosk(name="Back door")
@@ -348,7 +348,7 @@ def test_the_kiosk_checks_in_offline_uploads_once_and_follows_the_active_model(l
     assert numbers["tflite"], "training did not export TFLite files"
     raw_key = shell(
         site,
-        "from django.contrib.auth import get_user_model; from recognition.models import Kiosk; "
+        "from django.contrib.auth import get_user_model; from checkin.models import Kiosk; "
         "from security.models import ApiKey; k = Kiosk(name='Edge lobby'); k.set_new_token(); k.save(); "
         "print(ApiKey.issue(get_user_model().objects.get(username='live-staff'), 'lobby edge', role='kiosk', kiosk=k)[1])",
     )

@@ -81,7 +81,7 @@ def file_a_lookalike(api, capture, photo: Path, as_name: str) -> int:
 
 
 def check_in(person, n: int = 1) -> None:
-    from recognition.models import CheckIn
+    from checkin.models import CheckIn
 
     for _ in range(n):
         CheckIn.objects.create(person=person, similarity=0.9, threshold=0.5, frames=4)
@@ -245,7 +245,7 @@ def test_an_erased_person_is_nowhere_in_files_api_answers_or_the_database(
     for row in json.loads(text):
         fields = row["fields"]
         assert not (row["model"] == "people.person" and row["pk"] == pid)
-        assert fields.get("person") != pid or row["model"] not in ("people.faceimage", "recognition.checkin"), row
+        assert fields.get("person") != pid or row["model"] not in ("people.faceimage", "checkin.checkin"), row
         assert f",{pid}," not in str(fields.get("person_ids", "")), row
         assert not names_person(fields.get("result"), pid) and not names_person(fields.get("metrics"), pid), row
 
@@ -269,8 +269,8 @@ def test_the_erasure_report_counts_what_was_removed_and_the_receipt_is_anonymous
 ):
     from dataclasses import asdict
 
+    from checkin.models import CheckIn
     from privacy.services import erase_person
-    from recognition.models import CheckIn
     from security.models import AuditEvent
 
     settings.ERASE_CHECKINS_WITH_PERSON = False  # kept, anonymised

@@ -218,8 +218,8 @@ def test_a_photo_held_for_review_is_approved_from_the_person_page(staff_browser,
 
 @pytest.mark.django_db
 def test_list_pages_round_scores_and_shorten_long_reasons(staff_browser):
+    from checkin.models import CheckIn
     from people.models import FaceImage, Person
-    from recognition.models import CheckIn
     from security.models import AuditEvent
 
     person = Person.objects.create(name="Reason Tester")

@@ -552,7 +552,7 @@ def test_erasing_a_person_sends_only_their_id(staff_api, django_capture_on_commi
 
 @override_settings(WEBHOOK_ALLOW_PRIVATE=True)
 def test_staff_deleting_a_checkin_in_the_admin_sends_checkin_rejected(admin_client, kiosk, django_capture_on_commit_callbacks):
-    from recognition.models import CheckIn
+    from checkin.models import CheckIn
 
     obama, biden = person_named("Barack Obama"), person_named("Joe Biden")
     wrong = CheckIn.objects.create(person=obama, similarity=0.61, threshold=0.55, frames=4, kiosk=kiosk)
@@ -560,10 +560,10 @@ def test_staff_deleting_a_checkin_in_the_admin_sends_checkin_rejected(admin_clie
     with Receiver() as receiver:
         webhook_to(receiver, "checkin.rejected")
         with django_capture_on_commit_callbacks(execute=True):
-            admin_client.post(f"/admin/recognition/checkin/{wrong.pk}/delete/", {"post": "yes"})
+            admin_client.post(f"/admin/checkin/checkin/{wrong.pk}/delete/", {"post": "yes"})
         with django_capture_on_commit_callbacks(execute=True):
             admin_client.post(
-                "/admin/recognition/checkin/", {"action": "delete_selected", "_selected_action": [also_wrong.pk], "post": "yes"}
+                "/admin/checkin/checkin/", {"action": "delete_selected", "_selected_action": [also_wrong.pk], "post": "yes"}
             )
     assert not CheckIn.objects.filter(pk__in=[wrong.pk, also_wrong.pk]).exists()
     sent = [p["data"] for p in receiver.payloads()]

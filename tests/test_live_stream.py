@@ -17,11 +17,11 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from PIL import Image
 
-from recognition.consumers import CLOSE_NOT_AUTHENTICATED, KIOSK_SESSION_KEY
+from checkin.consumers import CLOSE_NOT_AUTHENTICATED, KIOSK_SESSION_KEY
+from checkin.models import CheckIn, Consent, Kiosk
+from checkin.routing import websocket_urlpatterns
 from recognition.engine.liveness import HeadTurnChallenge, yaw_cue
 from recognition.engine.tracking import FaceTracker
-from recognition.models import CheckIn, Consent, Kiosk
-from recognition.routing import websocket_urlpatterns
 
 from .conftest import PROBES, person_named
 
@@ -416,12 +416,12 @@ def test_admin_shows_todays_checkins_and_a_new_kiosks_token_once(client, staff_u
         person=biden, similarity=0.7, threshold=0.55, frames=4, checked_in_at=timezone.now() - timedelta(days=3)
     )
     client.force_login(staff_user)
-    today = client.get("/admin/recognition/checkin/")
+    today = client.get("/admin/checkin/checkin/")
     assert today.status_code == 200
     assert b"Barack Obama" in today.content and b"Joe Biden" not in today.content
-    assert b"Joe Biden" in client.get("/admin/recognition/checkin/?when=all").content
+    assert b"Joe Biden" in client.get("/admin/checkin/checkin/?when=all").content
 
-    response = client.post("/admin/recognition/kiosk/add/", {"name": "Side door", "is_active": "on"}, follow=True)
+    response = client.post("/admin/checkin/kiosk/add/", {"name": "Side door", "is_active": "on"}, follow=True)
     assert response.status_code == 200
     shown = [str(m) for m in response.context["messages"] if "Token for kiosk" in str(m)]
     assert len(shown) == 1

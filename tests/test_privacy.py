@@ -190,13 +190,13 @@ def test_export_from_the_admin(client, staff_user):
 
 
 def checkin_of(person):
-    from recognition.models import CheckIn
+    from checkin.models import CheckIn
 
     return CheckIn.objects.create(person=person, similarity=0.8, threshold=0.55, frames=5)
 
 
 def test_erasure_deletes_check_ins_by_default(staff_api, django_capture_on_commit_callbacks):
-    from recognition.models import CheckIn
+    from checkin.models import CheckIn
 
     person = with_own_files(person_named("Joe Biden"))
     checkin = checkin_of(person)
@@ -206,7 +206,7 @@ def test_erasure_deletes_check_ins_by_default(staff_api, django_capture_on_commi
 
 
 def test_erasure_can_keep_check_ins_anonymised(staff_api, settings, django_capture_on_commit_callbacks):
-    from recognition.models import CheckIn
+    from checkin.models import CheckIn
 
     settings.ERASE_CHECKINS_WITH_PERSON = False
     person = with_own_files(person_named("Joe Biden"))

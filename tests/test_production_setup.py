@@ -29,7 +29,7 @@ PRODUCTION_REDIS_DB = int(os.environ.get("TEST_PRODUCTION_REDIS_DB", "12"))  # a
 
 ISSUE_KIOSK_KEY = """
 from django.contrib.auth import get_user_model
-from recognition.models import Kiosk
+from checkin.models import Kiosk
 from security.models import ApiKey, Role
 door = Kiosk(name="Door camera")
 door.set_new_token()

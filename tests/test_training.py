@@ -552,7 +552,7 @@ def test_a_softmax_head_version_is_what_recognition_serves_and_rollback_switches
 def test_the_live_check_in_is_matched_by_an_active_softmax_head(
     plain_user, training_settings, clean_queue, django_capture_on_commit_callbacks, monkeypatch
 ):
-    from recognition.models import CheckIn
+    from checkin.models import CheckIn
 
     from .test_live_stream import OBAMA, four_frames_until_checked_in, run
 

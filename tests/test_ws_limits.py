@@ -17,9 +17,9 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser
 
-from recognition.consumers import CLOSE_FORBIDDEN, CLOSE_IDLE, CLOSE_TOO_MANY
-from recognition.models import Consent, Kiosk
-from recognition.routing import websocket_urlpatterns
+from checkin.consumers import CLOSE_FORBIDDEN, CLOSE_IDLE, CLOSE_TOO_MANY
+from checkin.models import Consent, Kiosk
+from checkin.routing import websocket_urlpatterns
 from security.models import ApiKey, AuditEvent, Role
 
 from . import live
@@ -264,7 +264,7 @@ def test_the_admin_refuses_a_kiosk_key_without_a_kiosk_and_issues_one_for_a_kios
     assert created.status_code == 200
     assert ApiKey.objects.get().kiosk == kiosk
 
-    issued = client.post("/admin/recognition/kiosk/", {"action": "issue_api_key", "_selected_action": [kiosk.pk]}, follow=True)
+    issued = client.post("/admin/checkin/kiosk/", {"action": "issue_api_key", "_selected_action": [kiosk.pk]}, follow=True)
     shown = [str(m) for m in issued.context["messages"] if "API key for kiosk" in str(m)]
     assert len(shown) == 1
     raw = shown[0].split(": ", 1)[1].split(" ")[0]
@@ -411,7 +411,7 @@ def test_the_run_scripts_let_messages_over_the_frame_limit_reach_the_app():
 
 ISSUE_BOUND_KIOSK_KEY = """
 from django.contrib.auth import get_user_model
-from recognition.models import Kiosk
+from checkin.models import Kiosk
 from security.models import ApiKey, Role
 kiosk = Kiosk(name="Gate")
 kiosk.set_new_token()

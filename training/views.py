@@ -10,8 +10,7 @@ from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from facesite.api import ApiError, IsStaffOrReadRole
-from recognition.edge_api import EdgeSyncKey
+from facesite.api import ApiError, EdgeSyncKey, IsStaffOrReadRole
 from security.permissions import TokenScope
 
 from . import services

@@ -16,12 +16,13 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from . import services
-from .engine.images import ImageError, ImageLimits, decode_image
-from .engine.liveness import HeadTurnChallenge
-from .engine.matching import Gallery
-from .engine.stream import FaceStream, StreamSettings
-from .engine.tracking import FaceTracker, Track
+from recognition import services
+from recognition.engine.images import ImageError, ImageLimits, decode_image
+from recognition.engine.liveness import HeadTurnChallenge
+from recognition.engine.matching import Gallery
+from recognition.engine.stream import FaceStream, StreamSettings
+from recognition.engine.tracking import FaceTracker, Track
+
 from .models import CheckIn, Consent, Kiosk
 
 

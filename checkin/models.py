@@ -47,6 +47,7 @@ class Kiosk(models.Model):
     objects = KioskQuerySet.as_manager()
 
     class Meta:
+        db_table = "recognition_kiosk"  # the table made before the check-in app was split out
         ordering = ["name", "id"]
 
     def __str__(self) -> str:
@@ -76,6 +77,7 @@ class Consent(models.Model):
     withdrawn_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        db_table = "recognition_consent"
         ordering = ["-given_at", "-id"]
 
     def __str__(self) -> str:
@@ -137,6 +139,7 @@ class CheckIn(models.Model):
     objects = CheckInQuerySet.as_manager()
 
     class Meta:
+        db_table = "recognition_checkin"
         ordering = ["-checked_in_at", "-id"]
         verbose_name = "check-in"
 

@@ -2,7 +2,7 @@
 verification (/verify/).
 
 Both show the consent notice before any camera or photo is used. Check-in records consent over its
-websocket (recognition.consumers); verification records it here, before the photos are sent.
+websocket (checkin.consumers); verification records it here, before the photos are sent.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def checkin(request):
 @staff_member_required
 @require_GET
 def checkin_feed(request):
-    """Staff: check-ins from every kiosk as they happen, over /ws/checkins/ (recognition.checkin_feed)."""
+    """Staff: check-ins from every kiosk as they happen, over /ws/checkins/ (checkin.feed)."""
     return render(request, "checkin_feed.html", {"page_config": {"socketPath": "/ws/checkins/"}})
 
 

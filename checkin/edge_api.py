@@ -18,11 +18,10 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from rest_framework import status
-from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from facesite.api import ApiError, is_staff
+from facesite.api import ApiError, EdgeSyncKey
 from security.models import ApiKey
 
 
@@ -37,20 +36,6 @@ def checkin_notice() -> dict:
         "why": "to recognize enrolled people and record that they checked in.",
         "kept": f"Only a check-in record is kept ({period}): the name, the time, how sure the match was and this device.",
     }
-
-
-class EdgeSyncKey(BasePermission):
-    """A kiosk-role API key bound to a kiosk (scope "edge_sync"), or staff."""
-
-    message = "Only a kiosk API key (bound to a kiosk) or staff may use the edge sync API."
-
-    def has_permission(self, request, view):
-        key = request.auth
-        if isinstance(key, ApiKey):
-            if not key.allows("edge_sync"):
-                return False
-            return key.role != "kiosk" or getattr(key, "kiosk_id", None) is not None
-        return is_staff(request)
 
 
 def notice_text() -> str:

@@ -1,5 +1,5 @@
 """/ws/identify/: a browser's camera frames in, the faces found (and check-ins) out; and
-/ws/checkins/: the staff feed of check-ins as they are recorded (recognition.checkin_feed).
+/ws/checkins/: the staff feed of check-ins as they are recorded (checkin.feed).
 
 Protocol. The client sends JSON text messages ``{"type": "consent", "notice_version", "age_confirmed"}``
 and ``{"type": "withdraw"}``, and each camera frame as one binary message of JPEG bytes. The server
@@ -13,7 +13,7 @@ CHECKIN_MAX_FRAME_PIXELS; the ASGI servers accept messages up to 16 MiB so that 
 so), ``invalid_image``, ``rate_limited``, ``server_error``. The connection is closed after:
 ``not_authenticated`` (4401), ``kiosk_not_bound`` (4403: a kiosk-role API key not tied to a kiosk),
 ``too_many_connections`` (4429: over CHECKIN_MAX_SOCKETS_PER_KIOSK, _PER_KEY or CHECKIN_MAX_SOCKETS;
-see recognition.socket_limits) and ``idle_timeout`` (4408: nothing sent for CHECKIN_IDLE_SECONDS).
+see checkin.socket_limits) and ``idle_timeout`` (4408: nothing sent for CHECKIN_IDLE_SECONDS).
 
 Who may connect: a signed-in user or a registered kiosk (both carried by the browser's session), or
 a non-browser client sending ``Authorization: Token <key>`` (a kiosk-role API key, which acts as the
@@ -46,7 +46,7 @@ from django.utils import timezone
 
 from security.audit import record_stream_event
 
-from . import checkin_feed
+from . import feed
 from .live import FrameRefused, LiveSession, RateLimiter
 from .models import Kiosk
 from .socket_limits import HEARTBEAT_SECONDS, Slots
@@ -403,7 +403,7 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
                 # check_in() has committed: tell staff screens on every worker. Before the greeting,
                 # and shielded: a kiosk that closes as soon as it is greeted cancels this task, and
                 # the announcement used to be lost with it (the cross-process feed test caught it).
-                await asyncio.shield(checkin_feed.announce(checkin, name))
+                await asyncio.shield(feed.announce(checkin, name))
             await self.send_json(
                 {
                     "type": "checked_in",
@@ -438,14 +438,14 @@ class CheckInFeedConsumer(AsyncWebsocketConsumer):
         if not (user.is_active and user.is_staff):
             await self.refuse(CLOSE_NOT_STAFF, "not_staff", "Only staff may see the check-in feed.")
             return
-        await self.channel_layer.group_add(checkin_feed.FEED_GROUP, self.channel_name)
+        await self.channel_layer.group_add(feed.FEED_GROUP, self.channel_name)
         self.joined = True
-        recent = await database_sync_to_async(checkin_feed.recent)()
+        recent = await database_sync_to_async(feed.recent)()
         await self.send_json({"type": "ready", "recent": recent})
 
     async def disconnect(self, code):
         if self.joined:
-            await self.channel_layer.group_discard(checkin_feed.FEED_GROUP, self.channel_name)
+            await self.channel_layer.group_discard(feed.FEED_GROUP, self.channel_name)
 
     async def receive(self, text_data=None, bytes_data=None):
         await self.send_json({"type": "error", "code": "read_only", "message": "This feed takes no messages."})
