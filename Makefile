@@ -11,7 +11,7 @@ setup:
 	bash scripts/setup.sh --dev
 
 lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/lint-imports --no-logo
 
 format:
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .

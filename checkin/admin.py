@@ -3,6 +3,8 @@
 from django.contrib import admin, messages
 from django.utils import timezone
 
+from integrations.events import checkin_rejected
+
 from .models import CheckIn, Consent, Kiosk
 
 
@@ -97,14 +99,10 @@ class CheckInAdmin(admin.ModelAdmin):
         return False
 
     def delete_model(self, request, obj):
-        from integrations.events import checkin_rejected  # late import: avoids a cycle
-
         checkin_rejected(obj, by=request.user)
         super().delete_model(request, obj)
 
     def delete_queryset(self, request, queryset):
-        from integrations.events import checkin_rejected  # late import: avoids a cycle
-
         for checkin in queryset.select_related("person", "kiosk", "model_version"):
             checkin_rejected(checkin, by=request.user)
         super().delete_queryset(request, queryset)

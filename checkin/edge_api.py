@@ -68,7 +68,7 @@ class EdgeManifestView(APIView):
             model = {
                 "id": version.pk,
                 "number": version.number,
-                "recogniser": version.recogniser,
+                "recogniser": version.recognizer,
                 "tflite_sha256": version.tflite_sha256,
                 "labels_sha256": version.labels_sha256,
                 "tflite_url": request.build_absolute_uri(reverse("model-tflite", args=[version.pk])),

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from integrations.events import checkin_created
 from recognition import services
 from recognition.engine.images import ImageError, ImageLimits, decode_image
 from recognition.engine.liveness import HeadTurnChallenge
@@ -141,9 +142,9 @@ class LiveSession:
     # ---- per frame ---------------------------------------------------------------------------------
 
     def matching_context(self) -> MatchingContext:
-        """(ORM) The recogniser and threshold in force, read before a frame is analysed: the active
+        """(ORM) The recognizer and threshold in force, read before a frame is analysed: the active
         version's (the gallery, or its softmax head), searched like a Gallery."""
-        served = services.recogniser()
+        served = services.recognizer()
         return MatchingContext(gallery=served, threshold=served.threshold)
 
     def analyse_frame(self, data: bytes, context: MatchingContext) -> FrameAnalysis:
@@ -200,8 +201,6 @@ class LiveSession:
                     liveness_checked=self.liveness_required,
                 )
                 created = True
-                from integrations.events import checkin_created  # late import: avoids a cycle
-
                 checkin_created(checkin)
         track.checked_in = True
         return checkin, created

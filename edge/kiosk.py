@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Offline edge kiosk: sync the server's TFLite model, recognise from a camera or video, check in.
+"""Offline edge kiosk: sync the server's TFLite model, recognize from a camera or video, check in.
 
     python -m edge sync   --server https://faces.example --key $KIOSK_KEY
     python -m edge run    --camera 0 --consent            # window with boxes and names
@@ -31,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from edge.outbox import Outbox  # noqa: E402
-from edge.recogniser import EdgeRecogniser  # noqa: E402
+from edge.recognizer import EdgeRecognizer  # noqa: E402
 from edge.sync import Offline, Server, State, SyncError, sync  # noqa: E402
 
 
@@ -121,13 +121,13 @@ class Kiosk:
         self.sync_every = sync_every
         self.last_sync = 0.0
         self.online: bool | None = None
-        self.recogniser = self.load()
+        self.recognizer = self.load()
 
-    def load(self) -> EdgeRecogniser:
+    def load(self) -> EdgeRecognizer:
         if self.state.pair_dir is None:
             raise SystemExit("No model on this device yet: run `python -m edge sync` while the server is reachable.")
         rule = self.state.manifest.get("checkin", {})
-        return EdgeRecogniser(self.state.pair_dir, self.state.gallery(), self.state.read().get("names", {}), rule)
+        return EdgeRecognizer(self.state.pair_dir, self.state.gallery(), self.state.read().get("names", {}), rule)
 
     def maybe_sync(self, force: bool = False) -> None:
         """Every ``sync_every`` seconds: upload queued check-ins, fetch a newly activated model."""
@@ -143,7 +143,7 @@ class Kiosk:
                 emit({"type": "online"})
             self.online = True
             if report["model_changed"] or report["gallery_changes"] or before[0] != self.state.version:
-                self.recogniser = self.load()
+                self.recognizer = self.load()
                 emit({**report, "reloaded": True})
             for upload in self.outbox.upload(self.server):
                 emit(upload)
@@ -169,7 +169,7 @@ class Kiosk:
                 index += 1
                 continue
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            faces, ready = self.recogniser.process(rgb)
+            faces, ready = self.recognizer.process(rgb)
             for track in ready:
                 track.checked_in = True
                 if self.outbox.checked_in_recently(track.person_id, window):
@@ -179,15 +179,15 @@ class Kiosk:
                     "person_id": track.person_id,
                     "checked_in_at": now_iso(),
                     "similarity": round(float(np.mean(track.agreeing)), 6),
-                    "threshold": self.recogniser.threshold,
+                    "threshold": self.recognizer.threshold,
                     "frames": min(track.streak, 32767),
                     "model_version": self.state.version,
                     "notice_version": consent["notice_version"],
                     "consent_given_at": consent["given_at"],
                 }
                 self.outbox.add(checkin)
-                emit({"type": "checkin", "name": self.recogniser.name(track.person_id), "queued": True, **checkin})
-            faces = self.recogniser.describe(faces)
+                emit({"type": "checkin", "name": self.recognizer.name(track.person_id), "queued": True, **checkin})
+            faces = self.recognizer.describe(faces)
             del rgb  # frames live in memory only, for the time it takes to analyse them
             if headless:
                 emit({"type": "frame", "frame": index, "version": self.state.version, "faces": faces})
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=Path(os.environ.get("FACESITE_EDGE_STATE", "var/edge-kiosk")))
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("sync", help="fetch the active model pair (if changed), the gallery delta and the rules")
-    run = commands.add_parser("run", help="recognise and check in from a camera or a video")
+    run = commands.add_parser("run", help="recognize and check in from a camera or a video")
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("--video", type=Path)
     source.add_argument("--camera", type=int)

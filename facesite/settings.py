@@ -221,7 +221,7 @@ FACE_ENROLL_MIN_SHARPNESS = env_float("FACE_ENROLL_MIN_SHARPNESS", 20.0)
 FACE_MISLABEL_MARGIN = env_float("FACE_MISLABEL_MARGIN", 0.05)
 FACE_MAX_FACES_PER_IMAGE = env_int("FACE_MAX_FACES_PER_IMAGE", 50)
 
-# Training runs (training/): evaluated, versioned recognisers built by the django-q worker.
+# Training runs (training/): evaluated, versioned recognizers built by the django-q worker.
 # The open-set threshold is calibrated on held-out data for this false accept rate.
 TRAINING_TARGET_FAR = env_float("TRAINING_TARGET_FAR", 0.01)
 TRAINING_HELD_OUT_FRACTION = env_float("TRAINING_HELD_OUT_FRACTION", 0.3)
@@ -237,9 +237,10 @@ TRAINING_UNKNOWN_MAX_IMAGES = env_int("TRAINING_UNKNOWN_MAX_IMAGES", 300)
 TRAINING_APPROACHES = env_list(
     "TRAINING_APPROACHES", ["nearest_neighbour", "softmax_head", "triplet_adapter", "siamese_head", "lbph", "eigenfaces"]
 )
-# Which recogniser a run puts in production: "auto" (the better of nearest neighbour and the softmax
+# Which recognizer a run puts in production: "auto" (the better of nearest neighbour and the softmax
 # head on held-out data), or pinned to "nearest_neighbour" or "softmax_head".
-TRAINING_RECOGNISER = env_str("TRAINING_RECOGNISER", "auto")
+# (TRAINING_RECOGNISER, the earlier spelling, is still read.)
+TRAINING_RECOGNIZER = env_str("TRAINING_RECOGNIZER", env_str("TRAINING_RECOGNISER", "auto"))
 # The softmax head's open-set threshold (a probability) when too few impostors were seen to calibrate it.
 TRAINING_HEAD_MIN_PROBABILITY = env_float("TRAINING_HEAD_MIN_PROBABILITY", 0.9)
 TRAINING_EXPORT_TFLITE = env_bool("TRAINING_EXPORT_TFLITE", True)
@@ -364,7 +365,7 @@ FACE_PHOTO_RETENTION_DAYS = env_int("FACE_PHOTO_RETENTION_DAYS", 0)
 FACE_RETENTION_KEEP_CROPS = env_bool("FACE_RETENTION_KEEP_CROPS", True)
 # Erasing a person also deletes their check-ins; off keeps them, anonymised (person set to null).
 ERASE_CHECKINS_WITH_PERSON = env_bool("ERASE_CHECKINS_WITH_PERSON", True)
-# Audit events (who called recognise/verify, when, with what result; never images) kept this long.
+# Audit events (who called recognize/verify, when, with what result; never images) kept this long.
 AUDIT_LOG_RETENTION_DAYS = env_int("AUDIT_LOG_RETENTION_DAYS", 365)
 # Check-in records (name, time, similarity, device) kept this long; the check-in notice says so.
 # 0 keeps them until staff delete them.

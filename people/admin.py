@@ -4,6 +4,8 @@ from django.db.models import Count, Q
 from django.http import HttpResponseRedirect
 from django.utils.html import format_html
 
+from privacy.services import erase_person
+from privacy.views import zip_response
 from recognition.engine.images import ImageError
 
 from . import services
@@ -195,11 +197,11 @@ class PersonAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(request.path)
 
     def delete_model(self, request, obj):
-        services.erase_person(obj, by=request.user)  # everywhere: see privacy.services
+        erase_person(obj, by=request.user)  # everywhere they are held
 
     def delete_queryset(self, request, queryset):  # the "delete selected" action too
         for person in queryset:
-            services.erase_person(person, by=request.user)
+            erase_person(person, by=request.user)
 
     def save_formset(self, request, form, formset, change):
         # photos deleted in the inline go through the service (files, gallery, retrain)
@@ -219,8 +221,6 @@ class PersonAdmin(admin.ModelAdmin):
 
     @admin.action(description="Export all data held about the selected person (zip)")
     def export_data(self, request, queryset):
-        from privacy.views import zip_response
-
         if queryset.count() != 1:
             messages.error(request, "Select exactly one person to export.")
             return None

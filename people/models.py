@@ -22,7 +22,7 @@ class Person(models.Model):
         max_length=100, blank=True, null=True, unique=True, help_text="An id from another system (HR, badge number)."
     )
     notes = models.TextField(blank=True)
-    is_active = models.BooleanField(default=True, help_text="Inactive people are never recognised.")
+    is_active = models.BooleanField(default=True, help_text="Inactive people are never recognized.")
     # Required for every new enrollment (API, admin, import_faces); blank only on people enrolled
     # before it was recorded ("not recorded").
     legal_basis = models.CharField(

@@ -1,30 +1,27 @@
-"""Enrollment: storing a person's photos and turning them into gallery embeddings."""
+"""Enrollment: storing a person's photos, approving and deleting them.
+
+Turning a stored photo into a gallery embedding is recognition's (recognition/enrollment.py, queued
+here by dotted path), as is retraining (training.tasks, queued by dotted path too).
+"""
 
 from __future__ import annotations
 
 import logging
-import uuid
-from dataclasses import dataclass
 
-from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from recognition import services as recognition
-from recognition.engine.images import ImageError, encode_jpeg
+from integrations.events import face_verdict
+from recognition.pipelines import read_upload
 
 from .models import FaceImage, Person
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Verdict:
-    status: str
-    code: str = ""
-    reason: str = ""
+# Enrollment processing runs the served pipeline: recognition/enrollment.py, queued by dotted path.
+PROCESS_TASK = "recognition.tasks.process_face_image"
 
 
 def enroll(person: Person, upload, uploaded_by=None, process: bool = True) -> FaceImage:
@@ -33,7 +30,7 @@ def enroll(person: Person, upload, uploaded_by=None, process: bool = True) -> Fa
     The upload is decoded first so that an unusable file is refused (ImageError) and nothing is
     written; the row and file are saved in one transaction, and processing is queued after commit.
     """
-    recognition.read_upload(upload)  # raises ImageError: nothing is stored
+    read_upload(upload)  # raises ImageError: nothing is stored
     upload.seek(0)
     photo = ContentFile(strip_metadata(upload.read()))
     with transaction.atomic():
@@ -48,7 +45,7 @@ def enroll(person: Person, upload, uploaded_by=None, process: bool = True) -> Fa
 def queue_processing(face_image_id: int) -> bool:
     """Queue a photo's processing and note when; False if the broker is unreachable."""
     try:
-        async_task("people.tasks.process_face_image", face_image_id, task_name=f"face-{face_image_id}", group="enrollment")
+        async_task(PROCESS_TASK, face_image_id, task_name=f"face-{face_image_id}", group="enrollment")
     except Exception as err:
         # The broker (Redis) is down: the photo is stored and stays pending, never queued; the
         # every-minute schedule people.tasks.requeue_pending queues it once the broker is back.
@@ -153,147 +150,27 @@ def safe_name(name: str) -> str:
     return (name or "").encode("utf-8", "replace").decode("utf-8")[-255:]
 
 
-def process_face_image(face: FaceImage) -> FaceImage | None:
-    """Detect, check, align and embed one enrollment photo; set its status and reason.
-
-    Returns None when the photo was deleted while it was processed: its results are not written
-    (the row is never re-inserted) and the crop made for it is removed."""
-    rules = recognition.quality_rules()
-    face._previous_crop = face.crop.name if face.crop else ""
-    face._was_in_gallery = face.status == FaceImage.Status.ACCEPTED and face.embedding is not None
-    face.crop = ""
-    face.box = face.landmarks = face.detection_score = face.sharpness = None
-    face.set_vector(None)
-    try:
-        with face.image.open("rb") as fh:
-            rgb = recognition.read_upload(fh.read())
-    except (ImageError, OSError) as err:
-        return _finish(face, Verdict(FaceImage.Status.REJECTED, "unreadable_file", f"Unreadable file: {err}"))
-
-    pipe = recognition.pipeline()
-    detected = pipe.detect(rgb)
-    if not detected:
-        return _finish(face, Verdict(FaceImage.Status.REJECTED, "no_face", "No face was found in this photo."))
-    main = detected[0]
-    if len(detected) > 1:
-        second = detected[1]
-        ratio = (main.box[2] * main.box[3]) / max(1.0, second.box[2] * second.box[3])
-        if ratio < rules.dominant_ratio:
-            return _finish(
-                face,
-                Verdict(
-                    FaceImage.Status.REJECTED,
-                    "several_faces",
-                    f"{len(detected)} faces of similar size were found; use a photo of {face.person.name} alone.",
-                ),
-            )
-    analysed = pipe.analyse(rgb, faces=[main])[0]
-    face.box = main.box_ints()
-    face.landmarks = main.landmarks_dict()
-    face.detection_score = round(main.score, 4)
-    face.sharpness = round(analysed.sharpness, 1)
-    # A random name, like the photo's: a crop's address must not be guessable from the row's id.
-    face.crop.save(f"{uuid.uuid4().hex}.jpg", ContentFile(encode_jpeg(analysed.crop)), save=False)
-
-    side = min(main.box[2], main.box[3])
-    if side < rules.min_face_px:
-        return _finish(
-            face,
-            Verdict(
-                FaceImage.Status.REJECTED,
-                "face_too_small",
-                f"The face is {side:.0f} px; at least {rules.min_face_px} px is needed.",
-            ),
-        )
-    if analysed.sharpness < rules.min_sharpness:
-        return _finish(
-            face,
-            Verdict(
-                FaceImage.Status.REJECTED,
-                "too_blurry",
-                f"The face is too blurry (sharpness {analysed.sharpness:.0f}, at least {rules.min_sharpness:.0f} needed).",
-            ),
-        )
-    face.set_vector(analysed.embedding)
-    face.embedder = pipe.embedder_name
-    return _finish(face, _mislabel_check(face, analysed.embedding))
-
-
-def _mislabel_check(face: FaceImage, embedding) -> Verdict:
-    """Hold for review a photo that looks more like another enrolled person than its own."""
-    threshold = recognition.match_threshold()
-    candidates = recognition.gallery().search(embedding[None], top_k=3, threshold=threshold, exclude_keys={face.pk})[0].candidates
-    others = [c for c in candidates if c.person_id != face.person_id]
-    if not others or others[0].similarity < threshold:
-        return Verdict(FaceImage.Status.ACCEPTED)
-    own, _ = recognition.person_similarity(embedding, face.person_id)
-    own_similarity = -1.0 if own is None else own
-    if others[0].similarity - own_similarity < settings.FACE_MISLABEL_MARGIN:
-        return Verdict(FaceImage.Status.ACCEPTED)
-    other = Person.objects.filter(pk=others[0].person_id).first()
-    own_text = "no other photos to compare with" if own is None else f"{own_similarity:.2f} to {face.person.name}'s other photos"
-    return Verdict(
-        FaceImage.Status.REVIEW,
-        "possible_mislabel",
-        f"Looks more like {other} (similarity {others[0].similarity:.2f}) than {face.person.name} ({own_text}). "
-        "Check the photo is filed under the right person, then approve it.",
-    )
-
-
-RESULT_FIELDS = (
-    "status",
-    "reason_code",
-    "reason",
-    "processed_at",
-    "box",
-    "landmarks",
-    "detection_score",
-    "sharpness",
-    "embedding",
-    "embedder",
-    "crop",
-)
-
-
-def _finish(face: FaceImage, verdict: Verdict) -> FaceImage | None:
-    """Write the results onto the existing row, never re-inserting a row deleted meanwhile."""
-    face.status = verdict.status
-    face.reason_code = verdict.code
-    face.reason = verdict.reason
-    face.processed_at = face.updated_at = timezone.now()
-    new_crop, old_crop = (face.crop.name if face.crop else ""), getattr(face, "_previous_crop", "")
-    with transaction.atomic():
-        values = {name: getattr(face, name) for name in RESULT_FIELDS}
-        values["crop"] = new_crop
-        written = FaceImage.objects.filter(pk=face.pk).update(updated_at=face.updated_at, **values)
-        if not written:
-            # Deleted while it was processed: the deletion removed the files it knew of; this crop
-            # is the one it could not know.
-            if new_crop:
-                _delete_files([new_crop])
-            return None
-        if old_crop and old_crop != new_crop:
-            transaction.on_commit(lambda: _delete_files([old_crop]))
-        from integrations.events import face_verdict  # late import: avoids a cycle
-
-        face_verdict(face)
-        in_gallery = face.status == FaceImage.Status.ACCEPTED and face.embedding is not None
-        if in_gallery or getattr(face, "_was_in_gallery", False):
-            gallery_changed()
-    return face
-
-
-def _delete_files(names: list[str]) -> None:
+def delete_files(names: list[str]) -> None:
+    """Remove stored photos or crops by name (one storage holds both)."""
     storage = FaceImage._meta.get_field("crop").storage
     for name in names:
         storage.delete(name)
 
 
+RETRAIN_TASK = "training.tasks.enrollment_changed"
+
+
 def gallery_changed() -> None:
     """The set of matchable faces changed: retrain (debounced) once this transaction commits."""
-    from training import services as training  # training imports people: a late import
+    transaction.on_commit(queue_retrain)
 
-    transaction.on_commit(training.enrollment_changed)
+
+def queue_retrain() -> None:
+    """Ask training for a (debounced) retrain, queued by dotted path; logged if the broker is unreachable."""
+    try:
+        async_task(RETRAIN_TASK, task_name="enrollment-changed", group="training")
+    except Exception as err:
+        log.warning("could not queue a retrain after a gallery change: %s", err)
 
 
 def approve(face: FaceImage) -> None:
@@ -304,8 +181,6 @@ def approve(face: FaceImage) -> None:
         face.reason = ""
         with transaction.atomic():
             face.save(update_fields=["status", "reason_code", "reason", "updated_at"])
-            from integrations.events import face_verdict  # late import: avoids a cycle
-
             face_verdict(face)
             gallery_changed()
 
@@ -319,14 +194,6 @@ def delete_face(face: FaceImage) -> None:
         face.delete()
         stale = [name for name in current if name and name not in (face.image.name, face.crop.name)]
         if stale:
-            transaction.on_commit(lambda: _delete_files(stale))
+            transaction.on_commit(lambda: delete_files(stale))
         if was_in_gallery:
             gallery_changed()
-    recognition.invalidate_gallery()
-
-
-def erase_person(person: Person, by=None):
-    """Erase a person everywhere: see privacy.services.erase_person."""
-    from privacy import services as privacy  # privacy imports people: a late import
-
-    return privacy.erase_person(person, by=by)

@@ -1,4 +1,5 @@
-"""django-q tasks of enrollment (queued by dotted path)."""
+"""django-q tasks of enrollment kept by people: re-queueing lost photos (the schedule of migration
+0002 names people.tasks.requeue_pending). Processing a photo is recognition.tasks.process_face_image."""
 
 import logging
 
@@ -8,24 +9,10 @@ log = logging.getLogger(__name__)
 
 
 def process_face_image(face_image_id: int) -> str:
+    """A task queued before enrollment processing moved to recognition.tasks: queued again there."""
     from . import services
 
-    face = FaceImage.objects.select_related("person").filter(pk=face_image_id).first()
-    if face is None:
-        return "deleted"  # erased before the worker got to it
-    try:
-        processed = services.process_face_image(face)
-    except Exception as err:
-        log.exception("processing face image %s failed", face_image_id)
-        if face.crop and face.crop.name != getattr(face, "_previous_crop", ""):
-            face.crop.storage.delete(face.crop.name)  # made by this run, never recorded on the row
-        FaceImage.objects.filter(pk=face_image_id).update(
-            status=FaceImage.Status.REJECTED, reason_code="processing_failed", reason=f"Processing failed: {err}"[:500]
-        )
-        raise
-    if processed is None:
-        return "deleted"  # erased while it was processed: nothing was written back
-    return processed.status
+    return "forwarded" if services.queue_processing(face_image_id) else "not queued"
 
 
 def requeue_pending(older_than_seconds: int = 60) -> int:

@@ -8,6 +8,7 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
 from facesite.api import IsStaffOrReadRole, image_error
+from privacy.services import erase_person
 from recognition.engine.images import ImageError
 from security.permissions import TokenScope
 
@@ -29,7 +30,7 @@ class PersonViewSet(viewsets.ModelViewSet):
         )
 
     def perform_destroy(self, instance):
-        services.erase_person(instance, by=self.request.user)  # everywhere: see privacy.services
+        erase_person(instance, by=self.request.user)  # everywhere they are held
 
 
 class FaceImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):

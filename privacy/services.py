@@ -18,10 +18,13 @@ from django.db.models import Q
 from django.utils import timezone
 
 from checkin.models import CheckIn
+from integrations.events import person_erased
 from integrations.models import Delivery
 from people.models import FaceImage, Person
+from people.services import delete_files
 from recognition import services as recognition
 from security.models import AuditEvent, person_ids_field
+from training import services as training
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +59,6 @@ def erase_person(person: Person, by=None) -> ErasureReport:
     embeddings; the person; every model version's artifacts and fields (training.services.
     forget_person). Files go once the transaction commits; the gallery is reloaded and a retrain
     is requested. The receipt is an AuditEvent "erase": who, when, these counts."""
-    from people import services as people
-    from training import services as training
-
     report = ErasureReport()
     pid, name = person.pk, person.name
     with transaction.atomic():
@@ -81,10 +81,8 @@ def erase_person(person: Person, by=None) -> ErasureReport:
         report.files_deleted = sum(1 for n in files if storage.exists(n))
         report.faces_deleted = FaceImage.objects.filter(person_id=pid).delete()[1].get(FaceImage._meta.label, 0)
         person.delete()
-        from integrations.events import person_erased  # late import: avoids a cycle
-
         person_erased(pid)
-        transaction.on_commit(lambda: _delete_files(files))
+        transaction.on_commit(lambda: delete_files(files))
 
         redacted = training.forget_person(pid)
         report.model_versions_redacted = redacted.get("versions", 0)
@@ -94,7 +92,7 @@ def erase_person(person: Person, by=None) -> ErasureReport:
         report.plots_redrawn = redacted.get("plots", 0)
 
         if any(f[3] == FaceImage.Status.ACCEPTED for f in faces):
-            people.gallery_changed()
+            transaction.on_commit(training.enrollment_changed)  # retrain, debounced
         AuditEvent.objects.create(
             action="erase",
             user=by if by is not None and getattr(by, "is_authenticated", False) else None,
@@ -260,7 +258,7 @@ def apply_retention(days: int | None = None, now=None) -> RetentionReport:
                 crops += 1
             with transaction.atomic():
                 face.save(update_fields=update)
-                transaction.on_commit(lambda files=files: _delete_files(files))
+                transaction.on_commit(lambda files=files: delete_files(files))
             photos += 1
     return RetentionReport(
         photos,
@@ -277,9 +275,3 @@ def _delete_older(rows, field: str, days: int, now) -> int:
         return 0
     _, by_model = rows.filter(**{f"{field}__lt": now - timedelta(days=days)}).delete()
     return by_model.get(rows.model._meta.label, 0)
-
-
-def _delete_files(names: list[str]) -> None:
-    storage = FaceImage._meta.get_field("image").storage
-    for name in names:
-        storage.delete(name)

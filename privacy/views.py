@@ -19,7 +19,7 @@ def zip_response(person: Person) -> HttpResponse:
 
 
 class PersonExportView(APIView):
-    """Everything held about one person: details, photos, crops, embeddings and when they were recognised."""
+    """Everything held about one person: details, photos, crops, embeddings and when they were recognized."""
 
     permission_classes = [IsAdminUser, TokenScope]
     token_scope = "export"

@@ -17,7 +17,7 @@ class NamedCandidate:
 
 
 @dataclass(frozen=True)
-class RecognisedFace:
+class RecognizedFace:
     box: list[int]  # [x, y, w, h] in original image pixels
     landmarks: dict[str, list[float]]
     detection_score: float
@@ -31,9 +31,9 @@ class RecognisedFace:
 class Recognition:
     """The answer to "who is in this image?", as the API sends it."""
 
-    faces: list[RecognisedFace]
-    threshold: float  # the threshold in force, in the served recogniser's units
-    recogniser: str
+    faces: list[RecognizedFace]
+    threshold: float  # the threshold in force, in the served recognizer's units
+    recogniser: str  # the API's key keeps its spelling: the served recognizer's name
     model_version: int | None
     embedder: str
     gallery_size: int  # the gallery this answer was matched against

@@ -1,3 +1,4 @@
+from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
 
@@ -12,7 +13,7 @@ class RecognizeRequestSerializer(serializers.Serializer):
         required=False,
         min_value=-1.0,
         max_value=1.0,
-        help_text="A stricter threshold than the one in force (in the served recogniser's units); a lower one is refused.",
+        help_text="A stricter threshold than the one in force (in the served recognizer's units); a lower one is refused.",
     )
     candidates = serializers.ChoiceField(
         choices=["matches", "all"],
@@ -50,7 +51,8 @@ class CandidateSerializer(serializers.Serializer):
     )
 
 
-class RecognisedFaceSerializer(serializers.Serializer):
+@extend_schema_serializer(component_name="RecognisedFace")  # the schema's name for it, kept for API clients
+class RecognizedFaceSerializer(serializers.Serializer):
     box = serializers.ListField(child=serializers.IntegerField(), help_text="[x, y, w, h] in original image pixels")
     landmarks = serializers.DictField(child=serializers.ListField(child=serializers.FloatField()))
     detection_score = serializers.FloatField()
@@ -60,17 +62,17 @@ class RecognisedFaceSerializer(serializers.Serializer):
     )
     margin = serializers.FloatField(allow_null=True, help_text="Best minus second-best person's similarity")
     scored_by = serializers.CharField(
-        help_text="Which recogniser matched this face, nearest_neighbour or softmax_head: the active version's, "
+        help_text="Which recognizer matched this face, nearest_neighbour or softmax_head: the active version's, "
         "or the gallery for a face closest to someone enrolled after that version was trained",
     )
 
 
 class RecognizeResponseSerializer(serializers.Serializer):
-    faces = RecognisedFaceSerializer(many=True)
+    faces = RecognizedFaceSerializer(many=True)
     threshold = serializers.FloatField(
-        help_text="The open-set threshold in force (cosine or probability): the served recogniser's, or a stricter one asked for"
+        help_text="The open-set threshold in force (cosine or probability): the served recognizer's, or a stricter one asked for"
     )
-    recogniser = serializers.CharField(help_text="The active version's recogniser: nearest_neighbour or softmax_head")
+    recogniser = serializers.CharField(help_text="The active version's recognizer: nearest_neighbour or softmax_head")
     model_version = serializers.IntegerField(allow_null=True)
     embedder = serializers.CharField()
     gallery_size = serializers.IntegerField()

@@ -1,6 +1,6 @@
 """Django's door to the face engine: ORM rows <-> arrays, thresholds, the active model version.
 
-One façade for what is served now (``served_now()``: the active version, its recogniser and
+One façade for what is served now (``served_now()``: the active version, its recognizer and
 threshold, the gallery) and for the two questions the API asks of it, ``recognize()`` and
 ``verify()``, which answer with dataclasses the views send as they are.
 """
@@ -18,54 +18,15 @@ import numpy as np
 from django.conf import settings
 from django.db.models import Count, Max
 
-from .answers import NamedCandidate, RecognisedFace, Recognition, Verification, VerifiedFace
-from .engine.images import ImageError, ImageLimits, decode_image
+from .answers import NamedCandidate, Recognition, RecognizedFace, Verification, VerifiedFace
 from .engine.matching import Candidate, Gallery, embeddings_from_blobs
-from .engine.pipeline import AnalysedFace, FacePipeline, PipelineConfig, shared_pipeline
-from .engine.quality import QualityRules
-from .engine.recognisers import GalleryRecogniser, HeadRecogniser, Recogniser, ServedMatch
+from .engine.pipeline import AnalysedFace
+from .engine.recognizers import GalleryRecognizer, HeadRecognizer, Recognizer, ServedMatch
+
+# the pipeline and upload rules are the façade's too (recognition/pipelines.py holds them)
+from .pipelines import image_limits, main_face, pipeline, pipeline_config, quality_rules, read_upload  # noqa: F401
 
 logger = logging.getLogger(__name__)
-
-
-def pipeline_config() -> PipelineConfig:
-    """The pipeline the settings ask for (read on every call: a changed setting takes effect)."""
-    return PipelineConfig(
-        weights_path=settings.FACE_WEIGHTS_PATH,
-        detector=settings.FACE_DETECTOR,
-        detect_max_side=settings.FACE_DETECT_MAX_SIDE,
-        align_method=settings.FACE_ALIGN_METHOD,
-        align_margin=settings.FACE_ALIGN_MARGIN,
-        flip=settings.FACE_FLIP_TTA,
-        min_detection_score=settings.FACE_MIN_DETECTION_SCORE,
-    )
-
-
-def pipeline() -> FacePipeline:
-    """The process's pipeline for the current settings (models are loaded once and shared)."""
-    return shared_pipeline(pipeline_config())
-
-
-def quality_rules() -> QualityRules:
-    """What an enrollment photo must meet (size, sharpness), from the settings."""
-    return QualityRules(min_face_px=settings.FACE_ENROLL_MIN_FACE_PX, min_sharpness=settings.FACE_ENROLL_MIN_SHARPNESS)
-
-
-def image_limits() -> ImageLimits:
-    return ImageLimits(max_bytes=settings.FACE_UPLOAD_MAX_BYTES, max_pixels=settings.FACE_UPLOAD_MAX_PIXELS)
-
-
-def read_upload(upload) -> np.ndarray:
-    """A Django UploadedFile (or bytes) -> (H, W, 3) uint8 RGB; ImageError if unusable."""
-    limits = image_limits()
-    if isinstance(upload, (bytes, bytearray)):
-        data = bytes(upload)
-    else:
-        if upload.size is not None and upload.size > limits.max_bytes:
-            raise ImageError("file_too_large", f"The file is {upload.size:,} bytes; the limit is {limits.max_bytes:,} bytes.")
-        upload.seek(0)
-        data = upload.read(limits.max_bytes + 1)
-    return decode_image(data, limits)
 
 
 # ---- the gallery -------------------------------------------------------------------------------
@@ -184,7 +145,7 @@ def _cosine_threshold(version) -> float:
 
 def match_threshold() -> float:
     """The cosine threshold of nearest-neighbour matching now: the active model version's calibrated
-    one, else the LFW-chosen default. (A served softmax head has its own: ``recogniser().threshold``.)"""
+    one, else the LFW-chosen default. (A served softmax head has its own: ``recognizer().threshold``.)"""
     return _cosine_threshold(active_model_version())
 
 
@@ -223,37 +184,37 @@ def _load_head(version):
 _head_cache = _HeadCache()
 
 
-def _recogniser_for(version) -> Recogniser:
-    """``version``'s recogniser (None: no version is active) over the current gallery."""
+def _recognizer_for(version) -> Recognizer:
+    """``version``'s recognizer (None: no version is active) over the current gallery."""
     cosine = _cosine_threshold(version)
     current = gallery()
-    if version is None or version.recogniser != version.Recogniser.SOFTMAX_HEAD:
-        return GalleryRecogniser(current, cosine)
+    if version is None or version.recognizer != version.Recognizer.SOFTMAX_HEAD:
+        return GalleryRecognizer(current, cosine)
     try:
         head = _head_cache.get(version)
     except (OSError, ValueError, KeyError) as err:
         # a missing or altered artifact must not name anybody: serve the gallery and say why
         logger.error("Serving nearest neighbour instead of v%s's softmax head: %s", version.number, err)
-        return GalleryRecogniser(current, cosine)
-    return HeadRecogniser(head, float(version.head_threshold), current, cosine)
+        return GalleryRecognizer(current, cosine)
+    return HeadRecognizer(head, float(version.head_threshold), current, cosine)
 
 
 @dataclass(frozen=True)
 class Served:
     """What recognition serves at one moment, read once per request: the active model version
-    (None when none is), its recogniser and that recogniser's open-set threshold (cosine, or the
+    (None when none is), its recognizer and that recognizer's open-set threshold (cosine, or the
     head's probability), over the gallery as it was read."""
 
     version: object | None  # training.models.ModelVersion
-    recogniser: Recogniser
+    recognizer: Recognizer
 
     @property
     def threshold(self) -> float:
-        return float(self.recogniser.threshold)
+        return float(self.recognizer.threshold)
 
     @property
     def gallery(self) -> Gallery:
-        return self.recogniser.gallery
+        return self.recognizer.gallery
 
     @property
     def model_version(self) -> int | None:
@@ -261,15 +222,15 @@ class Served:
 
 
 def served_now() -> Served:
-    """The active version's recogniser with its threshold. A new active version (or a rollback) is
+    """The active version's recognizer with its threshold. A new active version (or a rollback) is
     used on this process's next call, without a restart."""
     version = active_model_version()
-    return Served(version, _recogniser_for(version))
+    return Served(version, _recognizer_for(version))
 
 
-def recogniser() -> Recogniser:
-    """The recogniser served now (see ``served_now``), searched like a Gallery."""
-    return served_now().recogniser
+def recognizer() -> Recognizer:
+    """The recognizer served now (see ``served_now``), searched like a Gallery."""
+    return served_now().recognizer
 
 
 # ---- recognition and verification ----------------------------------------------------------------
@@ -314,7 +275,7 @@ def _round(value: float | None) -> float | None:
 def recognize(
     rgb: np.ndarray, top_k: int | None = None, threshold: float | None = None, all_candidates: bool = False
 ) -> Recognition:
-    """Every face in the image (largest first), each matched by the recogniser served now.
+    """Every face in the image (largest first), each matched by the recognizer served now.
 
     ``threshold`` may only raise the served threshold (``Refused`` otherwise). Each face's
     candidates are the people at or above the threshold in force, at most ``top_k``;
@@ -325,7 +286,7 @@ def recognize(
     faces = pipeline().analyse(rgb, max_faces=settings.FACE_MAX_FACES_PER_IMAGE)
     results: list[ServedMatch] = []
     if faces:
-        results = served.recogniser.search(
+        results = served.recognizer.search(
             np.stack([f.embedding for f in faces]), top_k=top_k or settings.FACE_TOP_K, threshold=in_force
         )
     shown = [r.candidates if all_candidates else [c for c in r.candidates if c.similarity >= r.threshold] for r in results]
@@ -336,7 +297,7 @@ def recognize(
 
     return Recognition(
         faces=[
-            RecognisedFace(
+            RecognizedFace(
                 box=f.face.box_ints(),
                 landmarks=f.face.landmarks_dict(),
                 detection_score=_round(f.face.score),
@@ -348,20 +309,11 @@ def recognize(
             for f, r, candidates in zip(faces, results, shown)
         ],
         threshold=_round(in_force),
-        recogniser=served.recogniser.name,
+        recogniser=served.recognizer.name,
         model_version=served.model_version,
         embedder=pipeline().embedder_name,
         gallery_size=len(served.gallery),
     )
-
-
-def main_face(rgb: np.ndarray, flip: bool | None = None) -> tuple[AnalysedFace | None, int]:
-    """The largest face of an image and how many faces were found (``flip``: see FacePipeline.analyse)."""
-    pipe = pipeline()
-    faces = pipe.detect(rgb)
-    if not faces:
-        return None, 0
-    return pipe.analyse(rgb, faces=faces[:1], flip=flip)[0], len(faces)
 
 
 def person_similarity(embedding: np.ndarray, person_id: int) -> tuple[float | None, int]:

@@ -4,8 +4,8 @@
     # once (or after each retrain): fetch the active version's TFLite embedder and label map
     python scripts/edge_client.py download --server http://127.0.0.1:8000 --token $TOKEN --out var/edge
     # then, with no server round-trip:
-    python scripts/edge_client.py recognise photo.jpg --model-dir var/edge
-    python scripts/edge_client.py recognise clip.mp4 --model-dir var/edge --every 5
+    python scripts/edge_client.py recognize photo.jpg --model-dir var/edge
+    python scripts/edge_client.py recognize clip.mp4 --model-dir var/edge --every 5
 
 The token's account needs staff status or the "Can download model files" permission: the label map
 holds names and face embeddings of the enrolled people, so keep the downloaded folder private.
@@ -66,7 +66,7 @@ class Recognition:
     similarity: float  # cosine similarity, or the head's probability when the label map has a head
 
 
-class EdgeRecogniser:
+class EdgeRecognizer:
     def __init__(self, model_dir: Path):
         from recognition.engine.detection import MTCNNDetector
         from training.engine.export import TFLiteEmbedder
@@ -82,7 +82,7 @@ class EdgeRecogniser:
         self.head = self.labels.get("head") if self.labels.get("matching") == "softmax_head" else None
         self.alignment = self.labels.get("alignment", {"method": "box", "margin": 0.05, "size": 160})
 
-    def recognise(self, rgb: np.ndarray) -> list[Recognition]:
+    def recognize(self, rgb: np.ndarray) -> list[Recognition]:
         """(H, W, 3) uint8 RGB -> every face with its name (or None) and score (cosine or probability)."""
         from recognition.engine.alignment import align_face
 
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     get.add_argument("--server", default="http://127.0.0.1:8000")
     get.add_argument("--token", default=os.environ.get("FACESITE_TOKEN"), help="API token (or FACESITE_TOKEN)")
     get.add_argument("--out", type=Path, default=Path("var/edge"))
-    run = commands.add_parser("recognise", help="recognise faces in an image or video, offline")
+    run = commands.add_parser("recognize", aliases=["recognise"], help="recognize faces in an image or video, offline")
     run.add_argument("path", type=Path)
     run.add_argument("--model-dir", type=Path, default=Path("var/edge"))
     run.add_argument("--every", type=int, default=5, help="video: look at every n-th frame")
@@ -169,10 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         active = download(args.server, args.token, args.out)
         print(f"version {active['number']} saved to {args.out} ({len(active['metrics'].get('people_names', {}))} people)")
         return 0
-    recogniser = EdgeRecogniser(args.model_dir)
-    score = "probability" if recogniser.head is not None else "similarity"
+    recognizer = EdgeRecognizer(args.model_dir)
+    score = "probability" if recognizer.head is not None else "similarity"
     for index, rgb in frames(args.path, max(1, args.every)):
-        for r in recogniser.recognise(rgb):
+        for r in recognizer.recognize(rgb):
             print(f"frame {index}: {r.name or 'unknown'} ({score} {r.similarity:.2f}) at {r.box}")
     return 0
 

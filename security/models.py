@@ -12,8 +12,8 @@ from django.utils import timezone
 
 
 class Role(models.TextChoices):
-    STAFF = "staff", "Staff (enroll, recognise, verify, stream)"
-    CLIENT = "client", "API client (recognise, verify, read people)"
+    STAFF = "staff", "Staff (enroll, recognize, verify, stream)"
+    CLIENT = "client", "API client (recognize, verify, read people)"
     KIOSK = "kiosk", "Kiosk (live stream only)"
 
 

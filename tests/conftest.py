@@ -68,7 +68,7 @@ def _fresh_socket_slots(monkeypatch):
     test left open, or a reused kiosk/user id, must not count against the next test."""
     import uuid
 
-    from recognition import socket_limits
+    from checkin import socket_limits
 
     monkeypatch.setattr(socket_limits, "KEY_PREFIX", f"ws-slot-{uuid.uuid4().hex[:8]}")
     socket_limits.forget_all_in_process()

@@ -46,7 +46,7 @@ MATRIX: dict[str, list] = {
     "ws checkins": ["not_authenticated"] * 6 + [True],
     "admin": [302, 302, 302, 302, 302, 302, 200],
 }
-MATRIX["ws checkins"][2] = "not_staff"  # a signed-in non-staff session is recognised, then refused
+MATRIX["ws checkins"][2] = "not_staff"  # a signed-in non-staff session is recognized, then refused
 
 CELLS = [(column, actor, expected) for column, row in MATRIX.items() for actor, expected in zip(ACTORS, row)]
 

@@ -122,7 +122,7 @@ def test_anonymous_and_non_staff_connections_are_refused_and_never_join_the_feed
     from channels.layers import get_channel_layer
     from django.contrib.auth.models import AnonymousUser
 
-    from recognition import checkin_feed
+    from checkin import feed as checkin_feed
 
     async def refused(user) -> tuple[dict, dict, bool]:
         feed = feed_for(user)

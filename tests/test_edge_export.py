@@ -1,5 +1,5 @@
 """Edge export: the active version's TFLite embedder and label map, downloaded through the API,
-reproduce the server's embeddings offline and let the example client recognise faces."""
+reproduce the server's embeddings offline and let the example client recognize faces."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def load_edge_client(monkeypatch):
 
 
 @pytest.mark.django_db
-def test_downloaded_tflite_gives_the_servers_embeddings_and_the_client_recognises_offline(
+def test_downloaded_tflite_gives_the_servers_embeddings_and_the_client_recognizes_offline(
     settings, device_api, django_capture_on_commit_callbacks, tmp_path, monkeypatch
 ):
     from django_q.models import Schedule
@@ -84,10 +84,10 @@ def test_downloaded_tflite_gives_the_servers_embeddings_and_the_client_recognise
     # the example client, offline, from the downloaded files
     (tmp_path / "model.tflite").write_bytes(model)
     (tmp_path / "labels.json").write_bytes(labels_bytes)
-    recogniser = load_edge_client(monkeypatch).EdgeRecogniser(tmp_path)
-    named = [r.name for r in recogniser.recognise(decode_image((PROBES / "obama_and_biden.jpg").read_bytes()))]
+    recognizer = load_edge_client(monkeypatch).EdgeRecognizer(tmp_path)
+    named = [r.name for r in recognizer.recognize(decode_image((PROBES / "obama_and_biden.jpg").read_bytes()))]
     assert sorted(n for n in named if n) == ["Barack Obama", "Joe Biden"]
-    strangers = recogniser.recognise(decode_image((PROBES / "multiface.jpg").read_bytes()))
+    strangers = recognizer.recognize(decode_image((PROBES / "multiface.jpg").read_bytes()))
     assert len(strangers) == 6 and all(r.name is None for r in strangers)
 
 
@@ -116,11 +116,11 @@ def test_the_client_applies_a_softmax_head_version_offline_as_the_server_does(
     settings.TRAINING_EXPORT_TFLITE = True
     settings.TRAINING_UNKNOWN_FACES_DIR = None
     settings.TRAINING_APPROACHES = ["nearest_neighbour", "softmax_head"]
-    settings.TRAINING_RECOGNISER = "softmax_head"
+    settings.TRAINING_RECOGNIZER = "softmax_head"
     with django_capture_on_commit_callbacks(execute=True):
         version, _ = services.request_training(ModelVersion.Trigger.API)
     version.refresh_from_db()
-    assert version.status == "active" and version.recogniser == "softmax_head", version.error
+    assert version.status == "active" and version.recognizer == "softmax_head", version.error
 
     for name, url in (("model.tflite", "tflite"), ("labels.json", "labels")):
         response = device_api.get(f"/api/v1/models/{version.pk}/{url}/")
@@ -130,9 +130,9 @@ def test_the_client_applies_a_softmax_head_version_offline_as_the_server_does(
     assert labels["matching"] == "softmax_head" and len(labels["head"]["people"]) == 10
     assert labels["head"]["threshold"] == pytest.approx(version.head_threshold)
 
-    recogniser = load_edge_client(monkeypatch).EdgeRecogniser(tmp_path)
+    recognizer = load_edge_client(monkeypatch).EdgeRecognizer(tmp_path)
     rgb = decode_image((PROBES / "obama_and_biden.jpg").read_bytes())
-    edge = {r.name: r.similarity for r in recogniser.recognise(rgb) if r.name}
+    edge = {r.name: r.similarity for r in recognizer.recognize(rgb) if r.name}
     server = {}
     for face in recognition.recognize(rgb).faces:
         assert face.scored_by == "softmax_head"
@@ -141,5 +141,5 @@ def test_the_client_applies_a_softmax_head_version_offline_as_the_server_does(
     assert sorted(edge) == sorted(server) == ["Barack Obama", "Joe Biden"]
     for name, probability in server.items():  # TFLite embeddings differ from the server's in the 3rd decimal
         assert edge[name] == pytest.approx(probability, abs=0.03)
-    strangers = recogniser.recognise(decode_image((PROBES / "multiface.jpg").read_bytes()))
+    strangers = recognizer.recognize(decode_image((PROBES / "multiface.jpg").read_bytes()))
     assert len(strangers) == 6 and all(r.name is None for r in strangers)

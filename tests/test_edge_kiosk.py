@@ -222,14 +222,14 @@ def test_window_mode_without_an_opencv_gui_stops_with_a_clear_message():
 
 
 @pytest.mark.django_db
-def test_the_gallery_delta_lets_the_kiosk_recognise_someone_enrolled_after_the_version(kiosk_api, settings, tmp_path):
+def test_the_gallery_delta_lets_the_kiosk_recognize_someone_enrolled_after_the_version(kiosk_api, settings, tmp_path):
     """A label map that knows only Barack Obama, plus the gallery delta (which has Joe Biden): the
     kiosk checks Biden in by the server's multi-frame rule; with the label map alone he is unknown."""
     import os
 
     import numpy as np
 
-    from edge.recogniser import EdgeRecogniser
+    from edge.recognizer import EdgeRecognizer
     from edge.sync import Server, State, sync_gallery
     from people.models import FaceImage
     from recognition import services as recognition
@@ -265,13 +265,13 @@ def test_the_gallery_delta_lets_the_kiosk_recognise_someone_enrolled_after_the_v
     rgb = decode_image((PROBES / "obama_and_biden.jpg").read_bytes())
 
     def checked_in(gallery) -> set[str]:
-        recogniser = EdgeRecogniser(pair, gallery, state.read().get("names", {}), rule)
+        recognizer = EdgeRecognizer(pair, gallery, state.read().get("names", {}), rule)
         names = set()
         for _ in range(8):
-            _, ready = recogniser.process(rgb)
+            _, ready = recognizer.process(rgb)
             for track in ready:
                 track.checked_in = True
-                names.add(recogniser.name(track.person_id))
+                names.add(recognizer.name(track.person_id))
         return names
 
     assert checked_in(state.gallery()) == {"Barack Obama", "Joe Biden"}
@@ -372,7 +372,7 @@ def test_the_kiosk_checks_in_offline_uploads_once_and_follows_the_active_model(l
     code, lines, err = edge(web.url, raw_key, state, "run", "--video", str(video), "--headless")
     assert code != 0 and "--consent" in err and not [line for line in lines if line["type"] == "frame"]
 
-    # the server is stopped: the kiosk recognises, checks in and queues it
+    # the server is stopped: the kiosk recognizes, checks in and queues it
     code, lines, err = edge(web.url, raw_key, state, "run", "--video", str(video), "--headless", "--consent", "--sync-every", "0")
     assert code == 0, err
     assert any(line["type"] == "offline" for line in lines)
@@ -413,7 +413,7 @@ def test_the_kiosk_checks_in_offline_uploads_once_and_follows_the_active_model(l
         assert {p.parent.name: p.read_bytes() for p in (state / "pairs").glob("v*/labels.json")} == before
         assert not list((state / "pairs").glob(".partial-*"))
 
-        # a running kiosk meets the bad file too and keeps recognising with v1; once the file is
+        # a running kiosk meets the bad file too and keeps recognizing with v1; once the file is
         # repaired, its next sync picks v2 up by itself
         errors = open(tmp_path / "kiosk-stderr.txt", "w")  # noqa: SIM115 (a file, not a pipe: it cannot fill up)
         kiosk = subprocess.Popen(

@@ -75,17 +75,17 @@ def test_api_upload_embeds_and_joins_the_gallery(staff_api, django_capture_on_co
     assert "Barack Obama" in face.reason
 
 
-def test_a_new_person_is_recognised_as_soon_as_their_photo_is_accepted(staff_api, user_api, django_capture_on_commit_callbacks):
+def test_a_new_person_is_recognized_as_soon_as_their_photo_is_accepted(staff_api, user_api, django_capture_on_commit_callbacks):
     Person.objects.filter(name="Barack Obama").delete()
     person = Person.objects.create(name="The 44th President")
     response = upload_face(
         staff_api, person, read(PEOPLE / "barack_obama/obama2.jpg"), capture=django_capture_on_commit_callbacks
     )
     assert response.json()["status"] == "accepted"
-    recognised = user_api.post(
+    recognized = user_api.post(
         "/api/v1/recognize/", {"image": SimpleUploadedFile("o.jpg", read(PROBES / "obama1.jpg"))}, format="multipart"
     )
-    assert recognised.json()["faces"][0]["match"]["name"] == "The 44th President"
+    assert recognized.json()["faces"][0]["match"]["name"] == "The 44th President"
 
 
 @pytest.mark.parametrize(
@@ -160,7 +160,7 @@ def test_erasing_a_person_removes_images_embeddings_and_gallery_entries(
     assert person.pk not in services.gallery().person_ids
 
 
-def test_inactive_people_are_not_recognised(user_api):
+def test_inactive_people_are_not_recognized(user_api):
     Person.objects.filter(name="Barack Obama").update(is_active=False)
     body = user_api.post(
         "/api/v1/recognize/", {"image": SimpleUploadedFile("o.jpg", read(PROBES / "obama1.jpg"))}, format="multipart"

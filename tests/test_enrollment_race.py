@@ -32,9 +32,9 @@ def stranger_photo_subject():
 def delete_through_the_api_mid_processing(monkeypatch, staff_api, seen: dict):
     """After detection, alignment and embedding (the crop is on disk), before the results are
     written, staff delete the photo over the API, as a concurrent request would."""
-    from people import services
+    from recognition import enrollment
 
-    real_check = services._mislabel_check
+    real_check = enrollment._mislabel_check
 
     def check_then_delete(face, embedding):
         verdict = real_check(face, embedding)
@@ -44,7 +44,7 @@ def delete_through_the_api_mid_processing(monkeypatch, staff_api, seen: dict):
         seen["delete_status"] = response.status_code
         return verdict
 
-    monkeypatch.setattr(services, "_mislabel_check", check_then_delete)
+    monkeypatch.setattr(enrollment, "_mislabel_check", check_then_delete)
 
 
 def assert_gone_everywhere(staff_api, face_pk: int, photo: Path, seen: dict, before: set[str]):
@@ -68,7 +68,8 @@ def _matched_names(api, photo: Path) -> list[str]:
 
 @pytest.mark.django_db
 def test_a_photo_deleted_while_it_is_processed_is_not_written_back(staff_api, monkeypatch, django_capture_on_commit_callbacks):
-    from people import services, tasks
+    from people import services
+    from recognition import tasks
 
     subject, photo = stranger_photo_subject()
     before = media_files()
@@ -105,8 +106,8 @@ def test_on_the_worker_path_a_photo_deleted_mid_task_stays_deleted(staff_api, mo
 
 @pytest.mark.django_db
 def test_reprocessing_replaces_the_crop_and_crop_names_are_not_guessable(django_capture_on_commit_callbacks):
-    from people import services
     from people.models import FaceImage
+    from recognition import enrollment
 
     face = FaceImage.objects.filter(person=person_named("Barack Obama"), status="accepted").first()
     storage = face.crop.storage
@@ -114,7 +115,7 @@ def test_reprocessing_replaces_the_crop_and_crop_names_are_not_guessable(django_
     assert storage.exists(first)
     for _ in range(2):
         with django_capture_on_commit_callbacks(execute=True):
-            services.process_face_image(face)
+            enrollment.process_face_image(face)
         face.refresh_from_db()
         assert face.status == "accepted" and storage.exists(face.crop.name)
         assert not storage.exists(first), "the previous crop stays on disk"

@@ -52,11 +52,11 @@ def clean_queue(db):
     Schedule.objects.all().delete()
 
 
-def train(capture, recogniser: str, settings):
+def train(capture, recognizer: str, settings):
     from training import services
     from training.models import ModelVersion
 
-    settings.TRAINING_RECOGNISER = recogniser
+    settings.TRAINING_RECOGNIZER = recognizer
     with capture(execute=True):
         version, _ = services.request_training("api", force_activate=True)
     version = ModelVersion.objects.get(pk=version.pk)
@@ -87,7 +87,7 @@ def check_in(person, n: int = 1) -> None:
         CheckIn.objects.create(person=person, similarity=0.9, threshold=0.5, frames=4)
 
 
-def recognise(api, photo: Path) -> list[str]:
+def recognize(api, photo: Path) -> list[str]:
     response = api.post("/api/v1/recognize/", {"image": SimpleUploadedFile(photo.name, read(photo))}, format="multipart")
     assert response.status_code == 200, response.content
     return [face["match"]["name"] for face in response.json()["faces"] if face["match"]]
@@ -166,7 +166,7 @@ def test_an_erased_person_is_nowhere_in_files_api_answers_or_the_database(
     # what a running system holds about him besides his photos
     lookalike = file_a_lookalike(staff_api, capture, PROBES / "obama1.jpg", "Filed Under Someone Else")
     check_in(obama, 2)
-    assert name in recognise(staff_api, PROBES / "obama1.jpg")  # an audit event naming him
+    assert name in recognize(staff_api, PROBES / "obama1.jpg")  # an audit event naming him
     assert AuditEvent.objects.about(pid).exists()
     LogEntry.objects.create(
         user=staff_user,
@@ -179,7 +179,7 @@ def test_an_erased_person_is_nowhere_in_files_api_answers_or_the_database(
 
     nearest = train(capture, "nearest_neighbour", training_settings)
     headed = train(capture, "softmax_head", training_settings)
-    assert headed.recogniser == "softmax_head" and headed.head
+    assert headed.recognizer == "softmax_head" and headed.head
     for version in (nearest, headed):  # both versions carry him before the erasure
         assert names_person(version.metrics, pid) and name.encode() in artifact(version.labels)
 
@@ -257,10 +257,10 @@ def test_an_erased_person_is_nowhere_in_files_api_answers_or_the_database(
     assert receipt.result["label_maps_rewritten"] == 2 and receipt.result["plots_redrawn"] == 2
     from recognition import services as recognition
 
-    served = recognition.recogniser()  # the rewritten head (new sha256) is loaded, not the gallery fallback
-    assert type(served).__name__ == "HeadRecogniser" and pid not in served.head.classes
-    assert "Joe Biden" in recognise(staff_api, PEOPLE / "joe_biden" / "biden2.jpg")
-    assert name not in recognise(staff_api, PROBES / "obama1.jpg")
+    served = recognition.recognizer()  # the rewritten head (new sha256) is loaded, not the gallery fallback
+    assert type(served).__name__ == "HeadRecognizer" and pid not in served.head.classes
+    assert "Joe Biden" in recognize(staff_api, PEOPLE / "joe_biden" / "biden2.jpg")
+    assert name not in recognize(staff_api, PROBES / "obama1.jpg")
 
 
 @pytest.mark.django_db
@@ -279,8 +279,8 @@ def test_the_erasure_report_counts_what_was_removed_and_the_receipt_is_anonymous
     pid = biden.pk
     file_a_lookalike(staff_api, capture, PEOPLE / "joe_biden" / "biden2.jpg", "Another Filer")
     check_in(biden, 3)
-    assert "Joe Biden" in recognise(staff_api, PEOPLE / "joe_biden" / "biden.jpg")
-    assert "Joe Biden" in recognise(staff_api, PROBES / "obama_and_biden.jpg")
+    assert "Joe Biden" in recognize(staff_api, PEOPLE / "joe_biden" / "biden.jpg")
+    assert "Joe Biden" in recognize(staff_api, PROBES / "obama_and_biden.jpg")
     events = AuditEvent.objects.about(pid).count()
     assert events == 2
 
@@ -326,6 +326,7 @@ def test_the_admin_delete_and_bulk_delete_erase_through_the_service(staff_user, 
 def test_only_changes_to_the_gallery_queue_a_retrain(clean_queue, django_capture_on_commit_callbacks):
     from people import services
     from people.models import FaceImage
+    from recognition import enrollment
     from training.models import ModelVersion
 
     capture = django_capture_on_commit_callbacks
@@ -338,7 +339,7 @@ def test_only_changes_to_the_gallery_queue_a_retrain(clean_queue, django_capture
 
     face = FaceImage.objects.filter(person=kit, status="accepted").first()
     with capture(execute=True):
-        services.process_face_image(face)  # re-processed and accepted again: the gallery changed
+        enrollment.process_face_image(face)  # re-processed and accepted again: the gallery changed
     assert ModelVersion.objects.queued().get().trigger == "enrollment"
 
     for change in (  # a face of an active person deleted; the person deactivated

@@ -269,7 +269,7 @@ def test_a_model_version_says_when_its_threshold_fell_back_and_on_how_many_faces
     version = ModelVersion.objects.create(
         number=9001,
         status=ModelVersion.Status.READY,
-        recogniser=ModelVersion.Recogniser.NEAREST_NEIGHBOUR,
+        recognizer=ModelVersion.Recognizer.NEAREST_NEIGHBOUR,
         threshold=0.55,
         metrics={
             "top1_accuracy": 1.0,

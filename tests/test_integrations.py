@@ -525,7 +525,7 @@ def test_activating_a_model_version_is_sent(staff_api, django_capture_on_commit_
     from training.models import ModelVersion
 
     version = ModelVersion.objects.create(
-        number=ModelVersion.next_number(), status=ModelVersion.Status.READY, threshold=0.6, recogniser="nearest_neighbour"
+        number=ModelVersion.next_number(), status=ModelVersion.Status.READY, threshold=0.6, recognizer="nearest_neighbour"
     )
     with Receiver() as receiver:
         webhook_to(receiver, "model.activated")

@@ -95,7 +95,7 @@ def fifty_faces() -> bytes:
 
 
 # What a case may answer: "4xx" (a refusal with the error shape), "obama" (Barack Obama is
-# recognised), "answer" (a 200 or a clear 4xx, e.g. 422 no_face, as the pixels decide).
+# recognized), "answer" (a 200 or a clear 4xx, e.g. 422 no_face, as the pixels decide).
 @dataclass
 class Case:
     path: str
@@ -136,7 +136,7 @@ CORPUS: dict[str, Case] = {
     "tiny_8px": image_case(encode(Image.new("RGB", (8, 8)), "PNG"), "4xx"),
     "one_pixel": image_case(encode(Image.new("RGB", (1, 1)), "PNG"), "4xx"),
     "long_thin_10000x12": image_case(encode(Image.new("RGB", (10000, 12), "white"), "PNG"), "answer"),
-    # real faces in awkward encodings: recognised correctly
+    # real faces in awkward encodings: recognized correctly
     "cmyk_jpeg": image_case(encode(OBAMA_IMAGE.convert("CMYK"), "JPEG", quality=90), "obama"),
     "exif_rotated_jpeg": image_case(exif_rotated(), "obama"),
     "grey_16_bit_png": image_case(sixteen_bit_png(1), "obama", "photo.png"),

@@ -37,7 +37,7 @@ def test_every_web_worker_uses_an_enrollment_made_elsewhere_on_its_next_request(
     assert best_match(first) == best_match(second) == "Barack Obama"
     obama_id = next(p["id"] for p in second.get("/api/v1/people/?page_size=100").json()["results"] if p["name"] == "Barack Obama")
 
-    # Erased through the first process: the second no longer recognises him on its next request.
+    # Erased through the first process: the second no longer recognizes him on its next request.
     assert live.request(first.url + f"/api/v1/people/{obama_id}/", "DELETE", headers=first.auth()).status == 204
     assert best_match(second) is None
 
@@ -71,7 +71,7 @@ def test_every_web_worker_uses_an_enrollment_made_elsewhere_on_its_next_request(
 
 CREATE_READY_VERSION = """
 from training.models import ModelVersion
-v = ModelVersion.objects.create(number=ModelVersion.next_number(), status="ready", threshold=0.97, recogniser="nearest_neighbour")
+v = ModelVersion.objects.create(number=ModelVersion.next_number(), status="ready", threshold=0.97, recognizer="nearest_neighbour")
 print(v.pk, v.number)
 """
 

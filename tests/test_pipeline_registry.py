@@ -54,10 +54,10 @@ def test_quality_rules_come_from_the_settings_not_the_pipeline():
 
 @pytest.mark.django_db
 def test_an_enrollment_photo_is_checked_against_the_rules_in_the_settings():
-    from people import services as people
     from people.models import FaceImage
+    from recognition import enrollment
 
     face = FaceImage.objects.filter(person__name="Barack Obama", status=FaceImage.Status.ACCEPTED).first()
     with override_settings(FACE_ENROLL_MIN_FACE_PX=5000):
-        people.process_face_image(face)
+        enrollment.process_face_image(face)
     assert face.status == FaceImage.Status.REJECTED and "5000 px" in face.reason

@@ -173,11 +173,11 @@ def test_a_softmax_head_version_names_no_stranger_either(user_api, settings, dja
     settings.TRAINING_EXPORT_TFLITE = False
     settings.TRAINING_UNKNOWN_FACES_DIR = None
     settings.TRAINING_APPROACHES = ["nearest_neighbour", "softmax_head"]
-    settings.TRAINING_RECOGNISER = "softmax_head"
+    settings.TRAINING_RECOGNIZER = "softmax_head"
     with django_capture_on_commit_callbacks(execute=True):
         version, _ = training.request_training(ModelVersion.Trigger.API)
     version.refresh_from_db()
-    assert version.status == "active" and version.recogniser == "softmax_head", version.error
+    assert version.status == "active" and version.recognizer == "softmax_head", version.error
 
     strangers = recognize(user_api, "multiface.jpg", top_k=50)
     assert strangers.json()["recogniser"] == "softmax_head"

@@ -42,7 +42,7 @@ def test_keys_are_stored_only_as_a_hash(staff_user):
     assert key.prefix == raw[:8]
 
 
-def test_a_client_key_recognises_and_reads_but_cannot_enroll(staff_user):
+def test_a_client_key_recognizes_and_reads_but_cannot_enroll(staff_user):
     client, _ = key_client(staff_user, Role.CLIENT)  # even on a staff account the key's role limits it
     response = recognize(client)
     assert response.status_code == 200

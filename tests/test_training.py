@@ -70,7 +70,7 @@ def test_semihard_triplet_loss_matches_a_brute_force_reference():
     assert got == pytest.approx(np.mean(losses), abs=1e-4)
 
 
-def test_production_choice_takes_the_better_recogniser_on_held_out_data_and_says_why():
+def test_production_choice_takes_the_better_recognizer_on_held_out_data_and_says_why():
     from training.engine.comparison import Comparison, Outcome, choose_production
 
     truth = np.array([0, 1, UNKNOWN])
@@ -82,11 +82,11 @@ def test_production_choice_takes_the_better_recogniser_on_held_out_data_and_says
     comparison.outcomes["nearest_neighbour"].evaluation, comparison.outcomes["softmax_head"].evaluation = poor, good
     name, reason = choose_production(comparison)
     assert name == "softmax_head" and reason.startswith("Best open-set score")  # recognition serves the head
-    # pinning names a recogniser that was fitted; one that was not leaves the choice to the data
+    # pinning names a recognizer that was fitted; one that was not leaves the choice to the data
     name, reason = choose_production(comparison, pinned="nearest_neighbour")
-    assert name == "nearest_neighbour" and reason.startswith("Pinned by TRAINING_RECOGNISER=nearest_neighbour")
+    assert name == "nearest_neighbour" and reason.startswith("Pinned by TRAINING_RECOGNIZER=nearest_neighbour")
     name, reason = choose_production(comparison, pinned="triplet_adapter")
-    assert name == "softmax_head" and "TRAINING_RECOGNISER asks for triplet_adapter" in reason
+    assert name == "softmax_head" and "TRAINING_RECOGNIZER asks for triplet_adapter" in reason
 
 
 # ---- training runs through django-q (synchronous in tests) ----------------------------------------
@@ -356,7 +356,7 @@ def test_deleting_a_person_during_a_run_does_not_break_it(
 ):
     import json
 
-    from people import services as people
+    from privacy.services import erase_person
     from training.models import ModelVersion
     from training.runs import TrainingRun
 
@@ -366,7 +366,7 @@ def test_deleting_a_person_during_a_run_does_not_break_it(
     def erase_then_continue(self, names):
         person = person_named("Rose Leslie")
         erased["id"] = person.pk
-        people.erase_person(person)  # after the run took its snapshot
+        erase_person(person)  # after the run took its snapshot
         return original(self, names)
 
     monkeypatch.setattr(TrainingRun, "unknown_faces", erase_then_continue)
@@ -477,29 +477,29 @@ def test_a_softmax_head_version_is_what_recognition_serves_and_rollback_switches
 ):
     import hashlib
 
-    from people import services as people
+    from privacy.services import erase_person
     from recognition import services as recognition
 
     from .conftest import PEOPLE
 
     training_settings.TRAINING_APPROACHES = ["nearest_neighbour", "softmax_head"]
-    training_settings.TRAINING_RECOGNISER = "nearest_neighbour"
+    training_settings.TRAINING_RECOGNIZER = "nearest_neighbour"
     nearest = train(django_capture_on_commit_callbacks)
-    assert nearest.recogniser == "nearest_neighbour" and not nearest.head
+    assert nearest.recognizer == "nearest_neighbour" and not nearest.head
 
     # Paul Rudd is enrolled only after the head is trained: the head has no class for him
     rudd = person_named("Paul Rudd")
     rudd.is_active = False
     rudd.save()
-    training_settings.TRAINING_RECOGNISER = "softmax_head"
+    training_settings.TRAINING_RECOGNIZER = "softmax_head"
     headed = train(django_capture_on_commit_callbacks, force_activate=True)
-    assert headed.status == "active" and headed.recogniser == "softmax_head", headed.error
-    assert "TRAINING_RECOGNISER=softmax_head" in headed.comparison["reason"]
+    assert headed.status == "active" and headed.recognizer == "softmax_head", headed.error
+    assert "TRAINING_RECOGNIZER=softmax_head" in headed.comparison["reason"]
     with headed.head.open("rb") as fh:
         assert hashlib.sha256(fh.read()).hexdigest() == headed.head_sha256
     # five held-out faces are too few impostors to calibrate a 5% FAR: the configured floor holds
     assert headed.head_threshold >= training_settings.TRAINING_HEAD_MIN_PROBABILITY
-    assert rudd.pk not in recognition.recogniser().head.classes
+    assert rudd.pk not in recognition.recognizer().head.classes
     rudd.is_active = True
     rudd.save()
 
@@ -523,7 +523,7 @@ def test_a_softmax_head_version_is_what_recognition_serves_and_rollback_switches
 
     # an erased person is never named again, nor listed, though the head was trained with them
     biden = person_named("Joe Biden")
-    people.erase_person(biden)
+    erase_person(biden)
     body = _recognize(staff_api, "obama_and_biden.jpg")
     assert _named(body) == ["Barack Obama"]
     assert biden.pk not in {c["person_id"] for face in body["faces"] for c in face["candidates"]}
@@ -539,7 +539,7 @@ def test_a_softmax_head_version_is_what_recognition_serves_and_rollback_switches
     # back to the head, then a new run is compared with it as served: a head at its probability threshold
     assert staff_api.post(f"/api/v1/models/{headed.pk}/activate/").status_code == 200
     assert _recognize(staff_api, "obama1.jpg")["recogniser"] == "softmax_head"
-    training_settings.TRAINING_RECOGNISER = "auto"
+    training_settings.TRAINING_RECOGNIZER = "auto"
     latest = train(django_capture_on_commit_callbacks)
     assert latest.status in ("active", "ready") and f"active v{headed.number}'s" in latest.activation_note
     # this run's head row is the same kind of head at the same (floor) threshold: the same score
@@ -559,9 +559,9 @@ def test_the_live_check_in_is_matched_by_an_active_softmax_head(
     monkeypatch.setattr("channels.db.close_old_connections", lambda: None)  # keep the test transaction
     training_settings.CHECKIN_STABLE_FRAMES = 4
     training_settings.TRAINING_APPROACHES = ["nearest_neighbour", "softmax_head"]
-    training_settings.TRAINING_RECOGNISER = "softmax_head"
+    training_settings.TRAINING_RECOGNIZER = "softmax_head"
     headed = train(django_capture_on_commit_callbacks)
-    assert headed.status == "active" and headed.recogniser == "softmax_head", headed.error
+    assert headed.status == "active" and headed.recognizer == "softmax_head", headed.error
 
     replies = run(four_frames_until_checked_in, plain_user, OBAMA)
     assert {m["faces"][0]["name"] for m in replies if m["type"] == "faces"} == {"Barack Obama"}
@@ -579,7 +579,7 @@ def test_a_head_whose_file_fails_its_sha256_is_not_served(
     from training.models import ModelVersion
 
     training_settings.TRAINING_APPROACHES = ["nearest_neighbour", "softmax_head"]
-    training_settings.TRAINING_RECOGNISER = "softmax_head"
+    training_settings.TRAINING_RECOGNIZER = "softmax_head"
     headed = train(django_capture_on_commit_callbacks)
     assert _recognize(staff_api, "obama1.jpg")["recogniser"] == "softmax_head"
     ModelVersion.objects.filter(pk=headed.pk).update(head_sha256="0" * 64)  # the file no longer matches its record
@@ -591,12 +591,12 @@ def test_a_head_whose_file_fails_its_sha256_is_not_served(
 # Train a softmax head version in a separate process, inline (django-q sync), and activate it.
 HEAD_RUN_ENV = {
     "Q_SYNC": "1",
-    "TRAINING_RECOGNISER": "softmax_head",
+    "TRAINING_RECOGNIZER": "softmax_head",
     "TRAINING_APPROACHES": "nearest_neighbour,softmax_head",
     "TRAINING_EXPORT_TFLITE": "0",
     "TRAINING_UNKNOWN_FACES_DIR": "",
 }
-ACTIVE_VERSION = "from training.models import ModelVersion as M; v = M.objects.active(); print(v.pk, v.number, v.recogniser)"
+ACTIVE_VERSION = "from training.models import ModelVersion as M; v = M.objects.active(); print(v.pk, v.number, v.recognizer)"
 
 
 @pytest.mark.servers
@@ -610,9 +610,9 @@ def test_every_web_worker_serves_a_softmax_head_version_trained_elsewhere_on_its
     assert before["recogniser"] == "nearest_neighbour"
 
     live_site.manage("train_model", "--force", env=live_site.with_env(**HEAD_RUN_ENV))
-    pk, number, recogniser = live_site.manage("shell", "-c", ACTIVE_VERSION).stdout.split()[-3:]
+    pk, number, recognizer = live_site.manage("shell", "-c", ACTIVE_VERSION).stdout.split()[-3:]
     try:
-        assert recogniser == "softmax_head"
+        assert recognizer == "softmax_head"
         for server in (second, first):  # neither web process was told
             answer = server.recognize(obama).json()
             assert answer["recogniser"] == "softmax_head" and answer["model_version"] == int(number)

@@ -139,7 +139,7 @@ def test_a_process_takes_at_most_its_cap_of_sockets_from_anyone(staff_user, plai
 
 @pytest.mark.django_db
 def test_a_crashed_workers_slot_expires_and_frees_the_kiosk(kiosk, settings, monkeypatch):
-    from recognition import socket_limits
+    from checkin import socket_limits
 
     settings.CHECKIN_MAX_SOCKETS_PER_KIOSK = 1
     monkeypatch.setattr(socket_limits, "SLOT_TTL_SECONDS", 1)

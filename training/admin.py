@@ -21,10 +21,10 @@ def percent_of(value, count, what: str) -> str:
     return f"{percent(value)} of {count:,} {what}" if count is not None else percent(value)
 
 
-def threshold_fallback(metrics: dict, recogniser: str) -> str | None:
-    """The run's note when it could not calibrate this recogniser's threshold and kept the setting."""
+def threshold_fallback(metrics: dict, recognizer: str) -> str | None:
+    """The run's note when it could not calibrate this recognizer's threshold and kept the setting."""
     for note in str((metrics or {}).get("threshold_note", "")).split(". "):
-        if note.startswith(f"{recogniser}:"):
+        if note.startswith(f"{recognizer}:"):
             return note.rstrip(".") + "."
     return None
 
@@ -37,7 +37,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "status_label",
         "progress_bar",
         "trigger",
-        "recogniser",
+        "recognizer",
         "threshold_label",
         "accuracy",
         "macro_f1",
@@ -47,7 +47,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "activated_at",
     ]
     list_display_links = ["number"]
-    list_filter = ["status", "trigger", "recogniser"]
+    list_filter = ["status", "trigger", "recognizer"]
     actions = ["activate_selected"]
     fieldsets = [
         (
@@ -70,7 +70,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
             "Result",
             {
                 "fields": [
-                    "recogniser",
+                    "recognizer",
                     "embedder",
                     "threshold_detail",
                     "head_threshold_detail",
@@ -191,10 +191,10 @@ class ModelVersionAdmin(admin.ModelAdmin):
             return "Yes: activated when ready, even if it scores below the active version"
         return "No: activated only if it scores at least as well as the active version"
 
-    def _threshold_detail(self, value, recogniser: str, setting: str, fmt: str, obj):
+    def _threshold_detail(self, value, recognizer: str, setting: str, fmt: str, obj):
         if value is None:
             return "-"
-        fallback = threshold_fallback(obj.metrics, recogniser)
+        fallback = threshold_fallback(obj.metrics, recognizer)
         if fallback:
             return format_html(
                 '{} <strong style="color:#9a6700">not calibrated: the {} setting is used</strong><br><small>{}</small>',
@@ -203,7 +203,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 fallback,
             )
         impostors = (obj.metrics or {}).get("n_impostor")
-        sample = f" on {impostors:,} impostor searches" if impostors is not None and recogniser == obj.recogniser else ""
+        sample = f" on {impostors:,} impostor searches" if impostors is not None and recognizer == obj.recognizer else ""
         return format_html("{} <small>(calibrated on held-out data{})</small>", fmt.format(value), sample)
 
     @admin.display(description="Threshold (cosine)")
@@ -216,8 +216,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description="Threshold")
     def threshold_label(self, obj):
-        """The served recogniser's: a cosine similarity, or the softmax head's probability."""
-        if obj.recogniser == ModelVersion.Recogniser.SOFTMAX_HEAD and obj.head_threshold is not None:
+        """The served recognizer's: a cosine similarity, or the softmax head's probability."""
+        if obj.recognizer == ModelVersion.Recognizer.SOFTMAX_HEAD and obj.head_threshold is not None:
             return f"p {obj.head_threshold:.3f}"
         return "-" if obj.threshold is None else f"{obj.threshold:.3f}"
 
@@ -239,7 +239,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         m = obj.metrics or {}
         if not m:
             return "-"
-        fallback = threshold_fallback(m, obj.recogniser)
+        fallback = threshold_fallback(m, obj.recognizer)
         threshold = f"{m.get('threshold')} ({percent(m.get('target_far'))})"
         if fallback:
             threshold = f"{m.get('threshold')}: the default, not calibrated ({fallback})"

@@ -3,6 +3,8 @@ from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from integrations.events import model_activated
+
 
 class ModelVersionQuerySet(models.QuerySet):
     def active(self) -> "ModelVersion | None":
@@ -23,7 +25,7 @@ def artifact_path(instance: "ModelVersion", filename: str) -> str:
 
 
 class ModelVersion(models.Model):
-    """One trained, evaluated recogniser. At most one is active; recognition reports which.
+    """One trained, evaluated recognizer. At most one is active; recognition reports which.
 
     A training run is one row: created QUEUED by a trigger, TRAINING while a worker runs it (stage,
     progress and heartbeat updated as it goes), then READY or ACTIVE, or FAILED with its error. The
@@ -44,7 +46,7 @@ class ModelVersion(models.Model):
         ENROLLMENT = "enrollment", "Enrollment change"
         COMMAND = "command", "Command line"
 
-    class Recogniser(models.TextChoices):
+    class Recognizer(models.TextChoices):
         NEAREST_NEIGHBOUR = "nearest_neighbour", "Nearest neighbour (gallery)"
         SOFTMAX_HEAD = "softmax_head", "Softmax head"
 
@@ -72,7 +74,8 @@ class ModelVersion(models.Model):
     timings = models.JSONField(default=dict, blank=True, help_text="Seconds per stage.")
     people_count = models.PositiveIntegerField(default=0)
     image_count = models.PositiveIntegerField(default=0)
-    recogniser = models.CharField(max_length=20, choices=Recogniser.choices, blank=True)
+    # the column (and the API key) keep the earlier spelling
+    recognizer = models.CharField(max_length=20, choices=Recognizer.choices, blank=True, db_column="recogniser")
     comparison = models.JSONField(default=dict, blank=True, help_text="Every approach evaluated on the same split.")
     activation_note = models.TextField(blank=True, help_text="Why it was or was not activated.")
     log = models.TextField(blank=True)
@@ -82,7 +85,7 @@ class ModelVersion(models.Model):
     labels_sha256 = models.CharField(max_length=64, blank=True)
     confusion_plot = models.FileField(upload_to=artifact_path, blank=True, max_length=200)
     roc_plot = models.FileField(upload_to=artifact_path, blank=True, max_length=200)
-    # Set when the softmax head is the production recogniser: its weights and the class -> person id
+    # Set when the softmax head is the production recognizer: its weights and the class -> person id
     # map (.npz), and its own open-set threshold (a probability, not a cosine similarity).
     head = models.FileField(upload_to=artifact_path, blank=True, max_length=200, help_text="The fitted softmax head (.npz).")
     head_sha256 = models.CharField(max_length=64, blank=True)
@@ -122,6 +125,4 @@ class ModelVersion(models.Model):
             self.status = self.Status.ACTIVE
             self.activated_at = timezone.now()
             self.save(update_fields=["status", "activated_at"])
-            from integrations.events import model_activated  # late import: avoids a cycle
-
             model_activated(self)

@@ -1,4 +1,4 @@
-"""One training run: gather the gallery, compare recognisers on a held-out split, calibrate the
+"""One training run: gather the gallery, compare recognizers on a held-out split, calibrate the
 threshold, export for edge clients, and activate the result if it is not worse than the active one.
 
 Every stage reports progress (and a heartbeat) to the version's row, so the admin and the API show
@@ -19,7 +19,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from recognition import services as recognition
+from recognition import pipelines
 from recognition.engine.matching import embeddings_from_blobs
 from training.engine import evaluation
 from training.engine.comparison import choose_production, compare, truth_of
@@ -88,14 +88,14 @@ class TrainingRun:
             only=only,
             progress=lambda name: self.report("comparing", next(steps, 69), f"Fitting {name}."),
         )
-        # each served recogniser's threshold is checked before the choice, so they compete as served
+        # each served recognizer's threshold is checked before the choice, so they compete as served
         for name, (setting, floor) in self.threshold_floors().items():
             if name in comparison.outcomes and comparison.outcomes[name].evaluation is not None:
                 self.guard_threshold(comparison.outcomes[name], target_far, setting, floor)
-        comparison.production, comparison.reason = choose_production(comparison, settings.TRAINING_RECOGNISER)
+        comparison.production, comparison.reason = choose_production(comparison, settings.TRAINING_RECOGNIZER)
         production = comparison.outcomes[comparison.production]
         chosen = production.evaluation
-        self.report("calibrating", 72, f"Production recogniser: {comparison.production}. {comparison.reason}")
+        self.report("calibrating", 72, f"Production recognizer: {comparison.production}. {comparison.reason}")
 
         decision, note, previous_score = self.decide(split, unknown, comparison)
         self.report("plots", 76)
@@ -134,7 +134,7 @@ class TrainingRun:
 
     @staticmethod
     def threshold_floors() -> dict[str, tuple[str, float]]:
-        """The setting that bounds each servable recogniser's threshold when calibration is not trusted."""
+        """The setting that bounds each servable recognizer's threshold when calibration is not trusted."""
         return {
             "nearest_neighbour": ("FACE_MATCH_THRESHOLD", float(settings.FACE_MATCH_THRESHOLD)),
             "softmax_head": ("TRAINING_HEAD_MIN_PROBABILITY", float(settings.TRAINING_HEAD_MIN_PROBABILITY)),
@@ -201,7 +201,7 @@ class TrainingRun:
         embeddings, crops = [], []
         for i, path in enumerate(images):
             try:
-                face, _ = recognition.main_face(recognition.read_upload(path.read_bytes()))
+                face, _ = pipelines.main_face(pipelines.read_upload(path.read_bytes()))
             except Exception:
                 continue  # an unreadable file is not a reason to fail the run
             if face is not None:
@@ -222,7 +222,7 @@ class TrainingRun:
         """Unknown faces are the same images run after run: embed them once per file list and embedder."""
         import hashlib
 
-        text = "\n".join([recognition.pipeline().embedder_name, *(str(p) for p in images)])
+        text = "\n".join([pipelines.pipeline().embedder_name, *(str(p) for p in images)])
         return Path(settings.TRAINING_CACHE_DIR) / f"unknown-faces-{hashlib.sha256(text.encode()).hexdigest()[:24]}.npz"
 
     def decide(self, split, unknown, comparison) -> tuple[bool, str, float | None]:
@@ -251,7 +251,7 @@ class TrainingRun:
         )
 
     def score_of(self, version: ModelVersion, split, unknown, comparison) -> float:
-        """The active version's recogniser and threshold on this run's split: its kind of recogniser
+        """The active version's recognizer and threshold on this run's split: its kind of recognizer
         fitted on these training faces, scored on these held-out faces at its own threshold (a
         stored head is not reused: this run's held-out faces may have been its training faces)."""
         probes = split.held_out
@@ -259,15 +259,15 @@ class TrainingRun:
         if unknown is not None and len(unknown):
             embeddings = np.concatenate([embeddings, unknown.embeddings])
             labels = np.concatenate([labels, np.full(len(unknown), -(1 << 40))])
-        if version.recogniser == ModelVersion.Recogniser.SOFTMAX_HEAD and version.head_threshold is not None:
+        if version.recognizer == ModelVersion.Recognizer.SOFTMAX_HEAD and version.head_threshold is not None:
             fitted = getattr(comparison.outcomes.get("softmax_head"), "fitted", None)
-            recogniser = fitted if fitted is not None else SoftmaxHead().fit(split.train)
+            recognizer = fitted if fitted is not None else SoftmaxHead().fit(split.train)
             threshold = version.head_threshold
         else:
-            recogniser = NearestNeighbour().fit(split.train)
+            recognizer = NearestNeighbour().fit(split.train)
             threshold = version.threshold if version.threshold is not None else settings.FACE_MATCH_THRESHOLD
-        scores = recogniser.scores(embeddings)
-        result = evaluation.evaluate(scores, truth_of(labels, recogniser.classes), list(recogniser.classes), threshold=threshold)
+        scores = recognizer.scores(embeddings)
+        result = evaluation.evaluate(scores, truth_of(labels, recognizer.classes), list(recognizer.classes), threshold=threshold)
         return evaluation.open_set_score(result)
 
     def export_tflite(self) -> tuple[str, str]:
@@ -277,7 +277,7 @@ class TrainingRun:
             return "", ""
         from recognition.engine.facenet import WEIGHTS_SHA256
 
-        pipe = recognition.pipeline()
+        pipe = pipelines.pipeline()
         cached = cached_embedder_tflite(pipe.embedder.model, WEIGHTS_SHA256, settings.TRAINING_CACHE_DIR, flip=pipe.embedder.flip)
         data = cached.read_bytes()
         digest = sha256_bytes(data)
@@ -294,7 +294,7 @@ class TrainingRun:
         or deactivated since the run began are left out (and their head columns with them)."""
         from people.models import Person
 
-        pipe = recognition.pipeline()
+        pipe = pipelines.pipeline()
         alive = dict(Person.objects.filter(pk__in=np.unique(faces.labels).tolist(), is_active=True).values_list("id", "name"))
         keep = np.isin(faces.labels, list(alive))
         people = sorted(alive)
@@ -334,9 +334,9 @@ class TrainingRun:
         version.tflite.name = tflite_name
         version.tflite_sha256 = tflite_sha
         version.labels_sha256 = sha256_bytes(labels_bytes)
-        version.embedder = recognition.pipeline().embedder_name
-        version.recogniser = comparison.production
-        # The cosine threshold is kept whichever recogniser is served: the mislabel check compares
+        version.embedder = pipelines.pipeline().embedder_name
+        version.recognizer = comparison.production
+        # The cosine threshold is kept whichever recognizer is served: the mislabel check compares
         # faces, and a served head leaves faces of people enrolled after training to the gallery.
         version.threshold = comparison.outcomes["nearest_neighbour"].evaluation.threshold
         if comparison.production == "softmax_head":

@@ -10,6 +10,7 @@ class ModelVersionSerializer(serializers.ModelSerializer):
     labels_url = serializers.SerializerMethodField()
     confusion_plot_url = serializers.SerializerMethodField()
     roc_plot_url = serializers.SerializerMethodField()
+    recogniser = serializers.CharField(source="recognizer", read_only=True)  # the API's key keeps its spelling
 
     class Meta:
         model = ModelVersion

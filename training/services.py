@@ -250,8 +250,8 @@ def redact_version(version: ModelVersion, person_id: int) -> dict[str, int]:
                 version.head_sha256 = sha256_bytes(buffer.getvalue())
             else:  # one class cannot tell anyone apart: the version serves nearest neighbour
                 version.head, version.head_sha256, version.head_threshold = "", "", None
-                version.recogniser = ModelVersion.Recogniser.NEAREST_NEIGHBOUR
-                fields |= {"head_threshold", "recogniser"}
+                version.recognizer = ModelVersion.Recognizer.NEAREST_NEIGHBOUR
+                fields |= {"head_threshold", "recognizer"}
             fields |= {"head", "head_sha256"}
             counts["heads"] += 1
 

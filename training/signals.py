@@ -1,4 +1,4 @@
-"""Retrain when a person is activated or deactivated (it changes who can be recognised), and
+"""Retrain when a person is activated or deactivated (it changes who can be recognized), and
 remove a deleted model version's files.
 
 The other gallery changes call ``training.services.enrollment_changed`` explicitly from the services

@@ -5,3 +5,10 @@ def run_training(version_id: int) -> str:
     from . import services
 
     return services.run_training(version_id)
+
+
+def enrollment_changed() -> None:
+    """The gallery changed (queued by people.services after an approval or a deletion): retrain, debounced."""
+    from . import services
+
+    services.enrollment_changed()

@@ -81,7 +81,7 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
         url_path="labels",
     )
     def labels(self, request, pk=None):
-        """The label map: people, threshold, recogniser and the reference embeddings."""
+        """The label map: people, threshold, recognizer and the reference embeddings."""
         version = self.get_object()
         return _download(version.labels, f"facesite-v{version.number}-labels.json", version.labels_sha256, "application/json")
 

@@ -36,7 +36,7 @@ class MTCNNDetector:
 
     Images whose longer side exceeds ``max_side`` are shrunk for detection and the boxes and
     landmarks mapped back to original pixels: MTCNN's pyramid cost grows with the pixel count,
-    and faces big enough to recognise survive the shrink.
+    and faces big enough to recognize survive the shrink.
     """
 
     name = "mtcnn"

@@ -1,6 +1,6 @@
 """Learning and evaluation on face embeddings and crops: plain Python over numpy, no Django.
 
-``dataset`` splits enrolled faces, ``heads`` trains recognisers on frozen FaceNet embeddings,
-``baselines`` holds the classic pixel-based recognisers, ``evaluation`` scores any of them the same
+``dataset`` splits enrolled faces, ``heads`` trains recognizers on frozen FaceNet embeddings,
+``baselines`` holds the classic pixel-based recognizers, ``evaluation`` scores any of them the same
 way, and ``export`` writes the embedder as TFLite for edge clients.
 """

@@ -1,4 +1,4 @@
-"""The classic recognisers the product's predecessors used, on aligned face crops (not embeddings):
+"""The classic recognizers the product's predecessors used, on aligned face crops (not embeddings):
 LBPH (OpenCV's ``cv2.face``) and Eigenfaces (PCA + nearest neighbour). They score probes the same
 way as the embedding heads, (P, C) higher = more likely, here minus a distance."""
 
@@ -33,8 +33,8 @@ class LBPH:
         import cv2
 
         self.classes = np.unique(faces.labels)
-        self._recogniser = cv2.face.LBPHFaceRecognizer_create(radius=1, neighbors=8, grid_x=8, grid_y=8)
-        self._recogniser.train(list(grey_crops(faces.crops)), np.searchsorted(self.classes, faces.labels).astype(np.int32))
+        self._recognizer = cv2.face.LBPHFaceRecognizer_create(radius=1, neighbors=8, grid_x=8, grid_y=8)
+        self._recognizer.train(list(grey_crops(faces.crops)), np.searchsorted(self.classes, faces.labels).astype(np.int32))
         return self
 
     def scores(self, crops: np.ndarray) -> np.ndarray:
@@ -43,7 +43,7 @@ class LBPH:
         out = np.full((len(crops), len(self.classes)), -np.inf)
         for i, grey in enumerate(grey_crops(crops)):
             collector = cv2.face.StandardCollector_create()
-            self._recogniser.predict_collect(grey, collector)
+            self._recognizer.predict_collect(grey, collector)
             for label, distance in collector.getResults(False):
                 out[i, label] = max(out[i, label], -distance)
         return out

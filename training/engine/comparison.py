@@ -1,4 +1,4 @@
-"""Fit every recogniser on the same split and evaluate it on the same held-out and unknown faces."""
+"""Fit every recognizer on the same split and evaluate it on the same held-out and unknown faces."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .dataset import FaceSet, Split
 from .evaluation import UNKNOWN, Evaluation, evaluate, open_set_score
 from .heads import NearestNeighbour, SiameseHead, SoftmaxHead, TripletAdapter
 
-# The recognisers recognition can serve (recognition.services: the gallery with a cosine threshold,
+# The recognizers recognition can serve (recognition.services: the gallery with a cosine threshold,
 # or the softmax head with a probability threshold), and the ones a run may choose between on
 # held-out data; a winner that cannot be served would be reported, not chosen.
 SERVABLE = ("nearest_neighbour", "softmax_head")
@@ -49,7 +49,7 @@ class Comparison:
         return [o.row() for o in self.outcomes.values()]
 
 
-def recognisers() -> list[tuple[str, Callable[[], object], str]]:
+def recognizers() -> list[tuple[str, Callable[[], object], str]]:
     return [
         ("nearest_neighbour", NearestNeighbour, "embeddings"),
         ("softmax_head", SoftmaxHead, "embeddings"),
@@ -76,14 +76,14 @@ def compare(
     only: tuple[str, ...] | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> Comparison:
-    """Fit each recogniser on ``split.train``; score ``split.held_out`` + ``unknown`` probes.
+    """Fit each recognizer on ``split.train``; score ``split.held_out`` + ``unknown`` probes.
 
-    One failing recogniser (e.g. too little data for Siamese pairs) is recorded, not fatal."""
+    One failing recognizer (e.g. too little data for Siamese pairs) is recorded, not fatal."""
     probes = (
         split.held_out if unknown is None or len(unknown) == 0 else _concat(split.held_out, unknown, unknown_label=-(1 << 40))
     )
     comparison = Comparison()
-    for name, factory, kind in recognisers():
+    for name, factory, kind in recognizers():
         if only is not None and name not in only:
             continue
         outcome = comparison.outcomes[name] = Outcome(name, kind)
@@ -93,40 +93,40 @@ def compare(
         progress(name)
         try:
             started = time.perf_counter()
-            recogniser = factory().fit(split.train)
+            recognizer = factory().fit(split.train)
             outcome.train_seconds = round(time.perf_counter() - started, 3)
-            scores = recogniser.scores(probes.crops if kind == "crops" else probes.embeddings)
-            outcome.scores, outcome.truth = scores, truth_of(probes.labels, recogniser.classes)
+            scores = recognizer.scores(probes.crops if kind == "crops" else probes.embeddings)
+            outcome.scores, outcome.truth = scores, truth_of(probes.labels, recognizer.classes)
             outcome.evaluation = evaluate(
-                scores, truth_of(probes.labels, recogniser.classes), [int(c) for c in recogniser.classes], target_far
+                scores, truth_of(probes.labels, recognizer.classes), [int(c) for c in recognizer.classes], target_far
             )
-            outcome.fitted = recogniser
-        except Exception as err:  # one recogniser's failure is a row in the report, not a failed run
+            outcome.fitted = recognizer
+        except Exception as err:  # one recognizer's failure is a row in the report, not a failed run
             outcome.error = f"{type(err).__name__}: {err}"
     comparison.production, comparison.reason = choose_production(comparison)
     return comparison
 
 
 def choose_production(comparison: Comparison, pinned: str = "auto") -> tuple[str, str]:
-    """The production recogniser: the candidate with the best open-set score on held-out data
+    """The production recognizer: the candidate with the best open-set score on held-out data
     (identification rate and impostor rejection at its calibrated threshold), then top-1 accuracy;
     a tie goes to nearest neighbour, which needs no retraining for a new enrollment. A winner that
     recognition cannot serve is named in the reason and nearest neighbour kept.
 
-    ``pinned`` (a servable name, from TRAINING_RECOGNISER) overrides the choice when that
-    recogniser was fitted; the reason still reports how each candidate scored."""
+    ``pinned`` (a servable name, from TRAINING_RECOGNIZER) overrides the choice when that
+    recognizer was fitted; the reason still reports how each candidate scored."""
     if pinned != "auto":
         outcome = comparison.outcomes.get(pinned)
         if pinned not in SERVABLE or outcome is None or outcome.fitted is None:
             problem = f"it was not fitted ({outcome.error})" if outcome is not None and outcome.error else "it is not available"
             name, reason = choose_production(comparison)
-            return name, f"TRAINING_RECOGNISER asks for {pinned}, but {problem}. {reason}"
+            return name, f"TRAINING_RECOGNIZER asks for {pinned}, but {problem}. {reason}"
         scores = "; ".join(
             f"{n}: open-set score {open_set_score(o.evaluation):.3f}"
             for n, o in comparison.outcomes.items()
             if n in PRODUCTION_CANDIDATES and o.evaluation is not None and o.evaluation.n_known_probes
         )
-        return pinned, f"Pinned by TRAINING_RECOGNISER={pinned}" + (f" (on held-out data: {scores})." if scores else ".")
+        return pinned, f"Pinned by TRAINING_RECOGNIZER={pinned}" + (f" (on held-out data: {scores})." if scores else ".")
     scored = [
         (open_set_score(o.evaluation), o.evaluation.top1_accuracy or 0.0, name == "nearest_neighbour", name)
         for name, o in comparison.outcomes.items()

@@ -1,6 +1,6 @@
-"""Scoring a recogniser the same way whatever it is: identification, open-set threshold, ROC, plots.
+"""Scoring a recognizer the same way whatever it is: identification, open-set threshold, ROC, plots.
 
-Every recogniser is reduced to a score matrix ``(P, C)``: for each probe face, a score per enrolled
+Every recognizer is reduced to a score matrix ``(P, C)``: for each probe face, a score per enrolled
 person where higher means "more likely this person" (cosine similarity, probability, or minus a
 distance). Known probes carry the index of their person in ``classes``; unknown probes (people not
 enrolled) carry -1.
@@ -192,7 +192,7 @@ def confusion_png(confusion: list[list[int]], names: list[str]) -> bytes:
 
 
 def roc_png(curves: dict[str, dict], threshold_fpr: float | None = None) -> bytes:
-    """ROC curves (genuine vs impostor claims) of one or more recognisers as PNG bytes."""
+    """ROC curves (genuine vs impostor claims) of one or more recognizers as PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,4 +1,4 @@
-"""Recognisers on frozen FaceNet embeddings: nearest neighbour, a softmax head, a triplet-loss
+"""Recognizers on frozen FaceNet embeddings: nearest neighbour, a softmax head, a triplet-loss
 adapter and a Siamese verification head.
 
 Each one is fitted on a ``FaceSet`` and turns probe embeddings (P, 128) into a score matrix (P, C)

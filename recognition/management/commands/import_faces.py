@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from people import services
 from people.models import FaceImage, LegalBasis, Person
+from recognition import enrollment
 from recognition.engine.images import ImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -83,7 +84,7 @@ class Command(BaseCommand):
                         rejected_lines.append(f"  {folder.name}/{photo.name}: {err.message}")
                         bar.update(1)
                         continue
-                    services.process_face_image(face)
+                    enrollment.process_face_image(face)
                     outcomes[face.status] += 1
                     if face.status != FaceImage.Status.ACCEPTED:
                         reasons[face.reason_code] += 1

@@ -62,7 +62,7 @@ class HeadMatcher:
         return [MatchResult([Candidate(self.columns[b], float(row[b]))], threshold) for b, row in zip(best, probabilities)]
 
 
-class EdgeRecogniser:
+class EdgeRecognizer:
     def __init__(self, pair_dir: Path, gallery, names: dict[str, str], rule: dict):
         labels = json.loads((Path(pair_dir) / LABELS_FILE).read_text())
         person_of_index = {int(p["index"]): int(p["person_id"]) for p in labels["people"]}

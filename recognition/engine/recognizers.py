@@ -13,13 +13,13 @@ from .matching import Candidate, Gallery, MatchResult
 
 @dataclass(frozen=True)
 class ServedMatch(MatchResult):
-    """A MatchResult that says which recogniser scored it: for "softmax_head" the candidates'
+    """A MatchResult that says which recognizer scored it: for "softmax_head" the candidates'
     ``similarity`` is the head's probability, for "nearest_neighbour" a cosine similarity."""
 
     scored_by: str = "nearest_neighbour"
 
 
-class GalleryRecogniser:
+class GalleryRecognizer:
     """Nearest neighbour over the enrolled gallery, open-set by a cosine threshold."""
 
     name = "nearest_neighbour"
@@ -33,7 +33,7 @@ class GalleryRecogniser:
         return [ServedMatch(r.candidates, r.threshold, self.name) for r in self.gallery.search(queries, top_k, threshold)]
 
 
-class HeadRecogniser:
+class HeadRecognizer:
     """The active version's softmax head, open-set by its calibrated probability threshold.
 
     The head only knows the people enrolled when it was trained, so the gallery still answers
@@ -70,4 +70,4 @@ class HeadRecogniser:
         return results
 
 
-Recogniser = GalleryRecogniser | HeadRecogniser
+Recognizer = GalleryRecognizer | HeadRecognizer

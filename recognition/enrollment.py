@@ -1,0 +1,160 @@
+"""Enrollment processing: an enrollment photo through the pipeline served now, checked against
+the gallery served now, and its verdict written on its row.
+
+people/services.py stores the photos and queues this by dotted path (recognition.tasks); it sits
+here because the mislabel check asks what recognition serves (threshold, gallery).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.utils import timezone
+
+from integrations.events import face_verdict
+from people.models import FaceImage, Person
+from people.services import delete_files
+from training import services as training
+
+from . import services
+from .engine.images import ImageError, encode_jpeg
+from .pipelines import pipeline, quality_rules, read_upload
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str
+    code: str = ""
+    reason: str = ""
+
+
+def process_face_image(face: FaceImage) -> FaceImage | None:
+    """Detect, check, align and embed one enrollment photo; set its status and reason.
+
+    Returns None when the photo was deleted while it was processed: its results are not written
+    (the row is never re-inserted) and the crop made for it is removed."""
+    rules = quality_rules()
+    face._previous_crop = face.crop.name if face.crop else ""
+    face._was_in_gallery = face.status == FaceImage.Status.ACCEPTED and face.embedding is not None
+    face.crop = ""
+    face.box = face.landmarks = face.detection_score = face.sharpness = None
+    face.set_vector(None)
+    try:
+        with face.image.open("rb") as fh:
+            rgb = read_upload(fh.read())
+    except (ImageError, OSError) as err:
+        return _finish(face, Verdict(FaceImage.Status.REJECTED, "unreadable_file", f"Unreadable file: {err}"))
+
+    pipe = pipeline()
+    detected = pipe.detect(rgb)
+    if not detected:
+        return _finish(face, Verdict(FaceImage.Status.REJECTED, "no_face", "No face was found in this photo."))
+    main = detected[0]
+    if len(detected) > 1:
+        second = detected[1]
+        ratio = (main.box[2] * main.box[3]) / max(1.0, second.box[2] * second.box[3])
+        if ratio < rules.dominant_ratio:
+            return _finish(
+                face,
+                Verdict(
+                    FaceImage.Status.REJECTED,
+                    "several_faces",
+                    f"{len(detected)} faces of similar size were found; use a photo of {face.person.name} alone.",
+                ),
+            )
+    analysed = pipe.analyse(rgb, faces=[main])[0]
+    face.box = main.box_ints()
+    face.landmarks = main.landmarks_dict()
+    face.detection_score = round(main.score, 4)
+    face.sharpness = round(analysed.sharpness, 1)
+    # A random name, like the photo's: a crop's address must not be guessable from the row's id.
+    face.crop.save(f"{uuid.uuid4().hex}.jpg", ContentFile(encode_jpeg(analysed.crop)), save=False)
+
+    side = min(main.box[2], main.box[3])
+    if side < rules.min_face_px:
+        return _finish(
+            face,
+            Verdict(
+                FaceImage.Status.REJECTED,
+                "face_too_small",
+                f"The face is {side:.0f} px; at least {rules.min_face_px} px is needed.",
+            ),
+        )
+    if analysed.sharpness < rules.min_sharpness:
+        return _finish(
+            face,
+            Verdict(
+                FaceImage.Status.REJECTED,
+                "too_blurry",
+                f"The face is too blurry (sharpness {analysed.sharpness:.0f}, at least {rules.min_sharpness:.0f} needed).",
+            ),
+        )
+    face.set_vector(analysed.embedding)
+    face.embedder = pipe.embedder_name
+    return _finish(face, _mislabel_check(face, analysed.embedding))
+
+
+def _mislabel_check(face: FaceImage, embedding) -> Verdict:
+    """Hold for review a photo that looks more like another enrolled person than its own."""
+    threshold = services.match_threshold()
+    candidates = services.gallery().search(embedding[None], top_k=3, threshold=threshold, exclude_keys={face.pk})[0].candidates
+    others = [c for c in candidates if c.person_id != face.person_id]
+    if not others or others[0].similarity < threshold:
+        return Verdict(FaceImage.Status.ACCEPTED)
+    own, _ = services.person_similarity(embedding, face.person_id)
+    own_similarity = -1.0 if own is None else own
+    if others[0].similarity - own_similarity < settings.FACE_MISLABEL_MARGIN:
+        return Verdict(FaceImage.Status.ACCEPTED)
+    other = Person.objects.filter(pk=others[0].person_id).first()
+    own_text = "no other photos to compare with" if own is None else f"{own_similarity:.2f} to {face.person.name}'s other photos"
+    return Verdict(
+        FaceImage.Status.REVIEW,
+        "possible_mislabel",
+        f"Looks more like {other} (similarity {others[0].similarity:.2f}) than {face.person.name} ({own_text}). "
+        "Check the photo is filed under the right person, then approve it.",
+    )
+
+
+RESULT_FIELDS = (
+    "status",
+    "reason_code",
+    "reason",
+    "processed_at",
+    "box",
+    "landmarks",
+    "detection_score",
+    "sharpness",
+    "embedding",
+    "embedder",
+    "crop",
+)
+
+
+def _finish(face: FaceImage, verdict: Verdict) -> FaceImage | None:
+    """Write the results onto the existing row, never re-inserting a row deleted meanwhile."""
+    face.status = verdict.status
+    face.reason_code = verdict.code
+    face.reason = verdict.reason
+    face.processed_at = face.updated_at = timezone.now()
+    new_crop, old_crop = (face.crop.name if face.crop else ""), getattr(face, "_previous_crop", "")
+    with transaction.atomic():
+        values = {name: getattr(face, name) for name in RESULT_FIELDS}
+        values["crop"] = new_crop
+        written = FaceImage.objects.filter(pk=face.pk).update(updated_at=face.updated_at, **values)
+        if not written:
+            # Deleted while it was processed: the deletion removed the files it knew of; this crop
+            # is the one it could not know.
+            if new_crop:
+                delete_files([new_crop])
+            return None
+        if old_crop and old_crop != new_crop:
+            transaction.on_commit(lambda: delete_files([old_crop]))
+        face_verdict(face)
+        in_gallery = face.status == FaceImage.Status.ACCEPTED and face.embedding is not None
+        if in_gallery or getattr(face, "_was_in_gallery", False):
+            transaction.on_commit(training.enrollment_changed)  # retrain, debounced
+    return face
