@@ -1,7 +1,7 @@
 """Recognition, verification and token endpoints: validate, call the service, shape the answer."""
 
 from django.contrib.auth.signals import user_logged_in
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -82,18 +82,36 @@ _REFUSAL_STATUS = {
 }
 
 
-class RecognizeView(AuditedView, APIView):
-    """Who is in this image: every face, matched against the enrolled gallery."""
+class _FaceQuestionView(AuditedView, APIView):
+    """POST images, get the service's answer (a Recognition or a Verification) as it is sent; a
+    request the service refuses is an API error, and the audit log keeps the answer's summary."""
 
     permission_classes = [IsAuthenticated, TokenScope]
-    token_scope = audit_action = "recognize"
     parser_classes = [MultiPartParser, FormParser]
+    request_serializer: type
 
-    @extend_schema(request=RecognizeRequestSerializer, responses=RecognizeResponseSerializer)
+    def ask(self, request, data: dict):
+        raise NotImplementedError
+
     def post(self, request):
-        params = RecognizeRequestSerializer(data=request.data)
+        params = self.request_serializer(data=request.data)
         params.is_valid(raise_exception=True)
-        data = params.validated_data
+        try:
+            answer = self.ask(request, params.validated_data)
+        except services.Refused as err:
+            raise _refusal(err)
+        self.audit_summary = answer.audit_summary()
+        return Response(answer.answer())
+
+
+@extend_schema_view(post=extend_schema(request=RecognizeRequestSerializer, responses=RecognizeResponseSerializer))
+class RecognizeView(_FaceQuestionView):
+    """Who is in this image: every face, matched against the enrolled gallery."""
+
+    token_scope = audit_action = "recognize"
+    request_serializer = RecognizeRequestSerializer
+
+    def ask(self, request, data: dict):
         all_candidates = data.get("candidates") == "all"
         if all_candidates and not _is_staff(request):
             raise ApiError(
@@ -102,33 +120,20 @@ class RecognizeView(AuditedView, APIView):
                 status.HTTP_403_FORBIDDEN,
             )
         rgb = _read(data["image"], "image")
-        try:
-            recognition = services.recognize(rgb, data.get("top_k"), data.get("threshold"), all_candidates)
-        except services.Refused as err:
-            raise _refusal(err)
+        recognition = services.recognize(rgb, data.get("top_k"), data.get("threshold"), all_candidates)
         if not recognition.faces:
-            raise _refusal(services.Refused("no_face", "image: no face was found in the image.", "image"))
-        self.audit_summary = recognition.audit_summary()
-        return Response(recognition.answer())
+            raise services.Refused("no_face", "image: no face was found in the image.", "image")
+        return recognition
 
 
-class VerifyView(AuditedView, APIView):
+@extend_schema_view(post=extend_schema(request=VerifyRequestSerializer, responses=VerifyResponseSerializer))
+class VerifyView(_FaceQuestionView):
     """Are these two faces the same person? (Or: is this face the given person?)"""
 
-    permission_classes = [IsAuthenticated, TokenScope]
     token_scope = audit_action = "verify"
-    parser_classes = [MultiPartParser, FormParser]
+    request_serializer = VerifyRequestSerializer
 
-    @extend_schema(request=VerifyRequestSerializer, responses=VerifyResponseSerializer)
-    def post(self, request):
-        params = VerifyRequestSerializer(data=request.data)
-        params.is_valid(raise_exception=True)
-        data = params.validated_data
+    def ask(self, request, data: dict):
         fields = ("image",) if "person_id" in data else ("image1", "image2")
         images = {field: _read(data[field], field) for field in fields}
-        try:
-            verification = services.verify(images, person_id=data.get("person_id"), threshold=data.get("threshold"))
-        except services.Refused as err:
-            raise _refusal(err)
-        self.audit_summary = verification.audit_summary()
-        return Response(verification.answer())
+        return services.verify(images, person_id=data.get("person_id"), threshold=data.get("threshold"))

@@ -10,7 +10,8 @@ class ModelVersionSerializer(serializers.ModelSerializer):
     labels_url = serializers.SerializerMethodField()
     confusion_plot_url = serializers.SerializerMethodField()
     roc_plot_url = serializers.SerializerMethodField()
-    recogniser = serializers.CharField(source="recognizer", read_only=True)  # the API's key keeps its spelling
+    # the API's key keeps its earlier spelling
+    recogniser = serializers.ChoiceField(source="recognizer", choices=ModelVersion.Recognizer.choices, read_only=True)
 
     class Meta:
         model = ModelVersion

@@ -19,6 +19,17 @@ from .permissions import CanDownloadModel
 from .serializers import ModelVersionSerializer, TrainRequestSerializer, TrainResponseSerializer
 
 
+def edge_file(url_path: str):
+    """A version's file an edge client downloads: staff, the download permission, or a kiosk key."""
+    return action(
+        detail=True,
+        methods=["get"],
+        permission_classes=[CanDownloadModel | EdgeSyncKey],
+        token_scope_read="edge_sync",  # kiosk keys sync the model (edge/); staff keys hold every scope
+        url_path=url_path,
+    )
+
+
 class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = ModelVersion.objects.select_related("requested_by")
     serializer_class = ModelVersionSerializer
@@ -60,26 +71,14 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
         return Response(self.get_serializer(version).data)
 
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
-    @action(
-        detail=True,
-        methods=["get"],
-        permission_classes=[CanDownloadModel | EdgeSyncKey],
-        token_scope_read="edge_sync",  # kiosk keys sync the model (edge/); staff keys hold every scope
-        url_path="tflite",
-    )
+    @edge_file("tflite")
     def tflite(self, request, pk=None):
         """The embedder for edge clients (.tflite): aligned RGB crops in, L2-normalised embeddings out."""
         version = self.get_object()
         return _download(version.tflite, f"facesite-v{version.number}.tflite", version.tflite_sha256, "application/octet-stream")
 
     @extend_schema(responses={(200, "application/json"): dict})
-    @action(
-        detail=True,
-        methods=["get"],
-        permission_classes=[CanDownloadModel | EdgeSyncKey],
-        token_scope_read="edge_sync",  # kiosk keys sync the model (edge/); staff keys hold every scope
-        url_path="labels",
-    )
+    @edge_file("labels")
     def labels(self, request, pk=None):
         """The label map: people, threshold, recognizer and the reference embeddings."""
         version = self.get_object()
@@ -91,27 +90,30 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
         """The evaluation plot of this version (PNG): `confusion` matrix or `roc` curve."""
         version = self.get_object()
         field = version.confusion_plot if which == "confusion" else version.roc_plot
-        if not field:
-            raise ApiError("no_artifact", "This version has no such plot.", status.HTTP_404_NOT_FOUND)
-        try:
-            handle = field.open("rb")
-        except FileNotFoundError:
-            raise ApiError("no_artifact", "The plot of this version is missing from storage.", status.HTTP_404_NOT_FOUND)
+        handle = _open(field, "This version has no such plot.", "The plot of this version is missing from storage.")
         response = FileResponse(handle, content_type="image/png")
         response["Cache-Control"] = "private, no-store"
         response["X-Content-Type-Options"] = "nosniff"
         return response
 
 
-def _download(field, filename: str, sha256: str, content_type: str) -> FileResponse:
+def _open(field, absent: str, missing: str):
+    """A version's artifact opened for reading; 404 no_artifact if it has none (``absent``) or its
+    file is gone from storage (``missing``)."""
     if not field:
-        raise ApiError(
-            "no_artifact", "This version has no such file (not finished, or export was off).", status.HTTP_404_NOT_FOUND
-        )
+        raise ApiError("no_artifact", absent, status.HTTP_404_NOT_FOUND)
     try:
-        handle = field.open("rb")
+        return field.open("rb")
     except FileNotFoundError:
-        raise ApiError("no_artifact", "The file of this version is missing from storage.", status.HTTP_404_NOT_FOUND)
+        raise ApiError("no_artifact", missing, status.HTTP_404_NOT_FOUND)
+
+
+def _download(field, filename: str, sha256: str, content_type: str) -> FileResponse:
+    handle = _open(
+        field,
+        "This version has no such file (not finished, or export was off).",
+        "The file of this version is missing from storage.",
+    )
     response = FileResponse(handle, as_attachment=True, filename=filename, content_type=content_type)
     response["X-Content-SHA256"] = sha256
     return response

@@ -11,7 +11,13 @@ class Migration(migrations.Migration):
         ('security', '0003_apikey_kiosk'),
     ]
 
+    # The kiosk is checkin.Kiosk now (the same table: no SQL); the role labels say "recognize".
     operations = [
+        migrations.AlterField(
+            model_name='apikey',
+            name='role',
+            field=models.CharField(choices=[('staff', 'Staff (enroll, recognize, verify, stream)'), ('client', 'API client (recognize, verify, read people)'), ('kiosk', 'Kiosk (live stream only)')], default='client', max_length=10),
+        ),
         migrations.AlterField(
             model_name='apikey',
             name='kiosk',
