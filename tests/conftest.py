@@ -151,6 +151,26 @@ def person_named(name: str):
     return Person.objects.get(name=name)
 
 
+def train_softmax_head_version(settings, capture_on_commit, export_tflite: bool = False):
+    """Train (synchronously) a version that serves a softmax head, with nothing else queued."""
+    from django_q.models import Schedule
+
+    from training import services
+    from training.models import ModelVersion
+
+    ModelVersion.objects.all().delete()
+    Schedule.objects.all().delete()
+    settings.TRAINING_EXPORT_TFLITE = export_tflite
+    settings.TRAINING_UNKNOWN_FACES_DIR = None
+    settings.TRAINING_APPROACHES = ["nearest_neighbour", "softmax_head"]
+    settings.TRAINING_RECOGNIZER = "softmax_head"
+    with capture_on_commit(execute=True):
+        version, _ = services.request_training(ModelVersion.Trigger.API)
+    version.refresh_from_db()
+    assert version.status == "active" and version.recognizer == "softmax_head", version.error
+    return version
+
+
 @pytest.fixture(scope="session")
 def live_site(django_db_setup, django_db_blocker, tmp_path_factory):
     """A throwaway deployment of the enrolled gallery for tests that start real server processes

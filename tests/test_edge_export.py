@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import PROBES, token_client
+from .conftest import PROBES, token_client, train_softmax_head_version
 
 EDGE_CLIENT = Path(__file__).resolve().parent.parent / "scripts" / "edge_client.py"
 
@@ -104,23 +104,10 @@ def test_download_of_a_version_without_files_is_a_clear_404(device_api):
 def test_the_client_applies_a_softmax_head_version_offline_as_the_server_does(
     settings, device_api, django_capture_on_commit_callbacks, tmp_path, monkeypatch
 ):
-    from django_q.models import Schedule
-
     from recognition import services as recognition
     from recognition.engine.images import decode_image
-    from training import services
-    from training.models import ModelVersion
 
-    ModelVersion.objects.all().delete()
-    Schedule.objects.all().delete()
-    settings.TRAINING_EXPORT_TFLITE = True
-    settings.TRAINING_UNKNOWN_FACES_DIR = None
-    settings.TRAINING_APPROACHES = ["nearest_neighbour", "softmax_head"]
-    settings.TRAINING_RECOGNIZER = "softmax_head"
-    with django_capture_on_commit_callbacks(execute=True):
-        version, _ = services.request_training(ModelVersion.Trigger.API)
-    version.refresh_from_db()
-    assert version.status == "active" and version.recognizer == "softmax_head", version.error
+    version = train_softmax_head_version(settings, django_capture_on_commit_callbacks, export_tflite=True)
 
     for name, url in (("model.tflite", "tflite"), ("labels.json", "labels")):
         response = device_api.get(f"/api/v1/models/{version.pk}/{url}/")

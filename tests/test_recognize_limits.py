@@ -10,7 +10,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from security.models import ApiKey, AuditEvent, Role
 
-from .conftest import PEOPLE, PROBES, person_named, read, token_client
+from .conftest import PEOPLE, PROBES, person_named, read, token_client, train_softmax_head_version
 
 pytestmark = pytest.mark.django_db
 
@@ -163,21 +163,7 @@ def test_refused_calls_are_logged_with_their_error_code_only(user_api):
 
 
 def test_a_softmax_head_version_names_no_stranger_either(user_api, settings, django_capture_on_commit_callbacks):
-    from django_q.models import Schedule
-
-    from training import services as training
-    from training.models import ModelVersion
-
-    ModelVersion.objects.all().delete()
-    Schedule.objects.all().delete()
-    settings.TRAINING_EXPORT_TFLITE = False
-    settings.TRAINING_UNKNOWN_FACES_DIR = None
-    settings.TRAINING_APPROACHES = ["nearest_neighbour", "softmax_head"]
-    settings.TRAINING_RECOGNIZER = "softmax_head"
-    with django_capture_on_commit_callbacks(execute=True):
-        version, _ = training.request_training(ModelVersion.Trigger.API)
-    version.refresh_from_db()
-    assert version.status == "active" and version.recognizer == "softmax_head", version.error
+    version = train_softmax_head_version(settings, django_capture_on_commit_callbacks)
 
     strangers = recognize(user_api, "multiface.jpg", top_k=50)
     assert strangers.json()["recogniser"] == "softmax_head"
