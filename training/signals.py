@@ -1,9 +1,10 @@
 """Retrain when a person is activated or deactivated (it changes who can be recognized), and
 remove a deleted model version's files.
 
-The other gallery changes call ``training.services.enrollment_changed`` explicitly from the services
-that make them (a face accepted, approved or deleted: people/services.py; an erasure:
-privacy/services.py). (De)activation is saved by the generic admin form and API update, so it is
+The other gallery changes ask for it explicitly where they are made: a face accepted
+(recognition/enrollment.py) and an erasure (privacy/services.py) call
+``training.services.enrollment_changed``; a face approved or deleted (people/services.py) queues
+``training.tasks.enrollment_changed`` by dotted path. (De)activation is saved by the generic admin form and API update, so it is
 caught here, and only when ``is_active`` really changed: editing a name or notes queues nothing.
 """
 
