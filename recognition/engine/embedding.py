@@ -44,6 +44,11 @@ def combine_flipped(embeddings: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
     return (total / np.linalg.norm(total, axis=1, keepdims=True)).astype(np.float32)
 
 
+def facenet_name(flip: bool) -> str:
+    """The name of ``FaceEmbedder(flip=flip)``'s embeddings, known without loading the model."""
+    return "facenet-irv1-128" + ("-flip" if flip else "")
+
+
 class FaceEmbedder:
     """One compiled graph per process; safe to call from several threads.
 
@@ -66,7 +71,7 @@ class FaceEmbedder:
         self.model = load_facenet(weights_path)
         self.flip = flip
         self.batch_size = batch_size
-        self.name = "facenet-irv1-128" + ("-flip" if flip else "")
+        self.name = facenet_name(flip)
         model = self.model
 
         def graph(mirror: bool):

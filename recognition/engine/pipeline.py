@@ -12,7 +12,7 @@ import numpy as np
 
 from .alignment import align_face
 from .detection import DetectedFace, make_detector
-from .embedding import FaceEmbedder
+from .embedding import FaceEmbedder, facenet_name
 from .facenet import default_weights_path
 from .quality import sharpness
 
@@ -36,6 +36,12 @@ class PipelineConfig:
     align_margin: float = 0.05
     flip: bool = False
 
+    @property
+    def embedder_name(self) -> str:
+        """The name stored with each embedding this pipeline makes (``FacePipeline.embedder_name``),
+        known without loading the models."""
+        return f"{facenet_name(self.flip)}-{self.align_method}{self.align_margin:g}"
+
 
 class FacePipeline:
     """MTCNN detection, alignment and FaceNet embedding. Build once per process; thread-safe."""
@@ -54,7 +60,7 @@ class FacePipeline:
 
     @property
     def embedder_name(self) -> str:
-        return f"{self.embedder.name}-{self.config.align_method}{self.config.align_margin:g}"
+        return self.config.embedder_name
 
     def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
         return self.detector.detect(rgb)
