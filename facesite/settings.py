@@ -192,6 +192,8 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = FACE_UPLOAD_MAX_BYTES + 1024 * 1024
 # waiting task, is taken as lost (e.g. Redis restarted, a worker was killed) and queued again by
 # people.tasks.requeue_pending. Generous: a big import's backlog must never be queued twice.
 ENROLLMENT_REQUEUE_AFTER_SECONDS = env_int("ENROLLMENT_REQUEUE_AFTER_SECONDS", 15 * 60)
+# import_embeddings refuses a file with more faces (its arrays are checked before they are read).
+FACE_IMPORT_MAX_FACES = env_int("FACE_IMPORT_MAX_FACES", 2_000_000)
 
 # The face pipeline. Thresholds are cosine similarities of L2-normalised FaceNet embeddings; how
 # the defaults were chosen on LFW is in the README ("How the threshold was chosen").
