@@ -8,7 +8,7 @@ readable by its owner only, and every export and import leaves an audit event (c
 The file (numpy ``.npz``; never pickled objects: it is read with ``allow_pickle=False``):
 
 - ``names`` (N,) str: the person of each face.
-- ``embeddings`` (N, D) float32, L2-normalised.
+- ``embeddings`` (N, D) float32, L2-normalized.
 - ``embedder`` () str: the embedder that made them (``FaceImage.embedder``).
 - ``external_ids`` (N,) str, optional: "" where a person has none.
 - ``face_ids`` (N,) int64: written on export (the exporting site's ids), not read on import.
@@ -59,7 +59,7 @@ class Embeddings:
     """A gallery's faces as arrays: row i is a face of ``names[i]``."""
 
     names: np.ndarray  # (N,) str
-    embeddings: np.ndarray  # (N, D) float32, L2-normalised
+    embeddings: np.ndarray  # (N, D) float32, L2-normalized
     embedder: str
     external_ids: np.ndarray  # (N,) str, "" where none
     face_ids: np.ndarray | None = None  # (N,) int64, the exporting site's FaceImage ids
@@ -233,14 +233,14 @@ def read_embeddings(path: Path, max_faces: int, normalize: bool = False) -> Embe
     norms = np.sqrt(np.einsum("ij,ij->i", embeddings, embeddings))  # float32 is ample for a 1e-3 tolerance
     if normalize:
         if (norms < 1e-6).any():
-            raise BulkError(f"row {int(np.argmax(norms < 1e-6))}'s embedding is zero; it cannot be normalised.")
+            raise BulkError(f"row {int(np.argmax(norms < 1e-6))}'s embedding is zero; it cannot be normalized.")
         embeddings = embeddings / norms[:, None]
     else:
         off = np.abs(norms - 1.0) > NORM_TOLERANCE
         if off.any():
             first = int(np.argmax(off))
             raise BulkError(
-                f"{int(off.sum())} embeddings are not L2-normalised (|norm - 1| > {NORM_TOLERANCE:g}), the first in "
+                f"{int(off.sum())} embeddings are not L2-normalized (|norm - 1| > {NORM_TOLERANCE:g}), the first in "
                 f"row {first} (norm {norms[first]:.4f}); pass --normalize to divide each row by its norm."
             )
     return Embeddings(names=names, embeddings=embeddings, embedder=embedder, external_ids=external_ids)

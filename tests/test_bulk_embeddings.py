@@ -194,7 +194,7 @@ def test_a_name_several_people_share_is_refused(tmp_path):
         import_file(write_file(tmp_path / "ambiguous.npz", ["Barack Obama"], unit_vectors(1)))
 
 
-def test_unnormalised_rows_are_normalised_when_asked(tmp_path):
+def test_unnormalized_rows_are_normalized_when_asked(tmp_path):
     path = write_file(tmp_path / "long.npz", ["Ada Lovelace"] * 2, unit_vectors(2) * 3)
     import_file(path, normalize=True)
     vectors = np.stack([f.vector for f in FaceImage.objects.filter(person__name="Ada Lovelace")])
@@ -243,7 +243,7 @@ def _missing_embedder(tmp_path):
         (lambda p: _good(p, embedder=np.array("arcface-r100-512")), "made by 'arcface-r100-512'; this site serves"),
         (lambda p: _good(p, embeddings=unit_vectors(3, dim=64)), "have 64 dimensions"),
         (_nan, "1 embeddings are not finite"),
-        (lambda p: _good(p, embeddings=unit_vectors(3) * 1.01), "3 embeddings are not L2-normalised"),
+        (lambda p: _good(p, embeddings=unit_vectors(3) * 1.01), "3 embeddings are not L2-normalized"),
         (lambda p: _good(p, embeddings=unit_vectors(3).astype(np.float64)), "must be float32"),
         (_pickled, "Python objects \\(a pickle\\), which is never loaded"),
         (lambda p: _good(p, names=np.array(["Ada Lovelace", "", "Alan Turing"])), "1 names are empty, the first in row 1"),
@@ -258,7 +258,7 @@ def _missing_embedder(tmp_path):
         "wrong-embedder",
         "wrong-dimension",
         "nan",
-        "not-normalised",
+        "not-normalized",
         "float64",
         "pickled-object-array",
         "empty-name",

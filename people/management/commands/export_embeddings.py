@@ -14,7 +14,7 @@ from people import bulk
 
 class Command(BaseCommand):
     help = (
-        "Write the gallery (accepted faces of active people) to OUT.npz: names, L2-normalised float32 embeddings, "
+        "Write the gallery (accepted faces of active people) to OUT.npz: names, L2-normalized float32 embeddings, "
         "the embedder's name, external ids and face ids; no photos. The file holds BIOMETRIC TEMPLATES that "
         "identify these people (GDPR Art. 9 special-category data): it is created readable by its owner only; "
         "keep, move and delete it like the database itself. Each export is recorded in the audit log (counts only)."

@@ -25,7 +25,7 @@ from recognition.services import pipeline_config
 
 class Command(BaseCommand):
     help = (
-        "Add the faces of IN.npz (names, L2-normalised float32 embeddings, embedder; optional external_ids) to "
+        "Add the faces of IN.npz (names, L2-normalized float32 embeddings, embedder; optional external_ids) to "
         "the gallery as accepted faces without photos, all or none. Rows with one external id, else one name, "
         "are one person: an existing person with that external id (else the only one of that name) gets the faces, "
         "others are created with --legal-basis. The file holds biometric templates (special-category data)."
@@ -46,7 +46,7 @@ class Command(BaseCommand):
             help="Rows per executemany on SQLite (PostgreSQL streams them with COPY); one transaction for all.",
         )
         parser.add_argument(
-            "--normalize", action="store_true", help="Divide each embedding by its norm instead of refusing unnormalised rows."
+            "--normalize", action="store_true", help="Divide each embedding by its norm instead of refusing unnormalized rows."
         )
 
     def handle(self, file: Path, legal_basis=None, batch_size=bulk.DEFAULT_BATCH_SIZE, normalize=False, **options):
