@@ -20,7 +20,7 @@ from django.core.management.base import BaseCommand, CommandError
 from people import bulk
 from people.models import LegalBasis
 from recognition.engine.facenet import EMBEDDING_DIM
-from recognition.services import pipeline_config
+from recognition.pipelines import pipeline_config
 
 
 class Command(BaseCommand):
