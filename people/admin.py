@@ -34,6 +34,18 @@ def crop_thumbnail(face: FaceImage, size: int = 80) -> str:
     return "-"
 
 
+def reprocess_faces(request, faces) -> None:
+    """Queue the faces whose original photo is on file; the others (imported embeddings, photos
+    deleted by retention) have nothing to re-read and keep their embeddings."""
+    ids = list(faces.exclude(image="").values_list("id", flat=True))
+    for pk in ids:
+        services.queue_processing(pk)
+    messages.info(request, f"{len(ids)} photo(s) queued for re-processing.")
+    skipped = faces.filter(image="").count()
+    if skipped:
+        messages.warning(request, f"{skipped} face(s) have no original photo on file and were left as they are.")
+
+
 def status_badge(face: FaceImage) -> str:
     return format_html('<strong style="color:{}">{}</strong>', STATUS_COLOURS.get(face.status, "#000"), face.get_status_display())
 
@@ -214,10 +226,7 @@ class PersonAdmin(admin.ModelAdmin):
 
     @admin.action(description="Re-process the photos of the selected people")
     def reprocess_photos(self, request, queryset):
-        ids = list(FaceImage.objects.filter(person__in=queryset).values_list("id", flat=True))
-        for pk in ids:
-            services.queue_processing(pk)
-        messages.info(request, f"{len(ids)} photo(s) queued for re-processing.")
+        reprocess_faces(request, FaceImage.objects.filter(person__in=queryset))
 
     @admin.action(description="Export all data held about the selected person (zip)")
     def export_data(self, request, queryset):
@@ -314,10 +323,7 @@ class FaceImageAdmin(admin.ModelAdmin):
 
     @admin.action(description="Re-process selected photos")
     def reprocess(self, request, queryset):
-        ids = list(queryset.values_list("id", flat=True))
-        for pk in ids:
-            services.queue_processing(pk)
-        messages.info(request, f"{len(ids)} photo(s) queued for re-processing.")
+        reprocess_faces(request, queryset)
 
     @admin.action(description="Approve selected photos held for review")
     def approve(self, request, queryset):

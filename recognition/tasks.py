@@ -13,6 +13,10 @@ def process_face_image(face_image_id: int) -> str:
     face = FaceImage.objects.select_related("person").filter(pk=face_image_id).first()
     if face is None:
         return "deleted"  # erased before the worker got to it
+    if not face.image:
+        # Imported embeddings, or a photo deleted by retention: nothing to re-read, and the row's
+        # embedding (its place in the gallery) is kept as it is.
+        return "no photo on file"
     try:
         processed = enrollment.process_face_image(face)
     except Exception as err:

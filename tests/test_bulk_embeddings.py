@@ -349,3 +349,23 @@ def test_the_command_line_reports_a_bad_file_in_one_line(tmp_path):
     assert result.returncode == 1
     assert "CommandError:" in result.stderr and "never loaded" in result.stderr and "Nothing was imported." in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_reprocessing_an_imported_face_keeps_it_in_the_gallery(tmp_path, admin_client, django_capture_on_commit_callbacks):
+    """An imported face has no photo to re-read: "Re-process" leaves it (and its embedding) alone."""
+    write_file(tmp_path / "one.npz", ["Imported Only"], unit_vectors(1, seed=7))
+    import_file(tmp_path / "one.npz")
+    face = FaceImage.objects.get(person__name="Imported Only")
+    before = bytes(face.embedding)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            "/admin/people/faceimage/", {"action": "reprocess", "_selected_action": [face.pk]}, follow=True
+        )
+    assert "1 face(s) have no original photo on file and were left as they are." in response.content.decode()
+    face.refresh_from_db()
+    assert face.status == FaceImage.Status.ACCEPTED and bytes(face.embedding) == before
+    from recognition import tasks
+
+    assert tasks.process_face_image(face.pk) == "no photo on file"  # a task queued before still leaves it
+    face.refresh_from_db()
+    assert face.status == FaceImage.Status.ACCEPTED and bytes(face.embedding) == before
