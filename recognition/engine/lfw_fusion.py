@@ -23,7 +23,7 @@ from .embedding import combine_flipped
 from .fusion import CrossValidated, ScoreFusion, best_threshold, cross_validate, fuse_templates, mcnemar, tar_at_far
 from .images import decode_image
 from .lfw import Pair
-from .lfw_run import _LFW_CENTRE_FACE, pick_central_face
+from .lfw_run import lfw_face
 from .pipeline import FacePipeline
 
 
@@ -49,12 +49,8 @@ def detect_lfw_faces(
             return {f: found[f] for f in files}, int(stored["misses"])
     faces, misses = {}, 0
     for name in files:
-        rgb = decode_image((Path(lfw_dir) / name).read_bytes())
-        face = pick_central_face(pipeline.detect(rgb), rgb.shape[1], rgb.shape[0])
-        if face is None:
-            misses += 1
-            face = _LFW_CENTRE_FACE
-        faces[name] = face
+        _, faces[name], missed = lfw_face(pipeline, lfw_dir, name)
+        misses += missed
         if progress:
             progress(1)
     if cache is not None:

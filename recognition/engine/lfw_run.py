@@ -31,6 +31,14 @@ def pick_central_face(faces: list[DetectedFace], width: int, height: int) -> Det
     return min(faces, key=lambda f: (f.box[0] + f.box[2] / 2 - cx) ** 2 + (f.box[1] + f.box[3] / 2 - cy) ** 2)
 
 
+def lfw_face(pipeline: FacePipeline, lfw_dir: Path, name: str) -> tuple[np.ndarray, DetectedFace, bool]:
+    """An LFW image (RGB), its labelled face (the detection nearest the centre) and whether the
+    detector missed it (then the standard centre box stands in)."""
+    rgb = decode_image((Path(lfw_dir) / name).read_bytes())
+    face = pick_central_face(pipeline.detect(rgb), rgb.shape[1], rgb.shape[0])
+    return rgb, face or _LFW_CENTRE_FACE, face is None
+
+
 def embed_lfw_images(
     pipeline: FacePipeline,
     lfw_dir: Path,
@@ -74,11 +82,8 @@ def embed_lfw_images(
 
     cfg = pipeline.config
     for name in files:
-        rgb = decode_image((Path(lfw_dir) / name).read_bytes())
-        face = pick_central_face(pipeline.detect(rgb), rgb.shape[1], rgb.shape[0])
-        if face is None:
-            misses += 1
-            face = _LFW_CENTRE_FACE
+        rgb, face, missed = lfw_face(pipeline, lfw_dir, name)
+        misses += missed
         pending_names.append(name)
         pending_crops.append(align_face(rgb, face, method=cfg.align_method, margin=cfg.align_margin))
         if len(pending_crops) >= batch:
