@@ -2,20 +2,27 @@
 
 POST /api/v1/checkins/: an edge kiosk (kiosk API key, or staff) uploads a check-in it recorded,
 possibly offline, with its own client_id: a retried upload returns the same row (200), never a second.
+
+GET /api/v1/reports/attendance/: staff see who came on which days, and who did not (JSON or CSV).
 """
 
 from datetime import date, datetime, time
 
+from django.conf import settings
+from django.http import HttpResponse
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from facesite.api import ApiError, EdgeSyncKey, IsStaffOrReadRole
 from security.models import ApiKey
 from security.permissions import TokenScope
 
-from . import services
+from . import reports, services
 from .models import CheckIn
 from .serializers import CheckInSerializer, EdgeCheckInSerializer
 
@@ -64,3 +71,98 @@ class CheckInListView(generics.ListCreateAPIView):
         start = timezone.make_aware(datetime.combine(day, time.min))
         end = timezone.make_aware(datetime.combine(day, time.max))
         return rows.filter(checked_in_at__range=(start, end))
+
+
+class AttendanceReportView(APIView):
+    """GET /api/v1/reports/attendance/?from=YYYY-MM-DD&to=YYYY-MM-DD[&format=csv][&external_id_prefix=...]:
+    per person and local day, first and last check-in, count and kiosks; the active people not seen."""
+
+    permission_classes = [IsStaffOrReadRole, TokenScope]
+    token_scope = "checkins"  # staff API keys only, as for the check-ins list
+    # No read_permission: the absent list names the whole active roster, which checkin.view_checkin
+    # alone does not grant.
+    renderer_classes = [JSONRenderer]
+
+    def perform_content_negotiation(self, request, force=False):
+        # ?format=csv is this view's own download, not a DRF renderer's: negotiate as if it were
+        # absent (DRF would answer 404), so that errors are JSON in the one error shape.
+        return JSONRenderer(), JSONRenderer.media_type
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("from", OpenApiTypes.DATE, description="First day (site time zone), default today"),
+            OpenApiParameter("to", OpenApiTypes.DATE, description="Last day, included; default today"),
+            OpenApiParameter("format", str, enum=["json", "csv"], description="csv: a spreadsheet download"),
+            OpenApiParameter("external_id_prefix", str, description="Only people whose external_id starts with this"),
+        ],
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def get(self, request):
+        params = request.query_params
+        first_day, last_day = _report_range(params.get("from"), params.get("to"))
+        wanted = params.get("format", "json")
+        if wanted not in ("json", "csv"):
+            raise ApiError("invalid", "format must be 'json' or 'csv'.", fields={"format": ["Unknown format."]})
+        prefix = params.get("external_id_prefix", "")
+        days = reports.attendance(first_day, last_day, prefix)
+        if wanted == "csv":
+            # The BOM makes spreadsheets read the file as UTF-8 (accented names).
+            response = HttpResponse("\ufeff" + reports.attendance_csv(days), content_type="text/csv; charset=utf-8")
+            response["Content-Disposition"] = f'attachment; filename="attendance-{first_day}-{last_day}.csv"'
+        else:
+            response = Response(
+                {
+                    "from": first_day,
+                    "to": last_day,
+                    "time_zone": timezone.get_current_timezone_name(),
+                    "external_id_prefix": prefix,
+                    "days": [_day_json(day) for day in days],
+                }
+            )
+        response["Cache-Control"] = "private, no-store"
+        return response
+
+
+def _report_range(first: str | None, last: str | None) -> tuple[date, date]:
+    if first is None and last is None:
+        today = timezone.localdate()
+        return today, today
+    days = {}
+    for name, value in (("from", first), ("to", last)):
+        if value is None:
+            raise ApiError(
+                "invalid", "from and to go together (or both left out, for today).", fields={name: ["Required with the other."]}
+            )
+        try:
+            days[name] = date.fromisoformat(value)
+        except ValueError:
+            raise ApiError("invalid", f"{name} must be a day as YYYY-MM-DD.", fields={name: ["Invalid date."]})
+    if days["to"] < days["from"]:
+        raise ApiError("invalid", "to is before from.", fields={"to": ["Before from."]})
+    longest = settings.REPORT_MAX_DAYS
+    if (days["to"] - days["from"]).days + 1 > longest:
+        raise ApiError(
+            "invalid", f"A report covers at most {longest} days.", fields={"to": [f"More than {longest} days after from."]}
+        )
+    return days["from"], days["to"]
+
+
+def _day_json(day: reports.Day) -> dict:
+    return {
+        "date": day.date,
+        "present": [
+            {
+                "person_id": entry.person_id,
+                "name": entry.name,
+                "external_id": entry.external_id,
+                "date": entry.date,
+                "first_check_in": entry.first_check_in.isoformat(timespec="seconds"),
+                "last_check_in": entry.last_check_in.isoformat(timespec="seconds"),
+                "check_ins": entry.check_ins,
+                "kiosks": entry.kiosks,
+            }
+            for entry in day.present
+        ],
+        "absent": [{"person_id": entry.person_id, "name": entry.name, "external_id": entry.external_id} for entry in day.absent],
+        "anonymous_check_ins": day.anonymous_check_ins,
+    }

@@ -4,7 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from checkin.api import CheckInListView
+from checkin.api import AttendanceReportView, CheckInListView
 from checkin.edge_api import EdgeGalleryView, EdgeManifestView
 from integrations.views import WebhookViewSet
 from people.views import FaceImageViewSet, PersonViewSet
@@ -24,6 +24,7 @@ urlpatterns = [
     path("recognize/", RecognizeView.as_view(), name="recognize"),
     path("verify/", VerifyView.as_view(), name="verify"),
     path("checkins/", CheckInListView.as_view(), name="checkins"),
+    path("reports/attendance/", AttendanceReportView.as_view(), name="attendance-report"),
     path("edge/manifest/", EdgeManifestView.as_view(), name="edge-manifest"),
     path("edge/gallery/", EdgeGalleryView.as_view(), name="edge-gallery"),
     path("people/<int:person_pk>/faces/", face_list, name="person-faces"),

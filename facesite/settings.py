@@ -372,6 +372,8 @@ AUDIT_LOG_RETENTION_DAYS = env_int("AUDIT_LOG_RETENTION_DAYS", 365)
 # Check-in records (name, time, similarity, device) kept this long; the check-in notice says so.
 # 0 keeps them until staff delete them.
 CHECKIN_RETENTION_DAYS = env_int("CHECKIN_RETENTION_DAYS", 365)
+# The longest span (in days, both ends included) one attendance report may cover.
+REPORT_MAX_DAYS = env_int("REPORT_MAX_DAYS", 366)
 # Webhook deliveries (their payloads name people) kept this long in the delivery log.
 WEBHOOK_LOG_RETENTION_DAYS = env_int("WEBHOOK_LOG_RETENTION_DAYS", 30)
 
