@@ -17,6 +17,8 @@ from django.conf import settings
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -59,6 +61,9 @@ class EdgeManifestView(APIView):
     permission_classes = [EdgeSyncKey]
     token_scope = "edge_sync"
 
+    @extend_schema(
+        responses={200: OpenApiTypes.OBJECT}, summary="The active model's files, the consent notice and the check-in rule"
+    )
     def get(self, request):
         from training.models import ModelVersion
 
@@ -104,6 +109,11 @@ class EdgeGalleryView(APIView):
     permission_classes = [EdgeSyncKey]
     token_scope = "edge_sync"
 
+    @extend_schema(
+        parameters=[OpenApiParameter("since", str, description="A cursor from a previous answer; empty for every face")],
+        responses={200: OpenApiTypes.OBJECT},
+        summary="Gallery faces (embeddings) changed since the cursor, and the ids of all faces now",
+    )
     def get(self, request):
         from people.models import FaceImage
 
