@@ -7,11 +7,13 @@ here by dotted path), as is retraining (training.tasks, queued by dotted path to
 from __future__ import annotations
 
 import logging
+import uuid
 
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
-from django_q.tasks import async_task
+from django_q.models import Schedule
+from django_q.tasks import async_task, schedule
 
 from integrations.events import face_verdict
 from recognition.pipelines import read_upload
@@ -170,7 +172,12 @@ def queue_retrain() -> None:
     try:
         async_task(RETRAIN_TASK, task_name="enrollment-changed", group="training")
     except Exception as err:
-        log.warning("could not queue a retrain after a gallery change: %s", err)
+        # The broker (Redis) is down: a one-off schedule row in the database asks again; the
+        # cluster's scheduler queues it once the broker is back. The request is never lost.
+        log.warning("could not queue a retrain after a gallery change, scheduled it instead: %s", err)
+        schedule(
+            RETRAIN_TASK, name=f"enrollment-changed-{uuid.uuid4().hex[:12]}", schedule_type=Schedule.ONCE, next_run=timezone.now()
+        )
 
 
 def approve(face: FaceImage) -> None:

@@ -382,3 +382,21 @@ def test_a_deleted_model_version_takes_its_label_map_and_plots_with_it(clean_que
     with django_capture_on_commit_callbacks(execute=True):
         version.delete()
     assert not any(version.labels.storage.exists(n) for n in names)
+
+
+def test_a_retrain_asked_for_while_the_broker_is_down_is_kept_as_a_schedule(
+    clean_queue, monkeypatch, django_capture_on_commit_callbacks
+):
+    """Approving or deleting a face while Redis is down: the retrain request waits in the database."""
+    from django_q.models import Schedule
+
+    from people import services
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("Redis is down")
+
+    monkeypatch.setattr(services, "async_task", broker_down)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.gallery_changed()
+    (waiting,) = Schedule.objects.filter(func=services.RETRAIN_TASK)
+    assert waiting.schedule_type == Schedule.ONCE and waiting.name.startswith("enrollment-changed-")
