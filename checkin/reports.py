@@ -119,34 +119,17 @@ def attendance_csv(days: list[Day]) -> str:
     writer.writerow(CSV_HEADER)
     for day in days:
         for entry in day.present:
-            writer.writerow(
-                [
-                    day.date.isoformat(),
-                    entry.person_id,
-                    _cell(entry.name),
-                    _cell(entry.external_id or ""),
-                    entry.first_check_in.strftime("%H:%M:%S"),
-                    entry.last_check_in.strftime("%H:%M:%S"),
-                    entry.check_ins,
-                    _cell(", ".join(entry.kiosks)),
-                    "present",
-                ]
-            )
+            times = (entry.first_check_in.strftime("%H:%M:%S"), entry.last_check_in.strftime("%H:%M:%S"))
+            writer.writerow(_csv_row(day, entry, *times, entry.check_ins, ", ".join(entry.kiosks), "present"))
         for entry in day.absent:
-            writer.writerow(
-                [
-                    day.date.isoformat(),
-                    entry.person_id,
-                    _cell(entry.name),
-                    _cell(entry.external_id or ""),
-                    "",
-                    "",
-                    0,
-                    "",
-                    "absent",
-                ]
-            )
+            writer.writerow(_csv_row(day, entry, "", "", 0, "", "absent"))
     return out.getvalue()
+
+
+def _csv_row(day: Day, entry, first: str, last: str, check_ins: int, kiosks: str, status: str) -> list:
+    """One CSV row (CSV_HEADER's columns) for a person on a day."""
+    name, external_id = _cell(entry.name), _cell(entry.external_id or "")
+    return [day.date.isoformat(), entry.person_id, name, external_id, first, last, check_ins, _cell(kiosks), status]
 
 
 def _cell(text: str) -> str:
