@@ -1,11 +1,22 @@
-"""Staff views of kiosks, consents and check-ins (today's check-ins first)."""
+"""Staff views of kiosks, consents and check-ins (today's check-ins first), rejected matches and
+the outlier review of the gallery."""
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
 from integrations.events import checkin_rejected
+from people import services as people_services
+from people.admin import crop_thumbnail
+from people.models import FaceImage, Person
 
-from .models import CheckIn, Consent, Kiosk
+from . import corrections
+from .models import CheckIn, Consent, Kiosk, OutlierFace, RejectedMatch
 
 
 @admin.register(Kiosk)
@@ -91,12 +102,38 @@ class CheckInAdmin(admin.ModelAdmin):
     list_select_related = ["person", "kiosk", "user", "model_version"]
     search_fields = ["person__name"]
     date_hierarchy = "checked_in_at"
+    actions = ["not_this_person"]
 
     def has_add_permission(self, request):
         return False
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    @admin.action(description="Not this person: remove the check-in and record the wrong match", permissions=["delete"])
+    def not_this_person(self, request, queryset):
+        rejected = 0
+        for pk in list(queryset.values_list("pk", flat=True)):
+            try:
+                rejection = corrections.reject_checkin(pk, by=request.user)
+            except corrections.NotRejectable as err:
+                messages.error(request, f"Check-in {pk}: {err.message}")
+                continue
+            rejected += 1
+            if rejection.flagged:
+                person = rejection.match.person
+                url = reverse("admin:checkin_outlierface_person", args=[person.pk])
+                messages.warning(
+                    request,
+                    format_html(
+                        '{} of the faces behind the wrong match look out of place in {}\'s gallery: <a href="{}">review them</a>.',
+                        len(rejection.flagged),
+                        person.name,
+                        url,
+                    ),
+                )
+        if rejected:
+            messages.success(request, f"{rejected} check-in(s) removed and recorded as wrong matches.")
 
     def delete_model(self, request, obj):
         checkin_rejected(obj, by=request.user)
@@ -114,3 +151,120 @@ class CheckInAdmin(admin.ModelAdmin):
     @admin.display(description="Similarity", ordering="similarity")
     def similarity_label(self, obj):
         return "-" if obj.similarity is None else f"{obj.similarity:.3f}"
+
+
+@admin.register(RejectedMatch)
+class RejectedMatchAdmin(admin.ModelAdmin):
+    list_display = ["rejected_at", "person", "checked_in_at", "similarity", "kiosk", "device", "rejected_by", "review_link"]
+    list_filter = ["kiosk", "rejected_at"]
+    list_select_related = ["person", "kiosk", "rejected_by"]
+    search_fields = ["person__name"]
+    date_hierarchy = "rejected_at"
+    readonly_fields = [f.name for f in RejectedMatch._meta.fields] + ["faces"]
+
+    def has_add_permission(self, request):
+        return False  # made by rejecting a check-in
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Outlier review")
+    def review_link(self, obj):
+        return format_html(
+            '<a href="{}">{}\u2019s faces</a>', reverse("admin:checkin_outlierface_person", args=[obj.person_id]), obj.person
+        )
+
+
+@admin.register(OutlierFace)
+class OutlierFaceAdmin(admin.ModelAdmin):
+    """The outlier review: its list is every outlier face of the gallery with the evidence; a
+    person's page also lists their rejected matches. Staff remove a face here through the usual
+    face deletion (files, gallery, retrain)."""
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm("people.view_faceimage")
+
+    def has_module_permission(self, request):
+        return self.has_view_permission(request)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(self.person_review)
+        return [path("person/<int:person_id>/", view, name="checkin_outlierface_person")] + super().get_urls()
+
+    def changelist_view(self, request, extra_context=None):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            return self._remove_face(request, None)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Outlier face review",
+            "reviews": corrections.site_review(),
+            "person": None,
+            "can_remove": request.user.has_perm("people.delete_faceimage"),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/checkin/outlier_review.html", self._with_faces(context))
+
+    def person_review(self, request, person_id: int):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        person = get_object_or_404(Person, pk=person_id)
+        if request.method == "POST":
+            return self._remove_face(request, person)
+        review = corrections.review(person)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Outlier review: {person.name}",
+            "reviews": review.faces,
+            "rejections": review.rejections,
+            "bound": review.bound,
+            "person": person,
+            "can_remove": request.user.has_perm("people.delete_faceimage"),
+        }
+        return TemplateResponse(request, "admin/checkin/outlier_review.html", self._with_faces(context))
+
+    def _with_faces(self, context: dict) -> dict:
+        ids = [r.evidence.face_id for r in context["reviews"]]
+        faces = FaceImage.objects.in_bulk(ids)
+        people = dict(Person.objects.filter(pk__in={r.evidence.person_id for r in context["reviews"]}).values_list("id", "name"))
+        context["rows"] = [
+            {
+                "review": r,
+                "face": faces.get(r.evidence.face_id),
+                "thumbnail": crop_thumbnail(faces[r.evidence.face_id]) if r.evidence.face_id in faces else "-",
+                "person_name": people.get(r.evidence.person_id, ""),
+                "rejected": format_html_join(
+                    ", ",
+                    "{} ({})",
+                    ((timezone.localtime(m.checked_in_at).strftime("%Y-%m-%d %H:%M"), m.device) for m in r.rejections),
+                ),
+            }
+            for r in context["reviews"]
+        ]
+        return context
+
+    def _remove_face(self, request, person):
+        """POST remove_face=<id>: delete that gallery face (people.services.delete_face)."""
+        if not request.user.has_perm("people.delete_faceimage"):
+            raise PermissionDenied
+        wanted = request.POST.get("remove_face", "")
+        faces = FaceImage.objects.filter(pk=int(wanted)) if wanted.isdigit() else FaceImage.objects.none()
+        if person is not None:
+            faces = faces.filter(person=person)
+        face = faces.select_related("person").first()
+        if face is None:
+            messages.error(request, "That face is not in the gallery any more.")
+        else:
+            people_services.delete_face(face)
+            messages.success(request, f"Face {face.pk} removed from {face.person.name}'s gallery.")
+        return HttpResponseRedirect(request.path)

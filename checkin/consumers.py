@@ -425,7 +425,8 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
 
 class CheckInFeedConsumer(AsyncWebsocketConsumer):
     """Staff only (a signed-in ``is_staff`` session): ``ready`` with today's latest check-ins, then one
-    ``checkin`` message per check-in recorded anywhere. Read-only: text from the client is refused."""
+    ``checkin`` message per check-in recorded anywhere and one ``removed`` per check-in rejected.
+    Read-only: text from the client is refused."""
 
     joined = False
 
@@ -452,6 +453,10 @@ class CheckInFeedConsumer(AsyncWebsocketConsumer):
 
     async def checkin_recorded(self, event: dict):
         await self.send_json({"type": "checkin", **event["checkin"]})
+
+    async def checkin_removed(self, event: dict):
+        # staff rejected it ("not this person"): the screens drop its row
+        await self.send_json({"type": "removed", "id": event["checkin_id"]})
 
     async def refuse(self, close_code: int, code: str, message: str):
         # Accepted first so the page can say why, as /ws/identify/ does.

@@ -6,7 +6,8 @@ check-in made through one worker process reaches staff connected to another; the
 layer reaches only its own process's connections.
 
 An event carries the check-in's id, the person's id and name, the time and the device (kiosk or
-account) and how sure the match was: never images or embeddings.
+account) and how sure the match was: never images or embeddings. A check-in staff reject ("not this
+person", checkin.corrections) is announced by id alone, and the screens drop its row.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 
 FEED_GROUP = "checkin-feed"
 EVENT_TYPE = "checkin.recorded"  # handled by CheckInFeedConsumer.checkin_recorded
+REMOVED_EVENT_TYPE = "checkin.removed"  # handled by CheckInFeedConsumer.checkin_removed
 RECENT_ON_CONNECT = 20
 SEND_TIMEOUT_SECONDS = 5.0
 
@@ -59,5 +62,25 @@ async def announce(checkin: CheckIn, name: str) -> bool:
         )
     except Exception as err:  # Redis down or slow: the kiosk must keep working
         log.warning("check-in %s was not announced to the staff feed: %r", checkin.pk, err)
+        return False
+    return True
+
+
+def announce_removed(checkin_id: int) -> bool:
+    """(sync; run once the removal has committed) Tell every connected staff screen to drop this
+    check-in's row; False (logged) if the channel layer is unavailable."""
+    layer = get_channel_layer()
+    if layer is None:
+        return False
+
+    async def send():
+        await asyncio.wait_for(
+            layer.group_send(FEED_GROUP, {"type": REMOVED_EVENT_TYPE, "checkin_id": checkin_id}), SEND_TIMEOUT_SECONDS
+        )
+
+    try:
+        async_to_sync(send)()
+    except Exception as err:  # Redis down or slow: the check-in is removed all the same
+        log.warning("the removal of check-in %s was not announced to the staff feed: %r", checkin_id, err)
         return False
     return True

@@ -199,6 +199,7 @@ class LiveSession:
                     user=self.user if self.kiosk is None else None,
                     consent=self.consent,
                     liveness_checked=self.liveness_required,
+                    matched_faces=sorted(track.agreeing_faces),
                 )
                 created = True
                 checkin_created(checkin)

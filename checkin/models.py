@@ -14,6 +14,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from people.models import FaceImage
+
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
@@ -135,6 +137,9 @@ class CheckIn(models.Model):
         choices=[("server", "Server clock"), ("device", "Device clock (recorded offline)")],
         default="server",
     )
+    # Which gallery faces (FaceImage ids) the agreeing frames matched: if staff reject the check-in,
+    # these are the faces to look at. Ids only; empty for edge uploads and older check-ins.
+    matched_faces = models.JSONField(default=list, blank=True, editable=False)
 
     objects = CheckInQuerySet.as_manager()
 
@@ -151,3 +156,46 @@ class CheckIn(models.Model):
         if self.kiosk_id:
             return f"kiosk: {self.kiosk}"
         return f"user: {self.user}" if self.user_id else "-"
+
+
+class RejectedMatch(models.Model):
+    """Staff said a check-in was not this person: the wrong pair, kept as a negative for review.
+
+    The check-in itself is deleted (it leaves reports, lists and the feed). What stays is who was
+    wrongly named, when, by which device and how sure the match was, who corrected it, and the
+    gallery faces the match was made on. No probe embedding: check-ins keep none. Erasing the
+    person deletes these rows (privacy.services.erase_person).
+    """
+
+    person = models.ForeignKey("people.Person", on_delete=models.CASCADE, related_name="rejected_matches")
+    checkin_id = models.PositiveBigIntegerField(help_text="The id the removed check-in had.")
+    checked_in_at = models.DateTimeField()
+    similarity = models.FloatField()
+    threshold = models.FloatField()
+    model_version = models.ForeignKey("training.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    embedder = models.CharField(max_length=100, blank=True)
+    kiosk = models.ForeignKey(Kiosk, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    device = models.CharField(max_length=200, blank=True)
+    faces = models.ManyToManyField(
+        "people.FaceImage", blank=True, related_name="rejected_matches", help_text="The gallery faces the match was made on."
+    )
+    rejected_at = models.DateTimeField(default=timezone.now, db_index=True)
+    rejected_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["-rejected_at", "-id"]
+        verbose_name = "rejected match"
+
+    def __str__(self) -> str:
+        return f"not {self.person} at {timezone.localtime(self.checked_in_at):%Y-%m-%d %H:%M}"
+
+
+class OutlierFace(FaceImage):
+    """The admin's outlier review (checkin.admin.OutlierFaceAdmin): gallery faces that sit far from
+    the rest of their person, or closer to someone else. A proxy, so the review has its place on
+    the admin index; no table of its own."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "outlier face review"
+        verbose_name_plural = "outlier face review"

@@ -52,7 +52,8 @@ def checkin(request):
 @require_GET
 def checkin_feed(request):
     """Staff: check-ins from every kiosk as they happen, over /ws/checkins/ (checkin.feed)."""
-    return render(request, "checkin_feed.html", {"page_config": {"socketPath": "/ws/checkins/"}})
+    config = {"socketPath": "/ws/checkins/", "rejectUrl": reverse("checkin-reject", args=[0])}
+    return render(request, "checkin_feed.html", {"page_config": config})
 
 
 @require_POST

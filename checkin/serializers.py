@@ -2,7 +2,7 @@
 
 from rest_framework import serializers
 
-from .models import CheckIn
+from .models import CheckIn, RejectedMatch
 
 
 class CheckInSerializer(serializers.ModelSerializer):
@@ -42,3 +42,76 @@ class EdgeCheckInSerializer(serializers.Serializer):
     model_version = serializers.IntegerField(required=False, allow_null=True, help_text="The version number the kiosk ran.")
     notice_version = serializers.CharField(max_length=20, help_text="The consent notice the kiosk's operator accepted.")
     consent_given_at = serializers.DateTimeField(required=False, allow_null=True)
+
+
+# ---- corrections and the outlier review (checkin/corrections.py) ----------------------------------
+
+
+class RejectedMatchSerializer(serializers.ModelSerializer):
+    """A check-in staff rejected as "not this person"; ``faces``: the gallery faces it was made on."""
+
+    person = serializers.SerializerMethodField()
+    kiosk = serializers.CharField(source="kiosk.name", allow_null=True, read_only=True, default=None)
+    rejected_by = serializers.CharField(source="rejected_by.get_username", allow_null=True, read_only=True, default=None)
+    faces = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+
+    class Meta:
+        model = RejectedMatch
+        fields = [
+            "id",
+            "person",
+            "checkin_id",
+            "checked_in_at",
+            "similarity",
+            "threshold",
+            "embedder",
+            "kiosk",
+            "device",
+            "faces",
+            "rejected_at",
+            "rejected_by",
+        ]
+
+    def get_person(self, obj) -> dict:
+        return {"id": obj.person_id, "name": obj.person.name}
+
+
+class FaceEvidenceSerializer(serializers.Serializer):
+    """One gallery face against the rest of the gallery (cosine similarities)."""
+
+    face_id = serializers.IntegerField()
+    person_id = serializers.IntegerField()
+    own_faces = serializers.IntegerField(help_text="The person's other gallery faces it was compared with.")
+    own_best = serializers.FloatField(allow_null=True, help_text="Best similarity to them (leave-one-out).")
+    own_mean = serializers.FloatField(allow_null=True)
+    nearest_other_id = serializers.IntegerField(allow_null=True, help_text="The most similar other person.")
+    nearest_other_name = serializers.CharField(allow_null=True)
+    nearest_other_similarity = serializers.FloatField(allow_null=True)
+    far_from_own = serializers.BooleanField(help_text="own_best is below the bound.")
+    closer_to_other = serializers.BooleanField(help_text="Another person's nearest face is more similar than own_best.")
+    outlier = serializers.BooleanField()
+    reasons = serializers.ListField(child=serializers.CharField())
+
+
+class FaceReviewSerializer(serializers.Serializer):
+    """An outlier face with its evidence and the rejected matches made on it."""
+
+    evidence = FaceEvidenceSerializer()
+    rejections = RejectedMatchSerializer(many=True)
+
+
+class RejectionSerializer(serializers.Serializer):
+    """What a rejection did: the negative recorded, and which faces behind it are outliers."""
+
+    rejected = RejectedMatchSerializer(source="match")
+    flagged_faces = FaceEvidenceSerializer(source="flagged", many=True)
+
+
+class PersonReviewSerializer(serializers.Serializer):
+    person = serializers.SerializerMethodField()
+    bound = serializers.FloatField(help_text="A face whose own_best is below this is far from its person.")
+    outliers = FaceReviewSerializer(source="faces", many=True)
+    rejections = RejectedMatchSerializer(many=True)
+
+    def get_person(self, obj) -> dict:
+        return {"id": self.context["person"].pk, "name": self.context["person"].name}

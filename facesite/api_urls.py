@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from checkin.api import AttendanceReportView, CheckInListView
+from checkin.corrections_api import OutliersView, PersonOutliersView, RejectCheckInView
 from checkin.edge_api import EdgeGalleryView, EdgeManifestView
 from integrations.views import WebhookViewSet
 from people.views import FaceImageViewSet, PersonViewSet
@@ -24,6 +25,9 @@ urlpatterns = [
     path("recognize/", RecognizeView.as_view(), name="recognize"),
     path("verify/", VerifyView.as_view(), name="verify"),
     path("checkins/", CheckInListView.as_view(), name="checkins"),
+    path("checkins/<int:pk>/reject/", RejectCheckInView.as_view(), name="checkin-reject"),
+    path("outliers/", OutliersView.as_view(), name="outliers"),
+    path("people/<int:pk>/outliers/", PersonOutliersView.as_view(), name="person-outliers"),
     path("reports/attendance/", AttendanceReportView.as_view(), name="attendance-report"),
     path("edge/manifest/", EdgeManifestView.as_view(), name="edge-manifest"),
     path("edge/gallery/", EdgeGalleryView.as_view(), name="edge-gallery"),

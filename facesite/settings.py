@@ -201,6 +201,9 @@ FACE_WEIGHTS_PATH = env_str("FACE_WEIGHTS_PATH") or None
 FACE_MATCH_THRESHOLD = env_float("FACE_MATCH_THRESHOLD", 0.55)
 FACE_VERIFY_THRESHOLD = env_float("FACE_VERIFY_THRESHOLD", 0.42)
 FACE_TOP_K = env_int("FACE_TOP_K", 5)
+# The outlier review (recognition/outliers.py): a gallery face whose best similarity to its person's
+# other faces is below this is listed for staff. Unset: the calibrated match threshold in force.
+FACE_OUTLIER_BOUND = env_float("FACE_OUTLIER_BOUND", 0.0) if env_str("FACE_OUTLIER_BOUND") else None
 FACE_DETECT_MAX_SIDE = env_int("FACE_DETECT_MAX_SIDE", 1024)
 # Alignment and test-time augmentation, chosen on LFW (README, "How the threshold was chosen"):
 # the detector's box with a 5% margin; no flip for recognition and the gallery (it doubles the

@@ -2,6 +2,7 @@ from django.contrib import admin, messages
 from django.core.files.base import ContentFile
 from django.db.models import Count, Q
 from django.http import HttpResponseRedirect
+from django.urls import reverse
 from django.utils.html import format_html
 
 from privacy.services import erase_person
@@ -130,8 +131,8 @@ class PersonAdmin(admin.ModelAdmin):
     ]
     list_filter = ["is_active", "legal_basis", HasRejectedFilter, "created_at"]
     search_fields = ["name", "external_id", "notes"]
-    fields = ["name", "external_id", "notes", "is_active", "legal_basis", "legal_basis_record", "new_photos"]
-    readonly_fields = ["legal_basis_record"]
+    fields = ["name", "external_id", "notes", "is_active", "legal_basis", "legal_basis_record", "outlier_review", "new_photos"]
+    readonly_fields = ["legal_basis_record", "outlier_review"]
     inlines = [FaceImageInline]
     actions = ["reprocess_photos", "export_data"]
 
@@ -169,6 +170,16 @@ class PersonAdmin(admin.ModelAdmin):
         by = obj.consent_recorded_by.get_username() if obj.consent_recorded_by else "an import or a deleted user"
         when = obj.consent_recorded_at.strftime("%Y-%m-%d %H:%M %Z") if obj.consent_recorded_at else "an unknown time"
         return f"{when} by {by}, consent notice {obj.consent_notice_version or '(none)'}"
+
+    @admin.display(description="Outlier review")
+    def outlier_review(self, obj):
+        # the check-in app's review (faces that may not be this person's, rejected check-ins)
+        if obj is None or obj.pk is None:
+            return "-"
+        return format_html(
+            '<a href="{}">Faces that may not be theirs, and check-ins rejected as not them</a>',
+            reverse("admin:checkin_outlierface_person", args=[obj.pk]),
+        )
 
     @admin.display(description="Accepted", ordering="n_accepted")
     def accepted_count(self, obj):

@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from checkin.models import CheckIn
+from checkin.models import CheckIn, RejectedMatch
 from integrations.events import person_erased
 from integrations.models import Delivery
 from people.models import FaceImage, Person
@@ -38,6 +38,7 @@ class ErasureReport:
 
     checkins_deleted: int = 0
     checkins_anonymised: int = 0
+    rejected_matches_deleted: int = 0
     audit_events_redacted: int = 0
     admin_log_entries_deleted: int = 0
     faces_deleted: int = 0
@@ -54,7 +55,7 @@ def erase_person(person: Person, by=None) -> ErasureReport:
     """Erase a person everywhere they are held, in one transaction, and leave an anonymised receipt.
 
     In order: their check-ins (deleted, or kept with the person removed when
-    ERASE_CHECKINS_WITH_PERSON is off); their id in audit events; admin history entries about them
+    ERASE_CHECKINS_WITH_PERSON is off) and the check-ins rejected as not them; their id in audit events; admin history entries about them
     or their photos; other people's review reasons that name them; their photos, crops and
     embeddings; the person; every model version's artifacts and fields (training.services.
     forget_person). Files go once the transaction commits; the gallery is reloaded and a retrain
@@ -67,7 +68,11 @@ def erase_person(person: Person, by=None) -> ErasureReport:
         if settings.ERASE_CHECKINS_WITH_PERSON:
             report.checkins_deleted, _ = checkins.delete()
         else:
-            report.checkins_anonymised = checkins.update(person=None)
+            # the faces a check-in was matched on are the person's: their ids go too
+            report.checkins_anonymised = checkins.update(person=None, matched_faces=[])
+        report.rejected_matches_deleted = (
+            RejectedMatch.objects.filter(person_id=pid).delete()[1].get(RejectedMatch._meta.label, 0)
+        )
 
         report.audit_events_redacted = _forget_in_audit_log(pid, name)
 
@@ -190,6 +195,16 @@ def person_data(person: Person) -> dict:
         {"at": c.checked_in_at.isoformat(), "similarity": c.similarity, "kiosk": str(c.kiosk) if c.kiosk else None}
         for c in CheckIn.objects.filter(person=person).select_related("kiosk").order_by("checked_in_at")
     ]
+    rejected = [
+        {
+            "checked_in_at": r.checked_in_at.isoformat(),
+            "similarity": r.similarity,
+            "kiosk": str(r.kiosk) if r.kiosk else None,
+            "rejected_at": r.rejected_at.isoformat(),
+            "face_images": sorted(f.pk for f in r.faces.all()),
+        }
+        for r in RejectedMatch.objects.filter(person=person).select_related("kiosk").prefetch_related("faces")
+    ]
     return {
         "exported_at": timezone.now().isoformat(),
         "person": {
@@ -208,6 +223,7 @@ def person_data(person: Person) -> dict:
         "face_images": faces,
         "recognitions": recognitions,
         "checkins": checkins,
+        "rejected_matches": rejected,  # check-ins staff rejected as not this person
     }
 
 
@@ -236,12 +252,14 @@ class RetentionReport:
     audit_events_deleted: int
     checkins_deleted: int = 0
     webhook_deliveries_deleted: int = 0
+    rejected_matches_deleted: int = 0
 
 
 def apply_retention(days: int | None = None, now=None) -> RetentionReport:
     """Delete original photos uploaded more than ``days`` ago, keeping their embeddings (and, by
-    setting, the aligned crops); and audit events, check-ins and webhook deliveries older than
-    AUDIT_LOG_RETENTION_DAYS, CHECKIN_RETENTION_DAYS and WEBHOOK_LOG_RETENTION_DAYS."""
+    setting, the aligned crops); and audit events, check-ins (and rejected ones) and webhook
+    deliveries older than AUDIT_LOG_RETENTION_DAYS, CHECKIN_RETENTION_DAYS and
+    WEBHOOK_LOG_RETENTION_DAYS."""
     days = settings.FACE_PHOTO_RETENTION_DAYS if days is None else days
     now = now or timezone.now()
     photos = crops = 0
@@ -266,6 +284,8 @@ def apply_retention(days: int | None = None, now=None) -> RetentionReport:
         _delete_older(AuditEvent.objects.all(), "created_at", settings.AUDIT_LOG_RETENTION_DAYS, now),
         _delete_older(CheckIn.objects.all(), "checked_in_at", settings.CHECKIN_RETENTION_DAYS, now),
         _delete_older(Delivery.objects.all(), "created_at", settings.WEBHOOK_LOG_RETENTION_DAYS, now),
+        # a rejected check-in is kept as long as the check-in would have been
+        _delete_older(RejectedMatch.objects.all(), "checked_in_at", settings.CHECKIN_RETENTION_DAYS, now),
     )
 
 

@@ -14,6 +14,7 @@ from .index import EmbeddingIndex, IndexSettings, _as_matrix
 class Candidate:
     person_id: int
     similarity: float  # cosine similarity in [-1, 1] of the person's best-matching gallery embedding
+    face_key: int | None = None  # the caller's key (FaceImage pk) of that embedding; None if not known
 
 
 @dataclass(frozen=True)
@@ -119,15 +120,15 @@ class Gallery:
         while True:
             scores, slots = self._index.search(query[None], fetch, exclude_ids=exclude)
             found = slots[0] >= 0
-            best: dict[int, float] = {}
+            best: dict[int, tuple[float, int]] = {}
             for slot, score in zip(slots[0][found], scores[0][found]):
                 person = int(labels[slot])
                 if person not in best:  # hits come best first, so the first is the person's best
-                    best[person] = float(score)
+                    best[person] = (float(score), int(self._keys[slot]))
             if len(best) >= want or fetch >= len(self._index):
                 break
             fetch *= 4
-        return [Candidate(person, score) for person, score in list(best.items())[:top_k]]
+        return [Candidate(person, score, key) for person, (score, key) in list(best.items())[:top_k]]
 
     def _grow(self, size: int) -> None:
         if size > len(self._labels):

@@ -65,7 +65,12 @@ class HeadRecognizer:
                 results.append(ServedMatch(near.candidates, near.threshold, "nearest_neighbour"))
                 continue
             order = [c for c in np.argsort(-row, kind="stable") if served[c]][:top_k]
-            candidates = [Candidate(int(self.head.classes[c]), float(row[c])) for c in order]
+            # the head scores people, not faces: a person's nearest gallery face, when the gallery
+            # search found them, is the face that stands behind the head's answer
+            nearest_face = {c.person_id: c.face_key for c in near.candidates}
+            candidates = [
+                Candidate(int(self.head.classes[c]), float(row[c]), nearest_face.get(int(self.head.classes[c]))) for c in order
+            ]
             results.append(ServedMatch(candidates, threshold, self.name))
         return results
 

@@ -56,7 +56,7 @@ class FaceStream:
             for i, result in zip(to_embed, results):
                 match = result.match
                 best = result.candidates[0].similarity if result.candidates else None
-                tracks[i].record_match(match.person_id if match else None, best)
+                tracks[i].record_match(match.person_id if match else None, best, match.face_key if match else None)
         return StreamFrame(tracks=tracks, embedded=len(to_embed), full_frame=full)
 
     def detect(self, rgb: np.ndarray) -> tuple[list[DetectedFace], bool]:

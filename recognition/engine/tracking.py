@@ -37,14 +37,16 @@ class Track:
     similarity: float | None = None  # the latest embedding's best similarity
     streak: int = 0  # consecutive frames (embedded or carried) on the same known identity
     agreeing: list[float] = field(default_factory=list)  # similarities of the embeddings in the streak
+    agreeing_faces: list[int] = field(default_factory=list)  # the gallery face keys they matched (when known)
     frames_since_embed: int = 0
     embedded: bool = False  # embedded in the current frame
     missed: int = 0  # consecutive frames without a matching detection
     checked_in: bool = False
     state: dict = field(default_factory=dict)  # per-track state owned by callers (e.g. liveness)
 
-    def record_match(self, person_id: int | None, similarity: float | None) -> None:
-        """A fresh embedding's verdict: extends the streak if it agrees, restarts it otherwise."""
+    def record_match(self, person_id: int | None, similarity: float | None, face_key: int | None = None) -> None:
+        """A fresh embedding's verdict: extends the streak if it agrees, restarts it otherwise.
+        ``face_key``: the gallery face the match was made on, kept so a wrong match can be traced."""
         self.similarity = similarity
         self.frames_since_embed = 0
         self.embedded = True
@@ -55,6 +57,9 @@ class Track:
             self.person_id = person_id
             self.streak = 1 if person_id is not None else 0
             self.agreeing = [float(similarity)] if person_id is not None else []
+            self.agreeing_faces = []
+        if person_id is not None and face_key is not None and face_key not in self.agreeing_faces:
+            self.agreeing_faces.append(int(face_key))
 
     def stable(self, frames: int, embeddings: int = 2) -> bool:
         """Known, and the same identity for ``frames`` frames backed by at least ``embeddings`` embeddings."""
