@@ -265,6 +265,7 @@ class OutlierFaceAdmin(admin.ModelAdmin):
         if face is None:
             messages.error(request, "That face is not in the gallery any more.")
         else:
+            removed = face.pk
             people_services.delete_face(face)
-            messages.success(request, f"Face {face.pk} removed from {face.person.name}'s gallery.")
+            messages.success(request, f"Face {removed} removed from {face.person.name}'s gallery.")
         return HttpResponseRedirect(request.path)

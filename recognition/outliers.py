@@ -9,8 +9,10 @@ A face is an outlier of its person when
   it than the person's own nearest other face.
 
 A person with one gallery face has nothing to compare it with: it is judged only by the second
-rule. The nearest other person comes from the served gallery (recognition.services.gallery()), so
-only faces recognition matches against (accepted faces of active people) are reviewed.
+rule. The nearest other people come from the served gallery (recognition.services.gallery()), so
+only faces recognition matches against (accepted faces of active people) are reviewed; each is
+scored on their trusted faces (those not far from their own), so that one misfiled photo counts
+against the person it is filed under, not against the true owner's own photos as well.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from django.conf import settings
 
 from . import services
 from .engine.matching import embeddings_from_blobs
+
+_NEAREST_PEOPLE = 4  # other people looked at per face (best first by their nearest face)
 
 
 @dataclass(frozen=True)
@@ -100,19 +104,25 @@ def _evidence(rows: list[tuple[int, int, bytes]], bound: float) -> list[FaceEvid
     for index, owner in enumerate(owners.tolist()):
         by_person[owner].append(index)
 
-    # Nearest other person: the gallery's two best people for each face are its own (the face itself
-    # is in the gallery) and the nearest other one.
-    nearest = services.gallery().search(embeddings, top_k=2, threshold=1.0)
-    other_ids = {c.person_id for r in nearest for c in r.candidates}
-    names = dict(Person.objects.filter(pk__in=other_ids).values_list("id", "name"))
+    # Nearest other person: the gallery's best people for each face (its own first: the face itself
+    # is in the gallery), each judged on their trusted faces only, so that a photo misfiled under
+    # someone else does not make the true owner's faces look out of place too.
+    nearest = services.gallery().search(embeddings, top_k=_NEAREST_PEOPLE, threshold=1.0)
+    trusted = _trusted_faces({c.person_id for r in nearest for c in r.candidates} - {int(o) for o in owners}, bound)
+    trusted.update({owner: _trusted(embeddings[rows_of], bound) for owner, rows_of in by_person.items()})
+    names = dict(Person.objects.filter(pk__in=trusted).values_list("id", "name"))
 
     found = []
     for index, (face_id, owner) in enumerate(zip(face_ids.tolist(), owners.tolist())):
         others = [i for i in by_person[owner] if i != index]
         own = embeddings[others] @ embeddings[index] if others else np.zeros((0,), np.float32)
         own_best = float(own.max()) if len(own) else None
-        other = next((c for c in nearest[index].candidates if c.person_id != owner), None)
-        other_similarity = None if other is None else float(other.similarity)
+        scored = [
+            (float(np.max(trusted[c.person_id] @ embeddings[index])), c.person_id)
+            for c in nearest[index].candidates
+            if c.person_id != owner and len(trusted.get(c.person_id, ()))
+        ]
+        other_similarity, other_id = max(scored) if scored else (None, None)
         found.append(
             FaceEvidence(
                 face_id=face_id,
@@ -120,14 +130,36 @@ def _evidence(rows: list[tuple[int, int, bytes]], bound: float) -> list[FaceEvid
                 own_faces=len(others),
                 own_best=_round(own_best),
                 own_mean=_round(float(own.mean())) if len(own) else None,
-                nearest_other_id=None if other is None else other.person_id,
-                nearest_other_name=None if other is None else names.get(other.person_id, ""),
+                nearest_other_id=other_id,
+                nearest_other_name=None if other_id is None else names.get(other_id, ""),
                 nearest_other_similarity=_round(other_similarity),
                 far_from_own=own_best is not None and own_best < bound,
                 closer_to_other=other_similarity is not None and other_similarity > (own_best if own_best is not None else bound),
             )
         )
     return found
+
+
+def _trusted_faces(person_ids: set[int], bound: float) -> dict[int, np.ndarray]:
+    """Each person's gallery faces that are not far from their own other faces, (N, 128) per
+    person; all of them when none is (nothing tells which is wrong) or when they have only one."""
+    from people.models import FaceImage
+
+    rows = FaceImage.objects.in_gallery().filter(person_id__in=person_ids).values_list("person_id", "embedding")
+    by_person: dict[int, list[bytes]] = defaultdict(list)
+    for person_id, blob in rows:
+        by_person[person_id].append(blob)
+    return {person_id: _trusted(embeddings_from_blobs(blobs), bound) for person_id, blobs in by_person.items()}
+
+
+def _trusted(faces: np.ndarray, bound: float) -> np.ndarray:
+    """(N, 128) one person's faces -> those whose best similarity to another of them reaches ``bound``."""
+    if len(faces) < 2:
+        return faces
+    similarity = faces @ faces.T
+    np.fill_diagonal(similarity, -1.0)
+    kept = faces[similarity.max(axis=1) >= bound]
+    return kept if len(kept) else faces
 
 
 def _round(value: float | None) -> float | None:

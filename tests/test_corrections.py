@@ -1,0 +1,388 @@
+"""Corrections: staff say a check-in was "not this person", and review the gallery faces behind it.
+
+The story on real faces: Joe Biden is not enrolled (his person is inactive), but one of his photos
+was filed under Barack Obama and approved. Biden walks up to the kiosk and is checked in as Obama,
+on that photo. Staff reject the check-in: it leaves the feed, the list and the attendance report,
+the wrong pair is kept, and the photo is listed in Obama's outlier review with the rejection.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
+
+from checkin.models import CheckIn, RejectedMatch
+from people.models import FaceImage, Person
+
+from .conftest import PEOPLE, person_named, read, token_client
+from .test_checkin_feed import feed_for, stream_until_checked_in
+from .test_erasure import session_files_restored  # noqa: F401  (erasure deletes the session gallery's files)
+from .test_live_stream import camera_frame, communicator_for, open_with_consent, receive
+
+pytestmark = pytest.mark.django_db
+
+BIDEN_AT_THE_DOOR = camera_frame(PEOPLE / "joe_biden" / "biden2.jpg")
+
+
+@pytest.fixture
+def in_process(settings, monkeypatch):
+    settings.CHECKIN_STABLE_FRAMES = 4
+    monkeypatch.setattr("channels.db.close_old_connections", lambda: None)
+
+
+def file_under(person: Person, photo, staff_api, capture) -> FaceImage:
+    """Enroll ``photo`` (a real photo of someone else) under ``person`` as staff would, approving it
+    if the mislabel check held it for review: a mislabelled gallery face."""
+    from people import services
+
+    with capture(execute=True):
+        response = staff_api.post(
+            f"/api/v1/people/{person.pk}/faces/", {"image": SimpleUploadedFile(photo.name, read(photo))}, format="multipart"
+        )
+    assert response.status_code == 201, response.content
+    face = FaceImage.objects.get(pk=response.json()["id"])
+    if face.status == FaceImage.Status.REVIEW:
+        with capture(execute=True):
+            services.approve(face)
+    face.refresh_from_db()
+    assert face.status == FaceImage.Status.ACCEPTED, face.reason
+    return face
+
+
+def biden_not_enrolled() -> None:
+    Person.objects.filter(name="Joe Biden").update(is_active=False)
+
+
+def check_in(person: Person, faces=(), **fields) -> CheckIn:
+    values = {"similarity": 0.8, "threshold": 0.55, "frames": 4, **fields}
+    return CheckIn.objects.create(person=person, matched_faces=[f.pk for f in faces], **values)
+
+
+def reject(api, checkin_id: int, capture):
+    with capture(execute=True):
+        return api.post(f"/api/v1/checkins/{checkin_id}/reject/")
+
+
+# ---- the whole story ---------------------------------------------------------------------------------
+
+
+def test_a_rejected_check_in_leaves_the_feed_list_and_report_and_its_face_is_listed_for_review(
+    in_process, staff_api, staff_user, kiosk, django_capture_on_commit_callbacks, monkeypatch
+):
+    from integrations.models import Delivery, Webhook
+
+    capture = django_capture_on_commit_callbacks
+    monkeypatch.setattr("integrations.events._queue", lambda *args, **kwargs: None)  # no delivery over the network
+    Webhook.objects.create(url="https://hooks.example.com/facesite", events=["checkin.rejected"], secret="s" * 32)
+    obama = person_named("Barack Obama")
+    biden_not_enrolled()
+    misfiled = file_under(obama, PEOPLE / "joe_biden" / "biden.jpg", staff_api, capture)
+
+    def reject_over_the_api():
+        checkin = CheckIn.objects.get()
+        return checkin, reject(staff_api, checkin.pk, capture)
+
+    async def scenario():
+        feed = feed_for(staff_user)
+        await feed.connect()
+        assert (await receive(feed))["type"] == "ready"
+        stream = communicator_for(kiosk=kiosk)
+        await open_with_consent(stream)
+        greeting = await stream_until_checked_in(stream, BIDEN_AT_THE_DOOR)
+        shown = await receive(feed, timeout=10)
+        await stream.disconnect()
+        checkin, response = await database_sync_to_async(reject_over_the_api)()
+        removed = await receive(feed, timeout=10)
+        await feed.disconnect()
+        return greeting, shown, checkin, response, removed
+
+    greeting, shown, checkin, response, removed = async_to_sync(scenario)()
+
+    # Biden was taken for Obama, on the misfiled photo of Biden
+    assert greeting["name"] == "Barack Obama" and shown["id"] == checkin.pk
+    assert checkin.matched_faces == [misfiled.pk]
+
+    # the rejection: the open feed drops the row; the check-in is gone from the list and the report
+    assert response.status_code == 200, response.content
+    assert removed == {"type": "removed", "id": checkin.pk}
+    assert not CheckIn.objects.filter(pk=checkin.pk).exists()
+    listed = staff_api.get("/api/v1/checkins/?date=all").json()
+    assert checkin.pk not in [row["id"] for row in listed["results"]]
+    today = timezone.localdate().isoformat()
+    report = staff_api.get(f"/api/v1/reports/attendance/?from={today}&to={today}").json()
+    assert obama.pk not in [p["person_id"] for p in report["days"][0]["present"]]
+    assert obama.pk in [p["person_id"] for p in report["days"][0]["absent"]]
+
+    # the negative is kept, with the face the match was made on
+    match = RejectedMatch.objects.get()
+    assert (match.person, match.checkin_id, match.kiosk, match.rejected_by) == (obama, checkin.pk, kiosk, staff_user)
+    assert list(match.faces.all()) == [misfiled] and match.similarity == pytest.approx(checkin.similarity)
+    body = response.json()
+    assert body["rejected"]["id"] == match.pk and body["rejected"]["faces"] == [misfiled.pk]
+    assert [f["face_id"] for f in body["flagged_faces"]] == [misfiled.pk]
+    assert body["flagged_faces"][0]["far_from_own"] and body["flagged_faces"][0]["own_best"] < 0.55
+
+    # the outlier review lists that face, with the rejection as evidence, and nothing else of his
+    review = staff_api.get(f"/api/v1/people/{obama.pk}/outliers/").json()
+    assert [o["evidence"]["face_id"] for o in review["outliers"]] == [misfiled.pk]
+    assert [r["id"] for r in review["outliers"][0]["rejections"]] == [match.pk]
+    assert [r["id"] for r in review["rejections"]] == [match.pk]
+    sitewide = staff_api.get("/api/v1/outliers/").json()
+    assert misfiled.pk in [o["evidence"]["face_id"] for o in sitewide]
+
+    # webhooks hear of it, without any biometric data
+    delivery = Delivery.objects.get(event="checkin.rejected")
+    assert delivery.payload["data"]["checkin_id"] == checkin.pk and delivery.payload["data"]["rejected_by"] == "staff"
+    assert "embedding" not in json.dumps(delivery.payload)
+
+    # rejecting it again: the check-in is gone
+    again = reject(staff_api, checkin.pk, capture)
+    assert again.status_code == 404 and again.json()["error"]["code"] == "not_found"
+    assert RejectedMatch.objects.count() == 1
+
+
+# ---- the outlier review ------------------------------------------------------------------------------
+
+
+def test_a_face_of_another_enrolled_person_is_listed_as_closer_to_them_and_a_clean_person_lists_none(
+    staff_api, django_capture_on_commit_callbacks
+):
+    obama, biden = person_named("Barack Obama"), person_named("Joe Biden")
+    assert staff_api.get(f"/api/v1/people/{obama.pk}/outliers/").json()["outliers"] == []
+    clean = staff_api.get(f"/api/v1/people/{biden.pk}/outliers/").json()
+    assert clean["outliers"] == [] and clean["rejections"] == [] and clean["bound"] == pytest.approx(0.55)
+
+    misfiled = file_under(obama, PEOPLE / "joe_biden" / "biden.jpg", staff_api, django_capture_on_commit_callbacks)
+    review = staff_api.get(f"/api/v1/people/{obama.pk}/outliers/").json()
+    assert [o["evidence"]["face_id"] for o in review["outliers"]] == [misfiled.pk]
+    evidence = review["outliers"][0]["evidence"]
+    assert evidence["reasons"] == ["far_from_own", "closer_to_other"]
+    assert evidence["own_faces"] == 3 and evidence["own_best"] < 0.55
+    assert evidence["nearest_other_name"] == "Joe Biden" and evidence["nearest_other_similarity"] > 0.9
+    assert review["outliers"][0]["rejections"] == []
+    # Biden's own faces stay his: his review is still clean
+    assert staff_api.get(f"/api/v1/people/{biden.pk}/outliers/").json()["outliers"] == []
+
+
+def test_the_outlier_review_is_staff_only(staff_user, plain_user, django_user_model):
+    from security.models import ApiKey, Role
+
+    obama = person_named("Barack Obama")
+    _, client_key = ApiKey.issue(staff_user, "reporting tool", Role.CLIENT)
+    reader = django_user_model.objects.create_user("reader", password="reader-pass-123")
+    _, staff_role_key = ApiKey.issue(reader, "a non-staff account's staff key", Role.STAFF)
+    for path in (f"/api/v1/people/{obama.pk}/outliers/", "/api/v1/outliers/"):
+        assert token_client(plain_user).get(path).status_code == 403
+        for key in (client_key, staff_role_key):
+            from rest_framework.test import APIClient
+
+            keyed = APIClient()
+            keyed.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+            assert keyed.get(path).status_code == 403, (path, key)
+        from rest_framework.test import APIClient
+
+        assert APIClient().get(path).status_code == 401
+    assert token_client(staff_user).get("/api/v1/people/999999/outliers/").status_code == 404
+
+
+# ---- the API's bad paths --------------------------------------------------------------------------
+
+
+def test_reject_refuses_non_staff_read_keys_and_bad_ids_and_leaves_the_check_in(
+    staff_user, plain_user, django_user_model, django_capture_on_commit_callbacks
+):
+    from rest_framework.test import APIClient
+
+    from security.models import ApiKey, Role
+
+    capture = django_capture_on_commit_callbacks
+    checkin = check_in(person_named("Barack Obama"))
+    _, client_key = ApiKey.issue(staff_user, "reporting tool", Role.CLIENT)
+    reader = django_user_model.objects.create_user("reader", password="reader-pass-123")
+    _, staff_role_key = ApiKey.issue(reader, "a non-staff account's staff key", Role.STAFF)
+
+    assert reject(APIClient(), checkin.pk, capture).status_code == 401
+    assert reject(token_client(plain_user), checkin.pk, capture).status_code == 403
+    for key in (client_key, staff_role_key):
+        keyed = APIClient()
+        keyed.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+        assert reject(keyed, checkin.pk, capture).status_code == 403
+    assert CheckIn.objects.filter(pk=checkin.pk).exists() and not RejectedMatch.objects.exists()
+
+    staff = token_client(staff_user)
+    missing = reject(staff, 999999, capture)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert staff.get(f"/api/v1/checkins/{checkin.pk}/reject/").status_code == 405
+    assert staff.post("/api/v1/checkins/abc/reject/").status_code == 404
+
+    anonymous = check_in(None)  # an erased person's check-in, kept anonymised
+    refused = reject(staff, anonymous.pk, capture)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "no_person"
+    assert CheckIn.objects.filter(pk=anonymous.pk).exists()
+
+    # a staff session from a browser: CSRF is required
+    browser = APIClient(enforce_csrf_checks=True)
+    browser.force_login(staff_user)
+    assert browser.post(f"/api/v1/checkins/{checkin.pk}/reject/").status_code == 403
+    assert CheckIn.objects.filter(pk=checkin.pk).exists()
+
+
+def test_a_face_deleted_since_the_check_in_is_left_out_of_the_rejection(staff_api, django_capture_on_commit_callbacks):
+    obama = person_named("Barack Obama")
+    first, second = obama.faces.order_by("id")[:2]
+    checkin = check_in(obama, faces=[first, second])
+    second.delete()
+    response = reject(staff_api, checkin.pk, django_capture_on_commit_callbacks)
+    assert response.status_code == 200, response.content
+    assert response.json()["rejected"]["faces"] == [first.pk]
+    assert response.json()["flagged_faces"] == []  # his own good photo is no outlier
+
+
+# ---- the admin ---------------------------------------------------------------------------------------
+
+
+def test_the_admin_action_rejects_and_the_review_page_lists_and_removes_the_outlier(
+    client, staff_user, staff_api, django_capture_on_commit_callbacks
+):
+    capture = django_capture_on_commit_callbacks
+    obama = person_named("Barack Obama")
+    biden_not_enrolled()
+    misfiled = file_under(obama, PEOPLE / "joe_biden" / "biden.jpg", staff_api, capture)
+    checkin = check_in(obama, faces=[misfiled])
+    other = check_in(person_named("Rose Leslie"))
+    client.force_login(staff_user)
+
+    with capture(execute=True):
+        response = client.post(
+            "/admin/checkin/checkin/?when=all",
+            {"action": "not_this_person", "_selected_action": [checkin.pk]},
+            follow=True,
+        )
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "1 check-in(s) removed" in page and "review them" in page
+    assert not CheckIn.objects.filter(pk=checkin.pk).exists() and CheckIn.objects.filter(pk=other.pk).exists()
+    assert list(RejectedMatch.objects.get().faces.all()) == [misfiled]
+
+    # the review: linked from the admin index and the person's page
+    assert "/admin/checkin/outlierface/" in client.get("/admin/").content.decode()
+    review_url = f"/admin/checkin/outlierface/person/{obama.pk}/"
+    assert review_url in client.get(f"/admin/people/person/{obama.pk}/change/").content.decode()
+    page = client.get(review_url).content.decode()
+    assert f'data-face="{misfiled.pk}"' in page and "far from their other faces" in page
+    assert page.count('class="outlier"') == 1 and "Check-ins rejected as not Barack Obama" in page
+    assert f'data-face="{misfiled.pk}"' in client.get("/admin/checkin/outlierface/").content.decode()
+    assert (
+        "No outlier faces" in client.get(f"/admin/checkin/outlierface/person/{person_named('Rose Leslie').pk}/").content.decode()
+    )
+
+    # removing it goes through the normal face deletion: out of the gallery at once
+    with capture(execute=True):
+        removed = client.post(review_url, {"remove_face": misfiled.pk}, follow=True)
+    assert removed.status_code == 200 and f"Face {misfiled.pk} removed" in removed.content.decode(), [
+        str(m) for m in removed.context["messages"]
+    ]
+    assert not FaceImage.objects.filter(pk=misfiled.pk).exists()
+    assert staff_api.get(f"/api/v1/people/{obama.pk}/outliers/").json()["outliers"] == []
+    # a face of someone else cannot be removed through this person's page
+    rose_face = person_named("Rose Leslie").faces.first()
+    client.post(review_url, {"remove_face": rose_face.pk})
+    assert FaceImage.objects.filter(pk=rose_face.pk).exists()
+
+
+def test_the_review_pages_are_for_staff_with_the_face_permissions(client, plain_user, django_user_model):
+    obama = person_named("Barack Obama")
+    client.force_login(plain_user)
+    assert client.get("/admin/checkin/outlierface/").status_code == 302  # not staff: to the login page
+    helper = django_user_model.objects.create_user("desk", password="desk-pass-123", is_staff=True)
+    client.force_login(helper)
+    assert client.get("/admin/checkin/outlierface/").status_code == 403
+    assert client.get(f"/admin/checkin/outlierface/person/{obama.pk}/").status_code == 403
+    face = obama.faces.first()
+    assert client.post(f"/admin/checkin/outlierface/person/{obama.pk}/", {"remove_face": face.pk}).status_code == 403
+    assert FaceImage.objects.filter(pk=face.pk).exists()
+
+
+# ---- erasure, export, retention -------------------------------------------------------------------
+
+
+def test_erasure_removes_the_rejected_matches_and_export_lists_them(
+    staff_api, settings, django_capture_on_commit_callbacks, session_files_restored  # noqa: F811
+):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from privacy import services as privacy
+
+    capture = django_capture_on_commit_callbacks
+    settings.ERASE_CHECKINS_WITH_PERSON = False  # his other check-ins are kept anonymised
+    obama = person_named("Barack Obama")
+    pid = obama.pk
+    faces = list(obama.faces.order_by("id"))
+    assert reject(staff_api, check_in(obama, faces=faces[:1]).pk, capture).status_code == 200
+    kept = check_in(obama, faces=faces[1:2])
+
+    exported = privacy.person_data(obama)["rejected_matches"]
+    assert len(exported) == 1 and exported[0]["face_images"] == [faces[0].pk]
+
+    with capture(execute=True):
+        assert staff_api.delete(f"/api/v1/people/{pid}/").status_code == 204
+    assert not RejectedMatch.objects.exists() and not RejectedMatch.faces.through.objects.exists()
+    kept.refresh_from_db()
+    assert kept.person_id is None and kept.matched_faces == []
+    from security.models import AuditEvent
+
+    assert AuditEvent.objects.get(action="erase").result["rejected_matches_deleted"] == 1
+    dump = StringIO()
+    call_command("dumpdata", "checkin", stdout=dump)
+    for row in json.loads(dump.getvalue()):
+        assert row["fields"].get("person") != pid, row
+        assert not set(row["fields"].get("matched_faces") or []) & {f.pk for f in faces}, row
+
+
+def test_rejected_matches_expire_with_the_check_ins(settings, staff_api, django_capture_on_commit_callbacks):
+    from datetime import timedelta
+
+    from privacy import services as privacy
+
+    settings.CHECKIN_RETENTION_DAYS = 30
+    obama = person_named("Barack Obama")
+    old = check_in(obama, checked_in_at=timezone.now() - timedelta(days=40))
+    recent = check_in(obama)
+    for checkin in (old, recent):
+        assert reject(staff_api, checkin.pk, django_capture_on_commit_callbacks).status_code == 200
+    report = privacy.apply_retention(days=0)
+    assert report.rejected_matches_deleted == 1
+    assert list(RejectedMatch.objects.values_list("checkin_id", flat=True)) == [recent.pk]
+
+
+# ---- the engine keeps the face a match was made on --------------------------------------------------
+
+
+def test_a_match_names_the_gallery_face_it_was_made_on():
+    import numpy as np
+
+    from recognition.engine.matching import Gallery
+    from recognition.engine.tracking import Track
+
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(3, 128)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    gallery = Gallery()
+    gallery.replace(embeddings, np.array([1, 1, 2]), np.array([10, 11, 12]))
+    result = gallery.search(embeddings[1:2], top_k=2, threshold=0.5)[0]
+    assert (result.match.person_id, result.match.face_key) == (1, 11)
+    assert result.candidates[1].face_key == 12
+
+    track = Track(id=1, box=(0, 0, 10, 10), landmarks=np.zeros((5, 2), np.float32))
+    for key in (11, 10, 11):
+        track.record_match(1, 0.9, key)
+    assert track.agreeing_faces == [11, 10]
+    track.record_match(2, 0.9, 12)  # another identity starts a new streak, with its own faces
+    assert track.agreeing_faces == [12]
