@@ -303,6 +303,15 @@ def test_staff_feed_page_shows_a_check_in_as_it_happens(site, browser):
         feed.wait_for_selector("#feed li:has-text('Barack Obama')", timeout=60_000)
         assert "user: browser-staff" in feed.inner_text("#feed li") and feed.is_hidden("#empty")
         camera.click("#stop")
+
+        # A wrong check-in: "Not this person" (confirmed) removes it through the API with the
+        # session and its CSRF token; the server's announcement drops the row.
+        feed.once("dialog", lambda dialog: dialog.accept())
+        feed.click("#feed li:has-text('Barack Obama') button.reject")
+        feed.wait_for_selector("#feed li", state="detached", timeout=60_000)
+        feed.wait_for_selector("#empty", state="visible")
+        assert site.query("SELECT count(*) FROM recognition_checkin") == [(0,)]
+        assert site.query("SELECT count(*) FROM checkin_rejectedmatch") == [(1,)]
     except Exception:
         print(site.log_tail())
         raise
@@ -310,3 +319,5 @@ def test_staff_feed_page_shows_a_check_in_as_it_happens(site, browser):
         camera.close()
         feed.close()
     site.query("DELETE FROM recognition_checkin")
+    site.query("DELETE FROM checkin_rejectedmatch_faces")
+    site.query("DELETE FROM checkin_rejectedmatch")

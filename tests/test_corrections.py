@@ -312,7 +312,10 @@ def test_the_review_pages_are_for_staff_with_the_face_permissions(client, plain_
 
 
 def test_erasure_removes_the_rejected_matches_and_export_lists_them(
-    staff_api, settings, django_capture_on_commit_callbacks, session_files_restored  # noqa: F811
+    staff_api,
+    settings,
+    django_capture_on_commit_callbacks,
+    session_files_restored,  # noqa: F811
 ):
     from io import StringIO
 

@@ -154,6 +154,8 @@ def test_an_erased_person_is_nowhere_in_files_api_answers_or_the_database(
     from django.contrib.contenttypes.models import ContentType
     from django.core.management import call_command
 
+    from checkin.corrections import reject_checkin
+    from checkin.models import CheckIn, RejectedMatch
     from people.models import FaceImage, Person
     from security.models import AuditEvent
     from training.models import ModelVersion
@@ -166,6 +168,12 @@ def test_an_erased_person_is_nowhere_in_files_api_answers_or_the_database(
     # what a running system holds about him besides his photos
     lookalike = file_a_lookalike(staff_api, capture, PROBES / "obama1.jpg", "Filed Under Someone Else")
     check_in(obama, 2)
+    rejected = CheckIn.objects.create(
+        person=obama, similarity=0.6, threshold=0.55, frames=4, matched_faces=[obama.faces.first().pk]
+    )
+    with capture(execute=True):
+        reject_checkin(rejected.pk, by=staff_user)  # a check-in staff said was not him: kept as a rejected match
+    assert RejectedMatch.objects.filter(person_id=pid).exists()
     assert name in recognize(staff_api, PROBES / "obama1.jpg")  # an audit event naming him
     assert AuditEvent.objects.about(pid).exists()
     LogEntry.objects.create(
@@ -245,13 +253,19 @@ def test_an_erased_person_is_nowhere_in_files_api_answers_or_the_database(
     for row in json.loads(text):
         fields = row["fields"]
         assert not (row["model"] == "people.person" and row["pk"] == pid)
-        assert fields.get("person") != pid or row["model"] not in ("people.faceimage", "checkin.checkin"), row
+        assert fields.get("person") != pid or row["model"] not in (
+            "people.faceimage",
+            "checkin.checkin",
+            "checkin.rejectedmatch",
+        ), row
         assert f",{pid}," not in str(fields.get("person_ids", "")), row
         assert not names_person(fields.get("result"), pid) and not names_person(fields.get("metrics"), pid), row
 
     # ---- the receipt, and the versions still serve the others --------------------------------------
+    assert not RejectedMatch.objects.filter(person_id=pid).exists()
     receipt = AuditEvent.objects.get(action="erase")
     assert receipt.user == staff_user and receipt.person_ids == ""
+    assert receipt.result["rejected_matches_deleted"] == 1
     assert receipt.result["faces_deleted"] == 3 and receipt.result["files_deleted"] == 6
     assert receipt.result["model_versions_redacted"] == 2 and receipt.result["heads_rewritten"] == 1
     assert receipt.result["label_maps_rewritten"] == 2 and receipt.result["plots_redrawn"] == 2
