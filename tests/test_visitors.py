@@ -546,3 +546,76 @@ def test_staff_enroll_a_visitor_from_the_admin_page(kiosk, client, staff_user, p
     person = Person.objects.get(name="Admin Joe")
     assert done.status_code == 302 and done["Location"] == f"/admin/people/person/{person.pk}/change/"
     assert person.faces.accepted().count() == 2 and not Visitor.objects.exists()
+
+
+# ---- the live path: /ws/identify/ -------------------------------------------------------------------
+
+
+@pytest.fixture
+def _keep_the_test_transaction(monkeypatch):
+    """As in test_live_stream: the consumer's ORM calls run inside the test's transaction."""
+    monkeypatch.setattr("channels.db.close_old_connections", lambda: None)
+
+
+def test_a_stranger_on_the_check_in_socket_becomes_one_sighting_per_visit(kiosk, settings, _keep_the_test_transaction):
+    from .test_live_stream import answers_until, camera_frame, communicator_for, open_with_consent, run
+
+    settings.VISITOR_KEEP_CROP = False
+    make_stranger("Joe Biden")
+    frames = {path: camera_frame(path) for path in (BIDEN_1, BIDEN_2)}
+
+    async def visit(path: Path, withdraw: bool = False) -> list[dict]:
+        communicator = communicator_for(kiosk=kiosk)
+        await open_with_consent(communicator)
+        replies = []
+        for _ in range(settings.CHECKIN_STABLE_FRAMES + 3):
+            await communicator.send_to(bytes_data=frames[path])
+            replies.extend(await answers_until(communicator, "faces"))
+        if withdraw:
+            await communicator.send_json_to({"type": "withdraw"})
+            replies.extend(await answers_until(communicator, "consent_withdrawn"))
+        await communicator.disconnect()
+        return replies
+
+    first = run(visit, BIDEN_1)
+    assert all(f["state"] == "unknown" for m in first if m["type"] == "faces" for f in m["faces"])
+    assert not any("visitor" in json.dumps(m) for m in first)  # the page is told nothing about visitors
+    assert Visitor.objects.count() == 1 and Sighting.objects.count() == 1  # one per visit, not per frame
+    sighting = Sighting.objects.get()
+    assert sighting.kiosk == kiosk and sighting.frames >= settings.CHECKIN_STABLE_FRAMES and sighting.consent.is_active
+
+    run(visit, BIDEN_2)  # another page load, another photo: the same visitor
+    visitor = Visitor.objects.with_counts().get()
+    assert visitor.sighting_count == 2
+    assert crop_files() == []  # VISITOR_KEEP_CROP is off: no picture of the face anywhere
+
+    run(visit, BIDEN_1, True)  # a third visit, withdrawn: what it kept goes with it
+    assert Visitor.objects.with_counts().get().sighting_count == 2
+
+
+def test_a_failing_visitor_store_never_breaks_check_in(kiosk, settings, monkeypatch, caplog, _keep_the_test_transaction):
+    from .test_live_stream import answers_until, camera_frame, communicator_for, open_with_consent, run
+
+    make_stranger("Joe Biden")
+    frame = camera_frame(BIDEN_1)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("database on fire")
+
+    monkeypatch.setattr(services, "record_sighting", broken)
+
+    async def visit() -> list[dict]:
+        communicator = communicator_for(kiosk=kiosk)
+        await open_with_consent(communicator)
+        replies = []
+        for _ in range(settings.CHECKIN_STABLE_FRAMES + 2):
+            await communicator.send_to(bytes_data=frame)
+            replies.extend(await answers_until(communicator, "faces"))
+        await communicator.disconnect()
+        return replies
+
+    replies = run(visit)
+    assert not any(m["type"] == "error" for m in replies)
+    assert sum(m["type"] == "faces" for m in replies) == settings.CHECKIN_STABLE_FRAMES + 2
+    assert "could not record an unknown visitor" in caplog.text
+    assert caplog.text.count("could not record an unknown visitor") == 1  # one attempt per track
