@@ -175,6 +175,7 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
         self.tracks_seen: set[int] = set()
         self.identified: set[int] = set()  # person ids already audited on this socket
         self.checkins = 0
+        self.visitor_sightings = 0
         self.watcher = asyncio.create_task(self.watch())
         await self.send_json(
             {
@@ -251,6 +252,7 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
                     "faces": len(self.tracks_seen),
                     "matched": sorted(self.identified),
                     "checkins": self.checkins,
+                    "visitor_sightings": self.visitor_sightings,
                     "seconds": round(time.monotonic() - self.opened, 1),
                     "close_code": code,
                 },
@@ -397,6 +399,7 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
         if person_ids - session.names.keys():
             await database_sync_to_async(session.load_names)(person_ids)
         await self.send_json(session.describe(analysis, frame, dropped))
+        await self.record_visitors(analysis)
         for track, checkin, created in greetings:
             name = session.names.get(checkin.person_id, "")
             if created:
@@ -415,6 +418,18 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
                     "already": not created,
                 }
             )
+
+    async def record_visitors(self, analysis):
+        """Faces that stayed unknown become visitor sightings (after the frame's answer is sent). A
+        failure here is logged and never breaks check-in."""
+        for track in self.session.unknown_visitors_due(analysis):
+            try:
+                sighting = await database_sync_to_async(self.session.record_visitor)(track)
+            except Exception:
+                log.exception("could not record an unknown visitor's sighting (track %s)", track.id)
+                continue
+            if sighting is not None:
+                self.visitor_sightings += 1
 
     async def send_json(self, content: dict):
         await self.send(text_data=json.dumps(content))

@@ -36,8 +36,22 @@ def checkin_notice() -> dict:
         "what": "pictures of the face in front of the camera, a few per second, and the identity they match "
         "among the people enrolled here.",
         "why": "to recognize enrolled people and record that they checked in.",
-        "kept": f"Only a check-in record is kept ({period}): the name, the time, how sure the match was and this device.",
+        "kept": f"Only a check-in record is kept ({period}): the name, the time, how sure the match was and this device."
+        + visitor_notice(),
     }
+
+
+def visitor_notice() -> str:
+    """What the check-in page keeps about a face that matches nobody (visitors app), and why."""
+    if not settings.VISITORS_ENABLED:
+        return ""
+    days = settings.VISITOR_RETENTION_DAYS
+    crop = " and one small picture of the face" if settings.VISITOR_KEEP_CROP else " (never a picture)"
+    return (
+        f" If your face matches nobody enrolled here, the check-in page keeps a numeric description of it (a face "
+        f"embedding){crop}, with the time and this device, for {days} days, then deletes it: so that staff can tell "
+        "a returning visitor and enroll you if you ask them to. Stop deletes it at once."
+    )
 
 
 def notice_text() -> str:

@@ -23,6 +23,8 @@ from recognition.engine.liveness import HeadTurnChallenge
 from recognition.engine.matching import Gallery
 from recognition.engine.stream import FaceStream, StreamSettings
 from recognition.engine.tracking import FaceTracker, Track
+from visitors import live as visitor_faces
+from visitors import services as visitors
 
 from .models import CheckIn, Consent, Kiosk
 
@@ -137,6 +139,7 @@ class LiveSession:
     def withdraw_consent(self) -> None:
         if self.consent is not None:
             self.consent.withdraw()
+            visitors.forget_consent(self.consent)  # what was kept about unknown faces under it goes too
         self.stream = new_stream()
 
     # ---- per frame ---------------------------------------------------------------------------------
@@ -161,6 +164,9 @@ class LiveSession:
             for track in tracks:
                 challenge = track.state.setdefault("liveness", HeadTurnChallenge())
                 challenge.update(track.landmarks)
+        if settings.VISITORS_ENABLED:
+            for track in tracks:
+                visitor_faces.observe(track, rgb)
         height, width = rgb.shape[:2]
         return FrameAnalysis(
             width=width,
@@ -205,6 +211,20 @@ class LiveSession:
                 checkin_created(checkin)
         track.checked_in = True
         return checkin, created
+
+    def unknown_visitors_due(self, analysis: FrameAnalysis) -> list[Track]:
+        """The tracks that have just stayed unknown long enough to be a visitor's sighting."""
+        if not settings.VISITORS_ENABLED:
+            return []
+        return [track for track in analysis.tracks if visitor_faces.due(track) is not None]
+
+    def record_visitor(self, track: Track):
+        """(ORM) Store the track as a sighting of an unknown visitor (visitors.services)."""
+        face = visitor_faces.due(track)
+        if face is None:
+            return None
+        face.recorded = True  # one attempt per track, stored or not
+        return visitors.record_sighting(face, self.consent, kiosk=self.kiosk, user=self.user if self.kiosk is None else None)
 
     def load_names(self, person_ids: set[int]) -> dict[int, str]:
         """(ORM) Names of the people shown, cached for the connection."""

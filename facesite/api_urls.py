@@ -11,11 +11,13 @@ from integrations.views import WebhookViewSet
 from people.views import FaceImageViewSet, PersonViewSet
 from recognition.views import ObtainTokenView, RecognizeView, VerifyView
 from training.views import ModelVersionViewSet
+from visitors.api import VisitorCropView, VisitorViewSet
 
 router = DefaultRouter()
 router.register("people", PersonViewSet, basename="person")
 router.register("models", ModelVersionViewSet, basename="model")
 router.register("webhooks", WebhookViewSet, basename="webhook")
+router.register("visitors", VisitorViewSet, basename="visitor")
 
 face_list = FaceImageViewSet.as_view({"get": "list", "post": "create"})
 face_detail = FaceImageViewSet.as_view({"get": "retrieve", "delete": "destroy"})
@@ -33,6 +35,7 @@ urlpatterns = [
     path("edge/gallery/", EdgeGalleryView.as_view(), name="edge-gallery"),
     path("people/<int:person_pk>/faces/", face_list, name="person-faces"),
     path("people/<int:person_pk>/faces/<int:pk>/", face_detail, name="person-face-detail"),
+    path("visitors/<int:pk>/crop/", VisitorCropView.as_view(), name="visitor-crop"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("", include(router.urls)),

@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "people",
     "recognition",
     "checkin",
+    "visitors",
     "training",
     "security",
     "privacy",
@@ -429,7 +430,7 @@ STORAGES = {
 # ---- live check-in (checkin.consumers) --------------------------------------------------------
 # The consent notice's version: a change to the notice's wording gets a new version, and each
 # Consent row records which one the person agreed to.
-CONSENT_NOTICE_VERSION = env_str("CONSENT_NOTICE_VERSION", "2026-11-1")
+CONSENT_NOTICE_VERSION = env_str("CONSENT_NOTICE_VERSION", "2026-12-1")
 CONSENT_MIN_AGE = env_int("CONSENT_MIN_AGE", 16)
 # A frame over either limit is refused with an error on the socket (the connection stays open).
 CHECKIN_MAX_FRAME_BYTES = env_int("CHECKIN_MAX_FRAME_BYTES", 512 * 1024)
@@ -454,6 +455,24 @@ CHECKIN_MAX_SOCKETS_PER_KEY = env_int("CHECKIN_MAX_SOCKETS_PER_KEY", 4)
 CHECKIN_MAX_SOCKETS = env_int("CHECKIN_MAX_SOCKETS", 32)
 # A socket that sends nothing (no frame, no message) for this long is closed (idle_timeout, 4408).
 CHECKIN_IDLE_SECONDS = env_float("CHECKIN_IDLE_SECONDS", 120.0)
+
+# ---- unknown visitors (visitors/, README "Unknown visitors") ----------------------------------------
+# After consent on /ws/identify/, a face that stays unknown for CHECKIN_STABLE_FRAMES frames becomes a
+# sighting of an anonymous visitor (its embedding; a later sighting of the same face joins it). Off:
+# nothing is kept about unknown faces, and the notice does not mention it.
+VISITORS_ENABLED = env_bool("VISITORS_ENABLED", True)
+# A sighting (its embedding and crop) is deleted this many days after it was taken by the daily
+# "visitors: purge expired" task; a visitor with no sighting left goes with it. The notice says so.
+VISITOR_RETENTION_DAYS = max(1, env_int("VISITOR_RETENTION_DAYS", 7))
+# Keep one small face crop per visitor (VISITOR_CROP_PX square JPEG) for staff to recognise them. Off:
+# no image of an unknown face is ever written.
+VISITOR_KEEP_CROP = env_bool("VISITOR_KEEP_CROP", False)
+VISITOR_CROP_PX = env_int("VISITOR_CROP_PX", 112)
+# Two sightings are the same visitor at or above this cosine similarity; empty: the recognition match
+# threshold in force (the active model version's calibrated one, else FACE_MATCH_THRESHOLD).
+VISITOR_MATCH_THRESHOLD = env_float("VISITOR_MATCH_THRESHOLD", 0.0) or None
+# At most this many embeddings (the latest sightings') are kept per visitor.
+VISITOR_MAX_EMBEDDINGS = env_int("VISITOR_MAX_EMBEDDINGS", 10)
 
 # ---- integrations: webhooks and MQTT (integrations/, README "Integrations") -----------------------
 # Webhook URLs on private, loopback or reserved addresses are refused (at registration and at every

@@ -7,7 +7,7 @@ from checkin import pages
 from facesite.health import healthz
 from facesite.home import home
 from people.media import FaceMediaView
-from privacy.views import PersonExportView
+from privacy.views import PersonExportView, VisitorExportView
 
 urlpatterns = [
     path("", home, name="home"),
@@ -19,6 +19,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz/", healthz, name="healthz"),
     path("api/v1/people/<int:pk>/export/", PersonExportView.as_view(), name="person-export"),
+    path("api/v1/visitors/<int:pk>/export/", VisitorExportView.as_view(), name="visitor-export"),
     # Face photos are served to staff by these views only: no /media/ route, in any DEBUG mode.
     path("api/v1/people/<int:person_pk>/faces/<int:pk>/image/", FaceMediaView.as_view(kind="image"), name="face-image"),
     path("api/v1/people/<int:person_pk>/faces/<int:pk>/crop/", FaceMediaView.as_view(kind="crop"), name="face-crop"),

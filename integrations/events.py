@@ -113,6 +113,19 @@ def checkin_rejected(checkin, by=None) -> None:
     emit("checkin.rejected", {**_checkin(checkin), "rejected_by": by.get_username() if by else None})
 
 
+def visitor_created(visitor, kiosk=None) -> None:
+    """A face unknown to the site was seen (after consent) for the first time: its anonymous id,
+    when and where. No embedding, no image."""
+    emit(
+        "visitor.created",
+        {
+            "visitor_id": visitor.pk,
+            "first_seen_at": _time(visitor.first_seen_at),
+            "kiosk": None if kiosk is None else {"id": kiosk.pk, "name": kiosk.name},
+        },
+    )
+
+
 FACE_EVENTS = {"accepted": "face.accepted", "rejected": "face.rejected", "review": "face.needs_review"}
 
 

@@ -7,8 +7,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 
-# Every event a webhook may subscribe to. "visitor.created" is accepted but nothing emits it yet:
-# unknown visitors are not recorded by the site (yet).
+# Every event a webhook may subscribe to.
 EVENTS = (
     "checkin.created",
     "checkin.rejected",

@@ -25,6 +25,7 @@ from people.services import delete_files
 from recognition import services as recognition
 from security.models import AuditEvent, person_ids_field
 from training import services as training
+from visitors.models import Sighting, Visitor, VisitorEnrollment
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class ErasureReport:
     heads_rewritten: int = 0
     metrics_redacted: int = 0
     plots_redrawn: int = 0
+    visitor_links_deleted: int = 0
 
 
 def erase_person(person: Person, by=None) -> ErasureReport:
@@ -85,6 +87,9 @@ def erase_person(person: Person, by=None) -> ErasureReport:
         storage = FaceImage._meta.get_field("image").storage
         report.files_deleted = sum(1 for n in files if storage.exists(n))
         report.faces_deleted = FaceImage.objects.filter(person_id=pid).delete()[1].get(FaceImage._meta.label, 0)
+        # enrolled from an unknown visitor: the link to the visitor's consent (the visitor itself,
+        # its sightings and crop were deleted when it was enrolled)
+        report.visitor_links_deleted, _ = VisitorEnrollment.objects.filter(person_id=pid).delete()
         person.delete()
         person_erased(pid)
         transaction.on_commit(lambda: delete_files(files))
@@ -205,6 +210,19 @@ def person_data(person: Person) -> dict:
         }
         for r in RejectedMatch.objects.filter(person=person).select_related("kiosk").prefetch_related("faces")
     ]
+    enrolled_from_visitors = [
+        {
+            "enrolled_at": e.enrolled_at.isoformat(),
+            "assigned_to_existing_person": e.assigned,
+            "consent_id": e.consent_id,
+            "consent_notice_version": e.notice_version,
+            "consent_given_at": e.consent_given_at.isoformat() if e.consent_given_at else None,
+            "sightings": e.sightings,
+            "first_seen_at": e.first_seen_at.isoformat() if e.first_seen_at else None,
+            "enrolled_by": e.enrolled_by.get_username() if e.enrolled_by else None,
+        }
+        for e in VisitorEnrollment.objects.filter(person=person).select_related("enrolled_by").order_by("enrolled_at", "id")
+    ]
     return {
         "exported_at": timezone.now().isoformat(),
         "person": {
@@ -224,7 +242,53 @@ def person_data(person: Person) -> dict:
         "recognitions": recognitions,
         "checkins": checkins,
         "rejected_matches": rejected,  # check-ins staff rejected as not this person
+        "enrolled_from_visitors": enrolled_from_visitors,
     }
+
+
+def visitor_data(visitor: Visitor) -> dict:
+    """Everything held about an unknown visitor (embeddings base64 float32, 128 each)."""
+    sightings = [
+        {
+            "id": s.pk,
+            "seen_at": s.seen_at.isoformat(),
+            "last_seen_at": s.last_seen_at.isoformat(),
+            "frames": s.frames,
+            "kiosk": str(s.kiosk) if s.kiosk else None,
+            "account": s.user.get_username() if s.user else None,
+            "consent_id": s.consent_id,
+            "similarity": s.similarity,
+            "embedder": s.embedder,
+            "embedding_float32_base64": base64.b64encode(bytes(s.embedding)).decode() if s.embedding else None,
+            "crop": f"crops/{s.pk}.jpg" if s.crop else None,
+        }
+        for s in Sighting.objects.filter(visitor=visitor).select_related("kiosk", "user").order_by("seen_at", "id")
+    ]
+    return {
+        "exported_at": timezone.now().isoformat(),
+        "visitor": {
+            "id": visitor.pk,
+            "first_seen_at": visitor.first_seen_at.isoformat(),
+            "last_seen_at": visitor.last_seen_at.isoformat(),
+            "retention_days": settings.VISITOR_RETENTION_DAYS,
+        },
+        "sightings": sightings,
+    }
+
+
+def export_visitor(visitor: Visitor) -> bytes:
+    """A zip: visitor.json plus the visitor's face crop, if one is kept."""
+    data = visitor_data(visitor)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("visitor.json", json.dumps(data, indent=2, ensure_ascii=False))
+        for sighting in Sighting.objects.filter(visitor=visitor).exclude(crop=""):
+            try:
+                with sighting.crop.open("rb") as fh:
+                    archive.writestr(f"crops/{sighting.pk}.jpg", fh.read())
+            except OSError:
+                log.warning("export of visitor %s: file %s is missing", visitor.pk, sighting.crop.name)
+    return buf.getvalue()
 
 
 def export_person(person: Person) -> bytes:

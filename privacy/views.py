@@ -1,4 +1,5 @@
-"""GET /api/v1/people/<id>/export/: a person's data as a zip (staff only)."""
+"""GET /api/v1/people/<id>/export/ and /api/v1/visitors/<id>/export/: a person's or an unknown
+visitor's data as a zip (staff only)."""
 
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
@@ -8,6 +9,7 @@ from rest_framework.views import APIView
 
 from people.models import Person
 from security.permissions import TokenScope
+from visitors.models import Visitor
 
 from . import services
 
@@ -27,3 +29,17 @@ class PersonExportView(APIView):
     @extend_schema(responses={(200, "application/zip"): OpenApiResponse(description="person.json, photos/, crops/")})
     def get(self, request, pk: int):
         return zip_response(get_object_or_404(Person, pk=pk))
+
+
+class VisitorExportView(APIView):
+    """Everything held about one unknown visitor: sightings, their embeddings, and the crop if kept."""
+
+    permission_classes = [IsAdminUser, TokenScope]
+    token_scope = "export"
+
+    @extend_schema(responses={(200, "application/zip"): OpenApiResponse(description="visitor.json, crops/")})
+    def get(self, request, pk: int):
+        visitor = get_object_or_404(Visitor, pk=pk)
+        response = HttpResponse(services.export_visitor(visitor), content_type="application/zip")
+        response["Content-Disposition"] = f'attachment; filename="visitor-{visitor.pk}.zip"'
+        return response

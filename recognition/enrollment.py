@@ -158,3 +158,9 @@ def _finish(face: FaceImage, verdict: Verdict) -> FaceImage | None:
         if in_gallery or getattr(face, "_was_in_gallery", False):
             transaction.on_commit(training.enrollment_changed)  # retrain, debounced
     return face
+
+
+def mislabel_review(face: FaceImage, embedding) -> Verdict:
+    """The review an uploaded photo gets, for an embedding from elsewhere (a visitor's sightings):
+    accepted, or held for review when it looks more like another enrolled person than ``face.person``."""
+    return _mislabel_check(face, embedding)

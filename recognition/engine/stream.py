@@ -53,10 +53,12 @@ class FaceStream:
         if to_embed:
             analysed = self.pipeline.analyse(rgb, faces=[faces[i] for i in to_embed])
             results = gallery.search(np.stack([a.embedding for a in analysed]), top_k=1, threshold=threshold)
-            for i, result in zip(to_embed, results):
+            for i, face, result in zip(to_embed, analysed, results):
                 match = result.match
                 best = result.candidates[0].similarity if result.candidates else None
-                tracks[i].record_match(match.person_id if match else None, best, match.face_key if match else None)
+                tracks[i].record_match(
+                    match.person_id if match else None, best, match.face_key if match else None, face.embedding
+                )
         return StreamFrame(tracks=tracks, embedded=len(to_embed), full_frame=full)
 
     def detect(self, rgb: np.ndarray) -> tuple[list[DetectedFace], bool]:

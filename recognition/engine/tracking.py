@@ -35,6 +35,7 @@ class Track:
     landmarks: np.ndarray  # (5, 2) float32, the latest frame's
     person_id: int | None = None  # the identity the latest embedding matched, None = unknown
     similarity: float | None = None  # the latest embedding's best similarity
+    embedding: np.ndarray | None = None  # the latest embedding, (128,) float32 L2-normalised
     streak: int = 0  # consecutive frames (embedded or carried) on the same known identity
     agreeing: list[float] = field(default_factory=list)  # similarities of the embeddings in the streak
     agreeing_faces: list[int] = field(default_factory=list)  # the gallery face keys they matched (when known)
@@ -44,10 +45,18 @@ class Track:
     checked_in: bool = False
     state: dict = field(default_factory=dict)  # per-track state owned by callers (e.g. liveness)
 
-    def record_match(self, person_id: int | None, similarity: float | None, face_key: int | None = None) -> None:
+    def record_match(
+        self,
+        person_id: int | None,
+        similarity: float | None,
+        face_key: int | None = None,
+        embedding: np.ndarray | None = None,
+    ) -> None:
         """A fresh embedding's verdict: extends the streak if it agrees, restarts it otherwise.
-        ``face_key``: the gallery face the match was made on, kept so a wrong match can be traced."""
+        ``face_key``: the gallery face the match was made on, kept so a wrong match can be traced;
+        ``embedding``: the fresh embedding, kept for unknown faces (visitors)."""
         self.similarity = similarity
+        self.embedding = embedding
         self.frames_since_embed = 0
         self.embedded = True
         if person_id is not None and person_id == self.person_id:
