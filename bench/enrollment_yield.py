@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SEED = 12
 HOLDOUT = 150
 PYTHON = sys.executable
+MATCH_THRESHOLD = 0.55  # FACE_MATCH_THRESHOLD's default
 
 
 def people_with_two_photos(lfw: Path) -> list[str]:
@@ -88,6 +89,32 @@ def enroll(lfw: Path, people: list[str], workdir: Path, central: bool) -> dict:
     }
 
 
+def taken_faces_match(lfw: Path, database: Path) -> list[tuple[str, float]]:
+    """For each face the central-subject rule took: its person's folder and the cosine similarity of
+    its embedding to the largest face of the person's second photo (is it really them?)."""
+    import sqlite3
+
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from recognition.engine.images import ImageLimits, decode_image
+    from recognition.engine.pipeline import shared_pipeline
+
+    with sqlite3.connect(database) as db:
+        rows = db.execute(
+            "SELECT p.notes, f.embedding FROM people_faceimage f JOIN people_person p ON p.id = f.person_id "
+            "WHERE f.face_choice = 'central' AND f.embedding IS NOT NULL ORDER BY p.notes"
+        ).fetchall()
+    pipe = shared_pipeline()
+    matches = []
+    for notes, blob in rows:
+        folder = notes.removeprefix("Imported from ").rstrip("/")
+        second = decode_image(photos(lfw, folder)[1].read_bytes(), ImageLimits())
+        reference = pipe.analyse(second, max_faces=1)[0].embedding
+        matches.append((folder, float(np.frombuffer(blob, np.float32) @ reference)))
+    return matches
+
+
 def tune(lfw: Path, seed: int, out) -> None:
     sys.path.insert(0, str(ROOT))
     from recognition.engine.images import ImageLimits, decode_image
@@ -97,7 +124,7 @@ def tune(lfw: Path, seed: int, out) -> None:
     excluded = set(holdout(lfw, seed))
     tuning = [name for name in people_with_two_photos(lfw) if name not in excluded]
     pipe = shared_pipeline()
-    rows = []  # (area ratio, centre offset, largest face is the person's)
+    rows = []  # (area ratio, centre offset, nearest other face's centre offset, largest face is the person's)
     for name in tuning:
         first, second = (decode_image(p.read_bytes(), ImageLimits()) for p in photos(lfw, name)[:2])
         faces = pipe.analyse(first)
@@ -110,24 +137,28 @@ def tune(lfw: Path, seed: int, out) -> None:
         similarities = [float(f.embedding @ reference[0].embedding) for f in by_size]
         ratio = area(by_size[0].face.box) / max(1.0, area(by_size[1].face.box))
         theirs = int(max(range(len(by_size)), key=similarities.__getitem__)) == 0 and similarities[0] > 0.4
-        rows.append((ratio, centre_offset(by_size[0].face.box, first.shape), theirs))
-    several = [row for row in rows if row[0] < 4.0]  # what today's rule (QualityRules.dominant_ratio) rejects
+        nearest_other = min(centre_offset(f.face.box, first.shape) for f in by_size[1:])
+        rows.append((ratio, centre_offset(by_size[0].face.box, first.shape), nearest_other, theirs))
+    # what the dominant-face rule (QualityRules.dominant_ratio) rejects; (ratio, offset, alone, theirs)
+    several = [(r[0], r[1], r[2], r[3]) for r in rows if r[0] < 4.0]
     out(f"Tuning people (not in the hold-out): {len(tuning)}; first photos with 2+ faces: {len(rows)}; ")
     out(
-        f"of these rejected as several_faces today: {len(several)}, the largest face being the person's in {sum(r[2] for r in several)}.\n"
+        f"of these rejected as several_faces today: {len(several)}, the largest face being the person's in {sum(r[3] for r in several)}.\n"
     )
     offsets = [r[1] for r in several]
     out(
-        f"- centre offset of the largest face when it is the person's: max {max((r[1] for r in several if r[2]), default=math.nan):.3f}"
+        f"- centre offset of the largest face when it is the person's: max {max((r[1] for r in several if r[3]), default=math.nan):.3f}"
     )
-    out(f"- when it is not: {sorted(round(r[1], 3) for r in several if not r[2])}")
+    out(f"- when it is not: {sorted(round(r[1], 3) for r in several if not r[3])}")
     out(f"- all offsets: median {sorted(offsets)[len(offsets) // 2]:.3f}\n")
-    out("| k (area ratio) | d (centre offset) | taken | wrong face |")
-    out("| --- | --- | --- | --- |")
+    out("| k (area ratio) | d (centre offset) | taken | wrong face | taken, no other face within d | wrong face |")
+    out("| --- | --- | --- | --- | --- | --- |")
     for k in (1.0, 1.2, 1.5, 2.0, 3.0):
         for d in (0.05, 0.1, 0.2, 0.3, 0.5):
             taken = [r for r in several if r[0] >= k and r[1] <= d]
-            out(f"| {k} | {d} | {len(taken)} | {sum(1 for r in taken if not r[2])} |")
+            alone = [r for r in taken if r[2] > d]
+            wrong, wrong_alone = (sum(1 for r in rs if not r[3]) for rs in (taken, alone))
+            out(f"| {k} | {d} | {len(taken)} | {wrong} | {len(alone)} | {wrong_alone} |")
 
 
 def main() -> None:
@@ -161,6 +192,13 @@ def main() -> None:
     out("")
     for line in results["after"]["central_lines"]:
         out(line)
+    if args.keep:
+        matches = taken_faces_match(args.lfw, workdir / "after.sqlite3")
+        same = sum(1 for _, similarity in matches if similarity >= MATCH_THRESHOLD)
+        out(
+            f"\nTaken faces against the person's second photo: {same} of {len(matches)} at or above {MATCH_THRESHOLD} "
+            f"(lowest {min((s for _, s in matches), default=float('nan')):.2f})"
+        )
 
 
 if __name__ == "__main__":

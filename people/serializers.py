@@ -118,6 +118,7 @@ class FaceImageSerializer(serializers.ModelSerializer):
         return self._url(obj, "crop")
 
 
+@extend_schema_field({"type": "string", "example": "258,79,89,120"})
 class BoxField(serializers.Field):
     """[x, y, w, h] in the photo's pixels, sent as "x,y,w,h" or a JSON list (multipart forms hold strings)."""
 

@@ -59,8 +59,8 @@ def dominant(faces: Sequence[DetectedFace], ratio: float) -> DetectedFace | None
 class CentralRule:
     """A portrait's subject: the largest face, at least ``min_ratio`` times the next one's area,
     whose box centre lies within ``max_offset`` of the image centre (as a fraction of the image's
-    half-diagonal: 0 is the centre, 1 a corner). Measured on LFW in BENCHMARKS.md ("Enrollment
-    yield")."""
+    half-diagonal: 0 is the centre, 1 a corner), and the only face whose centre does. Measured on
+    LFW in BENCHMARKS.md ("Enrollment yield")."""
 
     min_ratio: float = 1.2
     max_offset: float = 0.2
@@ -88,6 +88,7 @@ def central_subject(faces: Sequence[DetectedFace], image_shape: Sequence[int], r
     by_size = sorted(faces, key=lambda f: area(f.box), reverse=True)
     ratio = area(by_size[0].box) / max(1.0, area(by_size[1].box))
     offset = centre_offset(by_size[0].box, image_shape)
-    if ratio >= rule.min_ratio and offset <= rule.max_offset:
+    alone = all(centre_offset(other.box, image_shape) > rule.max_offset for other in by_size[1:])
+    if ratio >= rule.min_ratio and offset <= rule.max_offset and alone:
         return CentralSubject(by_size[0], ratio, offset)
     return None
