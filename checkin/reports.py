@@ -51,6 +51,14 @@ class Day:
     anonymous_check_ins: int = 0
 
 
+def local_day_bounds(first_day: date, last_day: date) -> tuple[datetime, datetime]:
+    """The aware instants where local day ``first_day`` starts and the day after ``last_day`` starts."""
+    zone = timezone.get_current_timezone()
+    start = timezone.make_aware(datetime.combine(first_day, time.min), zone)
+    end = timezone.make_aware(datetime.combine(last_day + timedelta(days=1), time.min), zone)
+    return start, end
+
+
 def attendance(first_day: date, last_day: date, external_id_prefix: str = "") -> list[Day]:
     """Attendance per local day from ``first_day`` to ``last_day`` (both included), each day's
     people sorted by name. Absent: active people (whose external_id starts with
@@ -59,8 +67,7 @@ def attendance(first_day: date, last_day: date, external_id_prefix: str = "") ->
     from people.models import Person
 
     zone = timezone.get_current_timezone()
-    start = timezone.make_aware(datetime.combine(first_day, time.min), zone)
-    end = timezone.make_aware(datetime.combine(last_day + timedelta(days=1), time.min), zone)
+    start, end = local_day_bounds(first_day, last_day)
     rows = (
         CheckIn.objects.filter(checked_in_at__gte=start, checked_in_at__lt=end)
         .annotate(day=TruncDate("checked_in_at", tzinfo=zone))

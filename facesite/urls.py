@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
-from checkin import pages
+from checkin import dashboard, pages
 from facesite.health import healthz
 from facesite.home import home
 from people.media import FaceMediaView
@@ -16,6 +16,7 @@ urlpatterns = [
         r"^admin/recognition/(?P<rest>(?:kiosk|consent|checkin)/.*)$",
         RedirectView.as_view(url="/admin/checkin/%(rest)s", query_string=True),
     ),
+    path("admin/dashboard/", dashboard.dashboard, name="admin-dashboard"),
     path("admin/", admin.site.urls),
     path("healthz/", healthz, name="healthz"),
     path("api/v1/people/<int:pk>/export/", PersonExportView.as_view(), name="person-export"),

@@ -1,8 +1,11 @@
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.core.files.base import ContentFile
 from django.db.models import Count, Q
-from django.http import HttpResponseRedirect
-from django.urls import reverse
+from django.http import Http404, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.html import format_html
 
 from privacy.services import erase_person
@@ -45,6 +48,17 @@ def reprocess_faces(request, faces) -> None:
     skipped = faces.filter(image="").count()
     if skipped:
         messages.warning(request, f"{skipped} face(s) have no original photo on file and were left as they are.")
+
+
+def photo_size(face: FaceImage) -> tuple[int, int]:
+    """The photo's (width, height) as detection saw it: after its EXIF rotation."""
+    from PIL import Image
+
+    with face.image.open("rb") as fh, Image.open(fh) as image:
+        width, height = image.size
+        if image.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated a quarter turn
+            width, height = height, width
+    return width, height
 
 
 def status_badge(face: FaceImage) -> str:
@@ -94,6 +108,9 @@ class FaceImageInline(admin.TabularInline):
     def review_action(self, obj):
         # Submits the person's form (saving it, like "Save and continue") with the photo to approve:
         # PersonAdmin.response_change approves it. A form of its own cannot nest in the change form.
+        if obj.faces_found and obj.status == FaceImage.Status.REJECTED and obj.image:
+            url = reverse("admin:people_faceimage_choose_face", args=[obj.pk])
+            return format_html('<a class="button" href="{}">Choose the face</a>', url)
         if obj.status != FaceImage.Status.REVIEW:
             return ""
         return format_html('<button type="submit" class="button" name="_approve_face" value="{}">Approve</button>', obj.pk)
@@ -261,6 +278,7 @@ class FaceImageAdmin(admin.ModelAdmin):
         "status",
         "reason_code",
         "reason",
+        "faces_to_choose",
         "box",
         "landmarks",
         "detection_score",
@@ -273,6 +291,49 @@ class FaceImageAdmin(admin.ModelAdmin):
     ]
     fields = ["person", "image", *readonly_fields]
     actions = ["reprocess", "approve"]
+
+    def get_urls(self):
+        choose = self.admin_site.admin_view(self.choose_face_view)
+        return [path("<int:pk>/choose-face/", choose, name="people_faceimage_choose_face"), *super().get_urls()]
+
+    def choose_face_view(self, request, pk: int):
+        """A photo of several faces, numbered on the photo; staff pick the person's, and the photo is
+        processed again with that face (the same checks as any upload: quality, mislabel)."""
+        face = get_object_or_404(FaceImage.objects.select_related("person"), pk=pk)
+        if not self.has_change_permission(request, face):
+            raise PermissionDenied
+        if not face.faces_found or not face.image:
+            raise Http404("This photo lists no faces to choose from.")
+        if request.method == "POST":
+            index = request.POST.get("face_index", "")
+            try:
+                services.choose_face(face, int(index) if index.isdigit() else -1)
+            except ValueError as err:
+                messages.error(request, f"Not chosen: {err}")
+                return HttpResponseRedirect(request.path)
+            messages.success(request, f"Face #{index} chosen as {face.person.name}'s; the photo is processed again with it.")
+            return HttpResponseRedirect(reverse("admin:people_faceimage_change", args=[face.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Choose {face.person.name}'s face",
+            "opts": self.model._meta,
+            "original": face,
+            "photo_url": face_media_url(face, "image"),
+            "photo_size": photo_size(face),
+            "faces": [{"index": i, "x": b[0], "y": b[1], "w": b[2], "h": b[3]} for i, b in enumerate(face.faces_found)],
+            "chosen": face.chosen_box,
+        }
+        return TemplateResponse(request, "admin/people/faceimage/choose_face.html", context)
+
+    @admin.display(description="Faces found")
+    def faces_to_choose(self, obj):
+        if not obj or not obj.faces_found:
+            return "-"
+        url = reverse("admin:people_faceimage_choose_face", args=[obj.pk])
+        chosen = f" ({obj.get_face_choice_display().lower()})" if obj.face_choice else ""
+        return format_html(
+            '{} faces{} — <a class="button" href="{}">Choose the person\'s face</a>', len(obj.faces_found), chosen, url
+        )
 
     def get_fields(self, request, obj=None):
         # A stored photo is shown through the staff-only media view (there is no /media/ route);

@@ -72,6 +72,13 @@ class FaceImageQuerySet(models.QuerySet):
         return self.accepted().filter(person__is_active=True, embedding__isnull=False)
 
 
+class FaceChoice(models.TextChoices):
+    """Who chose the person's face in a photo of several (blank: the only or the clearly largest face)."""
+
+    STAFF = "staff", "Chosen by staff"
+    CENTRAL = "central", "Central subject (import)"
+
+
 class FaceImage(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -89,6 +96,19 @@ class FaceImage(models.Model):
     reason = models.CharField(max_length=500, blank=True, help_text="Why the image was rejected or held for review.")
     box = models.JSONField(null=True, blank=True, help_text="[x, y, w, h] in original image pixels.")
     landmarks = models.JSONField(null=True, blank=True)
+    faces_found = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Every face detected, when there were several: [[x, y, w, h], ...] in reading order (left to right); "
+        "a face_index counts in this order.",
+    )
+    chosen_box = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="[x, y, w, h] of the face chosen as the person's (by staff, or the importer's central-subject rule); "
+        "processing takes the detected face overlapping it most.",
+    )
+    face_choice = models.CharField(max_length=10, choices=FaceChoice.choices, blank=True)
     detection_score = models.FloatField(null=True, blank=True)
     sharpness = models.FloatField(null=True, blank=True)
     embedding = models.BinaryField(null=True, blank=True, editable=False, help_text="128 float32, L2-normalised.")

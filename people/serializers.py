@@ -1,3 +1,7 @@
+import json
+import math
+
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from .media import face_media_url
@@ -58,9 +62,18 @@ class PersonSerializer(serializers.ModelSerializer):
         return super().update(instance, validated_data)
 
 
+class FaceFoundSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text="The face_index that chooses this face (0 is the leftmost).")
+    box = serializers.ListField(child=serializers.IntegerField(), help_text="[x, y, w, h] in the photo's pixels.")
+
+
 class FaceImageSerializer(serializers.ModelSerializer):
     image_url = serializers.SerializerMethodField()
     crop_url = serializers.SerializerMethodField()
+    faces = serializers.SerializerMethodField(
+        help_text="Every face found when there were several (e.g. reason several_faces), numbered left to right: "
+        "upload again with face_index or box to choose one."
+    )
 
     class Meta:
         model = FaceImage
@@ -71,6 +84,9 @@ class FaceImageSerializer(serializers.ModelSerializer):
             "reason_code",
             "reason",
             "box",
+            "faces",
+            "chosen_box",
+            "face_choice",
             "landmarks",
             "detection_score",
             "sharpness",
@@ -89,6 +105,12 @@ class FaceImageSerializer(serializers.ModelSerializer):
         request = self.context.get("request")
         return request.build_absolute_uri(path) if request and path else path
 
+    @extend_schema_field(FaceFoundSerializer(many=True, allow_null=True))
+    def get_faces(self, obj) -> list[dict] | None:
+        if not obj.faces_found:
+            return None
+        return [{"index": i, "box": box} for i, box in enumerate(obj.faces_found)]
+
     def get_image_url(self, obj) -> str | None:
         return self._url(obj, "image")
 
@@ -96,5 +118,52 @@ class FaceImageSerializer(serializers.ModelSerializer):
         return self._url(obj, "crop")
 
 
+@extend_schema_field({"type": "string", "example": "258,79,89,120"})
+class BoxField(serializers.Field):
+    """[x, y, w, h] in the photo's pixels, sent as "x,y,w,h" or a JSON list (multipart forms hold strings)."""
+
+    default_error_messages = {
+        "invalid": 'Give the box as four numbers x, y, w, h in the photo\'s pixels ("120,40,80,96" or "[120, 40, 80, 96]").',
+        "empty": "The box must have a positive width and height, and x and y must not be negative.",
+    }
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            text = data.strip()
+            try:
+                data = json.loads(text) if text.startswith("[") else [float(part) for part in text.split(",")]
+            except (ValueError, RecursionError):
+                self.fail("invalid")
+        if not isinstance(data, (list, tuple)) or len(data) != 4:
+            self.fail("invalid")
+        try:
+            box = [float(v) for v in data]
+        except (TypeError, ValueError):
+            self.fail("invalid")
+        if any(isinstance(v, bool) for v in data) or not all(math.isfinite(v) for v in box):
+            self.fail("invalid")
+        if box[0] < 0 or box[1] < 0 or box[2] <= 0 or box[3] <= 0:
+            self.fail("empty")
+        return box
+
+    def to_representation(self, value):
+        return value
+
+
 class FaceUploadSerializer(serializers.Serializer):
-    image = serializers.FileField(allow_empty_file=True, help_text="A photo of the person alone (JPEG, PNG or WebP).")
+    image = serializers.FileField(
+        allow_empty_file=True,
+        help_text="A photo of the person alone (JPEG, PNG or WebP), or of several people with face_index or box.",
+    )
+    face_index = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=10_000,
+        help_text="Which face of a photo of several is the person: its index among the faces found, numbered left to "
+        "right by the centre of their boxes (0 is the leftmost), as listed in a several_faces answer's faces.",
+    )
+    box = BoxField(
+        required=False,
+        help_text="Or: where the person's face is, [x, y, w, h] in the photo's pixels; the face found that overlaps "
+        "it most is taken (none overlapping: 400 no_face_at_box).",
+    )

@@ -16,9 +16,10 @@ from django_q.models import Schedule
 from django_q.tasks import async_task, schedule
 
 from integrations.events import face_verdict
-from recognition.pipelines import read_upload
+from recognition.engine import selection
+from recognition.pipelines import pipeline, read_upload
 
-from .models import FaceImage, Person
+from .models import FaceChoice, FaceImage, Person
 
 log = logging.getLogger(__name__)
 
@@ -26,22 +27,81 @@ log = logging.getLogger(__name__)
 PROCESS_TASK = "recognition.tasks.process_face_image"
 
 
-def enroll(person: Person, upload, uploaded_by=None, process: bool = True) -> FaceImage:
+def enroll(person: Person, upload, uploaded_by=None, process: bool = True, chosen_box: list[int] | None = None) -> FaceImage:
     """Store an uploaded photo of ``person`` and queue its processing.
 
     The upload is decoded first so that an unusable file is refused (ImageError) and nothing is
     written; the row and file are saved in one transaction, and processing is queued after commit.
+    ``chosen_box`` (see ``chosen_face_box``) names the person's face in a photo of several.
     """
     read_upload(upload)  # raises ImageError: nothing is stored
     upload.seek(0)
     photo = ContentFile(strip_metadata(upload.read()))
     with transaction.atomic():
         face = FaceImage(person=person, uploaded_by=uploaded_by, original_name=safe_name(getattr(upload, "name", "")))
+        if chosen_box is not None:
+            face.chosen_box, face.face_choice = chosen_box, FaceChoice.STAFF
         face.image.save(upload.name or "upload", photo, save=False)
         face.save()
         if process:
             transaction.on_commit(lambda: queue_processing(face.pk))
     return face
+
+
+class FaceChoiceError(Exception):
+    """A face_index or box that names no face of the photo; ``code`` is the API's error code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def chosen_face_box(upload, face_index: int | None = None, box: list[float] | None = None) -> list[int] | None:
+    """The box of the face an uploader chose in a photo of several, by ``face_index`` (faces
+    numbered left to right, recognition.engine.selection.reading_order) or by ``box`` (the face
+    overlapping it most); None when neither is given. FaceChoiceError when it names no face,
+    ImageError when the photo is unusable. The photo is processed later with this box
+    (recognition/enrollment.py), so the choice holds however often it is re-processed."""
+    if face_index is None and box is None:
+        return None
+    if face_index is not None and box is not None:
+        raise FaceChoiceError("face_choice_conflict", "Give face_index or box, not both.")
+    faces = selection.reading_order(pipeline().detect(read_upload(upload)))
+    upload.seek(0)
+    if not faces:
+        raise FaceChoiceError("no_face", "No face was found in this photo.")
+    listed = ", ".join(f"#{i} {f.box_ints()}" for i, f in enumerate(faces))
+    if face_index is not None:
+        if face_index >= len(faces):
+            raise FaceChoiceError(
+                "face_index_out_of_range",
+                f"face_index {face_index} is out of range: the photo has {len(faces)} face(s), numbered left to right "
+                f"from 0 ({listed}).",
+            )
+        return faces[face_index].box_ints()
+    found = selection.best_overlap(faces, box)
+    if found is None:
+        raise FaceChoiceError("no_face_at_box", f"No face found in the photo overlaps the box {box}; faces found: {listed}.")
+    return faces[found[0]].box_ints()
+
+
+def choose_face(face: FaceImage, face_index: int) -> None:
+    """Staff chose which of the faces found in a photo (``face.faces_found``) is the person's:
+    process it again with that face, through the same checks as any photo (quality, mislabel).
+    ValueError if the photo lists no such face."""
+    found = face.faces_found or []
+    if not 0 <= face_index < len(found):
+        raise ValueError(f"this photo lists {len(found)} faces; there is no face #{face_index}.")
+    if not face.image:
+        raise ValueError("the original photo is no longer on file.")
+    face.chosen_box, face.face_choice = list(found[face_index]), FaceChoice.STAFF
+    face.status, face.reason_code, face.reason = FaceImage.Status.PENDING, "", ""
+    with transaction.atomic():
+        was_in_gallery = FaceImage.objects.in_gallery().filter(pk=face.pk).exists()
+        face.save(update_fields=["chosen_box", "face_choice", "status", "reason_code", "reason", "updated_at"])
+        if was_in_gallery:
+            gallery_changed()
+        transaction.on_commit(lambda: queue_processing(face.pk))
 
 
 def queue_processing(face_image_id: int) -> bool:

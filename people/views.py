@@ -7,7 +7,7 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
-from facesite.api import IsStaffOrReadRole, image_error
+from facesite.api import ApiError, IsStaffOrReadRole, image_error
 from privacy.services import erase_person
 from recognition.engine.images import ImageError
 from security.permissions import TokenScope
@@ -51,10 +51,14 @@ class FaceImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.
         person = self.person()
         upload = FaceUploadSerializer(data=request.data)
         upload.is_valid(raise_exception=True)
+        data = upload.validated_data
         try:
-            face = services.enroll(person, upload.validated_data["image"], uploaded_by=request.user)
+            chosen = services.chosen_face_box(data["image"], data.get("face_index"), data.get("box"))
+            face = services.enroll(person, data["image"], uploaded_by=request.user, chosen_box=chosen)
         except ImageError as err:
             raise image_error(err, "image")
+        except services.FaceChoiceError as err:
+            raise ApiError(err.code, err.message)
         face.refresh_from_db()
         return Response(self.get_serializer(face).data, status=status.HTTP_201_CREATED)
 

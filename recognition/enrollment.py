@@ -16,11 +16,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from integrations.events import face_verdict
-from people.models import FaceImage, Person
+from people.models import FaceChoice, FaceImage, Person
 from people.services import delete_files
 from training import services as training
 
 from . import services
+from .engine import selection
+from .engine.detection import DetectedFace
 from .engine.images import ImageError, encode_jpeg
 from .pipelines import pipeline, quality_rules, read_upload
 
@@ -32,8 +34,14 @@ class Verdict:
     reason: str = ""
 
 
-def process_face_image(face: FaceImage) -> FaceImage | None:
+def process_face_image(face: FaceImage, central_subject: selection.CentralRule | None = None) -> FaceImage | None:
     """Detect, check, align and embed one enrollment photo; set its status and reason.
+
+    Which face is the person's: the one overlapping ``face.chosen_box`` most when a face was
+    chosen (by staff, or an earlier import); else the only face, or one clearly larger than the
+    rest; else, with ``central_subject`` (the importer's rule for portraits), the portrait's
+    central subject, remembered as the chosen face. Otherwise the photo is rejected as
+    ``several_faces``, its reason and ``faces_found`` listing the faces to choose from.
 
     Returns None when the photo was deleted while it was processed: its results are not written
     (the row is never re-inserted) and the crop made for it is removed."""
@@ -41,7 +49,7 @@ def process_face_image(face: FaceImage) -> FaceImage | None:
     face._previous_crop = face.crop.name if face.crop else ""
     face._was_in_gallery = face.status == FaceImage.Status.ACCEPTED and face.embedding is not None
     face.crop = ""
-    face.box = face.landmarks = face.detection_score = face.sharpness = None
+    face.box = face.landmarks = face.detection_score = face.sharpness = face.faces_found = None
     face.set_vector(None)
     try:
         with face.image.open("rb") as fh:
@@ -53,19 +61,11 @@ def process_face_image(face: FaceImage) -> FaceImage | None:
     detected = pipe.detect(rgb)
     if not detected:
         return _finish(face, Verdict(FaceImage.Status.REJECTED, "no_face", "No face was found in this photo."))
-    main = detected[0]
-    if len(detected) > 1:
-        second = detected[1]
-        ratio = (main.box[2] * main.box[3]) / max(1.0, second.box[2] * second.box[3])
-        if ratio < rules.dominant_ratio:
-            return _finish(
-                face,
-                Verdict(
-                    FaceImage.Status.REJECTED,
-                    "several_faces",
-                    f"{len(detected)} faces of similar size were found; use a photo of {face.person.name} alone.",
-                ),
-            )
+    ordered = selection.reading_order(detected)
+    face.faces_found = [f.box_ints() for f in ordered] if len(ordered) > 1 else None
+    main = _the_persons_face(face, ordered, rgb.shape, rules, central_subject)
+    if isinstance(main, Verdict):
+        return _finish(face, main)
     analysed = pipe.analyse(rgb, faces=[main])[0]
     face.box = main.box_ints()
     face.landmarks = main.landmarks_dict()
@@ -98,6 +98,46 @@ def process_face_image(face: FaceImage) -> FaceImage | None:
     return _finish(face, _mislabel_check(face, analysed.embedding))
 
 
+def _the_persons_face(
+    face: FaceImage, ordered: list[DetectedFace], image_shape, rules, central: selection.CentralRule | None
+) -> DetectedFace | Verdict:
+    """The detected face that is the person's (see process_face_image), or the verdict refusing the photo."""
+    if face.chosen_box:
+        found = selection.best_overlap(ordered, face.chosen_box)
+        if found is None:
+            return Verdict(
+                FaceImage.Status.REJECTED,
+                "chosen_face_not_found",
+                f"No face was found at the chosen box {face.chosen_box}; faces found: {describe_faces(ordered)}.",
+            )
+        return ordered[found[0]]
+    main = selection.dominant(ordered, rules.dominant_ratio)
+    if main is not None:
+        return main
+    subject = selection.central_subject(ordered, image_shape, central) if central else None
+    if subject is not None:
+        face.chosen_box = subject.face.box_ints()
+        face.face_choice = FaceChoice.CENTRAL
+        face.central_subject = subject  # not stored: for the importer's summary (how large, how central)
+        return subject.face
+    return Verdict(
+        FaceImage.Status.REJECTED,
+        "several_faces",
+        f"{len(ordered)} faces of similar size were found ({describe_faces(ordered)}, numbered left to right); "
+        f"choose the one that is {face.person.name}, or use a photo of {face.person.name} alone.",
+    )
+
+
+def describe_faces(ordered: list[DetectedFace]) -> str:
+    """The faces of a photo by their face_index: "#0 [x, y, w, h], #1 [...]"."""
+    shown = ", ".join(f"#{i} {f.box_ints()}" for i, f in enumerate(ordered[:LISTED_FACES]))
+    return shown + (f" and {len(ordered) - LISTED_FACES} more" if len(ordered) > LISTED_FACES else "")
+
+
+# Faces named in a reason (it holds 500 characters); faces_found lists them all.
+LISTED_FACES = 8
+
+
 def _mislabel_check(face: FaceImage, embedding) -> Verdict:
     """Hold for review a photo that looks more like another enrolled person than its own."""
     threshold = services.match_threshold()
@@ -126,6 +166,9 @@ RESULT_FIELDS = (
     "processed_at",
     "box",
     "landmarks",
+    "faces_found",
+    "chosen_box",
+    "face_choice",
     "detection_score",
     "sharpness",
     "embedding",
@@ -138,7 +181,7 @@ def _finish(face: FaceImage, verdict: Verdict) -> FaceImage | None:
     """Write the results onto the existing row, never re-inserting a row deleted meanwhile."""
     face.status = verdict.status
     face.reason_code = verdict.code
-    face.reason = verdict.reason
+    face.reason = verdict.reason[: FaceImage._meta.get_field("reason").max_length]
     face.processed_at = face.updated_at = timezone.now()
     new_crop, old_crop = (face.crop.name if face.crop else ""), getattr(face, "_previous_crop", "")
     with transaction.atomic():

@@ -8,6 +8,12 @@ version in force; people who already exist keep theirs.
 The folder name becomes the person's name ("barack_obama" -> "Barack Obama"); an existing person
 of that name gets the new photos. Photos are processed here, in this process, so the summary at
 the end is final.
+
+A photo with several faces of similar size is enrolled on its central subject when one clearly is
+(a portrait with faces in the background: the largest face, at least CentralRule.min_ratio times
+the next one's area, centred within CentralRule.max_offset of the image centre; measured on LFW in
+BENCHMARKS.md, "Enrollment yield"); the summary names each such photo, the face taken and why.
+``--no-central-subject`` rejects them as several_faces instead, like any other upload.
 """
 
 from collections import Counter
@@ -18,15 +24,28 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from people import services
-from people.models import FaceImage, LegalBasis, Person
+from people.models import FaceChoice, FaceImage, LegalBasis, Person
 from recognition import enrollment
 from recognition.engine.images import ImageError
+from recognition.engine.selection import CentralRule
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def person_name(folder: str) -> str:
     return " ".join(part.capitalize() for part in folder.replace("-", "_").split("_") if part)
+
+
+def central_reason(face: FaceImage) -> str:
+    """Which face of a photo of several was taken as its central subject, and why."""
+    subject = face.central_subject  # set by recognition.enrollment for this run
+    boxes = face.faces_found or []
+    index = boxes.index(face.chosen_box) if face.chosen_box in boxes else "?"
+    return (
+        f"{len(boxes)} faces; took the central subject, face #{index} {face.chosen_box}: "
+        f"{subject.ratio:.1f}x the next face's area, {subject.offset:.2f} from the centre "
+        f"-> {face.get_status_display().lower()}"
+    )
 
 
 class Command(BaseCommand):
@@ -38,13 +57,27 @@ class Command(BaseCommand):
         parser.add_argument("--max-photos", type=int, default=None, help="At most this many photos per person.")
         parser.add_argument("--skip-existing", action="store_true", help="Skip people that already have photos.")
         parser.add_argument(
+            "--no-central-subject",
+            action="store_true",
+            help="Reject photos of several similar-sized faces (several_faces) instead of taking a clear central subject.",
+        )
+        parser.add_argument(
             "--legal-basis",
             required=True,
             choices=LegalBasis.values,
             help="The GDPR Art. 9(2) basis for holding these faces, recorded on each person created.",
         )
 
-    def handle(self, directory: Path, limit_people=None, max_photos=None, skip_existing=False, legal_basis=None, **options):
+    def handle(
+        self,
+        directory: Path,
+        limit_people=None,
+        max_photos=None,
+        skip_existing=False,
+        legal_basis=None,
+        no_central_subject=False,
+        **options,
+    ):
         if legal_basis not in LegalBasis.values:  # argparse checks the command line; this, call_command's kwargs
             raise CommandError(f"--legal-basis is required, one of: {', '.join(LegalBasis.values)}")
         if not directory.is_dir():
@@ -60,7 +93,8 @@ class Command(BaseCommand):
 
         outcomes: Counter = Counter()
         reasons: Counter = Counter()
-        rejected_lines = []
+        rejected_lines, central_lines = [], []
+        rule = None if no_central_subject else CentralRule()
         total = sum(len(photos) for _, photos in jobs)
         with tqdm(total=total, unit="photo", desc="Enrolling", disable=options.get("verbosity", 1) == 0) as bar:
             for folder, photos in jobs:
@@ -84,8 +118,10 @@ class Command(BaseCommand):
                         rejected_lines.append(f"  {folder.name}/{photo.name}: {err.message}")
                         bar.update(1)
                         continue
-                    enrollment.process_face_image(face)
+                    enrollment.process_face_image(face, central_subject=rule)
                     outcomes[face.status] += 1
+                    if face.face_choice == FaceChoice.CENTRAL:
+                        central_lines.append(f"  {folder.name}/{photo.name}: {central_reason(face)}")
                     if face.status != FaceImage.Status.ACCEPTED:
                         reasons[face.reason_code] += 1
                         rejected_lines.append(f"  {folder.name}/{photo.name}: {face.get_status_display()}: {face.reason}")
@@ -101,5 +137,9 @@ class Command(BaseCommand):
         )
         if reasons:
             self.stdout.write("Reasons: " + ", ".join(f"{code} x{n}" for code, n in reasons.most_common()))
+        if central_lines:
+            self.stdout.write(f"Central subject taken in {len(central_lines)} photos of several faces:")
+        for line in central_lines:
+            self.stdout.write(line)
         for line in rejected_lines:
             self.stdout.write(line)
