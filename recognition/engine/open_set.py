@@ -1,0 +1,163 @@
+"""Open-set thresholds per search: how high a stranger's BEST score climbs in a gallery of N faces.
+
+A stranger is compared with every enrolled face; a false accept happens when any one of them
+reaches the threshold. With ``p(t)`` the chance that one impostor pair (two different people)
+scores at least ``t``, a search over N faces accepts a stranger with probability
+
+    P(max >= t) = 1 - (1 - p(t)) ** N
+
+(independent pairs). The gallery's faces of one person are correlated, so counting faces, not
+people, overstates the rate a little: the threshold errs on the strict side. ``p(t)`` comes from an
+``ImpostorTail``: the empirical distribution of impostor cosine similarities, with an exponential
+tail fitted above its top scores for the rates no sample can show (1% per search at 1M faces needs
+``p ~ 1e-8``). Impostor cosines are bounded and lighter-tailed than exponential, so the fit
+overstates ``p`` far out: again on the strict side. Plain numpy, no Django.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Points of the empirical part, log-spaced in the tail probability (a few KB as JSON).
+_GRID_POINTS = 48
+
+
+@dataclass(frozen=True)
+class ImpostorTail:
+    """The upper tail of per-pair impostor cosine similarities.
+
+    ``scores`` (descending) at tail probabilities ``probabilities`` (ascending: P(score >= s));
+    above ``scores[0]`` (probability ``probabilities[0]``) an exponential tail of scale ``scale``."""
+
+    n_pairs: int
+    scores: tuple[float, ...]
+    probabilities: tuple[float, ...]
+    scale: float
+    source: str = ""
+
+    @classmethod
+    def from_scores(cls, impostor: np.ndarray, source: str = "", fit_top: int | None = None) -> ImpostorTail:
+        """Impostor scores (any shape, cosine similarities of pairs of different people) -> their tail.
+
+        The exponential part is fitted (maximum likelihood: the mean excess) on the ``fit_top``
+        highest scores (default: the top 0.1%, at least 10, at most 5,000)."""
+        values = np.sort(np.asarray(impostor, np.float64).ravel())[::-1]
+        n = len(values)
+        if n < 20:
+            raise ValueError(f"{n} impostor scores are too few to describe a tail (at least 20).")
+        k = int(fit_top or min(5000, max(10, n // 1000)))
+        k = min(k, n - 1)
+        u = values[k]  # the tail starts here: k scores are above it
+        scale = max(float(np.mean(values[:k] - u)), 1e-4)
+        p_u = k / n
+        probabilities = np.geomspace(p_u, 0.5, _GRID_POINTS)
+        scores = values[np.clip(np.round(probabilities * n).astype(int), 0, n - 1)]
+        scores[0] = u
+        scores = np.minimum.accumulate(scores)  # descending
+        return cls(n, tuple(float(s) for s in scores), tuple(float(p) for p in probabilities), scale, source)
+
+    def pair_far(self, threshold: float) -> float:
+        """P(one impostor pair scores >= ``threshold``)."""
+        u, p_u = self.scores[0], self.probabilities[0]
+        if threshold >= u:
+            return float(p_u * np.exp(-(threshold - u) / self.scale))
+        if threshold <= self.scores[-1]:
+            return float(self.probabilities[-1])  # the body: at least this; thresholds never sit there
+        # log p is interpolated on the score (scores ascending for np.interp)
+        return float(np.exp(np.interp(threshold, self.scores[::-1], np.log(self.probabilities[::-1]))))
+
+    def threshold_at_pair_far(self, pair_far: float) -> float:
+        """The lowest score ``t`` with ``pair_far(t) <= pair_far``."""
+        u, p_u = self.scores[0], self.probabilities[0]
+        if pair_far <= p_u:
+            return float(u + self.scale * np.log(p_u / pair_far))
+        if pair_far >= self.probabilities[-1]:
+            return float(self.scores[-1])
+        return float(np.interp(np.log(pair_far), np.log(self.probabilities), self.scores))
+
+    def as_dict(self) -> dict:
+        return {
+            "n_pairs": self.n_pairs,
+            "scores": [round(s, 6) for s in self.scores],
+            "probabilities": [float(f"{p:.6g}") for p in self.probabilities],
+            "scale": round(self.scale, 6),
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ImpostorTail:
+        return cls(
+            int(data["n_pairs"]),
+            tuple(float(s) for s in data["scores"]),
+            tuple(float(p) for p in data["probabilities"]),
+            float(data["scale"]),
+            str(data.get("source", "")),
+        )
+
+
+def search_far(pair_far: float, gallery_size: int) -> float:
+    """P(a stranger's best score over ``gallery_size`` faces reaches the threshold), pairs independent."""
+    if gallery_size <= 0:
+        return 0.0
+    pair_far = min(max(pair_far, 0.0), 1.0)
+    if pair_far >= 1.0:
+        return 1.0
+    return float(-np.expm1(gallery_size * np.log1p(-pair_far)))
+
+
+def pair_far_for_search(target: float, gallery_size: int) -> float:
+    """The per-pair rate that gives ``target`` per search over ``gallery_size`` faces."""
+    return float(-np.expm1(np.log1p(-target) / max(gallery_size, 1)))
+
+
+@dataclass(frozen=True)
+class OpenSet:
+    """The threshold in force for one gallery size and what it is expected to let through."""
+
+    threshold: float  # cosine similarity
+    calibrated: float | None  # the per-search threshold for the target (None: no tail known)
+    floor: float  # the threshold it never goes below (the per-pair one chosen before)
+    target_far: float  # per search
+    expected_far: float | None  # per search, at ``threshold``, for ``gallery_size`` faces
+    gallery_size: int
+
+
+def worst_pair_far(tails: list[ImpostorTail], threshold: float) -> float:
+    """The highest per-pair rate of several tails (e.g. LFW strangers and the site's own people)."""
+    return max(tail.pair_far(threshold) for tail in tails)
+
+
+def calibrate(tails: list[ImpostorTail], gallery_size: int, target_far: float, floor: float) -> OpenSet:
+    """The threshold for ``target_far`` false accepts per search over ``gallery_size`` faces, never
+    below ``floor``, with the rate expected there. Several tails: each must hold the target."""
+    if not tails:
+        return OpenSet(floor, None, floor, target_far, None, gallery_size)
+    per_pair = pair_far_for_search(target_far, gallery_size)
+    calibrated = max(tail.threshold_at_pair_far(per_pair) for tail in tails)
+    threshold = max(calibrated, floor)
+    return OpenSet(threshold, calibrated, floor, target_far, expected_far(tails, threshold, gallery_size), gallery_size)
+
+
+def expected_far(tails: list[ImpostorTail], threshold: float, gallery_size: int) -> float | None:
+    if not tails:
+        return None
+    return search_far(worst_pair_far(tails, threshold), gallery_size)
+
+
+def cross_person_scores(embeddings: np.ndarray, labels: np.ndarray, max_faces: int = 3000, seed: int = 0) -> np.ndarray:
+    """Cosine similarities of every pair of faces of different people among at most ``max_faces``
+    faces (a fixed-seed sample above that: ~4.5M pairs, bounded time and memory).
+
+    ``embeddings`` (N, D) float32 L2-normalised, ``labels`` (N,) person ids -> (pairs,) float32."""
+    embeddings = np.asarray(embeddings, np.float32)
+    labels = np.asarray(labels)
+    if len(embeddings) > max_faces:
+        pick = np.sort(np.random.default_rng(seed).choice(len(embeddings), max_faces, replace=False))
+        embeddings, labels = embeddings[pick], labels[pick]
+    if len(embeddings) < 2:
+        return np.zeros(0, np.float32)
+    scores = embeddings @ embeddings.T
+    upper = np.triu(np.ones(scores.shape, bool), 1) & (labels[:, None] != labels[None, :])
+    return scores[upper].astype(np.float32)
