@@ -208,6 +208,8 @@ FACE_VERIFY_THRESHOLD = env_float("FACE_VERIFY_THRESHOLD", 0.42)
 OPEN_SET_FAR_PER_SEARCH = env_float("OPEN_SET_FAR_PER_SEARCH", 0.01)
 # A training run records the site's own impostor tail from at most this many faces (a fixed-seed sample).
 OPEN_SET_SITE_MAX_FACES = env_int("OPEN_SET_SITE_MAX_FACES", 3000)
+# ... when they give at least this many pairs of faces of different people (fewer say little about the tail).
+OPEN_SET_SITE_MIN_PAIRS = env_int("OPEN_SET_SITE_MIN_PAIRS", 1000)
 OPEN_SET_LFW_TAIL = env_str("OPEN_SET_LFW_TAIL", str(BASE_DIR / "recognition" / "data" / "lfw_impostor_tail.json"))
 FACE_TOP_K = env_int("FACE_TOP_K", 5)
 FACE_DETECT_MAX_SIDE = env_int("FACE_DETECT_MAX_SIDE", 1024)

@@ -138,7 +138,6 @@ def active_model_version():
 
 
 def served_embedder() -> str:
-
     return pipeline_config().embedder_name
 
 
@@ -147,7 +146,7 @@ def impostor_tails(version) -> list[ImpostorTail]:
     strangers (committed) and the site's own people (recorded by ``version``'s training run)."""
     from training.open_set import impostor_tails as tails
 
-    return tails(version, served_embedder())
+    return tails(version)
 
 
 def open_set(version, gallery_size: int) -> OpenSet:
@@ -156,7 +155,7 @@ def open_set(version, gallery_size: int) -> OpenSet:
     threshold), and the rate expected there."""
     from training.open_set import calibration
 
-    return calibration(version, gallery_size, served_embedder())
+    return calibration(version, gallery_size)
 
 
 def match_threshold(gallery_size: int | None = None) -> float:

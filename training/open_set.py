@@ -18,9 +18,6 @@ from recognition.engine.open_set import ImpostorTail, OpenSet, calibrate
 
 log = logging.getLogger(__name__)
 
-# The site's own tail needs this many cross-person pairs to say anything about the rates that matter.
-MIN_SITE_PAIRS = 1000
-
 
 class _LfwTail:
     """The committed tail of LFW strangers (OPEN_SET_LFW_TAIL), read once per process per file
@@ -67,9 +64,16 @@ def floor_threshold(version) -> float:
     return float(settings.FACE_MATCH_THRESHOLD)
 
 
-def impostor_tails(version, embedder: str) -> list[ImpostorTail]:
-    """The per-pair impostor tails for ``embedder``: LFW strangers and, when ``version`` recorded
-    them with this embedder, the site's own people."""
+def served_embedder() -> str:
+    from recognition.pipelines import pipeline_config
+
+    return pipeline_config().embedder_name
+
+
+def impostor_tails(version, embedder: str | None = None) -> list[ImpostorTail]:
+    """The per-pair impostor tails for ``embedder`` (default: the served one): LFW strangers and,
+    when ``version`` recorded them with this embedder, the site's own people."""
+    embedder = embedder or served_embedder()
     tails = []
     lfw = lfw_tail.get(embedder)
     if lfw is not None:
@@ -80,7 +84,7 @@ def impostor_tails(version, embedder: str) -> list[ImpostorTail]:
     return tails
 
 
-def calibration(version, gallery_size: int, embedder: str) -> OpenSet:
+def calibration(version, gallery_size: int, embedder: str | None = None) -> OpenSet:
     """The cosine threshold for a gallery of ``gallery_size`` faces: a stranger's best score reaches
     it in at most OPEN_SET_FAR_PER_SEARCH of searches, never below ``floor_threshold(version)``."""
     return calibrate(impostor_tails(version, embedder), gallery_size, settings.OPEN_SET_FAR_PER_SEARCH, floor_threshold(version))

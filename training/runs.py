@@ -29,7 +29,6 @@ from training.engine.export import cached_embedder_tflite, sha256_bytes
 from training.engine.heads import NearestNeighbour, SoftmaxHead
 
 from .models import ModelVersion
-from .open_set import MIN_SITE_PAIRS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -141,10 +140,11 @@ class TrainingRun:
         (a fixed-seed sample of at most OPEN_SET_SITE_MAX_FACES faces, so bounded at any size). Only
         the scores' distribution is kept: no name, id or embedding."""
         scores = cross_person_scores(faces.embeddings, faces.labels, settings.OPEN_SET_SITE_MAX_FACES, seed=self.version.number)
-        if len(scores) < MIN_SITE_PAIRS:
+        needed = settings.OPEN_SET_SITE_MIN_PAIRS
+        if len(scores) < needed:
             self.lines.append(
                 f"{len(scores)} cross-person pairs are too few for the site's own impostor tail "
-                f"(at least {MIN_SITE_PAIRS}): the open set is calibrated on LFW strangers alone."
+                f"(OPEN_SET_SITE_MIN_PAIRS {needed}): the open set is calibrated on LFW strangers alone."
             )
             return {"site_pairs": int(len(scores))}
         tail = ImpostorTail.from_scores(scores, source=f"site: {len(scores)} cross-person pairs")
