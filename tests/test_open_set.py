@@ -53,17 +53,16 @@ def test_the_threshold_rises_with_the_gallery_size_and_holds_the_target_per_sear
 
 def test_the_max_over_n_model_matches_a_simulation():
     rng = np.random.default_rng(0)
-    tail = ImpostorTail.from_scores(rng.normal(0.0, 0.12, 2_000_000), fit_top=2000)
+    tail = ImpostorTail.from_scores(rng.normal(0.0, 0.12, 2_000_000))
     n, trials = 500, 4000
     t = calibrate([tail], n, 0.05, floor=-1.0).threshold
     best = np.array([rng.normal(0.0, 0.12, n).max() for _ in range(trials)])
-    # the exponential tail errs on the strict side: measured at most the target, and not far below
-    assert 0.02 <= np.mean(best >= t) <= 0.06
+    assert 0.035 <= np.mean(best >= t) <= 0.065
 
 
 def test_a_tail_from_too_few_scores_is_refused():
     with pytest.raises(ValueError, match="too few"):
-        ImpostorTail.from_scores(np.zeros(5))
+        ImpostorTail.from_scores(np.zeros(50))
 
 
 def test_a_missing_or_foreign_lfw_tail_leaves_the_per_pair_threshold(settings, tmp_path):
