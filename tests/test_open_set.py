@@ -66,10 +66,11 @@ def test_a_tail_from_too_few_scores_is_refused():
 
 
 def test_a_missing_or_foreign_lfw_tail_leaves_the_per_pair_threshold(settings, tmp_path):
+    committed = lfw_tail()
     settings.OPEN_SET_LFW_TAIL = str(tmp_path / "missing.json")
     assert services.open_set(None, 1_000_000).threshold == settings.FACE_MATCH_THRESHOLD
     foreign = tmp_path / "foreign.json"
-    foreign.write_text(json.dumps({"embedder": "another-embedder", "tail": lfw_tail().as_dict()}))
+    foreign.write_text(json.dumps({"embedder": "another-embedder", "tail": committed.as_dict()}))
     settings.OPEN_SET_LFW_TAIL = str(foreign)
     assert services.open_set(None, 1_000_000).threshold == settings.FACE_MATCH_THRESHOLD
     assert services.open_set(None, 1_000_000).expected_far is None
