@@ -10,7 +10,7 @@ import time
 import pytest
 
 from . import live
-from .conftest import PEOPLE, read
+from .conftest import PEOPLE, PROBES, read
 
 pytestmark = [pytest.mark.servers, pytest.mark.django_db]
 
@@ -66,7 +66,12 @@ def test_a_photo_is_processed_while_a_long_retrain_runs(live_site, tmp_path):
             return server.get(f"/api/v1/models/{version_id}/").json()
 
         wait_for(lambda: version()["stage"] == "exporting", 300, "the retrain to reach its TFLite export", *procs)
-        person_id, face_id = enroll(server, "Ada Lovelace", sorted((PEOPLE / "barack_obama").iterdir())[0])
+        # a new photo of an enrolled person (a genuine one: accepted, not held as a mislabel)
+        people = server.get("/api/v1/people/?page_size=100").json()["results"]
+        person_id = next(p["id"] for p in people if p["name"] == "Barack Obama")
+        photo = server.post_image(f"/api/v1/people/{person_id}/faces/", read(PROBES / "obama1.jpg"), filename="obama1.jpg")
+        assert photo.status == 201, photo.body
+        face_id = photo.json()["id"]
         started = time.monotonic()
         wait_for(lambda: status(person_id, face_id) != "pending", 120, "the photo to be processed", *procs)
         took = time.monotonic() - started
