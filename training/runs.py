@@ -117,7 +117,8 @@ class TrainingRun:
         tflite_name, tflite_sha = self.export_tflite()
         self.report("exporting", 92)
         labels = self.label_map(faces, comparison, tflite_sha)
-        labels_bytes = json.dumps(labels, indent=1).encode()
+        # compact: with indent json falls back to its pure-Python encoder, minutes for a large gallery
+        labels_bytes = json.dumps(labels, separators=(",", ":")).encode()
 
         metrics = chosen.as_dict()
         metrics.update(

@@ -233,7 +233,7 @@ def redact_version(version: ModelVersion, person_id: int) -> dict[str, int]:
     if labels is not None:
         redacted = labels_without(json.loads(labels), person_id)
         if redacted is not None:
-            content = json.dumps(redacted, indent=1).encode()
+            content = json.dumps(redacted, separators=(",", ":")).encode()
             replaced.append(version.labels.name)
             version.labels.save("labels.json", ContentFile(content), save=False)
             version.labels_sha256 = sha256_bytes(content)
