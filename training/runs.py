@@ -279,7 +279,7 @@ class TrainingRun:
         """Unknown faces are the same images run after run: embed them once per file list and embedder."""
         import hashlib
 
-        text = "\n".join([pipelines.pipeline().embedder_name, *(str(p) for p in images)])
+        text = "\n".join([pipelines.pipeline_config().embedder_name, *(str(p) for p in images)])
         return Path(settings.TRAINING_CACHE_DIR) / f"unknown-faces-{hashlib.sha256(text.encode()).hexdigest()[:24]}.npz"
 
     def decide(self, split, unknown, comparison) -> tuple[bool, str, float | None]:
@@ -351,7 +351,8 @@ class TrainingRun:
         or deactivated since the run began are left out (and their head columns with them)."""
         from people.models import Person
 
-        pipe = pipelines.pipeline()
+        # the configuration says all the label map needs: no reason to load the models here
+        pipe = pipelines.pipeline_config()
         alive = dict(Person.objects.filter(pk__in=np.unique(faces.labels).tolist(), is_active=True).values_list("id", "name"))
         keep = np.isin(faces.labels, list(alive))
         people = sorted(alive)
@@ -361,7 +362,7 @@ class TrainingRun:
             "tflite_sha256": tflite_sha,
             "input": {"shape": [None, 160, 160, 3], "dtype": "float32", "pixels": "RGB 0..255, aligned crop"},
             # crops must be cut as the server cuts them, or the embeddings drift
-            "alignment": {"method": pipe.config.align_method, "margin": pipe.config.align_margin, "size": 160},
+            "alignment": {"method": pipe.align_method, "margin": pipe.align_margin, "size": 160},
             "matching": comparison.production,
             "threshold": comparison.outcomes["nearest_neighbour"].evaluation.threshold,
             "people": [{"index": i, "person_id": p, "name": alive[p]} for i, p in enumerate(people)],
@@ -404,7 +405,7 @@ class TrainingRun:
         version.tflite.name = tflite_name
         version.tflite_sha256 = tflite_sha
         version.labels_sha256 = sha256_bytes(labels_bytes)
-        version.embedder = pipelines.pipeline().embedder_name
+        version.embedder = pipelines.pipeline_config().embedder_name
         version.recognizer = comparison.production
         # The cosine threshold is kept whichever recognizer is served: the mislabel check compares
         # faces, and a served head leaves faces of people enrolled after training to the gallery.
