@@ -398,7 +398,7 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
         person_ids = {t.person_id for t in analysis.tracks if t.person_id is not None}
         if person_ids - session.names.keys():
             await database_sync_to_async(session.load_names)(person_ids)
-        await self.send_json(session.describe(analysis, frame, dropped))
+        await self.send_json(session.describe(analysis, frame, dropped, context))
         await self.record_visitors(analysis)
         for track, checkin, created in greetings:
             name = session.names.get(checkin.person_id, "")

@@ -51,6 +51,9 @@ class FrameAnalysis:
 class MatchingContext:
     gallery: Gallery
     threshold: float
+    # the share of strangers' searches expected to name somebody at ``threshold`` in this gallery
+    expected_false_accepts_per_search: float | None = None
+    gallery_size: int = 0
 
 
 def frame_limits() -> ImageLimits:
@@ -147,8 +150,13 @@ class LiveSession:
     def matching_context(self) -> MatchingContext:
         """(ORM) The recognizer and threshold in force, read before a frame is analysed: the active
         version's (the gallery, or its softmax head), searched like a Gallery."""
-        served = services.recognizer()
-        return MatchingContext(gallery=served, threshold=served.threshold)
+        served = services.served_now()
+        return MatchingContext(
+            gallery=served.recognizer,
+            threshold=served.threshold,
+            expected_false_accepts_per_search=served.expected_far(served.threshold),
+            gallery_size=len(served.gallery),
+        )
 
     def analyse_frame(self, data: bytes, context: MatchingContext) -> FrameAnalysis:
         """JPEG bytes -> tracked faces; embeds only the faces the tracker says need it. No ORM."""
@@ -237,7 +245,7 @@ class LiveSession:
 
     # ---- what the page is told ---------------------------------------------------------------------
 
-    def describe(self, analysis: FrameAnalysis, frame: int, dropped: int) -> dict:
+    def describe(self, analysis: FrameAnalysis, frame: int, dropped: int, context: MatchingContext | None = None) -> dict:
         faces = []
         challenge = None
         for track in analysis.tracks:
@@ -271,4 +279,13 @@ class LiveSession:
             "dropped": dropped,
             "challenge": challenge,
             "server_ms": round(analysis.server_ms, 1),
+            **(
+                {}
+                if context is None
+                else {
+                    "threshold": round(float(context.threshold), 4),
+                    "expected_false_accepts_per_search": services.significant(context.expected_false_accepts_per_search),
+                    "gallery_size": context.gallery_size,
+                }
+            ),
         }

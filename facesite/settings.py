@@ -201,6 +201,17 @@ FACE_IMPORT_MAX_FACES = env_int("FACE_IMPORT_MAX_FACES", 2_000_000)
 FACE_WEIGHTS_PATH = env_str("FACE_WEIGHTS_PATH") or None
 FACE_MATCH_THRESHOLD = env_float("FACE_MATCH_THRESHOLD", 0.55)
 FACE_VERIFY_THRESHOLD = env_float("FACE_VERIFY_THRESHOLD", 0.42)
+# Open set per search (recognition/engine/open_set.py): the threshold in force is raised with the
+# gallery's size so that a stranger's BEST score over every enrolled face reaches it in at most this
+# share of searches; FACE_MATCH_THRESHOLD (or a version's calibrated one) is its floor. Calibrated on
+# impostor score tails: LFW strangers (OPEN_SET_LFW_TAIL, made by `manage.py calibrate_open_set`) and
+# the site's own people (recorded by each training run).
+OPEN_SET_FAR_PER_SEARCH = env_float("OPEN_SET_FAR_PER_SEARCH", 0.01)
+# A training run records the site's own impostor tail from at most this many faces (a fixed-seed sample).
+OPEN_SET_SITE_MAX_FACES = env_int("OPEN_SET_SITE_MAX_FACES", 3000)
+# ... when they give at least this many pairs of faces of different people (fewer say little about the tail).
+OPEN_SET_SITE_MIN_PAIRS = env_int("OPEN_SET_SITE_MIN_PAIRS", 1000)
+OPEN_SET_LFW_TAIL = env_str("OPEN_SET_LFW_TAIL", str(BASE_DIR / "recognition" / "data" / "lfw_impostor_tail.json"))
 FACE_TOP_K = env_int("FACE_TOP_K", 5)
 # The outlier review (recognition/outliers.py): a gallery face whose best similarity to its person's
 # other faces is below this is listed for staff. Unset: the calibrated match threshold in force.
@@ -250,6 +261,13 @@ TRAINING_RECOGNIZER = env_str("TRAINING_RECOGNIZER", env_str("TRAINING_RECOGNISE
 # The softmax head's open-set threshold (a probability) when too few impostors were seen to calibrate it.
 TRAINING_HEAD_MIN_PROBABILITY = env_float("TRAINING_HEAD_MIN_PROBABILITY", 0.9)
 TRAINING_EXPORT_TFLITE = env_bool("TRAINING_EXPORT_TFLITE", True)
+# Training at scale (training/runs.py): past this many people the comparison is fitted and evaluated
+# on a fixed-seed sample of them, nearest neighbour only; past TRAINING_PIXEL_MAX_FACES faces the
+# pixel baselines (every crop in memory) are skipped; past TRAINING_EDGE_MAX_FACES the edge label
+# map carries no gallery.
+TRAINING_EVAL_MAX_PEOPLE = env_int("TRAINING_EVAL_MAX_PEOPLE", 1000)
+TRAINING_PIXEL_MAX_FACES = env_int("TRAINING_PIXEL_MAX_FACES", 5000)
+TRAINING_EDGE_MAX_FACES = env_int("TRAINING_EDGE_MAX_FACES", 100_000)
 # Converting FaceNet to TFLite takes a minute or more; the result is reused while weights and TF match.
 TRAINING_CACHE_DIR = Path(env_str("TRAINING_CACHE_DIR", str(BASE_DIR / "var" / "cache")))
 
@@ -316,6 +334,11 @@ SPECTACULAR_SETTINGS = {
 }
 
 REDIS_URL = env_str("REDIS_URL")
+# Two django-q clusters on one broker, each with its own queue: the default one ("facesite": photo
+# processing, webhooks, schedules) and TRAINING_Q_CLUSTER for training runs, so a retrain of minutes
+# never holds up enrollment. Start the second with `Q_CLUSTER_NAME=training manage.py qcluster`
+# (scripts/run.sh and run-production.sh start both).
+TRAINING_Q_CLUSTER = "training"
 Q_CLUSTER = {
     "name": "facesite",
     "workers": env_int("Q_WORKERS", 1),
@@ -324,6 +347,13 @@ Q_CLUSTER = {
     "max_attempts": 1,
     "catch_up": False,
     "sync": env_bool("Q_SYNC", False),
+    "ALT_CLUSTERS": {
+        TRAINING_Q_CLUSTER: {
+            "workers": env_int("Q_TRAINING_WORKERS", 1),
+            "timeout": env_int("Q_TRAINING_TIMEOUT", 4 * 3600),
+            "retry": env_int("Q_TRAINING_TIMEOUT", 4 * 3600) + 60,
+        }
+    },
 }
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL

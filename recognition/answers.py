@@ -36,7 +36,11 @@ class Recognition:
     recogniser: str  # the API's key keeps its spelling: the served recognizer's name
     model_version: int | None
     embedder: str
-    gallery_size: int  # the gallery this answer was matched against
+    gallery_size: int  # the gallery this answer was matched against (faces)
+    # The share of searches by somebody not enrolled expected to name a person at ``threshold`` in a
+    # gallery of this size (None when a softmax head serves), and the target the threshold was set for.
+    expected_false_accepts_per_search: float | None = None
+    target_false_accepts_per_search: float | None = None
 
     def answer(self) -> dict:
         """The API's JSON answer."""

@@ -139,9 +139,14 @@ LISTED_FACES = 8
 
 
 def _mislabel_check(face: FaceImage, embedding) -> Verdict:
-    """Hold for review a photo that looks more like another enrolled person than its own."""
-    threshold = services.match_threshold()
-    candidates = services.gallery().search(embedding[None], top_k=3, threshold=threshold, exclude_keys={face.pk})[0].candidates
+    """Hold for review a photo that looks more like another enrolled person than its own.
+
+    "Looks like" is judged at the threshold in force for the gallery's size (calibrated per search):
+    in a large gallery some stranger always scores above a per-pair threshold, and a genuine first
+    photo must not be held for it."""
+    current = services.gallery()
+    threshold = services.match_threshold(len(current))
+    candidates = current.search(embedding[None], top_k=3, threshold=threshold, exclude_keys={face.pk})[0].candidates
     others = [c for c in candidates if c.person_id != face.person_id]
     if not others or others[0].similarity < threshold:
         return Verdict(FaceImage.Status.ACCEPTED)

@@ -75,7 +75,15 @@ class RecognizeResponseSerializer(serializers.Serializer):
     recogniser = serializers.CharField(help_text="The active version's recognizer: nearest_neighbour or softmax_head")
     model_version = serializers.IntegerField(allow_null=True)
     embedder = serializers.CharField()
-    gallery_size = serializers.IntegerField()
+    gallery_size = serializers.IntegerField(help_text="Enrolled faces this answer was matched against")
+    expected_false_accepts_per_search = serializers.FloatField(
+        allow_null=True,
+        help_text="Share of searches by somebody not enrolled expected to name a person at this threshold in a gallery "
+        "of this size (calibrated on impostor score tails; null when a softmax head serves)",
+    )
+    target_false_accepts_per_search = serializers.FloatField(
+        help_text="The false-accept rate per search the served threshold is set for (OPEN_SET_FAR_PER_SEARCH)"
+    )
 
 
 class VerifyResponseSerializer(serializers.Serializer):

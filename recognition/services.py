@@ -20,6 +20,7 @@ from django.db.models import Count, Max
 
 from .answers import NamedCandidate, Recognition, RecognizedFace, Verification, VerifiedFace
 from .engine.matching import Candidate, Gallery, embeddings_from_blobs
+from .engine.open_set import ImpostorTail, OpenSet, expected_far
 from .engine.pipeline import AnalysedFace
 from .engine.recognizers import GalleryRecognizer, HeadRecognizer, Recognizer, ServedMatch
 
@@ -136,17 +137,32 @@ def active_model_version():
     return ModelVersion.objects.active()
 
 
-def _cosine_threshold(version) -> float:
-    """``version``'s calibrated cosine threshold, else the LFW-chosen default (``version`` may be None)."""
-    if version is not None and version.threshold is not None:
-        return float(version.threshold)
-    return float(settings.FACE_MATCH_THRESHOLD)
+def served_embedder() -> str:
+    return pipeline_config().embedder_name
 
 
-def match_threshold() -> float:
-    """The cosine threshold of nearest-neighbour matching now: the active model version's calibrated
-    one, else the LFW-chosen default. (A served softmax head has its own: ``recognizer().threshold``.)"""
-    return _cosine_threshold(active_model_version())
+def impostor_tails(version) -> list[ImpostorTail]:
+    """The per-pair impostor tails the open set is calibrated on for the served embedder: LFW
+    strangers (committed) and the site's own people (recorded by ``version``'s training run)."""
+    from training.open_set import impostor_tails as tails
+
+    return tails(version)
+
+
+def open_set(version, gallery_size: int) -> OpenSet:
+    """The cosine threshold in force for a gallery of ``gallery_size`` faces: a stranger's best
+    score reaches it in at most OPEN_SET_FAR_PER_SEARCH of searches (never below the per-pair
+    threshold), and the rate expected there."""
+    from training.open_set import calibration
+
+    return calibration(version, gallery_size)
+
+
+def match_threshold(gallery_size: int | None = None) -> float:
+    """The cosine threshold of nearest-neighbour matching now, for the current gallery (or one of
+    ``gallery_size`` faces). (A served softmax head has its own: ``recognizer().threshold``.)"""
+    size = len(gallery()) if gallery_size is None else gallery_size
+    return open_set(active_model_version(), size).threshold
 
 
 class _HeadCache:
@@ -184,10 +200,8 @@ def _load_head(version):
 _head_cache = _HeadCache()
 
 
-def _recognizer_for(version) -> Recognizer:
-    """``version``'s recognizer (None: no version is active) over the current gallery."""
-    cosine = _cosine_threshold(version)
-    current = gallery()
+def _recognizer_for(version, current: Gallery, cosine: float) -> Recognizer:
+    """``version``'s recognizer (None: no version is active) over ``current`` at the cosine threshold."""
     if version is None or version.recognizer != version.Recognizer.SOFTMAX_HEAD:
         return GalleryRecognizer(current, cosine)
     try:
@@ -207,6 +221,7 @@ class Served:
 
     version: object | None  # training.models.ModelVersion
     recognizer: Recognizer
+    open_set: OpenSet  # the cosine threshold for this gallery's size and its expected false accepts
 
     @property
     def threshold(self) -> float:
@@ -220,12 +235,22 @@ class Served:
     def model_version(self) -> int | None:
         return None if self.version is None else self.version.number
 
+    def expected_far(self, threshold: float) -> float | None:
+        """The expected share of strangers' searches naming somebody at the cosine ``threshold``
+        over this gallery (None: a softmax head serves, whose probability is not calibrated per
+        search, or no impostor tail is known)."""
+        if self.recognizer.name != "nearest_neighbour":
+            return None
+        return expected_far(impostor_tails(self.version), threshold, len(self.gallery))
+
 
 def served_now() -> Served:
     """The active version's recognizer with its threshold. A new active version (or a rollback) is
     used on this process's next call, without a restart."""
     version = active_model_version()
-    return Served(version, _recognizer_for(version))
+    current = gallery()
+    calibrated = open_set(version, len(current))
+    return Served(version, _recognizer_for(version, current, calibrated.threshold), calibrated)
 
 
 def recognizer() -> Recognizer:
@@ -313,7 +338,14 @@ def recognize(
         model_version=served.model_version,
         embedder=pipeline().embedder_name,
         gallery_size=len(served.gallery),
+        expected_false_accepts_per_search=significant(served.expected_far(in_force)),
+        target_false_accepts_per_search=float(settings.OPEN_SET_FAR_PER_SEARCH),
     )
+
+
+def significant(value: float | None) -> float | None:
+    """A rate shown to 4 significant digits (a per-search rate can be 1e-6)."""
+    return None if value is None else float(f"{value:.4g}")
 
 
 def person_similarity(embedding: np.ndarray, person_id: int) -> tuple[float | None, int]:

@@ -16,8 +16,9 @@ export DEBUG=0 TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
 HOST="${HOST:-127.0.0.1}"
 PORT="${PORT:-8000}"
 WEB_WORKERS="${WEB_WORKERS:-2}"
-# Two django-q workers: a retrain (minutes) does not hold up the processing of new photos.
-export Q_WORKERS="${Q_WORKERS:-2}"
+# Two django-q clusters, each with its own queue: photos (Q_WORKERS workers) and training runs
+# (Q_TRAINING_WORKERS, Q_CLUSTER_NAME=training): a retrain (minutes) never holds up new photos.
+export Q_WORKERS="${Q_WORKERS:-1}"
 PY=.venv/bin/python
 
 [ -n "${SKIP_SETUP:-}" ] || bash scripts/setup.sh
@@ -30,11 +31,13 @@ $PY manage.py check --deploy --fail-level WARNING
 
 $PY manage.py qcluster &
 QCLUSTER=$!
-stop() { kill "$QCLUSTER" 2>/dev/null || true; wait "$QCLUSTER" 2>/dev/null || true; }
+Q_CLUSTER_NAME=training $PY manage.py qcluster &
+TRAINER=$!
+stop() { kill "$QCLUSTER" "$TRAINER" 2>/dev/null || true; wait "$QCLUSTER" "$TRAINER" 2>/dev/null || true; }
 trap stop EXIT
 trap 'exit 0' INT TERM
 
-echo "Serving on http://$HOST:$PORT/ with $WEB_WORKERS web workers and a django-q cluster (pid $QCLUSTER)"
+echo "Serving on http://$HOST:$PORT/ with $WEB_WORKERS web workers and two django-q clusters (enrollment pid $QCLUSTER, training pid $TRAINER)"
 # Channels' router has no lifespan protocol; models warm up when each worker imports the app.
 # --no-proxy-headers: uvicorn would otherwise take the client address from X-Forwarded-For on
 # connections from 127.0.0.1; the app does that itself, through TRUSTED_PROXY_COUNT proxies only
@@ -44,5 +47,5 @@ echo "Serving on http://$HOST:$PORT/ with $WEB_WORKERS web workers and a django-
 .venv/bin/uvicorn facesite.asgi:application --host "$HOST" --port "$PORT" --workers "$WEB_WORKERS" \
   --lifespan off --no-proxy-headers --no-server-header --timeout-graceful-shutdown 20 --ws-max-size 16777216 &
 WEB=$!
-stop() { kill "$WEB" "$QCLUSTER" 2>/dev/null || true; wait "$WEB" "$QCLUSTER" 2>/dev/null || true; }
+stop() { kill "$WEB" "$QCLUSTER" "$TRAINER" 2>/dev/null || true; wait "$WEB" "$QCLUSTER" "$TRAINER" 2>/dev/null || true; }
 wait "$WEB"

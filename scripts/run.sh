@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to a running app on the embedded defaults (SQLite, django-q ORM
 # broker, in-memory channel layer): install, migrate, create a demo admin, then run the ASGI
-# server and the django-q worker together. Ctrl-C stops both.
+# server and the two django-q clusters (enrollment; training) together. Ctrl-C stops them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -14,9 +14,13 @@ $PY manage.py collectstatic --noinput -v0
 # Printed again once the server is up, after the worker's and server's start-up lines.
 CREDENTIALS="$($PY manage.py create_demo_admin)"
 echo "$CREDENTIALS"
+# Two django-q clusters: photos, webhooks and schedules; and training runs on their own queue, so
+# enrollment never waits behind a retrain.
 $PY manage.py qcluster &
 WORKER=$!
-trap 'kill $WORKER 2>/dev/null || true' EXIT INT TERM
+Q_CLUSTER_NAME=training $PY manage.py qcluster &
+TRAINER=$!
+trap 'kill $WORKER $TRAINER 2>/dev/null || true' EXIT INT TERM
 (
   # Once the server answers: the address and the demo account, the two lines a newcomer needs.
   for _ in $(seq 600); do

@@ -172,8 +172,12 @@ class Site:
         server.wait_ready()
         return server
 
-    def start_worker(self, env: dict | None = None) -> subprocess.Popen:
-        return self.start([PYTHON, "manage.py", "qcluster"], f"qcluster-{len(self.processes)}", env)
+    def start_worker(self, env: dict | None = None, cluster: str | None = None) -> subprocess.Popen:
+        """A django-q cluster: the default one, or ``cluster`` (e.g. "training") by Q_CLUSTER_NAME."""
+        env = dict(env or self.env)
+        if cluster:
+            env["Q_CLUSTER_NAME"] = cluster
+        return self.start([PYTHON, "manage.py", "qcluster"], f"qcluster-{cluster or 'default'}-{len(self.processes)}", env)
 
     def stop(self, proc: subprocess.Popen) -> None:
         if proc.poll() is None:

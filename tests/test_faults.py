@@ -229,7 +229,7 @@ def test_killing_the_worker_mid_retrain_fails_that_run_and_the_queue_moves_on(pr
     stale_seconds = 45
     env = production_site.with_env(TRAINING_EXPORT_TFLITE=0, TRAINING_STALE_SECONDS=stale_seconds)
     server = production_site.start_web(env=env)
-    worker = production_site.start_worker(env)
+    worker = production_site.start_worker(env, cluster="training")
     people_before = server.get("/api/v1/people/?page_size=100").json()["count"]
 
     def train() -> dict:
@@ -263,7 +263,7 @@ def test_killing_the_worker_mid_retrain_fails_that_run_and_the_queue_moves_on(pr
         assert second["id"] != first["id"]
         dead = version(first["id"])
         assert dead["status"] == "failed" and dead["error"], json.dumps(dead)[:500]
-        replacement = production_site.start_worker(env)
+        replacement = production_site.start_worker(env, cluster="training")
         wait_until(lambda: version(second["id"])["status"] in ("training", "ready", "active"), 300, "the new run to start")
         assert replacement.poll() is None
     finally:

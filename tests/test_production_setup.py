@@ -172,7 +172,10 @@ def test_production_script_serves_recognition_check_in_and_retrain_across_its_pr
         # uvicorn's workers are spawned processes; its other child is multiprocessing's resource tracker.
         workers = [pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
         assert len(workers) == 2, {pid: Path(f"/proc/{pid}/cmdline").read_text() for pid in children}
-        assert any("manage.py qcluster" in c for c in commands), commands
+        # two django-q clusters: enrollment and training (Q_CLUSTER_NAME=training)
+        clusters = [pid for pid, c in production.processes().items() if "manage.py qcluster" in c]
+        names = {Path(f"/proc/{pid}/environ").read_bytes().split(b"\0").count(b"Q_CLUSTER_NAME=training") for pid in clusters}
+        assert len(clusters) >= 2 and names == {0, 1}, commands
 
         assert live.request(production.url + "/healthz/").json() == {"status": "ok", "database": "ok", "redis": "ok"}
 

@@ -21,6 +21,47 @@ def percent_of(value, count, what: str) -> str:
     return f"{percent(value)} of {count:,} {what}" if count is not None else percent(value)
 
 
+def open_set_html(version, gallery_now: int):
+    """A table: gallery size (faces) -> threshold in force and expected false accepts per search."""
+    from django.conf import settings
+
+    from .open_set import calibration, impostor_tails
+
+    tails = impostor_tails(version)
+    if not tails:
+        return format_html(
+            "No impostor tail for the served embedder (run <code>manage.py calibrate_open_set</code>): the per-pair "
+            "threshold {:.3f} is served at every gallery size.",
+            calibration(version, gallery_now).threshold,
+        )
+    sizes = [("now", gallery_now)] + [("", n) for n in (100, 1_000, 10_000, 100_000, 1_000_000)]
+    rows = format_html_join(
+        "",
+        "<tr><td>{}{}</td><td>{:.3f}</td><td>{}</td></tr>",
+        (
+            (f"{n:,}", " (the gallery now)" if label else "", c.threshold, percent_small(c.expected_far))
+            for label, n in sizes
+            for c in [calibration(version, n)]
+        ),
+    )
+    sources = "; ".join(t.source or "site" for t in tails)
+    return format_html(
+        "<p>Target: at most {} of searches by somebody not enrolled name a person (OPEN_SET_FAR_PER_SEARCH). "
+        "Calibrated on impostor score tails: {}.</p>"
+        "<table><thead><tr><th>gallery (faces)</th><th>threshold in force</th><th>expected false accepts per search</th>"
+        "</tr></thead><tbody>{}</tbody></table>",
+        percent_small(settings.OPEN_SET_FAR_PER_SEARCH),
+        sources,
+        rows,
+    )
+
+
+def percent_small(value) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}%" if value >= 1e-4 else f"{100 * value:.1e}%"
+
+
 def threshold_fallback(metrics: dict, recognizer: str) -> str | None:
     """The run's note when it could not calibrate this recognizer's threshold and kept the setting."""
     for note in str((metrics or {}).get("threshold_note", "")).split(". "):
@@ -74,6 +115,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
                     "embedder",
                     "threshold_detail",
                     "head_threshold_detail",
+                    "open_set_table",
                     "metrics_table",
                     "comparison_table",
                     "plots",
@@ -107,6 +149,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
             "timings_table",
             "threshold_detail",
             "head_threshold_detail",
+            "open_set_table",
             "metrics_table",
             "comparison_table",
             "plots",
@@ -133,7 +176,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return redirect(reverse("admin:training_modelversion_changelist"))
 
     def changelist_view(self, request, extra_context=None):
+        from people.models import FaceImage
+
         extra_context = extra_context or {}
+        # what is served now, with or without an active version
+        extra_context["open_set"] = open_set_html(ModelVersion.objects.active(), FaceImage.objects.in_gallery().count())
         extra_context["run_in_progress"] = ModelVersion.objects.filter(
             status__in=[ModelVersion.Status.QUEUED, ModelVersion.Status.TRAINING]
         ).exists()
@@ -213,6 +260,15 @@ class ModelVersionAdmin(admin.ModelAdmin):
     @admin.display(description="Head threshold (probability)")
     def head_threshold_detail(self, obj):
         return self._threshold_detail(obj.head_threshold, "softmax_head", "TRAINING_HEAD_MIN_PROBABILITY", "p {:.3f}", obj)
+
+    @admin.display(description="Open set per search")
+    def open_set_table(self, obj):
+        """The cosine threshold this version serves for the gallery now and for larger ones, and the
+        share of strangers' searches expected to name somebody there."""
+        from people.models import FaceImage
+
+        now = FaceImage.objects.in_gallery().count()
+        return open_set_html(obj, now)
 
     @admin.display(description="Threshold")
     def threshold_label(self, obj):

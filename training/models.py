@@ -57,6 +57,12 @@ class ModelVersion(models.Model):
         null=True, blank=True, help_text="Calibrated open-set threshold of nearest-neighbour matching (cosine similarity)."
     )
     metrics = models.JSONField(default=dict, blank=True)
+    open_set = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The impostor score tail of the site's own people (cross-person cosine scores only: no names or ids), "
+        "for the per-search open-set threshold.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     activated_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -21,9 +21,10 @@ from django.utils import timezone
 
 from recognition import pipelines
 from recognition.engine.matching import embeddings_from_blobs
+from recognition.engine.open_set import ImpostorTail, cross_person_scores
 from training.engine import evaluation
 from training.engine.comparison import choose_production, compare, truth_of
-from training.engine.dataset import FaceSet, split_per_person
+from training.engine.dataset import FaceSet, sample_people, split_per_person
 from training.engine.export import cached_embedder_tflite, sha256_bytes
 from training.engine.heads import NearestNeighbour, SoftmaxHead
 
@@ -37,6 +38,7 @@ class TrainingRun:
         self.version = ModelVersion.objects.get(pk=version_id)
         self.lines: list[str] = []
         self.threshold_notes: list[str] = []
+        self.open_set: dict = {}
         self.timings: dict[str, float] = {}
         self._stage_started = time.perf_counter()
 
@@ -67,12 +69,14 @@ class TrainingRun:
         if people < 2:
             raise ValueError(f"At least two enrolled people are needed to train; there are {people}.")
 
+        self.open_set = self.site_tail(faces)
         self.report("unknown faces", 10)
         unknown = self.unknown_faces(set(names.values()))
         n_unknown = 0 if unknown is None else len(unknown)
         self.report("unknown faces", 20, f"{n_unknown} faces of people not enrolled, for unknown rejection.")
 
-        split = split_per_person(faces, settings.TRAINING_HELD_OUT_FRACTION, seed=self.version.number)
+        evaluated, only = self.evaluation_scope(faces, people)
+        split = split_per_person(evaluated, settings.TRAINING_HELD_OUT_FRACTION, seed=self.version.number)
         self.report(
             "comparing",
             22,
@@ -80,7 +84,6 @@ class TrainingRun:
             f"{len(split.train_only_people)} people have one image and are training-only (not evaluated).",
         )
         steps = iter(range(25, 70, 7))
-        only = ("nearest_neighbour", *settings.TRAINING_APPROACHES)
         comparison = compare(
             split,
             unknown,
@@ -114,7 +117,8 @@ class TrainingRun:
         tflite_name, tflite_sha = self.export_tflite()
         self.report("exporting", 92)
         labels = self.label_map(faces, comparison, tflite_sha)
-        labels_bytes = json.dumps(labels, indent=1).encode()
+        # compact: with indent json falls back to its pure-Python encoder, minutes for a large gallery
+        labels_bytes = json.dumps(labels, separators=(",", ":")).encode()
 
         metrics = chosen.as_dict()
         metrics.update(
@@ -131,6 +135,47 @@ class TrainingRun:
         )
         self.report("saving", 96)
         self.finish(decision, note, comparison, metrics, tflite_name, tflite_sha, labels_bytes, confusion, roc)
+
+    def site_tail(self, faces: FaceSet) -> dict:
+        """The impostor tail of the site's own people: cosine scores of faces of different people
+        (a fixed-seed sample of at most OPEN_SET_SITE_MAX_FACES faces, so bounded at any size). Only
+        the scores' distribution is kept: no name, id or embedding."""
+        scores = cross_person_scores(faces.embeddings, faces.labels, settings.OPEN_SET_SITE_MAX_FACES, seed=self.version.number)
+        needed = settings.OPEN_SET_SITE_MIN_PAIRS
+        if len(scores) < needed:
+            self.lines.append(
+                f"{len(scores)} cross-person pairs are too few for the site's own impostor tail "
+                f"(OPEN_SET_SITE_MIN_PAIRS {needed}): the open set is calibrated on LFW strangers alone."
+            )
+            return {"site_pairs": int(len(scores))}
+        tail = ImpostorTail.from_scores(scores, source=f"site: {len(scores)} cross-person pairs")
+        self.lines.append(f"Site impostor tail: {len(scores)} cross-person pairs, top score {float(scores.max()):.3f}.")
+        return {"site_pairs": int(len(scores)), "site_tail": tail.as_dict()}
+
+    def evaluation_scope(self, faces: FaceSet, people: int) -> tuple[FaceSet, tuple[str, ...]]:
+        """The faces the comparison is fitted and evaluated on, and the approaches compared.
+
+        Evaluation scores every held-out probe against every person (a probes x people matrix and a
+        people x people confusion matrix), so past TRAINING_EVAL_MAX_PEOPLE people it runs on a
+        fixed-seed sample of that many people (all their faces), and only nearest neighbour is
+        compared: a softmax head, triplet adapter or Siamese head fitted on a sample would not know
+        the people outside it (so could not be served), and fitting them on everyone grows with
+        people x faces. The open-set threshold for the whole gallery comes from the per-search
+        calibration (training.open_set), not from this sample."""
+        only = ("nearest_neighbour", *settings.TRAINING_APPROACHES)
+        limit = settings.TRAINING_EVAL_MAX_PEOPLE
+        if people <= limit:
+            return faces, only
+        sample = sample_people(faces, limit, seed=self.version.number)
+        skipped = sorted(set(only) - {"nearest_neighbour"})
+        note = (
+            f"{people} people is more than TRAINING_EVAL_MAX_PEOPLE ({limit}): evaluated on a sample of {limit} people "
+            f"({len(sample)} faces); only nearest neighbour is compared"
+            + (f" ({', '.join(skipped)} skipped: fitted on a sample they could not serve everybody)." if skipped else ".")
+        )
+        self.threshold_notes.append(note)
+        self.lines.append(note)
+        return sample, ("nearest_neighbour",)
 
     @staticmethod
     def threshold_floors() -> dict[str, tuple[str, float]]:
@@ -167,11 +212,23 @@ class TrainingRun:
         if not rows:
             return FaceSet(np.zeros((0, 128), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), None), names
         keys, labels, blobs, crop_names = zip(*rows)
+        del rows
         embeddings = embeddings_from_blobs(blobs)
-        crops = [_read_crop(name) for name in crop_names]
-        stacked = None if any(c is None for c in crops) else np.stack(crops)
-        if stacked is None:
-            self.lines.append("Some face crops are missing: the pixel baselines (LBPH, Eigenfaces) are skipped.")
+        del blobs
+        stacked = None
+        if not {"lbph", "eigenfaces"} & set(settings.TRAINING_APPROACHES):
+            pass
+        elif len(keys) > settings.TRAINING_PIXEL_MAX_FACES:
+            # every crop in memory (77 KB each) and one file read per face: bounded by a size
+            self.lines.append(
+                f"{len(keys)} faces is more than TRAINING_PIXEL_MAX_FACES ({settings.TRAINING_PIXEL_MAX_FACES}): "
+                "the pixel baselines (LBPH, Eigenfaces) are skipped."
+            )
+        else:
+            crops = [_read_crop(name) for name in crop_names]
+            stacked = None if any(c is None for c in crops) else np.stack(crops)
+            if stacked is None:
+                self.lines.append("Some face crops are missing: the pixel baselines (LBPH, Eigenfaces) are skipped.")
         return FaceSet(embeddings, np.array(labels, np.int64), np.array(keys, np.int64), stacked), names
 
     def unknown_faces(self, enrolled_names: set[str]) -> FaceSet | None:
@@ -222,7 +279,7 @@ class TrainingRun:
         """Unknown faces are the same images run after run: embed them once per file list and embedder."""
         import hashlib
 
-        text = "\n".join([pipelines.pipeline().embedder_name, *(str(p) for p in images)])
+        text = "\n".join([pipelines.pipeline_config().embedder_name, *(str(p) for p in images)])
         return Path(settings.TRAINING_CACHE_DIR) / f"unknown-faces-{hashlib.sha256(text.encode()).hexdigest()[:24]}.npz"
 
     def decide(self, split, unknown, comparison) -> tuple[bool, str, float | None]:
@@ -294,7 +351,8 @@ class TrainingRun:
         or deactivated since the run began are left out (and their head columns with them)."""
         from people.models import Person
 
-        pipe = pipelines.pipeline()
+        # the configuration says all the label map needs: no reason to load the models here
+        pipe = pipelines.pipeline_config()
         alive = dict(Person.objects.filter(pk__in=np.unique(faces.labels).tolist(), is_active=True).values_list("id", "name"))
         keep = np.isin(faces.labels, list(alive))
         people = sorted(alive)
@@ -304,14 +362,11 @@ class TrainingRun:
             "tflite_sha256": tflite_sha,
             "input": {"shape": [None, 160, 160, 3], "dtype": "float32", "pixels": "RGB 0..255, aligned crop"},
             # crops must be cut as the server cuts them, or the embeddings drift
-            "alignment": {"method": pipe.config.align_method, "margin": pipe.config.align_margin, "size": 160},
+            "alignment": {"method": pipe.align_method, "margin": pipe.align_margin, "size": 160},
             "matching": comparison.production,
             "threshold": comparison.outcomes["nearest_neighbour"].evaluation.threshold,
             "people": [{"index": i, "person_id": p, "name": alive[p]} for i, p in enumerate(people)],
-            "gallery": {
-                "labels": np.searchsorted(people, faces.labels[keep]).tolist(),
-                "embeddings": np.round(faces.embeddings[keep], 6).tolist(),
-            },
+            "gallery": self.edge_gallery(faces, keep, people),
         }
         if comparison.production == "softmax_head":
             head = comparison.outcomes["softmax_head"]
@@ -324,6 +379,22 @@ class TrainingRun:
             }
         return data
 
+    def edge_gallery(self, faces: FaceSet, keep: np.ndarray, people: list[int]) -> dict:
+        """The reference embeddings for edge clients, up to TRAINING_EDGE_MAX_FACES faces (as JSON a
+        face is ~1.3 KB; a million would not fit a kiosk, nor this run's memory): past that the
+        gallery is left empty and the label map says so (edge clients then name nobody)."""
+        if int(keep.sum()) > settings.TRAINING_EDGE_MAX_FACES:
+            note = (
+                f"{int(keep.sum())} faces is more than TRAINING_EDGE_MAX_FACES ({settings.TRAINING_EDGE_MAX_FACES}): "
+                "the edge label map carries no gallery."
+            )
+            self.lines.append(note)
+            return {"labels": [], "embeddings": [], "omitted": note}
+        return {
+            "labels": np.searchsorted(people, faces.labels[keep]).tolist(),
+            "embeddings": np.round(faces.embeddings[keep], 6).tolist(),
+        }
+
     def finish(self, activate, note, comparison, metrics, tflite_name, tflite_sha, labels_bytes, confusion, roc) -> None:
         version = ModelVersion.objects.get(pk=self.version.pk)
         if version.status != ModelVersion.Status.TRAINING:
@@ -334,7 +405,7 @@ class TrainingRun:
         version.tflite.name = tflite_name
         version.tflite_sha256 = tflite_sha
         version.labels_sha256 = sha256_bytes(labels_bytes)
-        version.embedder = pipelines.pipeline().embedder_name
+        version.embedder = pipelines.pipeline_config().embedder_name
         version.recognizer = comparison.production
         # The cosine threshold is kept whichever recognizer is served: the mislabel check compares
         # faces, and a served head leaves faces of people enrolled after training to the gallery.
@@ -346,6 +417,7 @@ class TrainingRun:
             version.head_sha256 = sha256_bytes(data)
             version.head_threshold = head.evaluation.threshold
         version.metrics = metrics
+        version.open_set = self.open_set
         version.comparison = {"table": comparison.table(), "production": comparison.production, "reason": comparison.reason}
         version.activation_note = note
         self.report("done", 100, note)

@@ -70,7 +70,8 @@ def enrollment_changed() -> None:
 
 
 def enqueue(version_id: int, delay_seconds: int = 0) -> None:
-    """Hand the run to django-q now, or through a one-off schedule ``delay_seconds`` from now."""
+    """Hand the run to the training cluster's queue (TRAINING_Q_CLUSTER: never the one that
+    processes photos) now, or through a one-off schedule ``delay_seconds`` from now."""
     if delay_seconds > 0:
         from django_q.models import Schedule
 
@@ -81,9 +82,12 @@ def enqueue(version_id: int, delay_seconds: int = 0) -> None:
             schedule_type=Schedule.ONCE,
             repeats=-1,  # deleted once it has run
             next_run=timezone.now() + timedelta(seconds=delay_seconds),
+            cluster=settings.TRAINING_Q_CLUSTER,  # run by the training cluster's scheduler, on its queue
         )
         return
-    task_id = async_task(RUN_TASK, version_id, task_name=f"training-run-{version_id}", group="training")
+    task_id = async_task(
+        RUN_TASK, version_id, task_name=f"training-run-{version_id}", group="training", cluster=settings.TRAINING_Q_CLUSTER
+    )
     ModelVersion.objects.filter(pk=version_id, status=ModelVersion.Status.QUEUED).update(task_id=task_id or "")
 
 
@@ -229,7 +233,7 @@ def redact_version(version: ModelVersion, person_id: int) -> dict[str, int]:
     if labels is not None:
         redacted = labels_without(json.loads(labels), person_id)
         if redacted is not None:
-            content = json.dumps(redacted, indent=1).encode()
+            content = json.dumps(redacted, separators=(",", ":")).encode()
             replaced.append(version.labels.name)
             version.labels.save("labels.json", ContentFile(content), save=False)
             version.labels_sha256 = sha256_bytes(content)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,126 @@ def embed_lfw_images(
             misses=misses,
         )
     return embeddings, mirrored, misses
+
+
+def lfw_files(lfw_dir: Path, names: list[str], per_person: int, images: str = "images_deepfunneled") -> list[str]:
+    """The first ``per_person`` images of each named person ("Name/Name_0001.jpg")."""
+    root = Path(lfw_dir) / images
+    return [f"{n}/{f.name}" for n in names for f in sorted((root / n).glob("*.jpg"))[:per_person]]
+
+
+def read_people_folds(lfw_dir: Path) -> list[list[str]]:
+    """``people.txt``: the 10 folds of LFW people (names; a few appear in two folds)."""
+    lines = [line.split("\t") for line in (Path(lfw_dir) / "people.txt").read_text().split("\n") if line.strip()]
+    folds, i = [], 1
+    for _ in range(int(lines[0][0])):
+        count = int(lines[i][0])
+        folds.append([row[0] for row in lines[i + 1 : i + 1 + count]])
+        i += 1 + count
+    return folds
+
+
+def embed_lfw_people(
+    pipeline: FacePipeline,
+    lfw_dir: Path,
+    cache_dir: Path | None = None,
+    images: str = "images_deepfunneled",
+    progress: Callable[[int], None] | None = None,
+    batch: int = 64,
+    files: list[str] | None = None,
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """LFW images (``files``, "Name/Name_0001.jpg"; default all) embedded as the served pipeline
+    embeds a photo (detected face nearest the centre, aligned, no mirror): (names of the people
+    (P,), labels (N,) index into names, embeddings (N, 128) float32). Cached per pipeline
+    configuration, and resumable."""
+    root = Path(lfw_dir) / images
+    if files is None:
+        files = sorted(f"{d.name}/{f.name}" for d in root.iterdir() if d.is_dir() for f in d.iterdir() if f.suffix == ".jpg")
+    cache = None
+    if cache_dir is not None:
+        key = hashlib.sha256(repr((pipeline.embedder_name, pipeline.detector.name, pipeline.config)).encode()).hexdigest()[:12]
+        cache = Path(cache_dir) / f"lfw-people-embeddings-{key}.npz"
+    if cache is not None and cache.exists():
+        with np.load(cache, allow_pickle=False) as stored:
+            cached = dict(zip(stored["files"].tolist(), stored["vectors"]))
+    else:
+        cached = {}
+    todo = [f for f in files if f not in cached]
+    pending_names, pending_crops = [], []
+
+    def flush():
+        if pending_crops:
+            cached.update(zip(pending_names, pipeline.embedder.embed(np.stack(pending_crops), flip=False)))
+            pending_names.clear()
+            pending_crops.clear()
+
+    cfg = pipeline.config
+    for n, name in enumerate(todo, 1):
+        rgb, face, _ = lfw_face(pipeline, root, name)
+        pending_names.append(name)
+        pending_crops.append(align_face(rgb, face, method=cfg.align_method, margin=cfg.align_margin))
+        if len(pending_crops) >= batch:
+            flush()
+        if cache is not None and n % 512 == 0:  # resumable: a long first run keeps what it did
+            _save_people_cache(cache, cached)
+        if progress:
+            progress(1)
+    flush()
+    if cache is not None and todo:
+        _save_people_cache(cache, cached)
+    people = sorted({f.split("/")[0] for f in files})
+    index = {p: i for i, p in enumerate(people)}
+    labels = np.array([index[f.split("/")[0]] for f in files], np.int64)
+    return people, labels, np.stack([cached[f] for f in files]).astype(np.float32)
+
+
+def _save_people_cache(cache: Path, cached: dict[str, np.ndarray]) -> None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_name(cache.stem + ".part.npz")
+    names = sorted(cached)
+    np.savez(partial, files=np.array(names), vectors=np.stack([cached[n] for n in names]))
+    partial.replace(cache)
+
+
+@dataclass(frozen=True)
+class OpenSetSplit:
+    """LFW people split by ``people.txt`` folds so that the open-set threshold is checked on people
+    it was not calibrated on: ``calibration`` (folds 1-5, one image per person: the committed impostor
+    tail) and, from people only in folds 6-10, ``enrolled`` (people with two or more images: the
+    first is enrolled, the second is their probe) and ``strangers`` (people with one image, never
+    enrolled). Images as "Name/Name_0001.jpg"."""
+
+    calibration: list[str]
+    enrolled: list[tuple[str, str]]  # (gallery image, probe image)
+    strangers: list[str]
+
+    @property
+    def files(self) -> list[str]:
+        return sorted({*self.calibration, *(f for pair in self.enrolled for f in pair), *self.strangers})
+
+
+def open_set_split(
+    lfw_dir: Path,
+    max_calibration: int = 1500,
+    max_enrolled: int = 700,
+    max_strangers: int = 1000,
+    seed: int = 0,
+    images: str = "images_deepfunneled",
+) -> OpenSetSplit:
+    """The fixed-seed split of ``OpenSetSplit`` (sizes capped to keep the first embedding run short)."""
+    folds = read_people_folds(lfw_dir)
+    first, second = {p for f in folds[:5] for p in f}, {p for f in folds[5:] for p in f}
+    root = Path(lfw_dir) / images
+    counts = {p: len(list((root / p).glob("*.jpg"))) for p in first | second}
+    rng = np.random.default_rng(seed)
+
+    def pick(people, n):
+        people = sorted(p for p in people if counts[p] > 0)
+        return sorted(rng.choice(people, min(n, len(people)), replace=False).tolist())
+
+    calibration = pick(first, max_calibration)
+    only_second = second - first
+    enrolled = pick({p for p in only_second if counts[p] >= 2}, max_enrolled)
+    strangers = pick({p for p in only_second if counts[p] == 1}, max_strangers)
+    pairs = [tuple(lfw_files(lfw_dir, [p], 2, images)) for p in enrolled]
+    return OpenSetSplit(lfw_files(lfw_dir, calibration, 1, images), pairs, lfw_files(lfw_dir, strangers, 1, images))

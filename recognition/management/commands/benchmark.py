@@ -1,6 +1,6 @@
 """The benchmark suite: each measurement side by side with its baseline, medians and ratios.
 
-    python manage.py benchmark [--only detection,live,stream,embedding,gallery,api,lfw] [--quick]
+    python manage.py benchmark [--only detection,live,stream,embedding,gallery,api,lfw,open-set] [--quick]
                                [--lfw ../shared/datasets/lfw] [--json var/bench/latest.json]
 
 Prints Markdown tables (copy them into BENCHMARKS.md with the command line). Every part is
@@ -14,7 +14,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-PARTS = ("detection", "live", "stream", "embedding", "gallery", "api", "lfw")
+PARTS = ("detection", "live", "stream", "embedding", "gallery", "api", "lfw", "open-set")
 
 
 class Command(BaseCommand):
@@ -32,6 +32,7 @@ class Command(BaseCommand):
     def handle(self, only, lfw, quick, lfw_frames, gallery_sizes, lfw_pairs_per_fold, json_path, **options):
         from bench import api, detection, gallery, live, stream
         from bench import lfw as lfw_bench
+        from bench import open_set as open_set_bench
 
         parts = [p.strip() for p in only.split(",") if p.strip()]
         unknown = set(parts) - set(PARTS)
@@ -62,6 +63,9 @@ class Command(BaseCommand):
                 out, loads=((1, 10), (4, 20), (16, 32)) if quick else ((1, 20), (4, 40), (16, 64)), baseline=not quick
             ),
             "lfw": lambda: lfw_bench.run(lfw, lfw_pairs_per_fold or None, out),
+            "open-set": lambda: open_set_bench.run(
+                lfw, out, sizes=(100, 700, 1_000, 10_000) if quick else (100, 700, 1_000, 10_000, 100_000)
+            ),
         }
         for part in parts:
             started = time.perf_counter()

@@ -1,0 +1,60 @@
+"""Write the impostor score tail of LFW strangers for the served embedder (the open set's calibration
+when no training run has recorded the site's own people, and beside theirs when one has).
+
+    python manage.py calibrate_open_set ../shared/datasets/lfw [--out recognition/data/lfw_impostor_tail.json]
+
+The people of LFW folds 1-5 (``people.txt``; a fixed-seed sample of --people, one image each) are
+embedded as the served pipeline embeds a photo, every pair of them is scored, and only the upper
+tail of those scores is written: no image, name or embedding. Folds 6-10 are left for the check
+(``benchmark --only open-set``). Embeddings are cached under TRAINING_CACHE_DIR.
+"""
+
+import json
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from recognition import pipelines
+from recognition.engine.lfw_run import embed_lfw_people, open_set_split
+from recognition.engine.open_set import ImpostorTail, cross_person_scores
+
+
+class Command(BaseCommand):
+    help = "Write the impostor score tail of LFW strangers (folds 1-5) for the served embedder."
+
+    def add_arguments(self, parser):
+        parser.add_argument("lfw_dir", type=Path)
+        parser.add_argument("--out", type=Path, default=None, help="default: OPEN_SET_LFW_TAIL")
+        parser.add_argument("--people", type=int, default=1500, help="people of folds 1-5 sampled (one image each)")
+
+    def handle(self, lfw_dir: Path, out: Path | None, people: int, **options):
+        if not (lfw_dir / "people.txt").exists():
+            raise CommandError(f"{lfw_dir} is not the LFW folder (no people.txt)")
+        out = out or Path(settings.OPEN_SET_LFW_TAIL)
+        started = time.perf_counter()
+        split = open_set_split(lfw_dir, max_calibration=people)
+        pipe = pipelines.pipeline()
+        with tqdm(total=len(split.calibration), desc="embedding", disable=None) as bar:
+            _, labels, embeddings = embed_lfw_people(
+                pipe, lfw_dir, settings.TRAINING_CACHE_DIR, progress=bar.update, files=split.calibration
+            )
+        scores = cross_person_scores(embeddings, labels, max_faces=len(embeddings))
+        tail = ImpostorTail.from_scores(scores, source=f"LFW folds 1-5: {len(embeddings)} people, {len(scores)} pairs")
+        data = {
+            "embedder": pipe.embedder_name,
+            "protocol": (
+                "LFW people.txt folds 1-5, a seed-0 sample of one image per person; every pair of different people "
+                "scored (cosine). Only the upper tail of the scores is kept (no images, names or embeddings)."
+            ),
+            "images": len(embeddings),
+            "tail": tail.as_dict(),
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=1) + "\n")
+        self.stdout.write(
+            f"{out}: {len(scores)} impostor pairs of {len(embeddings)} people; top score {scores.max():.4f}; "
+            f"p(>=0.55) = {tail.pair_far(0.55):.2e}; {time.perf_counter() - started:.0f} s"
+        )

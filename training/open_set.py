@@ -1,0 +1,90 @@
+"""The open-set calibration in force: impostor score tails (LFW strangers, committed; the site's own
+people, recorded by each training run) -> the cosine threshold for a gallery of N faces.
+
+The arithmetic is in ``recognition.engine.open_set``; this module knows where the tails are kept.
+``recognition.services`` serves with it, the admin shows it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+from django.conf import settings
+
+from recognition.engine.open_set import ImpostorTail, OpenSet, calibrate
+
+log = logging.getLogger(__name__)
+
+
+class _LfwTail:
+    """The committed tail of LFW strangers (OPEN_SET_LFW_TAIL), read once per process per file
+    version; None when the file is missing or was made by another embedder than ``embedder``."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._key = None
+        self._data = None
+
+    def get(self, embedder: str) -> ImpostorTail | None:
+        path = Path(settings.OPEN_SET_LFW_TAIL) if settings.OPEN_SET_LFW_TAIL else None
+        try:
+            key = (str(path), path.stat().st_mtime_ns) if path else None
+        except OSError:
+            key = None
+        if key != self._key:
+            with self._lock:
+                data = None
+                if key is not None:
+                    try:
+                        data = json.loads(path.read_text())
+                        data["parsed"] = ImpostorTail.from_dict(data["tail"])
+                    except (OSError, ValueError, KeyError, TypeError) as err:
+                        log.error("The LFW impostor tail %s is unreadable, not used: %s", path, err)
+                        data = None
+                self._data, self._key = data, key
+        if self._data is None:
+            return None
+        if self._data.get("embedder") != embedder:
+            return None  # another embedder's scores say nothing about this one's
+        return self._data["parsed"]
+
+
+lfw_tail = _LfwTail()
+
+
+def floor_threshold(version) -> float:
+    """The per-pair cosine threshold chosen before the gallery's size is known: ``version``'s
+    calibrated one, else FACE_MATCH_THRESHOLD (``version`` may be None). The per-search threshold
+    never goes below it."""
+    if version is not None and version.threshold is not None:
+        return float(version.threshold)
+    return float(settings.FACE_MATCH_THRESHOLD)
+
+
+def served_embedder() -> str:
+    from recognition.pipelines import pipeline_config
+
+    return pipeline_config().embedder_name
+
+
+def impostor_tails(version, embedder: str | None = None) -> list[ImpostorTail]:
+    """The per-pair impostor tails for ``embedder`` (default: the served one): LFW strangers and,
+    when ``version`` recorded them with this embedder, the site's own people."""
+    embedder = embedder or served_embedder()
+    tails = []
+    lfw = lfw_tail.get(embedder)
+    if lfw is not None:
+        tails.append(lfw)
+    site = (version.open_set or {}).get("site_tail") if version is not None else None
+    if site and version.embedder in ("", embedder):
+        tails.append(ImpostorTail.from_dict(site))
+    return tails
+
+
+def calibration(version, gallery_size: int, embedder: str | None = None) -> OpenSet:
+    """The cosine threshold for a gallery of ``gallery_size`` faces: a stranger's best score reaches
+    it in at most OPEN_SET_FAR_PER_SEARCH of searches, never below ``floor_threshold(version)``."""
+    return calibrate(impostor_tails(version, embedder), gallery_size, settings.OPEN_SET_FAR_PER_SEARCH, floor_threshold(version))
