@@ -76,6 +76,20 @@ class Gallery:
             people = set(self._people.tolist()) - set(self._changed)
             return people | {p for p, slots in self._changed.items() if len(slots)}
 
+    def contains(self, person_ids) -> np.ndarray:
+        """(P,) person ids -> (P,) bool: who has faces in the gallery now (without building a set of everyone)."""
+        person_ids = np.asarray(person_ids, np.int64)
+        with self._lock:
+            where = np.searchsorted(self._people, person_ids)
+            inside = where < len(self._people)
+            found = np.zeros(len(person_ids), bool)
+            found[inside] = self._people[where[inside]] == person_ids[inside]
+            if self._changed:
+                changed = np.fromiter(self._changed, np.int64, len(self._changed))
+                for i in np.flatnonzero(np.isin(person_ids, changed)):
+                    found[i] = len(self._changed[int(person_ids[i])]) > 0
+            return found
+
     @property
     def people_count(self) -> int:
         return self._n_people
