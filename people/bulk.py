@@ -376,7 +376,7 @@ def import_embeddings(data: Embeddings, legal_basis: str, batch_size: int = DEFA
                 GalleryChange.objects.record(GalleryChange.Kind.FACE, changed.tolist())
             else:
                 GalleryChange.objects.record(GalleryChange.Kind.BULK)
-            transaction.on_commit(services.queue_gallery_snapshot)
+                transaction.on_commit(services.queue_gallery_snapshot)  # the next start maps it
     except DatabaseError as err:
         raise BulkError(f"the database refused the import ({err}).")
     report.seconds = round(time.perf_counter() - started, 3)

@@ -51,8 +51,9 @@ logger = logging.getLogger(__name__)
 GAP_SECONDS = 15 * 60
 # Change rows read per request; more at once (a large import logged per person) reload in the background.
 CHANGES_PER_REQUEST = 2000
-# Missing numbers below a cold start's position that are watched as gaps.
-GAP_WINDOW = 1000
+# Missing numbers below a cold start's position that are watched as gaps (a transaction writes its
+# change rows last, so only the last few can still be committing).
+GAP_WINDOW = 100
 _PEOPLE_PER_QUERY = 500
 CURRENT = "current.json"
 
