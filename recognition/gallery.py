@@ -281,8 +281,17 @@ def _open_snapshot() -> _State | None:
     except (OSError, ValueError, RuntimeError) as err:  # faiss raises RuntimeError on a damaged file
         logger.warning("gallery snapshot %s is unusable (%s); building from the database", directory, err)
         return None
+    top = _change_model().objects.aggregate(top=Max("seq"))["top"] or 0
+    if meta.get("database") != _database_name() or int(meta["seq"]) > top:
+        # another site's snapshot (a shared var/), or one newer than this database (a restored backup)
+        logger.warning("gallery snapshot %s was not made from this database; building from the database", directory)
+        return None
     now = time.monotonic()
     return _State(gallery, int(meta["seq"]), {int(g): now for g in meta.get("gaps", [])}, current["generation"])
+
+
+def _database_name() -> str:
+    return f"{connection.vendor}:{connection.settings_dict['NAME']}"
 
 
 def _publish(root: Path, built: Path, meta: dict) -> str:
@@ -353,6 +362,7 @@ def write_snapshot(force: bool = False, min_changes: int | None = None) -> Snaps
                 "gaps": sorted(gaps),
                 "faces": len(gallery),
                 "people": gallery.people_count,
+                "database": _database_name(),
                 "written_at": time.time(),
             }
             _publish(root, built, meta)
