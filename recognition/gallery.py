@@ -110,7 +110,7 @@ class GalleryCache:
         self.stats["from_database"] += 1
         return _from_database()
 
-    def _catch_up(self, state: _State, depth: int = 0) -> None:
+    def _catch_up(self, state: _State, depth: int = 0, background: bool = False) -> None:
         GalleryChange = _change_model()
         now = time.monotonic()
         state.checked_at = now
@@ -136,10 +136,12 @@ class GalleryCache:
             state.seq = top
         kinds = {row[2] for row in rows}
         if GalleryChange.Kind.BULK in kinds or len(rows) >= CHANGES_PER_REQUEST:
+            if background:  # the gallery being built in the background is already behind: build again
+                raise _BuildAgain(top)
             for row in rows:  # an erasure never waits for the reload
                 if row[2] == GalleryChange.Kind.ERASED:
                     state.gallery.remove_person(row[1])
-            self._reload_in_background()
+            self._reload_in_background(top)
         else:
             people = {row[1] for row in rows if row[1] is not None}
             _apply_people(state.gallery, people)
@@ -153,17 +155,28 @@ class GalleryCache:
                     self._catch_up(fresh, depth=1)
                     self._state = fresh
 
-    def _reload_in_background(self) -> None:
-        """Build a new gallery (snapshot or database) in a thread; requests use the current one meanwhile."""
+    def _reload_in_background(self, target: int) -> None:
+        """Build a new gallery that reflects at least change ``target`` (a snapshot that does, else the
+        database) in a thread; requests use the current one meanwhile."""
         if self._reloading is not None and self._reloading.is_alive():
             return
 
         def reload():
+            wanted = target
             try:
-                state = self._cold_start()
-                self._catch_up(state, depth=1)
-                self._reloaded = state
-                self.stats["background_reloads"] += 1
+                for _ in range(5):  # another bulk change while building: build again
+                    state = _open_snapshot()
+                    if state is None or state.seq < wanted:
+                        state = _from_database()
+                    try:
+                        self._catch_up(state, depth=1, background=True)
+                    except _BuildAgain as again:
+                        wanted = again.seq
+                        continue
+                    self._reloaded = state
+                    self.stats["background_reloads"] += 1
+                    return
+                logger.warning("the gallery kept changing in bulk while it was reloaded; the next bulk change tries again")
             except Exception:
                 logger.exception("reloading the gallery in the background failed; the next bulk change tries again")
             finally:
@@ -176,6 +189,12 @@ class GalleryCache:
         """Tests and benchmarks: wait for a background reload to finish."""
         if self._reloading is not None:
             self._reloading.join(timeout)
+
+
+class _BuildAgain(Exception):
+    def __init__(self, seq: int):
+        super().__init__(seq)
+        self.seq = seq
 
 
 def _apply_people(gallery: Gallery, people: set[int]) -> None:
