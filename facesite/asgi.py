@@ -19,6 +19,13 @@ if settings.FACE_WARMUP:
     from recognition import services  # noqa: E402
 
     services.pipeline()  # models load and their graphs are traced once, before the first request
+    # The gallery snapshot is mapped (or the gallery built) before the first request. In a thread of
+    # its own: uvicorn imports this module inside its running event loop, where Django refuses ORM calls.
+    import threading  # noqa: E402
+
+    warmup = threading.Thread(target=services.warm_up_gallery, name="gallery-warm-up")
+    warmup.start()
+    warmup.join()
 
 application = ProtocolTypeRouter(
     {

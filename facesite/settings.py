@@ -271,6 +271,15 @@ TRAINING_EDGE_MAX_FACES = env_int("TRAINING_EDGE_MAX_FACES", 100_000)
 # Converting FaceNet to TFLite takes a minute or more; the result is reused while weights and TF match.
 TRAINING_CACHE_DIR = Path(env_str("TRAINING_CACHE_DIR", str(BASE_DIR / "var" / "cache")))
 
+# The gallery's snapshot (recognition/gallery.py): the trained index and its ids, mapped by every
+# process at start. It holds raw embeddings (biometric templates), so it lives in a private
+# directory, never under MEDIA_ROOT; an erasure rewrites it at once.
+GALLERY_SNAPSHOT_DIR = Path(env_str("GALLERY_SNAPSHOT_DIR", str(BASE_DIR / "var" / "gallery")))
+# The scheduled snapshot task writes a new one once this many changes were logged since the last.
+GALLERY_SNAPSHOT_MIN_CHANGES = env_int("GALLERY_SNAPSHOT_MIN_CHANGES", 1000)
+# Change-log rows are kept this long (a process idle for half of it reloads instead of catching up).
+GALLERY_CHANGE_KEEP_HOURS = env_int("GALLERY_CHANGE_KEEP_HOURS", 24)
+
 # Users' own tokens (/api/v1/auth/token/) expire after this many hours (0: never); they are also
 # deleted when the user's password changes or the account is deactivated. API keys do not expire.
 API_TOKEN_TTL_HOURS = env_int("API_TOKEN_TTL_HOURS", 24 * 30)

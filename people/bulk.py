@@ -39,13 +39,16 @@ from django.utils import timezone
 from security.models import AuditEvent
 
 from . import services
-from .models import FaceImage, Person
+from .models import FaceImage, GalleryChange, Person
 
 NAME_MAX = Person._meta.get_field("name").max_length
 EXTERNAL_ID_MAX = Person._meta.get_field("external_id").max_length
 NORM_TOLERANCE = 1e-3
 MAX_DIM = 4096
 DEFAULT_BATCH_SIZE = 5000
+# An import of more people than this is logged as one BULK change (each process reloads the
+# gallery in the background, from the snapshot the import queues), fewer as one row per person.
+BULK_CHANGE_MAX_PEOPLE = 2000
 # Rows per query when looking people up by name or external id (SQLite allows 999 parameters).
 _LOOKUP_CHUNK = 500
 
@@ -367,6 +370,13 @@ def import_embeddings(data: Embeddings, legal_basis: str, batch_size: int = DEFA
             _create_faces(data, person_ids[row_person], batch_size, source)
             services.gallery_changed()  # the same notice enrollment gives: one retrain, after commit
             _audit("import_embeddings", report)
+            # last in the transaction: every process applies these people (or, for many, reloads)
+            changed = np.unique(person_ids)
+            if len(changed) <= BULK_CHANGE_MAX_PEOPLE:
+                GalleryChange.objects.record(GalleryChange.Kind.FACE, changed.tolist())
+            else:
+                GalleryChange.objects.record(GalleryChange.Kind.BULK)
+                transaction.on_commit(services.queue_gallery_snapshot)  # the next start maps it
     except DatabaseError as err:
         raise BulkError(f"the database refused the import ({err}).")
     report.seconds = round(time.perf_counter() - started, 3)

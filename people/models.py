@@ -137,3 +137,46 @@ class FaceImage(models.Model):
 
     def set_vector(self, vector: np.ndarray | None) -> None:
         self.embedding = None if vector is None else np.asarray(vector, np.float32).tobytes()
+
+
+class GalleryChangeQuerySet(models.QuerySet):
+    def record(self, kind: str, person_ids=()) -> None:
+        """Log that these people's matchable faces changed (or, with none, that many did: kind BULK).
+
+        Call it inside the transaction that makes the change, as late in it as possible: a row
+        commits with that change, and the sequence number it takes is what other processes wait
+        for (see recognition.gallery)."""
+        ids = sorted({int(p) for p in person_ids if p is not None})
+        if ids:
+            self.bulk_create([GalleryChange(kind=kind, person_id=pid) for pid in ids])
+        else:
+            self.create(kind=kind)
+
+
+class GalleryChange(models.Model):
+    """The gallery's change log: one row per enrollment change (a face accepted or removed, a person
+    (de)activated or erased, a bulk import), written in the change's own transaction. Every
+    process remembers the last ``seq`` it applied and, per request, reads only newer rows, then
+    re-reads only the changed people. Rows are pruned after GALLERY_CHANGE_KEEP_HOURS."""
+
+    class Kind(models.TextChoices):
+        FACE = "face", "A face joined or left the gallery"
+        PERSON = "person", "A person was activated or deactivated"
+        ERASED = "erased", "A person was erased"
+        BULK = "bulk", "Many people changed (bulk import): reload everything"
+        SNAPSHOT = "snapshot", "A new gallery snapshot was written"
+
+    seq = models.BigAutoField(primary_key=True)
+    # Not a foreign key: the row must outlive an erased person long enough for every process to
+    # drop them; it holds only the number, never a name, and is pruned within hours.
+    person_id = models.BigIntegerField(null=True, blank=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    objects = GalleryChangeQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["seq"]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.kind} {self.person_id or ''}".strip()

@@ -240,6 +240,18 @@ def queue_retrain() -> None:
         )
 
 
+SNAPSHOT_TASK = "recognition.tasks.write_gallery_snapshot"
+
+
+def queue_gallery_snapshot() -> None:
+    """Ask for a new gallery snapshot (recognition/gallery.py) after a bulk change; best effort: the
+    periodic schedule writes one anyway."""
+    try:
+        async_task(SNAPSHOT_TASK, task_name="gallery-snapshot", group="gallery")
+    except Exception as err:
+        log.warning("could not queue a gallery snapshot: %s", err)
+
+
 def approve(face: FaceImage) -> None:
     """Staff confirmed a photo held for review."""
     if face.status == FaceImage.Status.REVIEW and face.embedding is not None:

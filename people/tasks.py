@@ -47,3 +47,19 @@ def requeue_pending(older_than_seconds: int = 60) -> int:
     if ids:
         log.info("re-queued %s of %s pending photos whose processing was lost", queued, len(ids))
     return queued
+
+
+def prune_gallery_changes() -> int:
+    """Delete change-log rows older than GALLERY_CHANGE_KEEP_HOURS (schedule of migration 0006); the
+    newest row is always kept, so the log's position survives. Returns how many were deleted."""
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from .models import GalleryChange
+
+    newest = GalleryChange.objects.order_by("-seq").values_list("seq", flat=True).first()
+    cutoff = timezone.now() - timedelta(hours=settings.GALLERY_CHANGE_KEEP_HOURS)
+    deleted, _ = GalleryChange.objects.filter(created_at__lt=cutoff).exclude(seq=newest).delete()
+    return deleted

@@ -60,8 +60,8 @@ def erase_person(person: Person, by=None) -> ErasureReport:
     ERASE_CHECKINS_WITH_PERSON is off) and the check-ins rejected as not them; their id in audit events; admin history entries about them
     or their photos; other people's review reasons that name them; their photos, crops and
     embeddings; the person; every model version's artifacts and fields (training.services.
-    forget_person). Files go once the transaction commits; the gallery is reloaded and a retrain
-    is requested. The receipt is an AuditEvent "erase": who, when, these counts."""
+    forget_person). Files go once the transaction commits, the gallery snapshot is rewritten without
+    them (every process drops them on its next request: the change log) and a retrain is requested. The receipt is an AuditEvent "erase": who, when, these counts."""
     report = ErasureReport()
     pid, name = person.pk, person.name
     with transaction.atomic():
@@ -103,6 +103,8 @@ def erase_person(person: Person, by=None) -> ErasureReport:
 
         if any(f[3] == FaceImage.Status.ACCEPTED for f in faces):
             transaction.on_commit(training.enrollment_changed)  # retrain, debounced
+        # the gallery snapshot on disk holds their embeddings: rewritten without them before this returns
+        transaction.on_commit(lambda: recognition.forget_in_snapshot([pid]))
         AuditEvent.objects.create(
             action="erase",
             user=by if by is not None and getattr(by, "is_authenticated", False) else None,
@@ -110,7 +112,6 @@ def erase_person(person: Person, by=None) -> ErasureReport:
             status_code=200,
             result=asdict(report),
         )
-    recognition.invalidate_gallery()
     return report
 
 

@@ -16,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from integrations.events import face_verdict
-from people.models import FaceChoice, FaceImage, Person
+from people.models import FaceChoice, FaceImage, GalleryChange, Person
 from people.services import delete_files
 from training import services as training
 
@@ -204,6 +204,8 @@ def _finish(face: FaceImage, verdict: Verdict) -> FaceImage | None:
         face_verdict(face)
         in_gallery = face.status == FaceImage.Status.ACCEPTED and face.embedding is not None
         if in_gallery or getattr(face, "_was_in_gallery", False):
+            # a queryset update sends no signal: the change log is written here, last, in this transaction
+            GalleryChange.objects.record(GalleryChange.Kind.FACE, [face.person_id])
             transaction.on_commit(training.enrollment_changed)  # retrain, debounced
     return face
 

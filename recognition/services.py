@@ -12,17 +12,16 @@ import io
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import timedelta
 
 import numpy as np
 from django.conf import settings
-from django.db.models import Count, Max
 
 from .answers import NamedCandidate, Recognition, RecognizedFace, Verification, VerifiedFace
 from .engine.matching import Candidate, Gallery, embeddings_from_blobs
 from .engine.open_set import ImpostorTail, OpenSet, expected_far
 from .engine.pipeline import AnalysedFace
 from .engine.recognizers import GalleryRecognizer, HeadRecognizer, Recognizer, ServedMatch
+from .gallery import GalleryCache, forget_in_snapshot, write_snapshot  # noqa: F401  (the façade's too)
 
 # the pipeline and upload rules are the façade's too (recognition/pipelines.py holds them)
 from .pipelines import image_limits, main_face, pipeline, pipeline_config, quality_rules, read_upload  # noqa: F401
@@ -30,101 +29,40 @@ from .pipelines import image_limits, main_face, pipeline, pipeline_config, quali
 logger = logging.getLogger(__name__)
 
 
-# ---- the gallery -------------------------------------------------------------------------------
+# ---- the gallery (recognition/gallery.py: change log, snapshots) --------------------------------
 
-
-class _GalleryCache:
-    """The process's copy of the enrolled embeddings, reloaded when the database says it changed.
-
-    The check is one aggregate query per request, so an enrollment or erasure made by another
-    process (web worker, django-q worker) is used on this process's next request.
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._gallery = Gallery()
-        self._fingerprint = None
-        self._loaded_since = None  # when the last (re)load started
-
-    def _current_fingerprint(self):
-        from people.models import FaceImage, Person
-
-        faces = FaceImage.objects.in_gallery().aggregate(n=Count("id"), last=Max("updated_at"), top=Max("id"))
-        people = Person.objects.aggregate(last=Max("updated_at"), n=Count("id"))
-        return (faces["n"], faces["last"], faces["top"], people["last"], people["n"])
-
-    def get(self) -> Gallery:
-        fingerprint = self._current_fingerprint()
-        if fingerprint != self._fingerprint:
-            with self._lock:
-                if fingerprint != self._fingerprint:
-                    self._reload()
-                    self._fingerprint = fingerprint
-        return self._gallery
-
-    # Rows saved this long before a reload may still be committing while it reads; they are read again.
-    _OVERLAP = timedelta(seconds=5)
-    _MAX_PEOPLE_PER_UPDATE = 2000
-
-    def _reload(self) -> None:
-        """Apply what changed since the last load, person by person (no rebuild of a large gallery).
-
-        Faces or people saved since then are re-read per person; people who are gone or inactive
-        are dropped. If the count still disagrees with the database, everything is read again.
-        """
-        from django.utils import timezone
-
-        from people.models import FaceImage, Person
-
-        started = timezone.now()
-        if self._loaded_since is None:
-            self._load_all()
-        else:
-            since = self._loaded_since - self._OVERLAP
-            changed = set(FaceImage.objects.filter(updated_at__gt=since).values_list("person_id", flat=True))
-            changed |= set(Person.objects.filter(updated_at__gt=since).values_list("id", flat=True))
-            if len(changed) > self._MAX_PEOPLE_PER_UPDATE:  # a bulk import: one bulk read is quicker
-                self._load_all()
-                changed = set()
-            for person_id in changed:
-                rows = FaceImage.objects.in_gallery().filter(person_id=person_id).values_list("id", "embedding")
-                keys, embeddings = _rows_to_arrays(rows)
-                self._gallery.set_person(person_id, embeddings, keys)
-            active = set(Person.objects.filter(is_active=True).values_list("id", flat=True))
-            for person_id in self._gallery.person_ids - active:
-                self._gallery.remove_person(person_id)
-            if len(self._gallery) != FaceImage.objects.in_gallery().count():
-                self._load_all()
-        self._loaded_since = started
-
-    def _load_all(self) -> None:
-        from people.models import FaceImage
-
-        rows = list(FaceImage.objects.in_gallery().values_list("id", "person_id", "embedding"))
-        labels = np.array([row[1] for row in rows], np.int64)
-        keys, embeddings = _rows_to_arrays((row[0], row[2]) for row in rows)
-        gallery = Gallery()
-        gallery.replace(embeddings, labels, keys)
-        self._gallery = gallery
-
-    def invalidate(self) -> None:
-        self._fingerprint = None
-
-
-def _rows_to_arrays(rows) -> tuple[np.ndarray, np.ndarray]:
-    """(id, embedding blob) rows -> keys (N,) int64, embeddings (N, 128) float32."""
-    rows = list(rows)
-    return np.array([row[0] for row in rows], np.int64), embeddings_from_blobs(row[1] for row in rows)
-
-
-_gallery_cache = _GalleryCache()
+_gallery_cache = GalleryCache()
 
 
 def gallery() -> Gallery:
+    """The gallery as of now: this process's copy, brought up to date with the change log."""
     return _gallery_cache.get()
 
 
+def warm_up_gallery() -> None:
+    """Load the gallery now (at start-up); a database not reachable yet leaves it to the first request."""
+    import time
+
+    from django.db import connection
+
+    try:
+        started = time.perf_counter()
+        loaded = gallery()
+        stats = _gallery_cache.stats
+        logger.info(
+            "gallery loaded at start-up: %d faces (%s) in %.2f s",
+            len(loaded),
+            "snapshot" if stats["from_snapshot"] else "database",
+            time.perf_counter() - started,
+        )
+    except Exception as err:
+        logger.warning("the gallery was not loaded at start-up: %s", err)
+    finally:
+        connection.close()
+
+
 def invalidate_gallery() -> None:
+    """Drop this process's copy: the next request loads it again (snapshot, else database)."""
     _gallery_cache.invalidate()
 
 

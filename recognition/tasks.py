@@ -2,7 +2,9 @@
 
 import logging
 
-from people.models import FaceImage
+from django.db import transaction
+
+from people.models import FaceImage, GalleryChange
 
 from . import enrollment
 
@@ -23,10 +25,24 @@ def process_face_image(face_image_id: int) -> str:
         log.exception("processing face image %s failed", face_image_id)
         if face.crop and face.crop.name != getattr(face, "_previous_crop", ""):
             face.crop.storage.delete(face.crop.name)  # made by this run, never recorded on the row
-        FaceImage.objects.filter(pk=face_image_id).update(
-            status=FaceImage.Status.REJECTED, reason_code="processing_failed", reason=f"Processing failed: {err}"[:500]
-        )
+        with transaction.atomic():
+            # it may have been in the gallery (re-processing): it leaves it, and every process is told
+            FaceImage.objects.filter(pk=face_image_id).update(
+                status=FaceImage.Status.REJECTED, reason_code="processing_failed", reason=f"Processing failed: {err}"[:500]
+            )
+            GalleryChange.objects.record(GalleryChange.Kind.FACE, [face.person_id])
         raise
     if processed is None:
         return "deleted"  # erased while it was processed: nothing was written back
     return processed.status
+
+
+def write_gallery_snapshot(force: bool = False) -> str:
+    """Save the gallery snapshot every process maps at start (recognition/gallery.py): queued after a
+    bulk import, and every few minutes by schedule (written only when enough changed)."""
+    from .gallery import write_snapshot
+
+    report = write_snapshot(force=force)
+    if report.written:
+        return f"snapshot of {report.faces} faces of {report.people} people at change {report.seq} ({report.seconds} s)"
+    return f"not written: {report.reason}"

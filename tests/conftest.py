@@ -21,8 +21,20 @@ def _test_settings(tmp_path_factory):
     from django_q.conf import Conf
 
     settings.MEDIA_ROOT = tmp_path_factory.mktemp("media")
+    settings.GALLERY_SNAPSHOT_DIR = tmp_path_factory.mktemp("gallery")
     Conf.SYNC = True
     yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gallery():
+    """Each test starts from the database's gallery: a test's rolled-back transaction took change-log
+    numbers (SQLite hands them out again) and may have written a snapshot of rows that are gone."""
+    yield
+    from recognition import gallery, services
+
+    services.invalidate_gallery()
+    gallery.delete_snapshots()
 
 
 def _is_test_database(connection) -> bool:

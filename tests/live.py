@@ -282,6 +282,7 @@ def make_site(tmp: Path, backend: str, redis_db: int = LIVE_REDIS_DB) -> Site:
         SECRET_KEY="live-test-" + secrets.token_urlsafe(50),
         ALLOWED_HOSTS="127.0.0.1,localhost",
         MEDIA_ROOT=str(media),
+        GALLERY_SNAPSHOT_DIR=str(tmp / "gallery"),
         STATIC_ROOT=str(tmp / "static"),
         SECURE_COOKIES="0",
         SECURE_HSTS_SECONDS="0",

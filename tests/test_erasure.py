@@ -114,9 +114,12 @@ def referenced_media() -> set[str]:
 
 def files_to_scan(orphans: set[str]) -> list[Path]:
     """Every file under MEDIA_ROOT except those other tests left unreferenced (their rows were
-    rolled back) before this test began."""
+    rolled back) before this test began, and every file of the gallery snapshot directory."""
+    from django.conf import settings
+
     root = media_root()
-    return [p for p in root.rglob("*") if p.is_file() and str(p.relative_to(root)) not in orphans]
+    media = [p for p in root.rglob("*") if p.is_file() and str(p.relative_to(root)) not in orphans]
+    return media + [p for p in Path(settings.GALLERY_SNAPSHOT_DIR).rglob("*") if p.is_file()]
 
 
 def artifact(field) -> bytes:
@@ -198,6 +201,14 @@ def test_an_erased_person_is_nowhere_in_files_api_answers_or_the_database(
     old_artifacts = [
         field.name for v in (nearest, headed) for field in (v.labels, v.head, v.confusion_plot) if field and field.name
     ]
+    # the gallery snapshot every process maps at start holds his raw embeddings too
+    from django.conf import settings
+
+    from recognition import services as recognition_services
+
+    assert recognition_services.write_snapshot(force=True).written
+    snapshot = b"".join(p.read_bytes() for p in Path(settings.GALLERY_SNAPSHOT_DIR).rglob("*.faiss"))
+    assert all(e in snapshot for e in embeddings)
 
     with capture(execute=True):
         response = staff_api.delete(f"/api/v1/people/{pid}/")

@@ -132,3 +132,49 @@ def test_gallery_updates_one_person_without_rebuilding():
     assert 7 not in gallery.person_ids and len(gallery) == len(faces) - 5
     (excluded,) = gallery.search(faces[:1], top_k=1, exclude_keys={0})
     assert excluded.candidates[0].similarity < 0.999
+
+
+@pytest.mark.parametrize("settings", [IndexSettings(), IVF], ids=["exact", "ivf"])
+def test_a_saved_gallery_opens_memory_mapped_and_takes_changes_on_top(tmp_path, settings):
+    faces, people, centres = clustered_faces(600, 5)
+    built = Gallery(index_settings=settings)
+    built.replace(faces, people, np.arange(len(faces)) + 1000)
+    built.save(tmp_path)
+    opened = Gallery.open(tmp_path, index_settings=settings)
+    assert opened.index.frozen and len(opened) == len(faces) and opened.person_ids == set(range(600))
+    assert isinstance(opened._base_labels, np.memmap)  # shared pages, not a copy
+    queries = unit(centres[:20] + 0.35 * np.random.default_rng(4).standard_normal((20, 128)) / np.sqrt(128))
+    before = [r.candidates[0].person_id for r in built.search(queries, top_k=1)]
+    assert [r.candidates[0].person_id for r in opened.search(queries, top_k=1)] == before
+
+    # person 3 re-enrolled, person 4 removed, person 9000 added: overlay and tombstones
+    newcomer = unit(np.random.default_rng(9).standard_normal((2, 128)))
+    opened.set_person(3, newcomer, np.array([1, 2]))
+    opened.remove_person(4)
+    opened.set_person(9000, unit(centres[4:5] + 0.01), np.array([3]))
+    assert len(opened) == len(faces) - 10 + 3 and opened.people_count == 600
+    (hit,) = opened.search(newcomer[:1], top_k=1)
+    assert hit.candidates[0].person_id == 3 and hit.candidates[0].similarity == pytest.approx(1.0, abs=1e-3)
+    (old,) = opened.search(faces[15:16], top_k=2)  # person 3's old face: gone
+    assert old.candidates[0].person_id != 3 or old.candidates[0].similarity < 0.99
+    (moved,) = opened.search(faces[20:21], top_k=3)  # person 4's face: now only 9000 is near
+    assert 4 not in [c.person_id for c in moved.candidates] and moved.candidates[0].person_id == 9000
+    (excluded,) = opened.search(newcomer[:1], top_k=1, exclude_keys={1})
+    assert excluded.candidates[0].similarity < 0.999
+    # nothing of the changes reached the files
+    assert len(Gallery.open(tmp_path, index_settings=settings)) == len(faces)
+
+
+def test_a_saved_gallery_is_rewritten_without_a_person(tmp_path):
+    faces, people, _ = clustered_faces(600, 5)
+    built = Gallery(index_settings=IVF)
+    built.replace(faces, people, np.arange(len(faces)))
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    built.save(tmp_path / "a")
+    assert Gallery.rewrite_without(tmp_path / "a", tmp_path / "b", {7, 8}) == 10
+    rewritten = Gallery.open(tmp_path / "b", index_settings=IVF)
+    assert len(rewritten) == len(faces) - 10 and not {7, 8} & rewritten.person_ids
+    (hit,) = rewritten.search(faces[35:36], top_k=3)  # a face of person 7
+    assert 7 not in [c.person_id for c in hit.candidates]
+    rewritten.set_person(7, faces[35:36], np.array([35]))  # changes on top still work
+    assert rewritten.search(faces[35:36], top_k=1)[0].candidates[0].person_id == 7

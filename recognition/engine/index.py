@@ -6,6 +6,12 @@ Small galleries are searched exactly (a flat inner-product index). Once a galler
 a few milliseconds of CPU with recall@1 > 0.99 against exact search, in about 250 MiB (BENCHMARKS.md).
 Adding and removing embeddings is incremental in both forms; the IVF cells are retrained only when
 the gallery has grown ``retrain_growth`` times past the size they were trained on.
+
+An index can be saved to a file and opened again memory-mapped (``EmbeddingIndex.open``): the
+inverted lists stay in the page cache, shared by every process on the machine that opens the same
+file, and are never copied into a process. Such an index is read-only underneath; what changes
+after it was saved lives beside it: added embeddings in a small exact overlay, removed ones as
+tombstones the search skips.
 """
 
 from __future__ import annotations
@@ -40,11 +46,52 @@ class EmbeddingIndex:
         self._lock = threading.RLock()
         self._trained_on = 0
         self._index = self._new_flat()
+        # set by ``open``: the saved index is read-only; changes go to an overlay and tombstones
+        self._frozen = False
+        self._overlay = None  # exact index of embeddings added since it was saved
+        self._tombstones: set[int] = set()  # ids removed from the read-only part
+        self._skip = None  # faiss selector over the tombstones, rebuilt when they change
+
+    # ---- files -----------------------------------------------------------------------------
+
+    def save(self, path) -> None:
+        """Write the index to ``path`` (an index opened from a file, with changes on top, cannot be saved)."""
+        import faiss
+
+        if self._frozen:
+            raise ValueError("an opened index is read-only; build a new one to save it")
+        with self._lock:
+            faiss.write_index(self._index, str(path))
+
+    @classmethod
+    def open(cls, path, dim: int = 128, settings: IndexSettings = IndexSettings(), id_limit: int | None = None) -> EmbeddingIndex:
+        """An index saved by ``save``, its inverted lists memory-mapped read-only (IVF; a flat index,
+        small by construction, is read into memory). Its ids are below ``id_limit`` (default: its size)."""
+        import faiss
+
+        index = cls(dim, settings)
+        loaded = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        if loaded.d != dim:
+            raise ValueError(f"{path} holds {loaded.d}-d vectors, not {dim}-d")
+        index._index = loaded
+        index._trained_on = int(loaded.ntotal) if isinstance(loaded, faiss.IndexIVF) else 0
+        index._frozen = True
+        index._id_limit = int(loaded.ntotal) if id_limit is None else int(id_limit)
+        return index
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    @property
+    def overlay_size(self) -> int:
+        """Embeddings added since the index was saved (0 unless opened from a file)."""
+        return 0 if self._overlay is None else int(self._overlay.ntotal)
 
     # ---- queries ---------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return int(self._index.ntotal)
+        return int(self._index.ntotal) - len(self._tombstones) + self.overlay_size
 
     @property
     def kind(self) -> str:
@@ -73,6 +120,8 @@ class EmbeddingIndex:
 
         queries = _as_matrix(queries, self.dim)
         _small_work(len(queries) <= 16)
+        if self._frozen:
+            return self._search_frozen(queries, k, exclude_ids, nprobe)
         with self._lock:
             k = max(1, min(k, len(self)))
             params = None
@@ -98,6 +147,11 @@ class EmbeddingIndex:
             return
         _small_work(len(ids) <= 1000)
         with self._lock:
+            if self._frozen:
+                if self._overlay is None:
+                    self._overlay = self._new_flat()
+                self._overlay.add_with_ids(embeddings, ids)
+                return
             total = len(self) + len(ids)
             if (self._trained_on == 0 and total >= self.settings.exact_below) or (
                 self._trained_on and total >= self.settings.retrain_growth * self._trained_on
@@ -115,14 +169,58 @@ class EmbeddingIndex:
             return 0
         _small_work(True)
         with self._lock:
-            return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
+            if not self._frozen:
+                return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
+            removed = 0 if self._overlay is None else int(self._overlay.remove_ids(faiss.IDSelectorBatch(ids)))
+            # the rest are in the read-only part: the caller removes only ids it holds
+            below = [int(i) for i in ids.tolist() if 0 <= i < self._frozen_limit and i not in self._tombstones]
+            if below:
+                self._tombstones.update(below)
+                self._skip = None
+            return removed + len(below)
 
     def reset(self, ids: np.ndarray, embeddings: np.ndarray) -> None:
         """Replace the whole content (one bulk load, IVF-trained if large enough)."""
         with self._lock:
             self._trained_on = 0
+            self._frozen, self._overlay, self._tombstones, self._skip = False, None, set(), None
             self._index = self._new_flat()
             self.add(ids, embeddings)
+
+    @property
+    def _frozen_limit(self) -> int:
+        """Ids of the read-only part are below this (``Gallery`` numbers them 0..N-1 when saving)."""
+        return self._id_limit if self._frozen else 0
+
+    def _search_frozen(self, queries, k, exclude_ids, nprobe) -> tuple[np.ndarray, np.ndarray]:
+        """The read-only part (skipping tombstones and excluded ids) and the overlay, merged."""
+        import faiss
+
+        with self._lock:
+            k = max(1, min(k, len(self)))
+            skip = self._skip
+            if exclude_ids is not None and len(exclude_ids):
+                skip = self._selector(self._tombstones.union(np.asarray(exclude_ids, np.int64).tolist()))
+            elif skip is None and self._tombstones:
+                skip = self._skip = self._selector(self._tombstones)
+            if self._trained_on:
+                params = faiss.SearchParametersIVF(nprobe=nprobe or self.nprobe, sel=skip)
+            else:
+                params = faiss.SearchParameters(sel=skip) if skip is not None else None
+            scores, ids = self._index.search(queries, k, params=params)
+            if self.overlay_size:
+                params = None
+                if exclude_ids is not None and len(exclude_ids):
+                    params = faiss.SearchParameters(sel=self._selector(np.asarray(exclude_ids, np.int64).tolist()))
+                more_scores, more_ids = self._overlay.search(queries, min(k, self.overlay_size), params=params)
+                scores, ids = _merge(scores, ids, more_scores, more_ids, k)
+        return scores, ids
+
+    @staticmethod
+    def _selector(ids):
+        import faiss
+
+        return faiss.IDSelectorNot(faiss.IDSelectorBatch(np.fromiter(ids, np.int64)))
 
     # ---- internals -------------------------------------------------------------------------
 
@@ -177,6 +275,16 @@ class EmbeddingIndex:
         ivf.add_with_ids(vectors, ids)
         self._index = ivf
         self._trained_on = n
+
+
+def _merge(scores_a, ids_a, scores_b, ids_b, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two (Q, ka) and (Q, kb) result sets -> the best ``k`` of each row, best first (-1 ids last)."""
+    scores = np.concatenate([scores_a, scores_b], axis=1)
+    ids = np.concatenate([ids_a, ids_b], axis=1)
+    scores = np.where(ids < 0, -np.inf, scores)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+    return np.where(ids < 0, -np.inf, scores).astype(np.float32), ids
 
 
 def _small_work(small: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -45,28 +46,60 @@ class Gallery:
     ``IndexSettings.exact_below``); a person's score is the best score among their embeddings.
     Updates are incremental (add/remove one person's embeddings, no rebuild) and happen under the
     index's lock, so a search never sees half an update.
+
+    The index's ids are slots. Slots 0..B-1 are the base, grouped by person (``_people`` sorted with
+    each person's ``_starts``/``_ends``), as ``replace`` built it or ``open`` mapped it from a
+    snapshot directory written by ``save``: the arrays may be read-only memory maps shared between
+    processes. Slots from B on were added since; ``_changed`` holds the current slots of every
+    person changed since the base (empty: gone), so nothing per person is kept for the base.
     """
+
+    FILES = ("index.faiss", "labels.npy", "keys.npy", "people.npy", "starts.npy", "ends.npy")
 
     def __init__(self, dim: int = 128, index_settings: IndexSettings = IndexSettings()):
         self.dim = dim
         self._lock = threading.RLock()
         self._index = EmbeddingIndex(dim, index_settings)
-        # one slot per embedding ever added: the index's id is the slot, these say whose it is
-        self._labels = np.zeros((0,), np.int64)  # person id per slot, -1 once removed
-        self._keys = np.zeros((0,), np.int64)  # the caller's id per slot (FaceImage pk)
-        self._size = 0  # slots in use
-        self._slots_of: dict[int, np.ndarray] = {}
+        empty = np.zeros((0,), np.int64)
+        self._base_labels, self._base_keys = empty, empty  # person id and caller's key (FaceImage pk) per base slot
+        self._people, self._starts, self._ends = empty, empty, empty
+        self._labels, self._keys = empty, empty  # the same for slots B, B+1, ... (added since)
+        self._size = 0  # added slots in use
+        self._changed: dict[int, np.ndarray] = {}
+        self._n_people = 0
 
     def __len__(self) -> int:
         return len(self._index)
 
     @property
     def person_ids(self) -> set[int]:
-        return set(self._slots_of)
+        with self._lock:
+            people = set(self._people.tolist()) - set(self._changed)
+            return people | {p for p, slots in self._changed.items() if len(slots)}
+
+    def contains(self, person_ids) -> np.ndarray:
+        """(P,) person ids -> (P,) bool: who has faces in the gallery now (without building a set of everyone)."""
+        person_ids = np.asarray(person_ids, np.int64)
+        with self._lock:
+            where = np.searchsorted(self._people, person_ids)
+            inside = where < len(self._people)
+            found = np.zeros(len(person_ids), bool)
+            found[inside] = self._people[where[inside]] == person_ids[inside]
+            if self._changed:
+                changed = np.fromiter(self._changed, np.int64, len(self._changed))
+                for i in np.flatnonzero(np.isin(person_ids, changed)):
+                    found[i] = len(self._changed[int(person_ids[i])]) > 0
+            return found
+
+    @property
+    def people_count(self) -> int:
+        return self._n_people
 
     @property
     def index(self) -> EmbeddingIndex:
         return self._index
+
+    # ---- building, saving, opening -----------------------------------------------------------
 
     def replace(self, embeddings: np.ndarray, labels: np.ndarray, keys: np.ndarray | None = None) -> None:
         embeddings = _as_matrix(embeddings, self.dim)
@@ -74,46 +107,122 @@ class Gallery:
         keys = np.arange(len(labels), dtype=np.int64) if keys is None else np.asarray(keys, np.int64)
         if not (len(embeddings) == len(labels) == len(keys)):
             raise ValueError("embeddings, labels and keys must have the same length")
+        order = np.argsort(labels, kind="stable")
         with self._lock:
-            self._labels, self._keys, self._size = labels.copy(), keys.copy(), len(labels)
-            order = np.argsort(labels, kind="stable")
-            people, starts = np.unique(labels[order], return_index=True)
-            self._slots_of = {int(p): slots for p, slots in zip(people, np.split(order, starts[1:]))} if len(labels) else {}
-            self._index.reset(np.arange(len(labels), dtype=np.int64), embeddings)
+            self._set_base(labels[order], keys[order])
+            self._index.reset(np.arange(len(labels), dtype=np.int64), embeddings[order])
+
+    def _set_base(self, labels: np.ndarray, keys: np.ndarray, people=None, starts=None, ends=None) -> None:
+        if people is None:
+            people, starts, counts = np.unique(labels, return_index=True, return_counts=True)
+            ends = starts + counts
+        self._base_labels, self._base_keys = labels, keys
+        self._people, self._starts, self._ends = people, starts, ends
+        self._labels = self._keys = np.zeros((0,), np.int64)
+        self._size = 0
+        self._changed = {}
+        self._n_people = len(people)
+
+    def save(self, directory: Path) -> None:
+        """Write the gallery into ``directory`` (existing, empty): the index and its slot arrays.
+
+        Only a gallery as ``replace`` built it, with nothing changed since."""
+        with self._lock:
+            if self._size or self._changed or self._index.frozen:
+                raise ValueError("only a freshly built gallery can be saved")
+            directory = Path(directory)
+            self._index.save(directory / "index.faiss")
+            for name, array in zip(self.FILES[1:], (self._base_labels, self._base_keys, self._people, self._starts, self._ends)):
+                np.save(directory / name, np.ascontiguousarray(array, np.int64))
+
+    @classmethod
+    def open(cls, directory: Path, dim: int = 128, index_settings: IndexSettings = IndexSettings()) -> Gallery:
+        """A gallery saved by ``save``, its index and arrays memory-mapped read-only (shared by every
+        process that opens the same files). Changes made afterwards stay in this process."""
+        directory = Path(directory)
+        arrays = [np.load(directory / name, mmap_mode="r") for name in cls.FILES[1:]]
+        gallery = cls(dim, index_settings)
+        gallery._set_base(*arrays)
+        gallery._index = EmbeddingIndex.open(directory / "index.faiss", dim, index_settings, id_limit=len(arrays[0]))
+        return gallery
+
+    @classmethod
+    def rewrite_without(cls, source: Path, target: Path, person_ids=(), dim: int = 128) -> int:
+        """Copy the saved gallery in ``source`` to ``target`` (existing, empty) without these people's
+        embeddings: they are removed from the index before it is written, and their slots' labels
+        and keys are set to -1. Returns how many embeddings were removed."""
+        import faiss
+
+        source, target = Path(source), Path(target)
+        index = faiss.read_index(str(source / "index.faiss"))  # a private, writable copy
+        labels, keys, people, starts, ends = (np.load(source / name) for name in cls.FILES[1:])
+        drop = np.isin(people, np.asarray(list(person_ids), np.int64))
+        slots = np.concatenate([np.arange(a, b) for a, b in zip(starts[drop], ends[drop])] or [np.zeros(0, np.int64)])
+        removed = int(index.remove_ids(faiss.IDSelectorBatch(slots.astype(np.int64)))) if len(slots) else 0
+        labels[slots], keys[slots] = -1, -1
+        faiss.write_index(index, str(target / "index.faiss"))
+        for name, array in zip(cls.FILES[1:], (labels, keys, people[~drop], starts[~drop], ends[~drop])):
+            np.save(target / name, array)
+        return removed
+
+    # ---- changes -------------------------------------------------------------------------------
+
+    def _slots(self, person_id: int) -> np.ndarray:
+        """The person's slots now (empty if they have none)."""
+        if person_id in self._changed:
+            return self._changed[person_id]
+        i = int(np.searchsorted(self._people, person_id))
+        if i < len(self._people) and self._people[i] == person_id:
+            return np.arange(self._starts[i], self._ends[i], dtype=np.int64)
+        return np.zeros((0,), np.int64)
 
     def set_person(self, person_id: int, embeddings: np.ndarray, keys: np.ndarray) -> None:
         """Replace one person's embeddings (an empty array removes them)."""
         embeddings = _as_matrix(embeddings, self.dim)
         keys = np.asarray(keys, np.int64)
         with self._lock:
-            old = self._slots_of.pop(person_id, None)
-            if old is not None:
+            old = self._slots(person_id)
+            if len(old):
                 self._index.remove(old)
-                self._labels[old] = -1
+            slots = np.zeros((0,), np.int64)
             if len(embeddings):
-                slots = np.arange(self._size, self._size + len(embeddings), dtype=np.int64)
+                base = len(self._base_labels)
+                slots = np.arange(base + self._size, base + self._size + len(embeddings), dtype=np.int64)
                 self._grow(self._size + len(embeddings))
-                self._labels[slots], self._keys[slots] = person_id, keys
+                self._labels[slots - base], self._keys[slots - base] = person_id, keys
                 self._size += len(embeddings)
-                self._slots_of[person_id] = slots
                 self._index.add(slots, embeddings)
+            self._changed[person_id] = slots
+            self._n_people += (len(slots) > 0) - (len(old) > 0)
 
     def remove_person(self, person_id: int) -> None:
         self.set_person(person_id, np.zeros((0, self.dim), np.float32), np.zeros((0,), np.int64))
+
+    # ---- search --------------------------------------------------------------------------------
 
     def search(self, queries: np.ndarray, top_k: int = 5, threshold: float = 0.5, exclude_keys=()) -> list[MatchResult]:
         """(Q, 128) queries -> one MatchResult per query, at most ``top_k`` people each."""
         queries = _as_matrix(queries, self.dim)
         with self._lock:
-            labels, keys = self._labels[: self._size], self._keys[: self._size]
-            exclude = np.flatnonzero(np.isin(keys, list(exclude_keys))) if exclude_keys else None
-            n_people = len(self._slots_of)
+            exclude = None
+            if exclude_keys:
+                wanted = np.asarray(list(exclude_keys), np.int64)
+                exclude = np.concatenate(
+                    [
+                        np.flatnonzero(np.isin(self._base_keys, wanted)),
+                        np.flatnonzero(np.isin(self._keys[: self._size], wanted)) + len(self._base_labels),
+                    ]
+                )
             results = []
             for query in queries:
-                results.append(MatchResult(self._best_people(query, top_k, n_people, labels, exclude), threshold))
+                results.append(MatchResult(self._best_people(query, top_k, self._n_people, exclude), threshold))
         return results
 
-    def _best_people(self, query, top_k, n_people, labels, exclude) -> list[Candidate]:
+    def _label(self, slot: int) -> int:
+        base = len(self._base_labels)
+        return int(self._base_labels[slot]) if slot < base else int(self._labels[slot - base])
+
+    def _best_people(self, query, top_k, n_people, exclude) -> list[Candidate]:
         """Top ``top_k`` distinct people: fetch more embeddings until enough people show up."""
         want = min(top_k, n_people)
         fetch = 8 * top_k
@@ -122,7 +231,7 @@ class Gallery:
             found = slots[0] >= 0
             best: dict[int, tuple[float, int]] = {}
             for slot, score in zip(slots[0][found], scores[0][found]):
-                person = int(labels[slot])
+                person = self._label(int(slot))
                 if person not in best:  # hits come best first, so the first is the person's best
                     best[person] = (float(score), int(self._keys[slot]))
             if len(best) >= want or fetch >= len(self._index):

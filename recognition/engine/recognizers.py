@@ -56,8 +56,7 @@ class HeadRecognizer:
         threshold = self.threshold if threshold is None else threshold
         queries = np.asarray(queries, np.float32).reshape(-1, 128)
         nearest = self.gallery.search(queries, top_k, self.cosine_threshold)
-        enrolled = self.gallery.person_ids
-        served = np.isin(self.head.classes, list(enrolled))
+        served = self.gallery.contains(self.head.classes)
         probabilities = self.head.scores(queries)
         results = []
         for row, near in zip(probabilities, nearest):

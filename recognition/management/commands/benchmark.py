@@ -1,6 +1,6 @@
 """The benchmark suite: each measurement side by side with its baseline, medians and ratios.
 
-    python manage.py benchmark [--only detection,live,stream,embedding,gallery,api,lfw,open-set] [--quick]
+    python manage.py benchmark [--only detection,live,stream,embedding,gallery,api,lfw,open-set,gallery-api] [--quick]
                                [--lfw ../shared/datasets/lfw] [--json var/bench/latest.json]
 
 Prints Markdown tables (copy them into BENCHMARKS.md with the command line). Every part is
@@ -14,7 +14,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-PARTS = ("detection", "live", "stream", "embedding", "gallery", "api", "lfw", "open-set")
+PARTS = ("detection", "live", "stream", "embedding", "gallery", "api", "lfw", "open-set", "gallery-api")
 
 
 class Command(BaseCommand):
@@ -27,10 +27,28 @@ class Command(BaseCommand):
         parser.add_argument("--lfw-frames", type=int, default=None, help="LFW frames for detection recall (default 150)")
         parser.add_argument("--gallery-sizes", default=None, help="e.g. 10000,100000,1000000")
         parser.add_argument("--lfw-pairs-per-fold", type=int, default=50, help="0 = all 300 + 300 pairs per fold")
+        parser.add_argument(
+            "--gallery-api-sizes",
+            default=None,
+            help="gallery-api part: enrolled faces per site (default 100,100000,1000000; quick 100,100000)",
+        )
+        parser.add_argument("--database-url", default=None, help="gallery-api part: a PostgreSQL database to (re)create and use")
         parser.add_argument("--json", dest="json_path", type=Path, default=None, help="also write every figure as JSON here")
 
-    def handle(self, only, lfw, quick, lfw_frames, gallery_sizes, lfw_pairs_per_fold, json_path, **options):
-        from bench import api, detection, gallery, live, stream
+    def handle(
+        self,
+        only,
+        lfw,
+        quick,
+        lfw_frames,
+        gallery_sizes,
+        lfw_pairs_per_fold,
+        json_path,
+        gallery_api_sizes,
+        database_url,
+        **options,
+    ):
+        from bench import api, detection, gallery, gallery_api, live, stream
         from bench import lfw as lfw_bench
         from bench import open_set as open_set_bench
 
@@ -65,6 +83,14 @@ class Command(BaseCommand):
             "lfw": lambda: lfw_bench.run(lfw, lfw_pairs_per_fold or None, out),
             "open-set": lambda: open_set_bench.run(
                 lfw, out, sizes=(100, 700, 1_000, 10_000) if quick else (100, 700, 1_000, 10_000, 100_000)
+            ),
+            "gallery-api": lambda: gallery_api.run(
+                lfw,
+                [int(s) for s in gallery_api_sizes.split(",")]
+                if gallery_api_sizes
+                else ([100, 100_000] if quick else [100, 100_000, 1_000_000]),
+                out,
+                database_url=database_url,
             ),
         }
         for part in parts:
