@@ -216,6 +216,12 @@ def test_enrolled_person_is_named_then_checked_in_once(plain_user, settings):
     assert len(faces) == 4 and all(len(m["faces"]) == 1 for m in faces)
     names = {m["faces"][0]["name"] for m in faces}
     assert names == {"Barack Obama"}
+    # each description carries the threshold in force and what it is expected to let through
+    from recognition import services
+
+    served = services.served_now()
+    assert faces[0]["threshold"] == round(served.threshold, 4) and faces[0]["gallery_size"] == len(served.gallery)
+    assert 0 < faces[0]["expected_false_accepts_per_search"] <= settings.OPEN_SET_FAR_PER_SEARCH
     # The tracker carries the identity: 4 frames of one face need only 2 embeddings (frames 1 and 4).
     assert [m["embedded"] for m in faces] == [1, 0, 0, 1]
     greeting = next(m for m in replies if m["type"] == "checked_in")

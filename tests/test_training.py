@@ -401,6 +401,9 @@ def test_rollback_to_an_earlier_version_is_used_by_recognition_at_once(
     from .conftest import PROBES, read
 
     training_settings.TRAINING_TARGET_FAR = 0.6  # two versions with clearly different thresholds
+    # without an impostor tail the served threshold is the version's own (with one, the per-search
+    # threshold for this gallery's size is served, never below it: tests/test_open_set.py)
+    training_settings.OPEN_SET_LFW_TAIL = ""
     first = train(django_capture_on_commit_callbacks)
     training_settings.TRAINING_TARGET_FAR = 0.0
     second = train(django_capture_on_commit_callbacks, force_activate=True)
@@ -439,6 +442,7 @@ def test_admin_shows_retrain_button_progress_metrics_plots_and_comparison(
     client.force_login(staff_user)
     page = client.get("/admin/training/modelversion/").content.decode()
     assert "Retrain now" in page
+    assert "Open set now" in page and "expected false accepts per search" in page  # with no version active too
 
     response = client.post("/admin/training/modelversion/retrain/")  # on_commit not run: stays queued
     assert response.status_code == 302
@@ -452,6 +456,7 @@ def test_admin_shows_retrain_button_progress_metrics_plots_and_comparison(
     version = train(django_capture_on_commit_callbacks, trigger="admin")
     page = client.get(f"/admin/training/modelversion/{version.pk}/change/").content.decode()
     assert "Top-1 accuracy (held-out)" in page and "Unknown rejection" in page
+    assert "Open set per search" in page and "1,000,000" in page and "the gallery now" in page
     for approach in ("nearest_neighbour", "softmax_head", "lbph"):
         assert f"<td>{approach}</td>" in page
     assert f"/api/v1/models/{version.pk}/plots/confusion/" in page and f"/api/v1/models/{version.pk}/plots/roc/" in page

@@ -31,15 +31,15 @@ def open_set_html(version, gallery_now: int):
     if not tails:
         return format_html(
             "No impostor tail for the served embedder (run <code>manage.py calibrate_open_set</code>): the per-pair "
-            "threshold {:.3f} is served at every gallery size.",
-            calibration(version, gallery_now).threshold,
+            "threshold {} is served at every gallery size.",
+            f"{calibration(version, gallery_now).threshold:.3f}",
         )
     sizes = [("now", gallery_now)] + [("", n) for n in (100, 1_000, 10_000, 100_000, 1_000_000)]
     rows = format_html_join(
         "",
-        "<tr><td>{}{}</td><td>{:.3f}</td><td>{}</td></tr>",
+        "<tr><td>{}{}</td><td>{}</td><td>{}</td></tr>",
         (
-            (f"{n:,}", " (the gallery now)" if label else "", c.threshold, percent_small(c.expected_far))
+            (f"{n:,}", " (the gallery now)" if label else "", f"{c.threshold:.3f}", percent_small(c.expected_far))
             for label, n in sizes
             for c in [calibration(version, n)]
         ),
