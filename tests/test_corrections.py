@@ -382,6 +382,9 @@ def test_a_match_names_the_gallery_face_it_was_made_on():
     result = gallery.search(embeddings[1:2], top_k=2, threshold=0.5)[0]
     assert (result.match.person_id, result.match.face_key) == (1, 11)
     assert result.candidates[1].face_key == 12
+    gallery.set_person(3, embeddings[2:3] * -1, np.array([13]))  # a face added since: past the base slots
+    added = gallery.search(embeddings[2:3] * -1, top_k=1, threshold=0.5)[0]
+    assert (added.match.person_id, added.match.face_key) == (3, 13)
 
     track = Track(id=1, box=(0, 0, 10, 10), landmarks=np.zeros((5, 2), np.float32))
     for key in (11, 10, 11):

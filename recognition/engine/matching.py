@@ -222,6 +222,10 @@ class Gallery:
         base = len(self._base_labels)
         return int(self._base_labels[slot]) if slot < base else int(self._labels[slot - base])
 
+    def _key(self, slot: int) -> int:
+        base = len(self._base_keys)
+        return int(self._base_keys[slot]) if slot < base else int(self._keys[slot - base])
+
     def _best_people(self, query, top_k, n_people, exclude) -> list[Candidate]:
         """Top ``top_k`` distinct people: fetch more embeddings until enough people show up."""
         want = min(top_k, n_people)
@@ -233,7 +237,7 @@ class Gallery:
             for slot, score in zip(slots[0][found], scores[0][found]):
                 person = self._label(int(slot))
                 if person not in best:  # hits come best first, so the first is the person's best
-                    best[person] = (float(score), int(self._keys[slot]))
+                    best[person] = (float(score), self._key(int(slot)))
             if len(best) >= want or fetch >= len(self._index):
                 break
             fetch *= 4
