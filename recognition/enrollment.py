@@ -146,7 +146,8 @@ def _mislabel_check(face: FaceImage, embedding) -> Verdict:
     photo must not be held for it."""
     current = services.gallery()
     threshold = services.match_threshold(len(current))
-    candidates = current.search(embedding[None], top_k=3, threshold=threshold, exclude_keys={face.pk})[0].candidates
+    exclude = {face.pk} if face.pk is not None else set()  # a face not yet saved (a visitor's) is not in it
+    candidates = current.search(embedding[None], top_k=3, threshold=threshold, exclude_keys=exclude)[0].candidates
     others = [c for c in candidates if c.person_id != face.person_id]
     if not others or others[0].similarity < threshold:
         return Verdict(FaceImage.Status.ACCEPTED)
