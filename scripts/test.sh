@@ -23,7 +23,7 @@ if [ -n "${TEST_SQLITE_ONLY:-}" ]; then
   echo "!!! TEST_SQLITE_ONLY is set: the PostgreSQL/Redis pass (and the server-process tests) were SKIPPED !!!" >&2
   exit 0
 fi
-.venv/bin/python -m pytest -m "not servers" "$@"
+.venv/bin/python -m pytest -m "not servers" --durations=15 "$@"
 # 2. The same suite on the production back ends, PostgreSQL and Redis, plus the server-process
 #    tests. An unreachable PostgreSQL/Redis fails the run loudly (REQUIRE_SERVICES turns the
 #    tests' loud skips into failures); TEST_SQLITE_ONLY=1 is for a machine without them.
@@ -31,4 +31,4 @@ export DATABASE_URL="${TEST_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/f
 export REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379/0}"
 export REQUIRE_SERVICES=1
 .venv/bin/python scripts/check_services.py
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest --durations=15 "$@"

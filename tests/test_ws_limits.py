@@ -325,6 +325,7 @@ def test_a_socket_is_audited_when_it_closes_from_the_address_the_proxy_rule_give
         "faces": 0,
         "matched": [],
         "checkins": 0,
+        "visitor_sightings": 0,
         "seconds": event.result["seconds"],
         "close_code": 1000,
     }
