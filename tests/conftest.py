@@ -209,3 +209,36 @@ def kiosk(db):
     kiosk.set_new_token()
     kiosk.save()
     return kiosk
+
+
+@pytest.fixture(scope="session")
+def site(django_db_setup, django_db_blocker, tmp_path_factory):
+    """One throwaway deployment (daphne over its own SQLite file) shared by the session's browser
+    tests, which clean up what their assertions count (tests/browser.py)."""
+    from .browser import require_chromium, start_site
+
+    require_chromium()
+    with django_db_blocker.unblock():
+        site = start_site(tmp_path_factory.mktemp("browser-site"))
+    yield site
+    site.stop()
+
+
+@pytest.fixture
+def chromium(tmp_path_factory):
+    """Plain headless Chromium at 1280 px (no camera needed)."""
+    from .browser import CHROMIUM, CHROMIUM_ARGS, require_chromium
+
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        yield context
+        context.close()

@@ -13,33 +13,13 @@ from urllib.parse import urlparse
 
 import pytest
 
+from .browser import LOCAL_HOSTS, STAFF_PASSWORD, WAIT_MS
 from .conftest import PEOPLE, PROBES
-from .test_browser_checkin import CHROMIUM, CHROMIUM_ARGS, STAFF_PASSWORD, WAIT_MS, require_chromium, site  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db]
 
-LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 
-
-@pytest.fixture
-def chromium(tmp_path_factory):
-    """Plain headless Chromium at 1280 px (no camera needed here)."""
-    require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900},
-        )
-        yield context
-        context.close()
-
-
-def test_api_docs_render_the_operations_with_every_outside_request_blocked(site, chromium):  # noqa: F811
+def test_api_docs_render_the_operations_with_every_outside_request_blocked(site, chromium):
     requested, blocked = [], []
 
     def only_localhost(route):
@@ -85,7 +65,7 @@ def canvas_width(page, which: int) -> int:
     return page.evaluate(f"document.getElementById('canvas{which}').width")
 
 
-def test_verify_page_previews_shows_progress_styles_the_verdict_and_clears_it_on_a_new_photo(site, chromium, tmp_path):  # noqa: F811
+def test_verify_page_previews_shows_progress_styles_the_verdict_and_clears_it_on_a_new_photo(site, chromium, tmp_path):
     obama_a, obama_b, biden = tmp_path / "obama-a.jpg", tmp_path / "obama-b.jpg", tmp_path / "biden.jpg"
     shutil.copy(PEOPLE / "barack_obama" / "obama2.jpg", obama_a)
     shutil.copy(PROBES / "obama1.jpg", obama_b)

@@ -7,9 +7,8 @@ from urllib.parse import urlparse
 
 import pytest
 
+from .browser import LOCAL_HOSTS, ROOT, STAFF_PASSWORD
 from .conftest import PROBES
-from .test_browser_checkin import STAFF_PASSWORD, site  # noqa: F401
-from .test_browser_pages import LOCAL_HOSTS, chromium  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db]
 
@@ -56,10 +55,8 @@ def only_local(page, blocked: list) -> None:
 
 
 @pytest.fixture(scope="module")
-def group_photo(site):  # noqa: F811
+def group_photo(site):
     import subprocess
-
-    from .test_browser_checkin import ROOT
 
     out = subprocess.run(
         [str(ROOT / ".venv/bin/python"), "manage.py", "shell", "-c", SETUP.format(photo=str(PROBES / "kit_with_rose.jpg"))],
@@ -76,7 +73,7 @@ def group_photo(site):  # noqa: F811
     return int(pk)
 
 
-def test_the_dashboard_draws_its_chart_and_lists_today_in_a_browser(site, chromium, group_photo, tmp_path):  # noqa: F811
+def test_the_dashboard_draws_its_chart_and_lists_today_in_a_browser(site, chromium, group_photo, tmp_path):
     page, blocked = chromium.new_page(), []
     try:
         only_local(page, blocked)
@@ -99,7 +96,7 @@ def test_the_dashboard_draws_its_chart_and_lists_today_in_a_browser(site, chromi
     assert blocked == [], f"the dashboard asked for outside resources: {blocked}"
 
 
-def test_staff_choose_a_face_on_the_photo_in_a_browser(site, chromium, group_photo, tmp_path):  # noqa: F811
+def test_staff_choose_a_face_on_the_photo_in_a_browser(site, chromium, group_photo, tmp_path):
     page, blocked = chromium.new_page(), []
     try:
         only_local(page, blocked)

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PEOPLE
-from .test_browser_checkin import (
+from .browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
     KIOSK_TOKEN,
@@ -25,8 +24,10 @@ from .test_browser_checkin import (
     gallery_fixture,
     letterboxed,
     require_chromium,
+    start_site,
     write_y4m,
 )
+from .conftest import PEOPLE
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db]
 
@@ -50,14 +51,10 @@ def gallery_without_the_stranger(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def site(django_db_setup, django_db_blocker, tmp_path_factory):
+    """Its own site (not the session's): a gallery without the stranger."""
     require_chromium()
-    root = tmp_path_factory.mktemp("visitors-site")
     with django_db_blocker.unblock():
-        gallery_without_the_stranger(root / "gallery.json")
-    site = Site(root)
-    site.manage("migrate", "--noinput", "-v0")
-    site.manage("loaddata", str(root / "gallery.json"), "-v0")
-    site.start()
+        site = start_site(tmp_path_factory.mktemp("visitors-site"), gallery_without_the_stranger)
     yield site
     site.stop()
 
