@@ -32,7 +32,8 @@ export REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379/0}"
 export REQUIRE_SERVICES=1
 .venv/bin/python scripts/check_services.py
 #    The engine-only files (no database, no cache, no server) ran in pass 1 and would only repeat
-#    here, and so would the browser tests: their sites always run on their own SQLite file.
-.venv/bin/python -m pytest -m "not browser" --durations=15 \
+#    here, and so would the browser tests and the others marked embedded_only: they always set up
+#    their own SQLite run.
+.venv/bin/python -m pytest -m "not browser and not embedded_only" --durations=15 \
   --ignore=tests/test_engine.py --ignore=tests/test_index.py --ignore=tests/test_dlib_descriptor.py \
   --ignore=tests/test_speed_detector.py --ignore=tests/test_speed_embedding.py --ignore=tests/test_structure.py "$@"

@@ -65,6 +65,7 @@ def test_both_postgresql_schemes_keep_the_connection_settings(scheme):
 
 
 @pytest.mark.slow
+@pytest.mark.embedded_only
 def test_the_recognition_api_tests_pass_on_a_sqlite_database_url(tmp_path):
     """A run configured by nothing but a sqlite:/// URL (pytest-django then tests on SQLite's
     in-memory database, as with the default settings) passes."""
