@@ -22,6 +22,10 @@ def _test_settings(tmp_path_factory):
 
     settings.MEDIA_ROOT = tmp_path_factory.mktemp("media")
     settings.GALLERY_SNAPSHOT_DIR = tmp_path_factory.mktemp("gallery")
+    # The session's enrollment queued a debounced retrain; on a long or loaded run it would look lost
+    # once TRAINING_STALE_SECONDS passed (services.fail_dead_runs requeues it) and run in the middle of
+    # whichever test asked for a retrain next. Tests of dead runs date their rows from this setting.
+    settings.TRAINING_STALE_SECONDS = 24 * 3600
     Conf.SYNC = True
     yield
 
