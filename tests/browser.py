@@ -77,13 +77,14 @@ def free_port() -> int:
 def gallery_fixture(path: Path) -> None:
     """The test database's enrolled people, a kiosk and a staff user, as a loaddata fixture."""
     from django.contrib.auth import get_user_model
+    from django.contrib.auth.hashers import make_password
     from django.core import serializers
 
     from checkin.models import Kiosk, hash_token
     from people.models import FaceImage, Person
 
     user = get_user_model()(username="browser-staff", is_staff=True, is_superuser=True, pk=900001)
-    user.set_password(STAFF_PASSWORD)
+    user.password = make_password(STAFF_PASSWORD, hasher="pbkdf2_sha256")  # the site's own hasher
     kiosk = Kiosk(pk=900001, name="Front door", token_hash=hash_token(KIOSK_TOKEN), token_prefix=KIOSK_TOKEN[:8])
     rows = json.loads(serializers.serialize("json", [*Person.objects.all(), *FaceImage.objects.in_gallery()]))
     for row in rows:

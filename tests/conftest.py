@@ -26,6 +26,10 @@ def _test_settings(tmp_path_factory):
     # once TRAINING_STALE_SECONDS passed (services.fail_dead_runs requeues it) and run in the middle of
     # whichever test asked for a retrain next. Tests of dead runs date their rows from this setting.
     settings.TRAINING_STALE_SECONDS = 24 * 3600
+    # Django's advice for test runs: a fast password hasher (PBKDF2 costs 0.5-2 s per hash here, and
+    # most tests create or sign in a user). Users exported to the sites of real server processes
+    # (tests/live.py, tests/browser.py) are hashed with the sites' own PBKDF2, still listed here.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher", *settings.PASSWORD_HASHERS]
     Conf.SYNC = True
     yield
 

@@ -246,6 +246,7 @@ def drop_database(name: str) -> None:
 def gallery_fixture(path: Path) -> str:
     """Write the test database's enrolled gallery and a staff user with a token as a loaddata fixture."""
     from django.contrib.auth import get_user_model
+    from django.contrib.auth.hashers import make_password
     from django.core import serializers
     from django.db import transaction
     from rest_framework.authtoken.models import Token
@@ -253,9 +254,9 @@ def gallery_fixture(path: Path) -> str:
     from people.models import FaceImage, Person
 
     with transaction.atomic():
-        user = get_user_model().objects.create_user(
-            "live-staff", password="live-staff-pass-123", is_staff=True, is_superuser=True
-        )
+        user = get_user_model().objects.create_user("live-staff", is_staff=True, is_superuser=True)
+        user.password = make_password("live-staff-pass-123", hasher="pbkdf2_sha256")  # the site's own hasher
+        user.save(update_fields=["password"])
         token = Token.objects.create(user=user)
         faces = list(FaceImage.objects.all())
         for face in faces:
