@@ -47,6 +47,7 @@ def loaded(**env) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.embedded_only  # settings read in a subprocess without the run's back ends
 def test_without_variables_the_embedded_defaults_are_used():
     s = loaded()
     assert s["engine"] == "django.db.backends.sqlite3" and s["name"].endswith("var/db.sqlite3")
@@ -55,6 +56,7 @@ def test_without_variables_the_embedded_defaults_are_used():
     assert s["debug"] is True and s["session_secure"] is False
 
 
+@pytest.mark.embedded_only  # settings read in a subprocess without the run's back ends
 def test_database_and_redis_urls_switch_to_postgresql_and_redis():
     s = loaded(DATABASE_URL="postgresql://app:pw@db.internal:5433/faces", REDIS_URL="redis://cache.internal:6379/2")
     assert s["engine"] == "django.db.backends.postgresql" and s["name"] == "faces" and s["host"] == "db.internal"
@@ -63,6 +65,7 @@ def test_database_and_redis_urls_switch_to_postgresql_and_redis():
     assert s["cache"] == "django.core.cache.backends.redis.RedisCache"
 
 
+@pytest.mark.embedded_only  # settings read in a subprocess without the run's back ends
 def test_the_production_profile_turns_on_secure_cookies_hsts_and_hashed_static_files():
     s = loaded(
         DEBUG="0",
@@ -80,11 +83,13 @@ def test_the_production_profile_turns_on_secure_cookies_hsts_and_hashed_static_f
     assert s["retention"] == 90 and s["throttle"] == "60/min"
 
 
+@pytest.mark.embedded_only  # settings read in a subprocess without the run's back ends
 def test_production_refuses_to_start_without_a_secret_key():
     result = settings_with(DEBUG="0")
     assert result.returncode != 0 and "SECRET_KEY must be set" in result.stderr
 
 
+@pytest.mark.embedded_only  # settings read in a subprocess without the run's back ends
 def test_an_unsupported_database_url_is_a_clear_error():
     result = settings_with(DATABASE_URL="mysql://root@localhost/faces")
     assert result.returncode != 0 and "DATABASE_URL scheme 'mysql' is not supported" in result.stderr
