@@ -95,13 +95,15 @@ class LiteFaceEmbedder:
     """``FaceEmbedder``'s interface (``embed``, ``name``, ``flip``, ``model``) on the TFLite interpreter.
 
     Safe to call from several threads: one interpreter per thread. ``threads`` is each
-    interpreter's own CPU threads (1: concurrent callers, not one call, use the cores)."""
+    interpreter's own CPU threads (default: the cores, as TensorFlow's own graphs use them): on a
+    busy machine a one-thread interpreter did the same work in less CPU but got half the cores'
+    time, so its calls took twice as long (BENCHMARKS.md, "Kiosk capacity")."""
 
     dim = EMBEDDING_DIM
     input_size = INPUT_SIZE
     runtime = "tflite"
 
-    def __init__(self, cache_dir: Path, weights_path: Path | None = None, flip: bool = False, threads: int = 1):
+    def __init__(self, cache_dir: Path, weights_path: Path | None = None, flip: bool = False, threads: int | None = None):
         """``cache_dir``: where the converted model is kept (converted there on first use)."""
         path = Path(weights_path) if weights_path else default_weights_path()
         self.weights_path = path
@@ -109,7 +111,7 @@ class LiteFaceEmbedder:
         self.weights_sha256 = WEIGHTS_SHA256 if not weights_path else sha256_of(path)
         self.flip = flip
         self.name = facenet_name(flip)  # the same embeddings as FaceEmbedder's, so the same name
-        self.threads = threads
+        self.threads = threads or os.cpu_count() or 1
         self._model = None
         self._model_lock = threading.Lock()
         self.model_path = cached_embedder_tflite(lambda: self.model, self.weights_sha256, Path(cache_dir), flip=False)
