@@ -200,7 +200,7 @@ def _load() -> str:
     return "/".join(f"{v:.1f}" for v in __import__("os").getloadavg())
 
 
-def run(out, configs: list[str] | None = None, seconds: float = 15.0, max_streams: int = 8) -> dict:
+def run(out, configs: list[str] | None = None, seconds: float = 15.0, max_streams: int = 8, min_steps: int = 3) -> dict:
     names = configs or list(CONFIGS)
     frames = camera_frames()
     out(
@@ -257,10 +257,10 @@ def run(out, configs: list[str] | None = None, seconds: float = 15.0, max_stream
                         f"| {k} | {name} | {r['min_fps']:.1f} | {r['worst_p50_ms']:.0f} / {r['worst_p95_ms']:.0f} ms | "
                         f"{r['server_ms_p50']:.0f} | {r['healthz_p50_ms']:.0f} / {r['healthz_p95_ms']:.0f} ms | {'yes' if r['holds'] else 'no'} | {_load()} |"
                     )
-                    if r["holds"]:
-                        results[name]["capacity"] = k
-                    else:
-                        live.remove(name)  # this configuration's capacity is found
+                    if r["holds"] and results[name].get("capacity", 0) == k - 1:
+                        results[name]["capacity"] = k  # the largest K up to which every step held
+                    if not r["holds"] and k >= min_steps:
+                        live.remove(name)  # capacity found (the first steps always run, to show the curve)
                 if not live:
                     break
             out("\n| configuration | capacity (streams at >= 9.5 answered frames/s, p95 < 200 ms) |\n|---|---|")

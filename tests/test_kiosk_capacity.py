@@ -139,8 +139,8 @@ def test_a_flooding_stream_does_not_starve_another_and_frames_run_one_at_a_time(
 
 @pytest.mark.django_db
 def test_a_client_flooding_far_over_the_rate_limit_is_cut_off(plain_user, settings):
-    """Refused frames still cost the event loop that serves everyone: past four times the allowed
-    rate within a second the socket is closed with a reason (a camera a little over the rate is not)."""
+    """Refused frames still cost the event loop that serves everyone: past the allowed rate's worth of
+    refused frames per second, over a few seconds, the socket is closed with a reason."""
     from checkin.consumers import CLOSE_TOO_MANY, flood_limit
 
     settings.CHECKIN_MAX_FPS = 2
