@@ -226,6 +226,13 @@ FACE_FLIP_TTA = env_bool("FACE_FLIP_TTA", False)
 # The verify endpoint's two fresh faces are embedded with flip TTA: +0.10 points on LFW (99.37% vs
 # 99.27%, all 6,000 pairs) for twice the embedder time; recognition and the gallery stay without it.
 FACE_VERIFY_FLIP_TTA = env_bool("FACE_VERIFY_FLIP_TTA", True)
+# The embedder's runtime: "tflite" runs FaceNet in the TFLite interpreter, 2.2x faster per face than
+# "keras" (the TensorFlow graph) with the same embeddings (lowest cosine 0.99999+ on real faces, LFW
+# accuracy unchanged: BENCHMARKS.md, "Kiosk capacity"). The converted model is made once per machine
+# (45-100 s of CPU, by the first process that needs it) and kept in TRAINING_CACHE_DIR, keyed by the weights' sha256.
+FACE_EMBED_RUNTIME = env_str("FACE_EMBED_RUNTIME", "tflite")
+if FACE_EMBED_RUNTIME not in ("tflite", "keras"):
+    raise RuntimeError(f"FACE_EMBED_RUNTIME must be 'tflite' or 'keras', not {FACE_EMBED_RUNTIME!r}")
 # "mtcnn-graph": MTCNN compiled into one TensorFlow graph (default); "mtcnn": the stock package.
 FACE_DETECTOR = env_str("FACE_DETECTOR", "mtcnn-graph")
 # Load and trace the models when the ASGI app starts, not on the first request.
@@ -492,6 +499,10 @@ CHECKIN_LIVENESS_FOR_USERS = env_bool("CHECKIN_LIVENESS_FOR_USERS", False)
 CHECKIN_MAX_SOCKETS_PER_KIOSK = env_int("CHECKIN_MAX_SOCKETS_PER_KIOSK", 2)
 CHECKIN_MAX_SOCKETS_PER_KEY = env_int("CHECKIN_MAX_SOCKETS_PER_KEY", 4)
 CHECKIN_MAX_SOCKETS = env_int("CHECKIN_MAX_SOCKETS", 32)
+# Frames analysed at once per web process, shared by all its /ws/identify/ sockets and served
+# round-robin (checkin.scheduling): a busy stream cannot starve the others or the HTTP API.
+# 0 = no shared pool (each socket's frame in the event loop's default executor, the old behaviour).
+CHECKIN_INFERENCE_WORKERS = env_int("CHECKIN_INFERENCE_WORKERS", 2)
 # A socket that sends nothing (no frame, no message) for this long is closed (idle_timeout, 4408).
 CHECKIN_IDLE_SECONDS = env_float("CHECKIN_IDLE_SECONDS", 120.0)
 

@@ -25,6 +25,8 @@ def pipeline_config() -> PipelineConfig:
         align_margin=settings.FACE_ALIGN_MARGIN,
         flip=settings.FACE_FLIP_TTA,
         min_detection_score=settings.FACE_MIN_DETECTION_SCORE,
+        embed_runtime=settings.FACE_EMBED_RUNTIME,
+        embed_cache_dir=settings.TRAINING_CACHE_DIR,
     )
 
 

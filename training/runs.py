@@ -335,7 +335,10 @@ class TrainingRun:
         from recognition.engine.facenet import WEIGHTS_SHA256
 
         pipe = pipelines.pipeline()
-        cached = cached_embedder_tflite(pipe.embedder.model, WEIGHTS_SHA256, settings.TRAINING_CACHE_DIR, flip=pipe.embedder.flip)
+        # a callable: the served TFLite embedder loads the Keras model only if a conversion is due
+        cached = cached_embedder_tflite(
+            lambda: pipe.embedder.model, WEIGHTS_SHA256, settings.TRAINING_CACHE_DIR, flip=pipe.embedder.flip
+        )
         data = cached.read_bytes()
         digest = sha256_bytes(data)
         name = f"models/embedders/{digest}.tflite"

@@ -1,6 +1,6 @@
 """The benchmark suite: each measurement side by side with its baseline, medians and ratios.
 
-    python manage.py benchmark [--only detection,live,stream,embedding,gallery,api,lfw,open-set,gallery-api] [--quick]
+    python manage.py benchmark [--only detection,live,stream,embedding,gallery,api,lfw,open-set,gallery-api,kiosk] [--quick]
                                [--lfw ../shared/datasets/lfw] [--json var/bench/latest.json]
 
 Prints Markdown tables (copy them into BENCHMARKS.md with the command line). Every part is
@@ -14,7 +14,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-PARTS = ("detection", "live", "stream", "embedding", "gallery", "api", "lfw", "open-set", "gallery-api")
+PARTS = ("detection", "live", "stream", "embedding", "gallery", "api", "lfw", "open-set", "gallery-api", "kiosk")
 
 
 class Command(BaseCommand):
@@ -33,6 +33,11 @@ class Command(BaseCommand):
             help="gallery-api part: enrolled faces per site (default 100,100000,1000000; quick 100,100000)",
         )
         parser.add_argument("--database-url", default=None, help="gallery-api part: a PostgreSQL database to (re)create and use")
+        parser.add_argument(
+            "--kiosk-configs",
+            default=None,
+            help="kiosk part: semicolon-separated configurations (default all of bench.kiosk.CONFIGS; quick: before and product)",
+        )
         parser.add_argument("--json", dest="json_path", type=Path, default=None, help="also write every figure as JSON here")
 
     def handle(
@@ -46,9 +51,10 @@ class Command(BaseCommand):
         json_path,
         gallery_api_sizes,
         database_url,
+        kiosk_configs=None,
         **options,
     ):
-        from bench import api, detection, gallery, gallery_api, live, stream
+        from bench import api, detection, gallery, gallery_api, kiosk, live, stream
         from bench import lfw as lfw_bench
         from bench import open_set as open_set_bench
 
@@ -91,6 +97,16 @@ class Command(BaseCommand):
                 else ([100, 100_000] if quick else [100, 100_000, 1_000_000]),
                 out,
                 database_url=database_url,
+            ),
+            "kiosk": lambda: (
+                kiosk.run_runtime(lfw, out, pairs_per_fold=lfw_pairs_per_fold or None)
+                | kiosk.run(
+                    out,
+                    configs=kiosk_configs.split(";")
+                    if kiosk_configs
+                    else (["before (no pool, keras)", "product (pool, tflite)"] if quick else None),
+                    seconds=8 if quick else 15,
+                )
             ),
         }
         for part in parts:
