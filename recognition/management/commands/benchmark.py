@@ -91,6 +91,8 @@ class Command(BaseCommand):
                 else ([100, 100_000] if quick else [100, 100_000, 1_000_000]),
                 out,
                 database_url=database_url,
+                varied=50 if quick else 200,
+                batch_people=15 if quick else 30,
             ),
         }
         for part in parts:
