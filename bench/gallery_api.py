@@ -269,8 +269,9 @@ def _enrollment_table(results: dict, out) -> None:
         out(
             f"| {r['faces']:,} | {r['probe_p50_ms']:.0f} ms | {r['next_request_ms']:.0f} ms ({r['next_request_vs_probe_p50']:.2f}x p50) "
             f"| {'yes' if r['matched_at_once'] else 'NO'} ({r['enrolled_status']}) "
-            f"| {batch['photos_per_s']:.2f} ({batch['photos_per_s'] / base['batch']['photos_per_s']:.2f}x) "
-            f"| {during['photos_per_s']:.2f} ({during['photos_per_s'] / base['batch']['photos_per_s']:.2f}x; run {'/'.join(during['retrain_state_after'])}) "
+            f"| {batch['photos_per_s']:.2f} ({batch['photos_per_s'] / base['batch']['photos_per_s']:.2f}x){_worker(batch)} "
+            f"| {during['photos_per_s']:.2f} ({during['photos_per_s'] / base['batch']['photos_per_s']:.2f}x){_worker(during)}; "
+            f"run {'/'.join(during['retrain_state_after'])} "
             f"| {retrain['seconds']:.0f} s{'' if retrain['finished'] else ' (NOT finished)'} {retrain['status']} / {retrain['peak_rss_mb']:.0f} MiB |"
         )
     out(
@@ -292,6 +293,11 @@ def _enrollment_table(results: dict, out) -> None:
             f"| {r['faces']:,} | {one['pss']:.0f} / {mapped['rss']:.0f} MiB | {varied['rss']:.0f} / {varied['pss']:.0f} / {vmapped['rss']:.0f} MiB "
             f"| {a['pss']:.0f} / {b['pss']:.0f} / {b['private']:.0f} / {am['pss']:.0f}+{bm['pss']:.0f} MiB | {gallery:+.0f} MiB | {second:+.0f} MiB |"
         )
+
+
+def _worker(batch: dict) -> str:
+    rate = batch.get("worker_photos_per_s")
+    return f", worker {rate:.2f}" if rate else ""
 
 
 def _reset_postgres(database_url: str) -> None:
