@@ -254,6 +254,9 @@ TRAINING_DEBOUNCE_SECONDS = env_int("TRAINING_DEBOUNCE_SECONDS", 60)
 TRAINING_RETRAIN_ON_ENROLLMENT = env_bool("TRAINING_RETRAIN_ON_ENROLLMENT", True)
 # A run that reported no progress for this long is taken for dead (worker killed) and marked failed.
 TRAINING_STALE_SECONDS = env_int("TRAINING_STALE_SECONDS", 900)
+# The training worker's CPU priority (nice, 0-19): on a small machine a run must not slow photo
+# processing and the web workers (training.services.yield_cpu_to_enrollment).
+TRAINING_NICE = env_int("TRAINING_NICE", 10)
 # Faces of people who are NOT enrolled, for the unknown-rejection rate (e.g. LFW's images folder).
 TRAINING_UNKNOWN_FACES_DIR = env_str("TRAINING_UNKNOWN_FACES_DIR") or None
 TRAINING_UNKNOWN_MAX_IMAGES = env_int("TRAINING_UNKNOWN_MAX_IMAGES", 300)

@@ -92,3 +92,30 @@ def test_past_the_people_limit_a_run_evaluates_a_sample_with_nearest_neighbour_o
     with version.labels.open("rb") as fh:
         labels = json.load(fh)
     assert len(labels["people"]) == 10 and labels["gallery"]["embeddings"] == [] and labels["gallery"]["omitted"]
+
+
+def test_a_training_worker_yields_the_cpu_to_enrollment_on_every_thread():
+    """A run lowers its worker's priority, threads started before it included (Linux keeps a
+    niceness per thread); done in a forked child so the test process keeps its own."""
+    import os
+    import threading
+
+    from training.services import yield_cpu_to_enrollment
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    target = min(19, before + 7)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a thread already running, as TensorFlow's pools are in a worker
+        try:
+            stop = threading.Event()
+            thread = threading.Thread(target=stop.wait, args=(10,))
+            thread.start()
+            got = yield_cpu_to_enrollment(target)
+            os.write(write, f"{got} {os.getpriority(os.PRIO_PROCESS, thread.native_id)}".encode())
+            stop.set()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 100).split() == [str(target).encode(), str(target).encode()]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before

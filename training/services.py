@@ -13,6 +13,7 @@ import os
 import socket
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 from django.conf import settings
@@ -168,11 +169,32 @@ def _worker_alive(worker: str) -> bool:
     return True
 
 
+def yield_cpu_to_enrollment(niceness: int | None = None) -> int:
+    """Lower this process's CPU priority (every thread) to ``TRAINING_NICE``; returns the niceness.
+
+    A training run keeps its worker's cores busy for minutes (reading a 1M-face gallery, fitting
+    models), and on a small machine the photo-processing worker and the web workers compete with
+    it: at equal priority enrollment slowed while a run trained. The training cluster's worker only
+    runs training, so it stays lowered; Linux keeps a niceness per thread, hence every thread."""
+    target = settings.TRAINING_NICE if niceness is None else niceness
+    tasks = Path("/proc/self/task")
+    threads = [int(t.name) for t in tasks.iterdir()] if tasks.exists() else [0]
+    for tid in threads:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < target:
+                os.setpriority(os.PRIO_PROCESS, tid, target)
+        except OSError:  # a thread that ended meanwhile, or a platform without per-thread priorities
+            pass
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
 def run_training(version_id: int) -> str:
     """The body of the django-q task: claim the version, run it, record success or failure."""
     from . import runs
 
     fail_dead_runs()
+    if not settings.Q_CLUSTER.get("sync"):  # in sync mode the caller's own process runs it
+        yield_cpu_to_enrollment()
     if not claim(version_id):
         version = ModelVersion.objects.filter(pk=version_id).first()
         if version is not None and version.status == ModelVersion.Status.QUEUED:

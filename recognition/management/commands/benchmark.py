@@ -97,6 +97,8 @@ class Command(BaseCommand):
                 else ([100, 100_000] if quick else [100, 100_000, 1_000_000]),
                 out,
                 database_url=database_url,
+                varied=50 if quick else 200,
+                batch_people=15 if quick else 30,
             ),
             "kiosk": lambda: (
                 kiosk.run_runtime(lfw, out, pairs_per_fold=lfw_pairs_per_fold or None)
