@@ -59,9 +59,11 @@ def floor_threshold(version) -> float:
     """The per-pair cosine threshold chosen before the gallery's size is known: ``version``'s
     calibrated one, else FACE_MATCH_THRESHOLD (``version`` may be None). The per-search threshold
     never goes below it."""
-    if version is not None and version.threshold is not None:
+    if version is not None and version.threshold is not None and version.embedder in ("", served_embedder()):
         return float(version.threshold)
-    return float(settings.FACE_MATCH_THRESHOLD)
+    from recognition.pipelines import match_threshold_floor
+
+    return match_threshold_floor()
 
 
 def served_embedder() -> str:
