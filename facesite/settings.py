@@ -222,15 +222,11 @@ OPEN_SET_FAR_PER_SEARCH = env_float("OPEN_SET_FAR_PER_SEARCH", 0.01)
 OPEN_SET_SITE_MAX_FACES = env_int("OPEN_SET_SITE_MAX_FACES", 3000)
 # ... when they give at least this many pairs of faces of different people (fewer say little about the tail).
 OPEN_SET_SITE_MIN_PAIRS = env_int("OPEN_SET_SITE_MIN_PAIRS", 1000)
-# per embedder: each tail holds one embedder's scores (`calibrate_open_set` with that FACE_EMBEDDER)
-OPEN_SET_LFW_TAIL = env_str(
-    "OPEN_SET_LFW_TAIL",
-    str(
-        BASE_DIR
-        / "recognition"
-        / "data"
-        / ("lfw_impostor_tail_fused.json" if FACE_EMBEDDER == "facenet+dlib" else "lfw_impostor_tail.json")
-    ),
+# One tail per embedder (each holds one embedder's scores: `calibrate_open_set` with that FACE_EMBEDDER);
+# the one for the served FACE_EMBEDDER is used.
+OPEN_SET_LFW_TAIL = env_str("OPEN_SET_LFW_TAIL", str(BASE_DIR / "recognition" / "data" / "lfw_impostor_tail.json"))
+OPEN_SET_LFW_TAIL_FUSED = env_str(
+    "OPEN_SET_LFW_TAIL_FUSED", str(BASE_DIR / "recognition" / "data" / "lfw_impostor_tail_fused.json")
 )
 FACE_TOP_K = env_int("FACE_TOP_K", 5)
 # The outlier review (recognition/outliers.py): a gallery face whose best similarity to its person's

@@ -268,7 +268,7 @@ class TrainingRun:
             if i % 20 == 0:
                 self.report("unknown faces", 10 + int(10 * i / max(len(images), 1)))
         n = len(embeddings)
-        embeddings = np.array(embeddings, np.float32).reshape(n, 128)
+        embeddings = np.array(embeddings, np.float32).reshape(n, pipelines.pipeline_config().dim)
         crops = np.array(crops, np.uint8).reshape(n, 160, 160, 3)
         cache.parent.mkdir(parents=True, exist_ok=True)
         partial = cache.with_name(f"{cache.stem}.{self.version.pk}.part.npz")

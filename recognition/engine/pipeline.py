@@ -89,6 +89,7 @@ class FacePipeline:
         )
         self.embedder = embedder or FaceEmbedder(weights_path=config.weights_path, flip=config.flip)
         self.fused: FusedEmbedder | None = None
+        self.fused_parallel = True  # FaceNet in a helper thread while dlib runs (bench/fused_cost.py)
         if config.embedder == FUSED_EMBEDDER:
             if descriptor is None:
                 from .dlib_descriptor import DlibDescriptor
@@ -118,7 +119,7 @@ class FacePipeline:
         if self.fused is None:
             return crops, self.embedder.embed(crops, flip=flip)
         chips = np.concatenate([self.fused.chips(rgb, [f]) for rgb, f in zip(images, faces)])
-        return crops, self.fused.embed(crops, chips, flip=flip)
+        return crops, self.fused.embed(crops, chips, flip=flip, parallel=self.fused_parallel)
 
     def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
         return self.detector.detect(rgb)
