@@ -116,3 +116,18 @@ def test_reembed_faces_is_resumable_and_says_what_it_did(settings, capsys):
     assert f"2 of {lacking} faces re-embedded" in capsys.readouterr().out
     assert FaceImage.objects.in_gallery().count() == 2
     assert all(len(bytes(f.embedding)) == 256 * 4 for f in FaceImage.objects.in_gallery())
+
+
+@pytest.mark.django_db
+def test_a_fused_site_sends_edge_devices_no_gallery_they_cannot_match(settings, kiosk, staff_user):
+    from rest_framework.test import APIClient
+
+    from security.models import ApiKey
+
+    _, raw = ApiKey.issue(staff_user, "front door edge", role="kiosk", kiosk=kiosk)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
+    assert api.get("/api/v1/edge/gallery/").status_code == 200
+    settings.FACE_EMBEDDER = "facenet+dlib"
+    response = api.get("/api/v1/edge/gallery/")
+    assert response.status_code == 409 and response.json()["error"]["code"] == "edge_unavailable"

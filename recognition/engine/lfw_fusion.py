@@ -330,3 +330,20 @@ def fit_served_fusion(
             "tar_far_0.001": round(tar_at_far(scores, same, 0.001)[1], 5),
         }
     return out
+
+
+def fused_people_embeddings(
+    fused_pipeline: FacePipeline, lfw_dir: Path, files: list[str], cache_dir: Path | None, images: str = "images_deepfunneled"
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``lfw_run.embed_lfw_people`` for the fused pipeline, from its two halves cached apart
+    (FaceNet's embeddings under FaceNet's own configuration, dlib's descriptors per detection), so
+    a new cosine weight costs a concatenation, not a second pass over the images."""
+    from .lfw_run import embed_lfw_people
+    from .pipeline import facenet_config, shared_pipeline
+
+    facenet_pipe = shared_pipeline(facenet_config(fused_pipeline.config))
+    people, labels, facenet = embed_lfw_people(facenet_pipe, lfw_dir, cache_dir, images=images, files=files)
+    faces, _ = detect_lfw_faces(facenet_pipe, lfw_dir, [f"{images}/{f}" for f in files], cache_dir)
+    dlib = describe_lfw_images(fused_pipeline.fused.descriptor, lfw_dir, faces, cache_dir)
+    descriptors = np.stack([dlib[f"{images}/{f}"] for f in files])
+    return people, labels, fuse_templates(facenet, descriptors, fused_pipeline.fused.cosine_weight)

@@ -18,6 +18,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from recognition import pipelines
+from recognition.engine.lfw_fusion import fused_people_embeddings
 from recognition.engine.lfw_run import embed_lfw_people, open_set_split
 from recognition.engine.open_set import ImpostorTail, cross_person_scores
 from training.open_set import lfw_tail_path
@@ -44,9 +45,12 @@ class Command(BaseCommand):
         split = open_set_split(lfw_dir, max_calibration=people)
         pipe = pipelines.pipeline()
         with tqdm(total=len(split.calibration), desc="embedding", disable=None) as bar:
-            _, labels, embeddings = embed_lfw_people(
-                pipe, lfw_dir, settings.TRAINING_CACHE_DIR, progress=bar.update, files=split.calibration
-            )
+            if pipe.config.embedder == "facenet":
+                _, labels, embeddings = embed_lfw_people(
+                    pipe, lfw_dir, settings.TRAINING_CACHE_DIR, progress=bar.update, files=split.calibration
+                )
+            else:  # the fused embedder: its two halves, cached apart (a refitted weight re-uses them)
+                _, labels, embeddings = fused_people_embeddings(pipe, lfw_dir, split.calibration, settings.TRAINING_CACHE_DIR)
         scores = cross_person_scores(embeddings, labels, max_faces=len(embeddings))
         tail = ImpostorTail.from_scores(scores, source=f"LFW folds 1-5: {len(embeddings)} people, {len(scores)} pairs")
         data = {
