@@ -104,7 +104,7 @@ def run_one(lfw: Path, embedder: str, n_photos: int, enrolled: list[str], strang
     )
     server.manage("migrate", "--noinput")
     token = _token(server)
-    server.start()
+    server.start(timeout=900)  # the fused server loads three networks; a busy machine takes minutes
     client = Client(server, token)
     verdicts: dict[str, int] = {}
     accepted_people = 0
