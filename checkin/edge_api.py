@@ -131,6 +131,15 @@ class EdgeGalleryView(APIView):
     def get(self, request):
         from people.models import FaceImage
 
+        if settings.FACE_EMBEDDER != "facenet":
+            # an edge device embeds with the exported TFLite FaceNet (128-d): the fused gallery's
+            # 256-d templates cannot be matched by it, so none are sent
+            raise ApiError(
+                "edge_unavailable",
+                f"The served embedder is {settings.FACE_EMBEDDER}; edge devices embed with FaceNet alone, whose embeddings "
+                "cannot be matched against its gallery. Serve FACE_EMBEDDER=facenet for edge devices.",
+                status_code=status.HTTP_409_CONFLICT,
+            )
         since_text = request.query_params.get("since") or ""
         faces = FaceImage.objects.in_gallery()
         ids = sorted(faces.values_list("id", flat=True))

@@ -199,6 +199,17 @@ FACE_IMPORT_MAX_FACES = env_int("FACE_IMPORT_MAX_FACES", 2_000_000)
 # The face pipeline. Thresholds are cosine similarities of L2-normalised FaceNet embeddings; how
 # the defaults were chosen on LFW is in the README ("How the threshold was chosen").
 FACE_WEIGHTS_PATH = env_str("FACE_WEIGHTS_PATH") or None
+# The embedder served: "facenet" (FaceNet alone, 128-d) or "facenet+dlib" (FaceNet fused with dlib's
+# ResNet descriptor, 256-d; recognition/engine/fused.py). Only faces embedded by the served embedder
+# are matched; `manage.py reembed_faces` re-embeds the others from their stored photos. The fused
+# embedder's cosine weight and thresholds come from FACE_FUSION_CALIBRATION (`manage.py fit_fusion`,
+# LFW's training folds); FACE_FUSED_*_THRESHOLD / _MARGIN override them. Why the default: BENCHMARKS.md,
+# "Serving the fused embedder".
+FACE_EMBEDDER = env_str("FACE_EMBEDDER", "facenet")
+FACE_FUSION_CALIBRATION = env_str("FACE_FUSION_CALIBRATION", str(BASE_DIR / "recognition" / "data" / "fusion_facenet_dlib.json"))
+FACE_FUSED_MATCH_THRESHOLD = env_float("FACE_FUSED_MATCH_THRESHOLD", 0.0) if env_str("FACE_FUSED_MATCH_THRESHOLD") else None
+FACE_FUSED_VERIFY_THRESHOLD = env_float("FACE_FUSED_VERIFY_THRESHOLD", 0.0) if env_str("FACE_FUSED_VERIFY_THRESHOLD") else None
+FACE_FUSED_MISLABEL_MARGIN = env_float("FACE_FUSED_MISLABEL_MARGIN", 0.0) if env_str("FACE_FUSED_MISLABEL_MARGIN") else None
 FACE_MATCH_THRESHOLD = env_float("FACE_MATCH_THRESHOLD", 0.55)
 FACE_VERIFY_THRESHOLD = env_float("FACE_VERIFY_THRESHOLD", 0.42)
 # Open set per search (recognition/engine/open_set.py): the threshold in force is raised with the
@@ -211,7 +222,12 @@ OPEN_SET_FAR_PER_SEARCH = env_float("OPEN_SET_FAR_PER_SEARCH", 0.01)
 OPEN_SET_SITE_MAX_FACES = env_int("OPEN_SET_SITE_MAX_FACES", 3000)
 # ... when they give at least this many pairs of faces of different people (fewer say little about the tail).
 OPEN_SET_SITE_MIN_PAIRS = env_int("OPEN_SET_SITE_MIN_PAIRS", 1000)
+# One tail per embedder (each holds one embedder's scores: `calibrate_open_set` with that FACE_EMBEDDER);
+# the one for the served FACE_EMBEDDER is used.
 OPEN_SET_LFW_TAIL = env_str("OPEN_SET_LFW_TAIL", str(BASE_DIR / "recognition" / "data" / "lfw_impostor_tail.json"))
+OPEN_SET_LFW_TAIL_FUSED = env_str(
+    "OPEN_SET_LFW_TAIL_FUSED", str(BASE_DIR / "recognition" / "data" / "lfw_impostor_tail_fused.json")
+)
 FACE_TOP_K = env_int("FACE_TOP_K", 5)
 # The outlier review (recognition/outliers.py): a gallery face whose best similarity to its person's
 # other faces is below this is listed for staff. Unset: the calibrated match threshold in force.

@@ -68,8 +68,22 @@ class FaceImageQuerySet(models.QuerySet):
         return self.filter(status=FaceImage.Status.ACCEPTED)
 
     def in_gallery(self):
-        """The embeddings recognition matches against: accepted faces of active people."""
+        """The embeddings recognition matches against: accepted faces of active people, embedded by
+        the embedder served now (FACE_EMBEDDER): another embedder's embeddings are not comparable
+        (nor, fused, of the same length) and wait for ``manage.py reembed_faces``."""
+        from recognition.pipelines import served_embedder
+
+        return self.enrolled().filter(embedder=served_embedder())
+
+    def enrolled(self):
+        """Accepted faces of active people with an embedding, whatever embedder made it."""
         return self.accepted().filter(person__is_active=True, embedding__isnull=False)
+
+    def lacking_served_embedder(self):
+        """Enrolled faces recognition does not match until they are re-embedded (``reembed_faces``)."""
+        from recognition.pipelines import served_embedder
+
+        return self.enrolled().exclude(embedder=served_embedder())
 
 
 class FaceChoice(models.TextChoices):
@@ -111,7 +125,9 @@ class FaceImage(models.Model):
     face_choice = models.CharField(max_length=10, choices=FaceChoice.choices, blank=True)
     detection_score = models.FloatField(null=True, blank=True)
     sharpness = models.FloatField(null=True, blank=True)
-    embedding = models.BinaryField(null=True, blank=True, editable=False, help_text="128 float32, L2-normalised.")
+    embedding = models.BinaryField(
+        null=True, blank=True, editable=False, help_text="float32, L2-normalised: 128 (FaceNet) or 256 (fused), per embedder."
+    )
     embedder = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
@@ -20,7 +19,7 @@ from people.models import FaceChoice, FaceImage, GalleryChange, Person
 from people.services import delete_files
 from training import services as training
 
-from . import services
+from . import pipelines, services
 from .engine import selection
 from .engine.detection import DetectedFace
 from .engine.images import ImageError, encode_jpeg
@@ -153,7 +152,7 @@ def _mislabel_check(face: FaceImage, embedding) -> Verdict:
         return Verdict(FaceImage.Status.ACCEPTED)
     own, _ = services.person_similarity(embedding, face.person_id)
     own_similarity = -1.0 if own is None else own
-    if others[0].similarity - own_similarity < settings.FACE_MISLABEL_MARGIN:
+    if others[0].similarity - own_similarity < pipelines.mislabel_margin():
         return Verdict(FaceImage.Status.ACCEPTED)
     other = Person.objects.filter(pk=others[0].person_id).first()
     own_text = "no other photos to compare with" if own is None else f"{own_similarity:.2f} to {face.person.name}'s other photos"

@@ -58,6 +58,18 @@ _PEOPLE_PER_QUERY = 500
 CURRENT = "current.json"
 
 
+def _served_embedder() -> str:
+    from .pipelines import served_embedder
+
+    return served_embedder()
+
+
+def _served_dim() -> int:
+    from .pipelines import pipeline_config
+
+    return pipeline_config().dim
+
+
 def _change_model():
     from people.models import GalleryChange
 
@@ -70,6 +82,7 @@ class _State:
     seq: int  # every change up to here is applied, except the gaps
     gaps: dict[int, float] = field(default_factory=dict)  # seq -> when it was first missed (monotonic)
     generation: str | None = None  # the snapshot the gallery's base is mapped from
+    embedder: str = ""  # the served embedder whose faces it holds (another one served: loaded again)
     checked_at: float = field(default_factory=time.monotonic)
 
 
@@ -89,7 +102,8 @@ class GalleryCache:
                 self._state, self._reloaded = self._reloaded, None
             state = self._state
             stale = state is not None and time.monotonic() - state.checked_at > settings.GALLERY_CHANGE_KEEP_HOURS * 1800
-            if state is None or stale:  # never loaded, or idle for so long the log may be pruned
+            switched = state is not None and state.embedder != _served_embedder()
+            if state is None or stale or switched:  # never loaded, idle so long the log may be pruned, or another embedder served
                 state = self._state = self._cold_start()
             self._catch_up(state)
             return self._state.gallery
@@ -211,7 +225,7 @@ def _apply_people(gallery: Gallery, people: set[int]) -> None:
             found[person_id].append((face_id, blob))
         for person_id, rows in found.items():
             keys = np.array([r[0] for r in rows], np.int64)
-            gallery.set_person(person_id, embeddings_from_blobs(r[1] for r in rows), keys)
+            gallery.set_person(person_id, embeddings_from_blobs((r[1] for r in rows), dim=gallery.dim), keys)
 
 
 def _log_position() -> tuple[int, dict[int, float]]:
@@ -225,7 +239,8 @@ def _log_position() -> tuple[int, dict[int, float]]:
 
 
 def _gallery_rows():
-    """Every matchable face: keys (N,) int64, labels (N,) int64, embeddings (N, 128) float32."""
+    """Every matchable face (embedded by the served embedder): keys (N,) int64, labels (N,) int64,
+    embeddings (N, D) float32, D the served embedder's dimension."""
     from people.models import FaceImage
 
     rows = FaceImage.objects.in_gallery().values_list("id", "person_id", "embedding")
@@ -234,19 +249,20 @@ def _gallery_rows():
         keys.append(face_id)
         labels.append(person_id)
         blobs.append(blob)
-    return np.array(keys, np.int64), np.array(labels, np.int64), embeddings_from_blobs(blobs)
+    return np.array(keys, np.int64), np.array(labels, np.int64), embeddings_from_blobs(blobs, dim=_served_dim())
 
 
 def _from_database() -> _State:
     seq, gaps = _log_position()  # before the rows: what commits meanwhile is applied again, harmlessly
+    embedder = _served_embedder()
     keys, labels, embeddings = _gallery_rows()
-    gallery = Gallery()
+    gallery = Gallery(dim=embeddings.shape[1])
     gallery.replace(embeddings, labels, keys)
     if len(gallery) >= IndexSettings().exact_below and _current_generation() is None:
         from people.services import queue_gallery_snapshot
 
         queue_gallery_snapshot()  # the next start (and every other process) maps it instead
-    return _State(gallery, seq, gaps)
+    return _State(gallery, seq, gaps, embedder=embedder)
 
 
 # ---- snapshots on disk ------------------------------------------------------------------------------
@@ -296,7 +312,10 @@ def _open_snapshot() -> _State | None:
     directory = snapshot_dir() / current["generation"]
     try:
         meta = json.loads((directory / "meta.json").read_text())
-        gallery = Gallery.open(directory)
+        if meta.get("embedder", "") != _served_embedder():
+            logger.warning("gallery snapshot %s holds another embedder's faces; building from the database", directory)
+            return None
+        gallery = Gallery.open(directory, dim=int(meta.get("dim", 128)))
     except (OSError, ValueError, RuntimeError) as err:  # faiss raises RuntimeError on a damaged file
         logger.warning("gallery snapshot %s is unusable (%s); building from the database", directory, err)
         return None
@@ -306,7 +325,7 @@ def _open_snapshot() -> _State | None:
         logger.warning("gallery snapshot %s was not made from this database; building from the database", directory)
         return None
     now = time.monotonic()
-    return _State(gallery, int(meta["seq"]), {int(g): now for g in meta.get("gaps", [])}, current["generation"])
+    return _State(gallery, int(meta["seq"]), {int(g): now for g in meta.get("gaps", [])}, current["generation"], meta["embedder"])
 
 
 def _database_name() -> str:
@@ -357,8 +376,10 @@ def write_snapshot(force: bool = False, min_changes: int | None = None) -> Snaps
         if since.count() < min_changes and not since.filter(kind=GalleryChange.Kind.BULK).exists():
             return SnapshotReport(False, "few changes since the current snapshot", seq=current["seq"])
     seq, gaps = _log_position()
+    embedder = _served_embedder()
     keys, labels, embeddings = _gallery_rows()
-    gallery = Gallery()
+    dim = embeddings.shape[1]
+    gallery = Gallery(dim=dim)
     gallery.replace(embeddings, labels, keys)
     del embeddings
     root = _private_dir(snapshot_dir())
@@ -373,7 +394,7 @@ def write_snapshot(force: bool = False, min_changes: int | None = None) -> Snaps
             )
             if erased:
                 cleaned = _private_dir(root / f".build-{uuid.uuid4().hex}")
-                Gallery.rewrite_without(built, cleaned, erased)
+                Gallery.rewrite_without(built, cleaned, erased, dim=dim)
                 shutil.rmtree(built)
                 built = cleaned
             meta = {
@@ -382,6 +403,8 @@ def write_snapshot(force: bool = False, min_changes: int | None = None) -> Snaps
                 "faces": len(gallery),
                 "people": gallery.people_count,
                 "database": _database_name(),
+                "embedder": embedder,
+                "dim": dim,
                 "written_at": time.time(),
             }
             _publish(root, built, meta)
@@ -407,7 +430,7 @@ def forget_in_snapshot(person_ids) -> bool:
                 return False
             meta = json.loads((source / "meta.json").read_text())
             target = _private_dir(root / f".build-{uuid.uuid4().hex}")
-            removed = Gallery.rewrite_without(source, target, person_ids)
+            removed = Gallery.rewrite_without(source, target, person_ids, dim=int(meta.get("dim", 128)))
             meta["faces"] = int(meta.get("faces", 0)) - removed
             meta["people"] = int(meta.get("people", 0)) - int(np.isin(people, np.asarray(sorted(person_ids))).sum())
             _publish(root, target, meta)

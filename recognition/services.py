@@ -25,6 +25,7 @@ from .gallery import GalleryCache, forget_in_snapshot, write_snapshot  # noqa: F
 
 # the pipeline and upload rules are the façade's too (recognition/pipelines.py holds them)
 from .pipelines import image_limits, main_face, pipeline, pipeline_config, quality_rules, read_upload  # noqa: F401
+from .pipelines import verify_threshold as verify_threshold_for_served
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,11 @@ def active_model_version():
 
 def served_embedder() -> str:
     return pipeline_config().embedder_name
+
+
+def served_dim() -> int:
+    """The length of the served embedder's embeddings (128 FaceNet, 256 fused)."""
+    return pipeline_config().dim
 
 
 def impostor_tails(version) -> list[ImpostorTail]:
@@ -297,7 +303,7 @@ def person_similarity(embedding: np.ndarray, person_id: int) -> tuple[float | No
 
 
 def verify_threshold() -> float:
-    return float(settings.FACE_VERIFY_THRESHOLD)
+    return verify_threshold_for_served()
 
 
 def _face_of(rgb: np.ndarray, field_name: str, flip: bool | None = None) -> tuple[AnalysedFace, int]:

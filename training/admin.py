@@ -1,10 +1,11 @@
+from django.conf import settings
 from django.contrib import admin, messages
 from django.shortcuts import redirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from . import services
+from . import open_set, services
 from .models import ModelVersion
 
 STATUS_COLOURS = {"active": "#1a7f37", "ready": "#0969da", "failed": "#cf222e", "training": "#9a6700", "queued": "#57606a"}
@@ -180,7 +181,14 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
         extra_context = extra_context or {}
         # what is served now, with or without an active version
-        extra_context["open_set"] = open_set_html(ModelVersion.objects.active(), FaceImage.objects.in_gallery().count())
+        extra_context["open_set"] = format_html(
+            "{}<p>Served embedder: <code>{}</code> (FACE_EMBEDDER {}); enrolled faces lacking it, not matched until "
+            "<code>manage.py reembed_faces</code>: {}.</p>",
+            open_set_html(ModelVersion.objects.active(), FaceImage.objects.in_gallery().count()),
+            open_set.served_embedder(),
+            settings.FACE_EMBEDDER,
+            f"{FaceImage.objects.lacking_served_embedder().count():,}",
+        )
         extra_context["run_in_progress"] = ModelVersion.objects.filter(
             status__in=[ModelVersion.Status.QUEUED, ModelVersion.Status.TRAINING]
         ).exists()

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class _LfwTail:
-    """The committed tail of LFW strangers (OPEN_SET_LFW_TAIL), read once per process per file
+    """The committed tail of LFW strangers (OPEN_SET_LFW_TAIL, or _FUSED for the fused embedder), read once per process per file
     version; None when the file is missing or was made by another embedder than ``embedder``."""
 
     def __init__(self):
@@ -29,7 +29,7 @@ class _LfwTail:
         self._data = None
 
     def get(self, embedder: str) -> ImpostorTail | None:
-        path = Path(settings.OPEN_SET_LFW_TAIL) if settings.OPEN_SET_LFW_TAIL else None
+        path = lfw_tail_path()
         try:
             key = (str(path), path.stat().st_mtime_ns) if path else None
         except OSError:
@@ -55,13 +55,21 @@ class _LfwTail:
 lfw_tail = _LfwTail()
 
 
+def lfw_tail_path() -> Path | None:
+    """The LFW impostor tail of the served FACE_EMBEDDER (None: not configured)."""
+    name = settings.OPEN_SET_LFW_TAIL_FUSED if settings.FACE_EMBEDDER == "facenet+dlib" else settings.OPEN_SET_LFW_TAIL
+    return Path(name) if name else None
+
+
 def floor_threshold(version) -> float:
     """The per-pair cosine threshold chosen before the gallery's size is known: ``version``'s
     calibrated one, else FACE_MATCH_THRESHOLD (``version`` may be None). The per-search threshold
     never goes below it."""
-    if version is not None and version.threshold is not None:
+    if version is not None and version.threshold is not None and version.embedder in ("", served_embedder()):
         return float(version.threshold)
-    return float(settings.FACE_MATCH_THRESHOLD)
+    from recognition.pipelines import match_threshold_floor
+
+    return match_threshold_floor()
 
 
 def served_embedder() -> str:

@@ -181,7 +181,7 @@ class TrainingRun:
     def threshold_floors() -> dict[str, tuple[str, float]]:
         """The setting that bounds each servable recognizer's threshold when calibration is not trusted."""
         return {
-            "nearest_neighbour": ("FACE_MATCH_THRESHOLD", float(settings.FACE_MATCH_THRESHOLD)),
+            "nearest_neighbour": ("FACE_MATCH_THRESHOLD (per embedder)", pipelines.match_threshold_floor()),
             "softmax_head": ("TRAINING_HEAD_MIN_PROBABILITY", float(settings.TRAINING_HEAD_MIN_PROBABILITY)),
         }
 
@@ -210,10 +210,11 @@ class TrainingRun:
         rows = list(FaceImage.objects.in_gallery().order_by("id").values_list("id", "person_id", "embedding", "crop"))
         names = dict(Person.objects.filter(pk__in={r[1] for r in rows}).values_list("id", "name"))
         if not rows:
-            return FaceSet(np.zeros((0, 128), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), None), names
+            dim = pipelines.pipeline_config().dim
+            return FaceSet(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), None), names
         keys, labels, blobs, crop_names = zip(*rows)
         del rows
-        embeddings = embeddings_from_blobs(blobs)
+        embeddings = embeddings_from_blobs(blobs, dim=pipelines.pipeline_config().dim)
         del blobs
         stacked = None
         if not {"lbph", "eigenfaces"} & set(settings.TRAINING_APPROACHES):
@@ -267,7 +268,7 @@ class TrainingRun:
             if i % 20 == 0:
                 self.report("unknown faces", 10 + int(10 * i / max(len(images), 1)))
         n = len(embeddings)
-        embeddings = np.array(embeddings, np.float32).reshape(n, 128)
+        embeddings = np.array(embeddings, np.float32).reshape(n, pipelines.pipeline_config().dim)
         crops = np.array(crops, np.uint8).reshape(n, 160, 160, 3)
         cache.parent.mkdir(parents=True, exist_ok=True)
         partial = cache.with_name(f"{cache.stem}.{self.version.pk}.part.npz")
@@ -322,7 +323,7 @@ class TrainingRun:
             threshold = version.head_threshold
         else:
             recognizer = NearestNeighbour().fit(split.train)
-            threshold = version.threshold if version.threshold is not None else settings.FACE_MATCH_THRESHOLD
+            threshold = version.threshold if version.threshold is not None else pipelines.match_threshold_floor()
         scores = recognizer.scores(embeddings)
         result = evaluation.evaluate(scores, truth_of(labels, recognizer.classes), list(recognizer.classes), threshold=threshold)
         return evaluation.open_set_score(result)
@@ -331,6 +332,14 @@ class TrainingRun:
         """The embedder as TFLite, stored once per content under MEDIA_ROOT/models/embedders/."""
         if not settings.TRAINING_EXPORT_TFLITE:
             self.lines.append("TFLite export is switched off (TRAINING_EXPORT_TFLITE).")
+            return "", ""
+        if pipelines.pipeline_config().embedder != "facenet":
+            # the edge model is FaceNet alone: its 128-d embeddings cannot be matched against the
+            # fused 256-d gallery, so nothing is exported rather than a model that names nobody
+            self.lines.append(
+                f"No edge export: the served embedder is {settings.FACE_EMBEDDER} and the TFLite edge model holds "
+                "FaceNet alone (its embeddings do not match the fused gallery). Serve FACE_EMBEDDER=facenet for edge devices."
+            )
             return "", ""
         from recognition.engine.facenet import WEIGHTS_SHA256
 

@@ -283,3 +283,67 @@ def per_face_cost(
             job()
             times[name].append(1000 * (time.perf_counter() - started) / len(names))
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def fit_served_fusion(
+    facenet_plain: dict[str, np.ndarray],
+    facenet_mirrored: dict[str, np.ndarray],
+    dlib: dict[str, np.ndarray],
+    pairs: list[Pair],
+) -> dict:
+    """The fusion the product serves, fitted once on ``pairs`` (LFW's training folds): the z-weighted
+    sum's weight (``ScoreFusion.fit``) as a cosine weight v for ``fuse_templates``, and on the fused
+    templates' inner products the best-accuracy threshold without flip (gallery embeddings) and
+    with FaceNet's flip (the verify endpoint), beside FaceNet's own on the same pairs."""
+    same = np.array([p.same for p in pairs])
+    facenet = pair_cosines(facenet_plain, pairs)
+    flipped = {name: combine_flipped(facenet_plain[name][None], facenet_mirrored[name][None])[0] for name in facenet_plain}
+    facenet_flip = pair_cosines(flipped, pairs)
+    dlib_cos = pair_cosines(dlib, pairs)
+    fusion = ScoreFusion.fit(facenet, dlib_cos, same)
+    v = fusion.cosine_weight
+    fused = v * facenet + (1.0 - v) * dlib_cos
+    fused_flip = v * facenet_flip + (1.0 - v) * dlib_cos
+    out = {
+        "z_weight": fusion.weight,
+        "cosine_weight": v,
+        "z_stats": {
+            "facenet_mean": fusion.facenet_mean,
+            "facenet_std": fusion.facenet_std,
+            "dlib_mean": fusion.dlib_mean,
+            "dlib_std": fusion.dlib_std,
+        },
+        "pairs": len(pairs),
+        "folds": sorted({p.fold + 1 for p in pairs}),
+    }
+    for label, scores in (
+        ("facenet", facenet),
+        ("facenet_flip", facenet_flip),
+        ("dlib", dlib_cos),
+        ("fused", fused),
+        ("fused_flip", fused_flip),
+    ):
+        threshold, accuracy = best_threshold(scores, same)
+        out[label] = {
+            "best_threshold": round(threshold, 4),
+            "accuracy": round(accuracy, 5),
+            "tar_far_0.001": round(tar_at_far(scores, same, 0.001)[1], 5),
+        }
+    return out
+
+
+def fused_people_embeddings(
+    fused_pipeline: FacePipeline, lfw_dir: Path, files: list[str], cache_dir: Path | None, images: str = "images_deepfunneled"
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``lfw_run.embed_lfw_people`` for the fused pipeline, from its two halves cached apart
+    (FaceNet's embeddings under FaceNet's own configuration, dlib's descriptors per detection), so
+    a new cosine weight costs a concatenation, not a second pass over the images."""
+    from .lfw_run import embed_lfw_people
+    from .pipeline import facenet_config, shared_pipeline
+
+    facenet_pipe = shared_pipeline(facenet_config(fused_pipeline.config))
+    people, labels, facenet = embed_lfw_people(facenet_pipe, lfw_dir, cache_dir, images=images, files=files)
+    faces, _ = detect_lfw_faces(facenet_pipe, lfw_dir, [f"{images}/{f}" for f in files], cache_dir)
+    dlib = describe_lfw_images(fused_pipeline.fused.descriptor, lfw_dir, faces, cache_dir)
+    descriptors = np.stack([dlib[f"{images}/{f}"] for f in files])
+    return people, labels, fuse_templates(facenet, descriptors, fused_pipeline.fused.cosine_weight)

@@ -133,7 +133,7 @@ def embed_lfw_people(
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """LFW images (``files``, "Name/Name_0001.jpg"; default all) embedded as the served pipeline
     embeds a photo (detected face nearest the centre, aligned, no mirror): (names of the people
-    (P,), labels (N,) index into names, embeddings (N, 128) float32). Cached per pipeline
+    (P,), labels (N,) index into names, embeddings (N, D) float32). Cached per pipeline
     configuration, and resumable."""
     root = Path(lfw_dir) / images
     if files is None:
@@ -148,20 +148,22 @@ def embed_lfw_people(
     else:
         cached = {}
     todo = [f for f in files if f not in cached]
-    pending_names, pending_crops = [], []
+    pending_names, pending_images, pending_faces = [], [], []
 
     def flush():
-        if pending_crops:
-            cached.update(zip(pending_names, pipeline.embedder.embed(np.stack(pending_crops), flip=False)))
+        if pending_faces:
+            # the pipeline's own embedding (FaceNet, or FaceNet fused with dlib), no mirror
+            cached.update(zip(pending_names, pipeline.embed_faces(pending_images, pending_faces, flip=False)[1]))
             pending_names.clear()
-            pending_crops.clear()
+            pending_images.clear()
+            pending_faces.clear()
 
-    cfg = pipeline.config
     for n, name in enumerate(todo, 1):
         rgb, face, _ = lfw_face(pipeline, root, name)
         pending_names.append(name)
-        pending_crops.append(align_face(rgb, face, method=cfg.align_method, margin=cfg.align_margin))
-        if len(pending_crops) >= batch:
+        pending_images.append(rgb)
+        pending_faces.append(face)
+        if len(pending_faces) >= batch:
             flush()
         if cache is not None and n % 512 == 0:  # resumable: a long first run keeps what it did
             _save_people_cache(cache, cached)

@@ -40,7 +40,7 @@ class MatchResult:
 
 
 class Gallery:
-    """Enrolled embeddings, (N, 128) float32 L2-normalised, each labelled with a person id.
+    """Enrolled embeddings, (N, dim) float32 L2-normalised (128 FaceNet, 256 fused), each labelled with a person id.
 
     Cosine search through an ``EmbeddingIndex`` (exact for small galleries, FAISS IVF past
     ``IndexSettings.exact_below``); a person's score is the best score among their embeddings.
@@ -250,12 +250,19 @@ class Gallery:
             self._keys = np.concatenate([self._keys, np.full(capacity - len(self._keys), -1, np.int64)])
 
 
-def embeddings_from_blobs(blobs, dim: int = 128) -> np.ndarray:
-    """Stored embedding blobs (bytes of ``dim`` float32 each) -> (N, dim) float32, a writable copy."""
-    data = b"".join(bytes(b) for b in blobs)
-    return np.frombuffer(data, dtype=np.float32).reshape(-1, dim).copy()
+def embeddings_from_blobs(blobs, dim: int | None = None) -> np.ndarray:
+    """Stored embedding blobs (bytes of ``dim`` float32 each) -> (N, dim) float32, a writable copy.
+
+    ``dim`` (128 FaceNet, 256 fused) defaults to the first blob's length; blobs of another length
+    raise ValueError, so embeddings of two embedders are never mixed into one matrix."""
+    parts = [bytes(b) for b in blobs]
+    if dim is None:
+        dim = len(parts[0]) // 4 if parts else 128
+    if any(len(p) != 4 * dim for p in parts):
+        raise ValueError(f"embeddings of different lengths (expected {dim} float32 each): two embedders mixed")
+    return np.frombuffer(b"".join(parts), dtype=np.float32).reshape(-1, dim).copy()
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Of two L2-normalised (128,) embeddings."""
+    """Of two L2-normalised (D,) embeddings."""
     return float(np.dot(np.asarray(a, np.float32), np.asarray(b, np.float32)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +13,18 @@ import numpy as np
 from .alignment import align_face
 from .detection import DetectedFace, make_detector
 from .embedding import FaceEmbedder, facenet_name
-from .facenet import default_weights_path
+from .facenet import EMBEDDING_DIM, default_weights_path
+from .fused import EMBEDDERS, FUSED_EMBEDDER, FusedEmbedder, fused_name
 from .quality import sharpness
+
+DLIB_NAME = "dlib-resnet-v1-128-landmarks"  # DlibDescriptor("landmarks").name, known without loading dlib
 
 
 @dataclass
 class AnalysedFace:
     face: DetectedFace
     crop: np.ndarray  # (160, 160, 3) uint8 RGB
-    embedding: np.ndarray  # (128,) float32, L2-normalised
+    embedding: np.ndarray  # (D,) float32, L2-normalised; D = the pipeline's dim (128 FaceNet, 256 fused)
     sharpness: float
 
 
@@ -39,12 +42,36 @@ class PipelineConfig:
     # faster per face, same embeddings: embedding_lite), converted once into ``embed_cache_dir``.
     embed_runtime: str = "keras"
     embed_cache_dir: Path | None = None
+    embedder: str = "facenet"  # or "facenet+dlib": FaceNet fused with dlib's descriptor (engine/fused.py)
+    fusion_weight: float | None = None  # the fused embedder's cosine weight v on FaceNet (fit_fusion)
+
+    def __post_init__(self):
+        if self.embedder not in EMBEDDERS:
+            raise ValueError(f"unknown embedder {self.embedder!r}; choose one of {EMBEDDERS}")
+        if self.embedder == FUSED_EMBEDDER and self.fusion_weight is None:
+            raise ValueError("the fused embedder needs its cosine weight (fusion_weight; see `manage.py fit_fusion`)")
+
+    @property
+    def facenet_name(self) -> str:
+        return f"{facenet_name(self.flip)}-{self.align_method}{self.align_margin:g}"
 
     @property
     def embedder_name(self) -> str:
         """The name stored with each embedding this pipeline makes (``FacePipeline.embedder_name``),
         known without loading the models."""
-        return f"{facenet_name(self.flip)}-{self.align_method}{self.align_margin:g}"
+        if self.embedder == FUSED_EMBEDDER:
+            return fused_name(self.facenet_name, DLIB_NAME, self.fusion_weight)
+        return self.facenet_name
+
+    @property
+    def dim(self) -> int:
+        """The length of this pipeline's embeddings (128 FaceNet, 256 fused)."""
+        return 2 * EMBEDDING_DIM if self.embedder == FUSED_EMBEDDER else EMBEDDING_DIM
+
+
+def facenet_config(config: PipelineConfig) -> PipelineConfig:
+    """``config`` with FaceNet alone (the fused pipeline's FaceNet half, e.g. for LFW caches)."""
+    return replace(config, embedder="facenet", fusion_weight=None)
 
 
 def make_embedder(config: PipelineConfig):
@@ -64,9 +91,13 @@ def make_embedder(config: PipelineConfig):
 class FacePipeline:
     """MTCNN detection, alignment and FaceNet embedding. Build once per process; thread-safe."""
 
-    def __init__(self, config: PipelineConfig = PipelineConfig(), detector=None, embedder: FaceEmbedder | None = None):
-        """``detector`` and ``embedder`` (built from ``config`` when omitted) let pipelines whose
-        configs differ only in cheap parameters share the loaded weights (see ``shared_pipeline``)."""
+    def __init__(
+        self, config: PipelineConfig = PipelineConfig(), detector=None, embedder: FaceEmbedder | None = None, descriptor=None
+    ):
+        """``detector``, ``embedder`` and ``descriptor`` (built from ``config`` when omitted) let
+        pipelines whose configs differ only in cheap parameters share the loaded weights (see
+        ``shared_pipeline``). ``self.embedder`` is always FaceNet; ``self.fused`` is the fused
+        embedder when the config asks for it (None otherwise)."""
         self.config = config
         self.detector = detector or make_detector(
             config.detector,
@@ -75,10 +106,38 @@ class FacePipeline:
             min_score=config.min_detection_score,
         )
         self.embedder = embedder or make_embedder(config)
+        self.fused: FusedEmbedder | None = None
+        self.fused_parallel = True  # FaceNet in a helper thread while dlib runs (bench/fused_cost.py)
+        if config.embedder == FUSED_EMBEDDER:
+            if descriptor is None:
+                from .dlib_descriptor import DlibDescriptor
+
+                descriptor = DlibDescriptor("landmarks")
+            self.fused = FusedEmbedder(self.embedder, descriptor, config.fusion_weight, config.facenet_name)
 
     @property
     def embedder_name(self) -> str:
         return self.config.embedder_name
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    def embed_faces(
+        self, images: list[np.ndarray], faces: list[DetectedFace], flip: bool | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One detected face per image (the same image may repeat) -> (FaceNet crops (N, 160, 160, 3),
+        embeddings (N, dim) float32 L2-normalised), all in one batch per network."""
+        crops = np.stack(
+            [
+                align_face(rgb, f, method=self.config.align_method, margin=self.config.align_margin)
+                for rgb, f in zip(images, faces)
+            ]
+        )
+        if self.fused is None:
+            return crops, self.embedder.embed(crops, flip=flip)
+        chips = np.concatenate([self.fused.chips(rgb, [f]) for rgb, f in zip(images, faces)])
+        return crops, self.fused.embed(crops, chips, flip=flip, parallel=self.fused_parallel)
 
     def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
         return self.detector.detect(rgb)
@@ -94,8 +153,7 @@ class FacePipeline:
             faces = faces[:max_faces]
         if not faces:
             return []
-        crops = np.stack([align_face(rgb, f, method=self.config.align_method, margin=self.config.align_margin) for f in faces])
-        embeddings = self.embedder.embed(crops, flip=flip)
+        crops, embeddings = self.embed_faces([rgb] * len(faces), faces, flip=flip)
         return [AnalysedFace(f, c, e, sharpness(c)) for f, c, e in zip(faces, crops, embeddings)]
 
 
@@ -115,6 +173,7 @@ class _PipelineRegistry:
         self._pipelines: OrderedDict[PipelineConfig, FacePipeline] = OrderedDict()
         self._detectors: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._embedders: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._descriptors: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
     def get(self, config: PipelineConfig) -> FacePipeline:
         with self._lock:
@@ -132,8 +191,11 @@ class _PipelineRegistry:
         weights = Path(config.weights_path) if config.weights_path else default_weights_path()
         embedder_key = (str(weights.resolve()), config.flip, config.embed_runtime)
         detector, embedder = self._detectors.get(detector_key), self._embedders.get(embedder_key)
-        pipeline = FacePipeline(config, detector=detector, embedder=embedder)
+        descriptor = self._descriptors.get("landmarks")
+        pipeline = FacePipeline(config, detector=detector, embedder=embedder, descriptor=descriptor)
         self._detectors[detector_key], self._embedders[embedder_key] = pipeline.detector, pipeline.embedder
+        if pipeline.fused is not None:
+            self._descriptors["landmarks"] = pipeline.fused.descriptor
         return pipeline
 
     def __len__(self) -> int:

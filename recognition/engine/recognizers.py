@@ -54,7 +54,7 @@ class HeadRecognizer:
         """(Q, 128) queries -> one ServedMatch per query; ``threshold`` (a probability) applies to
         the faces the head scores, the gallery's faces keep the cosine threshold."""
         threshold = self.threshold if threshold is None else threshold
-        queries = np.asarray(queries, np.float32).reshape(-1, 128)
+        queries = np.asarray(queries, np.float32).reshape(len(queries), -1)
         nearest = self.gallery.search(queries, top_k, self.cosine_threshold)
         served = self.gallery.contains(self.head.classes)
         probabilities = self.head.scores(queries)

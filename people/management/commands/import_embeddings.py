@@ -19,7 +19,6 @@ from django.core.management.base import BaseCommand, CommandError
 
 from people import bulk
 from people.models import LegalBasis
-from recognition.engine.facenet import EMBEDDING_DIM
 from recognition.pipelines import pipeline_config
 
 
@@ -57,7 +56,8 @@ class Command(BaseCommand):
         try:
             started = time.perf_counter()
             data = bulk.read_embeddings(file, max_faces=settings.FACE_IMPORT_MAX_FACES, normalize=normalize)
-            bulk.check_embedder(data, pipeline_config().embedder_name, EMBEDDING_DIM)
+            served = pipeline_config()
+            bulk.check_embedder(data, served.embedder_name, served.dim)
             read_seconds = time.perf_counter() - started
             report = bulk.import_embeddings(data, legal_basis, batch_size=batch_size, source=file.name)
         except bulk.BulkError as err:

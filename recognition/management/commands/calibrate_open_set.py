@@ -18,8 +18,10 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from recognition import pipelines
+from recognition.engine.lfw_fusion import fused_people_embeddings
 from recognition.engine.lfw_run import embed_lfw_people, open_set_split
 from recognition.engine.open_set import ImpostorTail, cross_person_scores
+from training.open_set import lfw_tail_path
 
 
 class Command(BaseCommand):
@@ -27,20 +29,28 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("lfw_dir", type=Path)
-        parser.add_argument("--out", type=Path, default=None, help="default: OPEN_SET_LFW_TAIL")
+        parser.add_argument(
+            "--out",
+            type=Path,
+            default=None,
+            help="default: OPEN_SET_LFW_TAIL (OPEN_SET_LFW_TAIL_FUSED when FACE_EMBEDDER=facenet+dlib)",
+        )
         parser.add_argument("--people", type=int, default=1500, help="people of folds 1-5 sampled (one image each)")
 
     def handle(self, lfw_dir: Path, out: Path | None, people: int, **options):
         if not (lfw_dir / "people.txt").exists():
             raise CommandError(f"{lfw_dir} is not the LFW folder (no people.txt)")
-        out = out or Path(settings.OPEN_SET_LFW_TAIL)
+        out = out or lfw_tail_path()
         started = time.perf_counter()
         split = open_set_split(lfw_dir, max_calibration=people)
         pipe = pipelines.pipeline()
         with tqdm(total=len(split.calibration), desc="embedding", disable=None) as bar:
-            _, labels, embeddings = embed_lfw_people(
-                pipe, lfw_dir, settings.TRAINING_CACHE_DIR, progress=bar.update, files=split.calibration
-            )
+            if pipe.config.embedder == "facenet":
+                _, labels, embeddings = embed_lfw_people(
+                    pipe, lfw_dir, settings.TRAINING_CACHE_DIR, progress=bar.update, files=split.calibration
+                )
+            else:  # the fused embedder: its two halves, cached apart (a refitted weight re-uses them)
+                _, labels, embeddings = fused_people_embeddings(pipe, lfw_dir, split.calibration, settings.TRAINING_CACHE_DIR)
         scores = cross_person_scores(embeddings, labels, max_faces=len(embeddings))
         tail = ImpostorTail.from_scores(scores, source=f"LFW folds 1-5: {len(embeddings)} people, {len(scores)} pairs")
         data = {
