@@ -53,7 +53,7 @@ def recognize(api, path):
 
 
 @pytest.mark.django_db
-def test_serving_the_fused_embedder_matches_only_faces_re_embedded_for_it(settings, user_api, client):
+def test_serving_the_fused_embedder_matches_only_faces_re_embedded_for_it(settings, user_api, client, admin_client):
     from people.models import FaceImage
     from recognition import pipelines, services
 
@@ -63,7 +63,9 @@ def test_serving_the_fused_embedder_matches_only_faces_re_embedded_for_it(settin
     # the fixture gallery was embedded by FaceNet alone: nothing is matched, and the site says why
     assert FaceImage.objects.in_gallery().count() == 0
     assert FaceImage.objects.lacking_served_embedder().count() == enrolled
-    assert client.get("/healthz/").json()["embedder"] == {"served": "facenet+dlib", "faces_lacking_served_embedder": enrolled}
+    page = admin_client.get("/admin/training/modelversion/").content.decode()
+    assert "FACE_EMBEDDER facenet+dlib" in page and f"<code>manage.py reembed_faces</code>: {enrolled:,}." in page
+    assert "embedder" not in client.get("/healthz/").json()  # public: no gallery figures
     body = recognize(user_api, PROBES / "obama1.jpg").json()
     assert body["embedder"].endswith(f"-v{calibration['cosine_weight']:.4f}") and body["gallery_size"] == 0
     assert body["faces"][0]["match"] is None
