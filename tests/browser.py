@@ -172,3 +172,17 @@ def start_site(root: Path, write_gallery=None) -> Site:
 
 def media_files(site: Site) -> set[Path]:
     return set(site.media.rglob("*"))
+
+
+def launch_chromium(playwright, profile: Path, camera: Path | None = None, width: int = 1280):
+    """Headless Debian Chromium with a fresh profile; ``camera``: a Y4M file played as the webcam."""
+    require_chromium()
+    args = [*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"] if camera else CHROMIUM_ARGS
+    return playwright.chromium.launch_persistent_context(
+        str(profile),
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=args,
+        permissions=["camera"] if camera else [],
+        viewport={"width": width, "height": 900},
+    )

@@ -235,18 +235,12 @@ def site(django_db_setup, django_db_blocker, tmp_path_factory):
 @pytest.fixture
 def chromium(tmp_path_factory):
     """Plain headless Chromium at 1280 px (no camera needed)."""
-    from .browser import CHROMIUM, CHROMIUM_ARGS, require_chromium
+    from .browser import launch_chromium, require_chromium
 
     require_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900},
-        )
+        context = launch_chromium(playwright, tmp_path_factory.mktemp("chromium-profile"))
         yield context
         context.close()

@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 
 from .browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     KIOSK_TOKEN,
     STAFF_PASSWORD,
     WAIT_MS,
+    launch_chromium,
     letterboxed,
     media_files,
     require_chromium,
@@ -47,14 +46,7 @@ def browser(camera_video, tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera_video}"],
-            permissions=["camera"],
-            viewport={"width": 800, "height": 900},
-        )
+        context = launch_chromium(playwright, tmp_path_factory.mktemp("chromium-profile"), camera=camera_video, width=800)
         yield context
         context.close()
 

@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 
 from .browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     KIOSK_TOKEN,
     STAFF_PASSWORD,
     WAIT_MS,
     Site,
     gallery_fixture,
+    launch_chromium,
     letterboxed,
     require_chromium,
     start_site,
@@ -66,14 +65,7 @@ def camera(tmp_path: Path, photo: Path) -> Path:
 
 
 def launch(playwright, tmp_path: Path, video: Path):
-    return playwright.chromium.launch_persistent_context(
-        str(tmp_path / f"profile-{video.stem}-{time.monotonic_ns()}"),
-        executable_path=str(CHROMIUM),
-        headless=True,
-        args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={video}"],
-        permissions=["camera"],
-        viewport={"width": 900, "height": 900},
-    )
+    return launch_chromium(playwright, tmp_path / f"profile-{video.stem}-{time.monotonic_ns()}", camera=video, width=900)
 
 
 def start_kiosk_check_in(page, site: Site) -> None:
