@@ -125,6 +125,7 @@ def run(lfw_dir: Path, sizes: list[int], out, queries: int = 500, per_person: in
                     f"| {nprobe} | {np.mean(found[:, 0] == truth):.3f} | {np.median(ms):.2f} ms | {np.median(cpu):.2f} ms |"
                 )
             results["nprobe_sweep"] = sweep
+            results["screening"] = screening_recall(index, embeddings, probes, out)
     out(
         "\n| enrolled | index | recall@1 vs exact | index memory | float32 matrix | bulk build | add / remove a person (5 faces) "
         "| Gallery.search (top 5 people) |\n|---|---|---|---|---|---|---|---|"
@@ -139,6 +140,30 @@ def run(lfw_dir: Path, sizes: list[int], out, queries: int = 500, per_person: in
         for row in results["nprobe_sweep"]:
             out(row)
     return results
+
+
+def screening_recall(index, embeddings: np.ndarray, probes: np.ndarray, out, thresholds=(0.55, 0.7, 0.8, 0.9)) -> dict:
+    """The enrollment's mislabel check only asks "does anybody score above t?" (t = the threshold in
+    force, high in a large gallery). Per ``nprobe``: of the probes whose exact best score is >= t, the
+    share the IVF search also finds above t, and the query's CPU time (``screen_nprobe`` is chosen here)."""
+    best = np.full(len(probes), -np.inf, np.float32)
+    for start in range(0, len(embeddings), 100_000):
+        best = np.maximum(best, (probes @ embeddings[start : start + 100_000].T).max(axis=1))
+    out(
+        f"\nScreening searches at {len(embeddings):,} faces (the mislabel check: is anybody above t?): of the "
+        "probes whose exact best is >= t, the share found >= t by the IVF search\n\n"
+        f"| nprobe | {' | '.join(f't = {t} (of {int(np.sum(best >= t))})' for t in thresholds)} | median CPU time |\n"
+        f"|{'---|' * (len(thresholds) + 2)}"
+    )
+    rows = {}
+    for nprobe in (4, 8, 16, 32, 64, index.nprobe):
+        scores, _ = index.search(probes, 3, nprobe=nprobe)
+        found = scores[:, 0]
+        shares = [float(np.mean(found[best >= t] >= t)) if np.any(best >= t) else float("nan") for t in thresholds]
+        cpu = [_cpu_ms(lambda q=q, n=nprobe: index.search(q[None], 24, nprobe=n)) for q in probes[:100]]
+        rows[nprobe] = {"found": dict(zip(thresholds, shares)), "cpu_ms": float(np.median(cpu))}
+        out(f"| {nprobe} | {' | '.join(f'{v:.4f}' for v in shares)} | {np.median(cpu):.2f} ms |")
+    return rows
 
 
 def _exact_top1(embeddings: np.ndarray, probes: np.ndarray, chunk: int = 100_000) -> np.ndarray:

@@ -86,8 +86,10 @@ def lfw_sets(lfw_dir: Path, probes: int, batch_people: int) -> tuple[list[Path],
     return [sorted(f.glob("*.jpg"))[0] for f in singles], photos[:batch_people], photos[batch_people : 2 * batch_people], alone
 
 
-# people tried in turn for the single enrollment (a photo the checks reject is no test of freshness)
-ALONE_CANDIDATES = 5
+# people enrolled one at a time (the next request after each is timed), from this many candidates
+# (a photo the checks reject is no test of freshness)
+ALONE_WANTED = 5
+ALONE_CANDIDATES = 9
 
 
 class Api:
@@ -217,22 +219,32 @@ def enrollment_and_retrain(site, api: Api, lfw: Path, probe_ms: float, batch_peo
     training = start_cluster(site, "training")
     row: dict = {}
     try:
-        # one face, enrolled and recognised by the next request after it is accepted
+        # faces enrolled one at a time, each recognised by the next request after it is accepted
+        # (the first includes the worker's start: its models)
         started = time.perf_counter()
+        tries = []
         for photo in alone:
             person = api.new_person(f"Bench alone {photo.parent.name}")
             face = api.upload(person, photo)
             status = wait_processed(db, [face], every=0.01)[face]
-            if status == "accepted":
+            if status != "accepted":  # a photo the checks reject is no test of freshness
+                continue
+            next_ms, payload = api.recognize(photo)
+            match = payload["faces"][0]["match"] if payload["faces"] else None
+            tries.append((next_ms, bool(match and match["person_id"] == person), match and match.get("similarity")))
+            if len(tries) == 1:
+                row["first_enrollment_s"] = time.perf_counter() - started
+            if len(tries) == ALONE_WANTED:
                 break
-        row["first_enrollment_s"] = time.perf_counter() - started  # includes the worker's start (models)
-        next_ms, payload = api.recognize(photo)
-        match = payload["faces"][0]["match"] if payload["faces"] else None
-        row["enrolled_status"] = status
-        row["next_request_ms"] = next_ms
-        row["next_request_vs_probe_p50"] = next_ms / probe_ms
-        row["matched_at_once"] = bool(match and match["person_id"] == person)
-        row["match_similarity"] = match and match.get("similarity")
+        times = [t[0] for t in tries]
+        row["enrolled_status"] = f"{len(tries)} accepted"
+        row["next_request_ms"] = float(np.median(times)) if times else float("nan")
+        row["next_request_all_ms"] = times
+        row["next_request_vs_probe_p50"] = row["next_request_ms"] / probe_ms
+        row["next_request_max_vs_probe_p50"] = (max(times) / probe_ms) if times else float("nan")
+        row["matched_at_once"] = bool(tries) and all(t[1] for t in tries)
+        row["matched_count"] = sum(t[1] for t in tries)
+        row["match_similarity"] = [t[2] for t in tries]
 
         row["batch"] = enroll_batch(api, db, batch1, "a")
 

@@ -146,7 +146,10 @@ def _mislabel_check(face: FaceImage, embedding) -> Verdict:
     current = services.gallery()
     threshold = services.match_threshold(len(current))
     exclude = {face.pk} if face.pk is not None else set()  # a face not yet saved (a visitor's) is not in it
-    candidates = current.search(embedding[None], top_k=3, threshold=threshold, exclude_keys=exclude)[0].candidates
+    # A screening search: only scores above the threshold in force matter, and those lie in the
+    # query's nearest IVF cells, so it scans fewer than a recognition (a no-op below the IVF size).
+    nprobe = current.index.settings.screen_nprobe
+    candidates = current.search(embedding[None], top_k=3, threshold=threshold, exclude_keys=exclude, nprobe=nprobe)[0].candidates
     others = [c for c in candidates if c.person_id != face.person_id]
     if not others or others[0].similarity < threshold:
         return Verdict(FaceImage.Status.ACCEPTED)

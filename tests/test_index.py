@@ -178,3 +178,22 @@ def test_a_saved_gallery_is_rewritten_without_a_person(tmp_path):
     assert 7 not in [c.person_id for c in hit.candidates]
     rewritten.set_person(7, faces[35:36], np.array([35]))  # changes on top still work
     assert rewritten.search(faces[35:36], top_k=1)[0].candidates[0].person_id == 7
+
+
+def test_a_gallery_screening_search_scans_the_cells_it_is_given():
+    """The mislabel check asks with ``nprobe=screen_nprobe``: the count must reach the IVF search
+    (one cell finds fewer of the true nearest faces than every cell, which finds them all)."""
+    faces, people, centres = clustered_faces(1_000, 4, spread=1.0)  # spread out: one cell misses some
+    gallery = Gallery(index_settings=IVF)
+    gallery.replace(faces, people)
+    rng = np.random.default_rng(2)
+    asked = rng.integers(0, 1_000, 200)
+    probes = unit(centres[asked] + 1.0 * rng.standard_normal((200, 128)) / np.sqrt(128))
+    truth = people[np.argmax(probes @ faces.T, axis=1)]
+
+    def found(nprobe):
+        return np.mean([r.candidates[0].person_id == t for r, t in zip(gallery.search(probes, top_k=1, nprobe=nprobe), truth)])
+
+    nlist = gallery.index._index.nlist
+    assert found(nlist) == 1.0
+    assert found(1) < 0.9 and found(IVF.screen_nprobe) >= 0.99

@@ -8,9 +8,11 @@ machine converts the no-flip graph once for both. Flip test-time augmentation ru
 twice (the crop and its mirror image) and combines the two unit embeddings exactly as the Keras
 graph does (``combine_flipped``): one converted file serves both settings.
 
-An interpreter is not thread-safe: each thread gets its own (``threading.local``), all reading the
-same file. Each holds its own XNNPACK-packed weights (~90 MB), so the number of threads that embed
-should be bounded (the live check-in pool is, checkin.scheduling).
+An interpreter is not thread-safe, and each holds its own XNNPACK-packed weights (~90 MB), so they
+form a bounded pool (``max_interpreters``, default: the cores, all made and warmed up at start): a
+call borrows one for its duration and returns it; a thread finding all in use waits. Memory stays bounded however many threads embed
+(request threads, the live check-in pool, a default executor), and more concurrent interpreters than
+cores would only share the same CPU.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -94,8 +97,8 @@ def cached_embedder_tflite(model, weights_sha256: str, cache_dir: Path, flip: bo
 class LiteFaceEmbedder:
     """``FaceEmbedder``'s interface (``embed``, ``name``, ``flip``, ``model``) on the TFLite interpreter.
 
-    Safe to call from several threads: one interpreter per thread. ``threads`` is each
-    interpreter's own CPU threads (default: the cores, as TensorFlow's own graphs use them): on a
+    Safe to call from several threads: at most ``max_interpreters`` interpreters (default: the
+    cores), each used by one call at a time. ``threads`` is each interpreter's own CPU threads (default: the cores, as TensorFlow's own graphs use them): on a
     busy machine a one-thread interpreter did the same work in less CPU but got half the cores'
     time, so its calls took twice as long (BENCHMARKS.md, "Kiosk capacity")."""
 
@@ -103,7 +106,14 @@ class LiteFaceEmbedder:
     input_size = INPUT_SIZE
     runtime = "tflite"
 
-    def __init__(self, cache_dir: Path, weights_path: Path | None = None, flip: bool = False, threads: int | None = None):
+    def __init__(
+        self,
+        cache_dir: Path,
+        weights_path: Path | None = None,
+        flip: bool = False,
+        threads: int | None = None,
+        max_interpreters: int | None = None,
+    ):
         """``cache_dir``: where the converted model is kept (converted there on first use)."""
         path = Path(weights_path) if weights_path else default_weights_path()
         self.weights_path = path
@@ -115,8 +125,19 @@ class LiteFaceEmbedder:
         self._model = None
         self._model_lock = threading.Lock()
         self.model_path = cached_embedder_tflite(lambda: self.model, self.weights_sha256, Path(cache_dir), flip=False)
-        self._local = threading.local()
-        self.embed(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.uint8))  # warm-up: this thread's interpreter
+        self.max_interpreters = max(1, max_interpreters or os.cpu_count() or 1)
+        self._slots = threading.BoundedSemaphore(self.max_interpreters)
+        self._idle: list[_Interpreter] = []  # last returned first: its memory is the warmest
+        self._idle_lock = threading.Lock()
+        self.interpreters_made = 0
+        # All of them now, each warmed up: a worker's memory is then what it will stay (made when two
+        # calls first overlap, the second appeared as +200 MB of RSS mid-traffic), and no request
+        # pays for one.
+        warm = np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.float32)
+        for _ in range(self.max_interpreters):
+            item = self._new_interpreter()
+            self._run(item, warm)
+            self._idle.append(item)
 
     @property
     def model(self):
@@ -126,33 +147,47 @@ class LiteFaceEmbedder:
                 self._model = load_facenet(self.weights_path)
             return self._model
 
-    def _interpreter(self):
-        local = self._local
-        if getattr(local, "interpreter", None) is None:
-            import warnings
+    def _new_interpreter(self) -> _Interpreter:
+        import warnings
 
-            import tensorflow as tf
+        import tensorflow as tf
 
-            with warnings.catch_warnings():
-                # "tf.lite.Interpreter is deprecated" in favour of the ai_edge_litert package, which
-                # is not a dependency here; the interpreter is the same (README, settings).
-                warnings.simplefilter("ignore", UserWarning)
-                # model_path, not model_content: every thread's interpreter maps the same file.
-                local.interpreter = tf.lite.Interpreter(model_path=str(self.model_path), num_threads=self.threads)
-            local.input = local.interpreter.get_input_details()[0]["index"]
-            local.output = local.interpreter.get_output_details()[0]["index"]
-            local.batch = None
-        return local
+        with warnings.catch_warnings():
+            # "tf.lite.Interpreter is deprecated" in favour of the ai_edge_litert package, which
+            # is not a dependency here; the interpreter is the same (README, settings).
+            warnings.simplefilter("ignore", UserWarning)
+            # model_path, not model_content: every interpreter maps the same file.
+            interpreter = tf.lite.Interpreter(model_path=str(self.model_path), num_threads=self.threads)
+        with self._idle_lock:
+            self.interpreters_made += 1
+        return _Interpreter(
+            interpreter, interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
+        )
 
-    def _run(self, crops: np.ndarray) -> np.ndarray:
-        local = self._interpreter()
-        if local.batch != len(crops):
-            local.interpreter.resize_tensor_input(local.input, list(crops.shape))
-            local.interpreter.allocate_tensors()
-            local.batch = len(crops)
-        local.interpreter.set_tensor(local.input, crops)
-        local.interpreter.invoke()
-        return local.interpreter.get_tensor(local.output).copy()
+    @contextmanager
+    def _borrowed(self):
+        """An interpreter for this call alone: an idle one, else wait for one to be returned."""
+        self._slots.acquire()
+        try:
+            with self._idle_lock:
+                item = self._idle.pop()  # as many slots as interpreters: one is idle
+            try:
+                yield item
+            finally:
+                with self._idle_lock:
+                    self._idle.append(item)
+        finally:
+            self._slots.release()
+
+    @staticmethod
+    def _run(item: _Interpreter, crops: np.ndarray) -> np.ndarray:
+        if item.batch != len(crops):
+            item.interpreter.resize_tensor_input(item.input, list(crops.shape))
+            item.interpreter.allocate_tensors()
+            item.batch = len(crops)
+        item.interpreter.set_tensor(item.input, crops)
+        item.interpreter.invoke()
+        return item.interpreter.get_tensor(item.output).copy()
 
     def embed(self, crops: np.ndarray, flip: bool | None = None) -> np.ndarray:
         """(N, 160, 160, 3) uint8 RGB -> (N, 128) float32, L2-normalised (as ``FaceEmbedder.embed``)."""
@@ -163,7 +198,18 @@ class LiteFaceEmbedder:
         if len(crops) == 0:
             return np.zeros((0, EMBEDDING_DIM), np.float32)
         x = crops.astype(np.float32)
-        embeddings = self._run(x)
-        if flip:
-            embeddings = combine_flipped(embeddings, self._run(np.ascontiguousarray(x[:, :, ::-1])))
+        with self._borrowed() as item:
+            embeddings = self._run(item, x)
+            if flip:
+                embeddings = combine_flipped(embeddings, self._run(item, np.ascontiguousarray(x[:, :, ::-1])))
         return embeddings.astype(np.float32)
+
+
+class _Interpreter:
+    """One TFLite interpreter and the batch size its tensors are allocated for."""
+
+    def __init__(self, interpreter, input_index: int, output_index: int):
+        self.interpreter = interpreter
+        self.input = input_index
+        self.output = output_index
+        self.batch: int | None = None

@@ -28,6 +28,10 @@ class IndexSettings:
     # IVF cells scanned per query: the larger of these (recall/speed trade-off, see BENCHMARKS.md)
     min_nprobe: int = 64
     probe_fraction: float = 0.15
+    # Cells a screening search scans: one that only asks "does anybody score above the threshold in
+    # force?" (the enrollment's mislabel check), where the threshold is far above the impostor bulk,
+    # so a hit lies in the query's nearest cells (recall per nprobe: "Screening searches", BENCHMARKS).
+    screen_nprobe: int = 32
     cells_per_sqrt: float = 1.0  # nlist = cells_per_sqrt * sqrt(N), at least 256
     train_sample: int = 100_000  # embeddings the k-means sees (faiss wants >= 39 per cell)
     retrain_growth: float = 8.0

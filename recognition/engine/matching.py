@@ -200,8 +200,12 @@ class Gallery:
 
     # ---- search --------------------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, top_k: int = 5, threshold: float = 0.5, exclude_keys=()) -> list[MatchResult]:
-        """(Q, 128) queries -> one MatchResult per query, at most ``top_k`` people each."""
+    def search(
+        self, queries: np.ndarray, top_k: int = 5, threshold: float = 0.5, exclude_keys=(), nprobe: int | None = None
+    ) -> list[MatchResult]:
+        """(Q, D) queries -> one MatchResult per query, at most ``top_k`` people each. ``nprobe``: IVF
+        cells to scan (None: the index's default); fewer suit a screening search that only looks for
+        scores far above the bulk (see ``IndexSettings.screen_nprobe``)."""
         queries = _as_matrix(queries, self.dim)
         with self._lock:
             exclude = None
@@ -215,7 +219,7 @@ class Gallery:
                 )
             results = []
             for query in queries:
-                results.append(MatchResult(self._best_people(query, top_k, self._n_people, exclude), threshold))
+                results.append(MatchResult(self._best_people(query, top_k, self._n_people, exclude, nprobe), threshold))
         return results
 
     def _label(self, slot: int) -> int:
@@ -226,12 +230,12 @@ class Gallery:
         base = len(self._base_keys)
         return int(self._base_keys[slot]) if slot < base else int(self._keys[slot - base])
 
-    def _best_people(self, query, top_k, n_people, exclude) -> list[Candidate]:
+    def _best_people(self, query, top_k, n_people, exclude, nprobe=None) -> list[Candidate]:
         """Top ``top_k`` distinct people: fetch more embeddings until enough people show up."""
         want = min(top_k, n_people)
         fetch = 8 * top_k
         while True:
-            scores, slots = self._index.search(query[None], fetch, exclude_ids=exclude)
+            scores, slots = self._index.search(query[None], fetch, exclude_ids=exclude, nprobe=nprobe)
             found = slots[0] >= 0
             best: dict[int, tuple[float, int]] = {}
             for slot, score in zip(slots[0][found], scores[0][found]):
