@@ -73,10 +73,14 @@ def main() -> None:
             count += len(photos)
         seconds, out = manage(env, "import_faces", str(people), "--legal-basis", "explicit_consent")
         print(f"import_faces: {count} photos in {seconds:.0f} s\n{out.strip().splitlines()[-1] if out.strip() else ''}")
-    enrolled = sqlite3.connect(db).execute(
-        "select count(*) from people_faceimage f join people_person p on p.id = f.person_id "
-        "where f.status = 'accepted' and p.is_active and f.embedding is not null"
-    ).fetchone()[0]
+    enrolled = (
+        sqlite3.connect(db)
+        .execute(
+            "select count(*) from people_faceimage f join people_person p on p.id = f.person_id "
+            "where f.status = 'accepted' and p.is_active and f.embedding is not null"
+        )
+        .fetchone()[0]
+    )
     print(f"enrolled faces: {enrolled}; load average {os.getloadavg()}")
 
     started = time.perf_counter()
@@ -92,9 +96,14 @@ def main() -> None:
     while child.poll() is None:
         time.sleep(1)
         try:
-            row = sqlite3.connect(db, timeout=1).execute(
-                "select status, done, total from recognition_embedderswitch where embedder = ? order by id desc limit 1", (args.to,)
-            ).fetchone()
+            row = (
+                sqlite3.connect(db, timeout=1)
+                .execute(
+                    "select status, done, total from recognition_embedderswitch where embedder = ? order by id desc limit 1",
+                    (args.to,),
+                )
+                .fetchone()
+            )
         except sqlite3.OperationalError:
             continue
         if row:
@@ -108,11 +117,15 @@ def main() -> None:
     for at, status, done, total in samples[::step] + samples[-1:]:
         print(f"  {at:>7.1f} s  {status:<12} {done:>5} / {total}")
     print(out.strip())
-    row = sqlite3.connect(db).execute(
-        "select evaluation, started_at, finished_at, activated_at from recognition_embedderswitch "
-        "where embedder = ? order by id desc limit 1",
-        (args.to,),
-    ).fetchone()
+    row = (
+        sqlite3.connect(db)
+        .execute(
+            "select evaluation, started_at, finished_at, activated_at from recognition_embedderswitch "
+            "where embedder = ? order by id desc limit 1",
+            (args.to,),
+        )
+        .fetchone()
+    )
     evaluation = json.loads(row[0])
     print(f"started {row[1]} finished {row[2]} activated {row[3]}; load average {os.getloadavg()}")
     for role in ("old", "new"):

@@ -130,7 +130,6 @@ class EdgeGalleryView(APIView):
     )
     def get(self, request):
         from people.models import FaceImage
-
         from recognition.pipelines import served_kind
 
         if served_kind() != "facenet":

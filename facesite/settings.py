@@ -216,7 +216,9 @@ FACE_FUSED_VERIFY_THRESHOLD = env_float("FACE_FUSED_VERIFY_THRESHOLD", 0.0) if e
 FACE_FUSED_MISLABEL_MARGIN = env_float("FACE_FUSED_MISLABEL_MARGIN", 0.0) if env_str("FACE_FUSED_MISLABEL_MARGIN") else None
 FACE_MATCH_THRESHOLD = env_float("FACE_MATCH_THRESHOLD", 0.55)
 # The mirrored FaceNet's per-pair match threshold (default: FaceNet's; the same network on the same crops).
-FACE_MIRRORED_MATCH_THRESHOLD = env_float("FACE_MIRRORED_MATCH_THRESHOLD", 0.0) if env_str("FACE_MIRRORED_MATCH_THRESHOLD") else None
+FACE_MIRRORED_MATCH_THRESHOLD = (
+    env_float("FACE_MIRRORED_MATCH_THRESHOLD", 0.0) if env_str("FACE_MIRRORED_MATCH_THRESHOLD") else None
+)
 # An embedder switch: faces embedded and committed per batch, and how long a running switch may go
 # without a progress report before it counts as dead and is resumed.
 EMBEDDER_SWITCH_BATCH = env_int("EMBEDDER_SWITCH_BATCH", 32)

@@ -69,8 +69,8 @@ class FaceImageQuerySet(models.QuerySet):
 
     def in_gallery(self):
         """The embeddings recognition matches against: accepted faces of active people, embedded by
-        the embedder served now (FACE_EMBEDDER): another embedder's embeddings are not comparable
-        (nor, fused, of the same length) and wait for ``manage.py reembed_faces``."""
+        the embedder served now (the active EmbedderSwitch): another embedder's embeddings are not
+        comparable (nor, fused, of the same length) and wait for ``manage.py reembed_faces``."""
         from recognition.pipelines import served_embedder
 
         return self.enrolled().filter(embedder=served_embedder())
@@ -106,7 +106,10 @@ class FaceImage(models.Model):
     # What any embedder can be re-run on once the photo is gone (retention): the face's box widened
     # on every side, at most FACE_REGION_MAX_SIDE px, with where it sat in the photo.
     region = models.ImageField(
-        upload_to="regions/", blank=True, max_length=200, help_text="The face with a wide margin, for re-embedding without the photo."
+        upload_to="regions/",
+        blank=True,
+        max_length=200,
+        help_text="The face with a wide margin, for re-embedding without the photo.",
     )
     region_box = models.JSONField(
         null=True, blank=True, editable=False, help_text="[x0, y0, scale]: region pixel = (photo pixel - (x0, y0)) * scale."

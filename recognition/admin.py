@@ -115,7 +115,9 @@ class EmbedderSwitchAdmin(admin.ModelAdmin):
         except embedder_switch.SwitchRefused as err:
             messages.error(request, str(err))
         else:
-            messages.success(request, f"The switch to {switch.embedder} is queued; the training worker runs it in the background.")
+            messages.success(
+                request, f"The switch to {switch.embedder} is queued; the training worker runs it in the background."
+            )
         return self._back()
 
     def force_view(self, request, pk: int):
@@ -164,7 +166,9 @@ class EmbedderSwitchAdmin(admin.ModelAdmin):
 
     @admin.display(description="Progress")
     def progress(self, obj):
-        return format_html('<progress value="{}" max="100" style="width:8em"></progress> {} of {}', obj.percent, obj.done, obj.total)
+        return format_html(
+            '<progress value="{}" max="100" style="width:8em"></progress> {} of {}', obj.percent, obj.done, obj.total
+        )
 
     @admin.display(description="Evaluation: old and new side by side")
     def evaluation_table(self, obj):

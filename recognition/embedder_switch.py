@@ -203,9 +203,7 @@ def _beat(switch_id: int, **fields) -> None:
 
 def lacking(name: str):
     """Enrolled faces without a FaceEmbedding of embedder ``name``."""
-    return FaceImage.objects.enrolled().exclude(
-        Exists(FaceEmbedding.objects.filter(face=OuterRef("pk"), embedder=name))
-    )
+    return FaceImage.objects.enrolled().exclude(Exists(FaceEmbedding.objects.filter(face=OuterRef("pk"), embedder=name)))
 
 
 def reembed_for_switch(switch: EmbedderSwitch, limit: int | None = None) -> int:
@@ -330,7 +328,10 @@ def run_switch(switch_id: int, limit: int | None = None) -> str:
         skipped = sum(len(v) for v in (switch.skipped or {}).values())
         if skipped:
             result["not_worse"] = False
-            result["rule"] = f"{skipped} enrolled faces could not be embedded by {switch.embedder} (no photo or region); " + result["rule"]
+            result["rule"] = (
+                f"{skipped} enrolled faces could not be embedded by {switch.embedder} (no photo or region, or no recorded box); "
+                + result["rule"]
+            )
         EmbedderSwitch.objects.filter(pk=switch.pk).update(evaluation=result)
         if result["not_worse"] or switch.force:
             activate(switch, note=("Forced by staff. " if not result["not_worse"] else "Not worse: ") + result["rule"])
@@ -344,7 +345,9 @@ def run_switch(switch_id: int, limit: int | None = None) -> str:
         import traceback
 
         EmbedderSwitch.objects.filter(pk=switch_id, status__in=EmbedderSwitch.IN_PROGRESS).update(
-            status=Status.FAILED, finished_at=timezone.now(), error=f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}"[-20000:]
+            status=Status.FAILED,
+            finished_at=timezone.now(),
+            error=f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}"[-20000:],
         )
         return "failed"
 

@@ -215,7 +215,9 @@ def _finish(face: FaceImage, verdict: Verdict) -> FaceImage | None:
         # every embedder's template of the face as it was is stale now; the served one is this one
         FaceEmbedding.objects.filter(face_id=face.pk).delete()
         if face.embedding is not None:
-            FaceEmbedding.objects.create(face_id=face.pk, embedder=face.embedder, vector=bytes(face.embedding), dim=len(face.embedding) // 4)
+            FaceEmbedding.objects.create(
+                face_id=face.pk, embedder=face.embedder, vector=bytes(face.embedding), dim=len(face.embedding) // 4
+            )
         face_verdict(face)
         in_gallery = face.status == FaceImage.Status.ACCEPTED and face.embedding is not None
         if in_gallery or getattr(face, "_was_in_gallery", False):

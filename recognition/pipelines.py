@@ -21,7 +21,6 @@ from .engine.images import ImageError, ImageLimits, decode_image
 from .engine.pipeline import AnalysedFace, FacePipeline, PipelineConfig, shared_pipeline
 from .engine.quality import QualityRules
 
-
 logger = logging.getLogger(__name__)
 
 
@@ -74,7 +73,11 @@ class _ServedKind:
 
         try:
             active = EmbedderSwitch.objects.active()
-        except (DatabaseError, RuntimeError, SynchronousOnlyOperation) as err:  # not migrated yet, or an async context: not cached
+        except (
+            DatabaseError,
+            RuntimeError,
+            SynchronousOnlyOperation,
+        ) as err:  # not migrated yet, or an async context: not cached
             logger.debug("the active embedder could not be read (%s); serving FACE_EMBEDDER", err)
             return settings.FACE_EMBEDDER
         kind = active.embedder if active is not None else settings.FACE_EMBEDDER

@@ -182,7 +182,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         extra_context = extra_context or {}
         # what is served now, with or without an active version
         extra_context["open_set"] = format_html(
-            "{}<p>Served embedder: <code>{}</code> (FACE_EMBEDDER asks for {}; see <a href=\"{}\">embedder switches</a>); "
+            '{}<p>Served embedder: <code>{}</code> (FACE_EMBEDDER asks for {}; see <a href="{}">embedder switches</a>); '
             "enrolled faces lacking it, not matched until <code>manage.py reembed_faces</code>: {}.</p>",
             open_set_html(ModelVersion.objects.active(), FaceImage.objects.in_gallery().count()),
             open_set.served_embedder(),

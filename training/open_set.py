@@ -17,6 +17,7 @@ from django.conf import settings
 from recognition.engine.open_set import ImpostorTail, OpenSet, calibrate
 
 log = logging.getLogger(__name__)
+MIRRORED_SUFFIX = "-mirrored"  # recognition.engine.pipeline's name of FaceNet of mirrored crops
 
 
 class _LfwTail:
@@ -88,7 +89,12 @@ def impostor_tails(version, embedder: str | None = None, kind: str | None = None
     site's own people."""
     embedder = embedder or served_embedder()
     tails = []
-    lfw = lfw_tail.get(embedder, kind)
+    lfw_embedder = embedder
+    if embedder.endswith(MIRRORED_SUFFIX):
+        # FaceNet of mirrored crops is calibrated on FaceNet's LFW tail: mirroring both faces of every
+        # pair leaves LFW's impostor scores distributed as they were (LFW has no preferred side)
+        lfw_embedder = embedder.removesuffix(MIRRORED_SUFFIX)
+    lfw = lfw_tail.get(lfw_embedder, kind)
     if lfw is not None:
         tails.append(lfw)
     site = (version.open_set or {}).get("site_tail") if version is not None else None

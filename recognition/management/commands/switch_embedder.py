@@ -16,7 +16,9 @@ from recognition.models import EmbedderSwitch
 
 
 def describe(switch: EmbedderSwitch) -> str:
-    lines = [f"#{switch.pk} {switch.previous or '?'} -> {switch.embedder}: {switch.get_status_display()}, {switch.done} of {switch.total} faces"]
+    lines = [
+        f"#{switch.pk} {switch.previous or '?'} -> {switch.embedder}: {switch.get_status_display()}, {switch.done} of {switch.total} faces"
+    ]
     for role in ("old", "new"):
         row = (switch.evaluation or {}).get(role)
         if row:
@@ -58,7 +60,9 @@ class Command(BaseCommand):
                     raise CommandError("No blocked switch.")
                 switch = embedder_switch.force_blocked(blocked, queue=not wait)
             elif embedder:
-                switch = embedder_switch.start_switch(embedder, force=force, trigger=EmbedderSwitch.Trigger.COMMAND, queue=not wait)
+                switch = embedder_switch.start_switch(
+                    embedder, force=force, trigger=EmbedderSwitch.Trigger.COMMAND, queue=not wait
+                )
             else:
                 switch = None
             if switch is not None and wait:
