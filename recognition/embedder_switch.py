@@ -209,7 +209,7 @@ def lacking(name: str):
 def reembed_for_switch(switch: EmbedderSwitch, limit: int | None = None) -> int:
     """Embed the enrolled faces lacking the target embedding, batch by batch (see the module).
     Returns how many were embedded; ``limit`` stops early (tests of an interrupted run)."""
-    pipe = pipelines.pipeline(switch.embedder)
+    pipe = None  # loaded at the first face to embed (a switch that only catches up may need none)
     batch = max(1, settings.EMBEDDER_SWITCH_BATCH)
     skipped = {key: set(ids) for key, ids in (switch.skipped or {}).items()}
     unusable = set().union(*skipped.values()) if skipped else set()
@@ -222,6 +222,7 @@ def reembed_for_switch(switch: EmbedderSwitch, limit: int | None = None) -> int:
         chunk = list(lacking(switch.name).exclude(pk__in=unusable).order_by("pk")[:size])
         if not chunk:
             break
+        pipe = pipe or pipelines.pipeline(switch.embedder)
         result = embed_stored(chunk, pipe)
         skipped.setdefault("photo_gone", set()).update(result.photo_gone)
         skipped.setdefault("no_geometry", set()).update(result.no_geometry)

@@ -29,7 +29,7 @@ from .engine.alignment import face_in_region
 from .engine.detection import LANDMARK_NAMES, DetectedFace
 from .engine.images import ImageError, decode_image
 from .engine.pipeline import FacePipeline
-from .pipelines import pipeline
+from .pipelines import pipeline_config, pipeline_for
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +133,8 @@ def reembed_faces(batch: int = 16, limit: int | None = None, progress: Callable[
     from people.models import FaceEmbedding, FaceImage, GalleryChange
 
     started = time.perf_counter()
-    pipe = pipeline()
-    name = pipe.embedder_name
+    config = pipeline_config()
+    name = config.embedder_name
     report = ReembedReport(embedder=name)
     todo = FaceImage.objects.lacking_served_embedder().order_by("id")
     report.lacking_before = todo.count()
@@ -146,7 +146,8 @@ def reembed_faces(batch: int = 16, limit: int | None = None, progress: Callable[
             break
         kept = dict(FaceEmbedding.objects.filter(face__in=chunk, embedder=name).values_list("face_id", "vector"))
         vectors = {pk: np.frombuffer(bytes(blob), np.float32) for pk, blob in kept.items()}
-        embedded = embed_stored([f for f in chunk if f.pk not in kept], pipe)
+        missing = [f for f in chunk if f.pk not in kept]
+        embedded = embed_stored(missing, pipeline_for(config)) if missing else Embedded()  # models loaded only if needed
         skipped.update(embedded.photo_gone, embedded.no_geometry)
         report.photo_gone += embedded.photo_gone
         report.no_geometry += embedded.no_geometry

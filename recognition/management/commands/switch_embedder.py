@@ -9,6 +9,8 @@ A switch runs in the background on the training cluster (recognition/embedder_sw
 runs it in this process instead (no worker needed) and prints the evaluation.
 """
 
+import time
+
 from django.core.management.base import BaseCommand, CommandError
 
 from recognition import embedder_switch, pipelines
@@ -51,8 +53,11 @@ class Command(BaseCommand):
     def handle(self, embedder=None, force=False, wait=False, status=False, force_blocked=False, rollback=False, **options):
         try:
             if rollback:
+                started = time.perf_counter()
                 back = embedder_switch.rollback()
-                self.stdout.write(f"Rolled back: {back.embedder} is served again. {back.note}")
+                self.stdout.write(
+                    f"Rolled back in {time.perf_counter() - started:.2f} s: {back.embedder} is served again. {back.note}"
+                )
                 return
             if force_blocked:
                 blocked = EmbedderSwitch.objects.filter(status=EmbedderSwitch.Status.BLOCKED).first()
