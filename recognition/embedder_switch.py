@@ -253,15 +253,21 @@ def keep_served_templates() -> int:
     """Copy the served embedder's templates (``FaceImage.embedding``) into FaceEmbedding rows where
     they are missing (faces enrolled or imported before this table): what a rollback returns to."""
     name = pipelines.pipeline_config(pipelines.refresh_served_kind()).embedder_name
-    rows = [
-        FaceEmbedding(face_id=pk, embedder=name, vector=bytes(blob), dim=len(bytes(blob)) // 4)
-        for pk, blob in FaceImage.objects.filter(embedder=name, embedding__isnull=False)
+    missing = (
+        FaceImage.objects.filter(embedder=name, embedding__isnull=False)
         .exclude(Exists(FaceEmbedding.objects.filter(face=OuterRef("pk"), embedder=name)))
         .values_list("pk", "embedding")
-        .iterator(5000)
-    ]
-    FaceEmbedding.objects.bulk_create(rows, batch_size=2000, ignore_conflicts=True)
-    return len(rows)
+    )
+    written = 0
+    while True:  # 5,000 at a time (bounded memory); each chunk written leaves ``missing``
+        rows = [
+            FaceEmbedding(face_id=pk, embedder=name, vector=bytes(blob), dim=len(bytes(blob)) // 4)
+            for pk, blob in missing.order_by("pk")[:5000]
+        ]
+        if not rows:
+            return written
+        FaceEmbedding.objects.bulk_create(rows, ignore_conflicts=True)
+        written += len(rows)
 
 
 def _threshold(kind: str, name: str, gallery_size: int) -> float:
