@@ -130,13 +130,14 @@ class EdgeGalleryView(APIView):
     )
     def get(self, request):
         from people.models import FaceImage
+        from recognition.pipelines import served_kind
 
-        if settings.FACE_EMBEDDER != "facenet":
+        if served_kind() != "facenet":
             # an edge device embeds with the exported TFLite FaceNet (128-d): the fused gallery's
             # 256-d templates cannot be matched by it, so none are sent
             raise ApiError(
                 "edge_unavailable",
-                f"The served embedder is {settings.FACE_EMBEDDER}; edge devices embed with FaceNet alone, whose embeddings "
+                f"The served embedder is {served_kind()}; edge devices embed with FaceNet alone, whose embeddings "
                 "cannot be matched against its gallery. Serve FACE_EMBEDDER=facenet for edge devices.",
                 status_code=status.HTTP_409_CONFLICT,
             )

@@ -54,16 +54,18 @@ class MatchingContext:
     # the share of strangers' searches expected to name somebody at ``threshold`` in this gallery
     expected_false_accepts_per_search: float | None = None
     gallery_size: int = 0
+    kind: str | None = None  # the embedder whose faces the gallery holds (the stream's probes must be its)
 
 
 def frame_limits() -> ImageLimits:
     return ImageLimits(max_bytes=settings.CHECKIN_MAX_FRAME_BYTES, max_pixels=settings.CHECKIN_MAX_FRAME_PIXELS)
 
 
-def new_stream() -> FaceStream:
-    """A connection's stream state: whole-frame search every few frames, faces followed in between."""
+def new_stream(kind: str | None = None) -> FaceStream:
+    """A connection's stream state: whole-frame search every few frames, faces followed in between
+    (embedded by embedder ``kind``, default the served one)."""
     return FaceStream(
-        services.pipeline(),
+        services.pipeline(kind),
         FaceTracker(reembed_every=settings.CHECKIN_REEMBED_EVERY),
         StreamSettings(
             min_face_size=settings.CHECKIN_MIN_FACE_PX,
@@ -156,6 +158,7 @@ class LiveSession:
             threshold=served.threshold,
             expected_false_accepts_per_search=served.expected_far(served.threshold),
             gallery_size=len(served.gallery),
+            kind=served.kind,
         )
 
     def analyse_frame(self, data: bytes, context: MatchingContext) -> FrameAnalysis:
@@ -166,6 +169,10 @@ class LiveSession:
         except ImageError as err:
             code = "frame_too_large" if err.code in ("file_too_large", "image_too_large") else err.code
             raise FrameRefused(code, f"Frame refused: {err.message}")
+        if context.kind and self.stream.pipeline is not services.pipeline(context.kind):
+            # another embedder is served (a switch or a rollback): the faces followed so far were
+            # embedded by the old one, so the stream starts again with the new one
+            self.stream = new_stream(context.kind)
         frame = self.stream.process(rgb, context.gallery, context.threshold)
         tracks = frame.tracks
         if self.liveness_required:
@@ -208,7 +215,7 @@ class LiveSession:
                     threshold=threshold,
                     frames=min(track.streak, 32767),
                     model_version=version,
-                    embedder=services.pipeline().embedder_name,
+                    embedder=self.stream.pipeline.embedder_name,
                     kiosk=self.kiosk,
                     user=self.user if self.kiosk is None else None,
                     consent=self.consent,

@@ -199,9 +199,13 @@ FACE_IMPORT_MAX_FACES = env_int("FACE_IMPORT_MAX_FACES", 2_000_000)
 # The face pipeline. Thresholds are cosine similarities of L2-normalised FaceNet embeddings; how
 # the defaults were chosen on LFW is in the README ("How the threshold was chosen").
 FACE_WEIGHTS_PATH = env_str("FACE_WEIGHTS_PATH") or None
-# The embedder served: "facenet" (FaceNet alone, 128-d) or "facenet+dlib" (FaceNet fused with dlib's
-# ResNet descriptor, 256-d; recognition/engine/fused.py). Only faces embedded by the served embedder
-# are matched; `manage.py reembed_faces` re-embeds the others from their stored photos. The fused
+# The embedder the site wants: "facenet" (FaceNet alone, 128-d) or "facenet+dlib" (FaceNet fused with
+# dlib's ResNet descriptor, 256-d; recognition/engine/fused.py); "facenet-mirrored" is a cheap second
+# embedder for testing switches. The embedder SERVED is the database's active record
+# (recognition.models.EmbedderSwitch): when this setting names another one, a background switch
+# re-embeds every enrolled face, evaluates old and new side by side and switches only if the new one
+# is not worse (recognition/embedder_switch.py; admin "Embedder switches", `manage.py switch_embedder`).
+# A new site serves this setting from the start. The fused
 # embedder's cosine weight and thresholds come from FACE_FUSION_CALIBRATION (`manage.py fit_fusion`,
 # LFW's training folds); FACE_FUSED_*_THRESHOLD / _MARGIN override them. Why the default: BENCHMARKS.md,
 # "Serving the fused embedder".
@@ -211,6 +215,20 @@ FACE_FUSED_MATCH_THRESHOLD = env_float("FACE_FUSED_MATCH_THRESHOLD", 0.0) if env
 FACE_FUSED_VERIFY_THRESHOLD = env_float("FACE_FUSED_VERIFY_THRESHOLD", 0.0) if env_str("FACE_FUSED_VERIFY_THRESHOLD") else None
 FACE_FUSED_MISLABEL_MARGIN = env_float("FACE_FUSED_MISLABEL_MARGIN", 0.0) if env_str("FACE_FUSED_MISLABEL_MARGIN") else None
 FACE_MATCH_THRESHOLD = env_float("FACE_MATCH_THRESHOLD", 0.55)
+# The mirrored FaceNet's per-pair match threshold (default: FaceNet's; the same network on the same crops).
+FACE_MIRRORED_MATCH_THRESHOLD = (
+    env_float("FACE_MIRRORED_MATCH_THRESHOLD", 0.0) if env_str("FACE_MIRRORED_MATCH_THRESHOLD") else None
+)
+# An embedder switch: faces embedded and committed per batch, and how long a running switch may go
+# without a progress report before it counts as dead and is resumed.
+EMBEDDER_SWITCH_BATCH = env_int("EMBEDDER_SWITCH_BATCH", 32)
+EMBEDDER_SWITCH_STALE_SECONDS = env_int("EMBEDDER_SWITCH_STALE_SECONDS", 900)
+# The evaluation of a switch searches at most this many enrolled faces (a fixed-seed sample of people above it).
+EMBEDDER_SWITCH_EVAL_MAX_FACES = env_int("EMBEDDER_SWITCH_EVAL_MAX_FACES", 20000)
+# The face region kept at enrollment for re-embedding once the photo is gone: the box widened by this
+# fraction of its side on every side, scaled down to at most this many pixels a side.
+FACE_REGION_MARGIN = env_float("FACE_REGION_MARGIN", 0.6)
+FACE_REGION_MAX_SIDE = env_int("FACE_REGION_MAX_SIDE", 400)
 FACE_VERIFY_THRESHOLD = env_float("FACE_VERIFY_THRESHOLD", 0.42)
 # Open set per search (recognition/engine/open_set.py): the threshold in force is raised with the
 # gallery's size so that a stranger's BEST score over every enrolled face reaches it in at most this
@@ -430,8 +448,9 @@ LOGGING = {
 
 # ---- privacy ----------------------------------------------------------------------------------------
 # Original enrollment photos older than this many days are deleted (embeddings are kept) by the
-# daily `apply_retention` task; 0 keeps them for ever. The 160x160 aligned crops go too unless
-# FACE_RETENTION_KEEP_CROPS is on (a retrain can re-embed from crops without the originals).
+# daily `apply_retention` task; 0 keeps them for ever. The 160x160 aligned crops and the wider face
+# regions go too unless FACE_RETENTION_KEEP_CROPS is on (a retrain re-embeds from crops, an embedder
+# switch from regions, without the originals).
 FACE_PHOTO_RETENTION_DAYS = env_int("FACE_PHOTO_RETENTION_DAYS", 0)
 FACE_RETENTION_KEEP_CROPS = env_bool("FACE_RETENTION_KEEP_CROPS", True)
 # Erasing a person also deletes their check-ins; off keeps them, anonymised (person set to null).

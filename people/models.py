@@ -69,8 +69,8 @@ class FaceImageQuerySet(models.QuerySet):
 
     def in_gallery(self):
         """The embeddings recognition matches against: accepted faces of active people, embedded by
-        the embedder served now (FACE_EMBEDDER): another embedder's embeddings are not comparable
-        (nor, fused, of the same length) and wait for ``manage.py reembed_faces``."""
+        the embedder served now (the active EmbedderSwitch): another embedder's embeddings are not
+        comparable (nor, fused, of the same length) and wait for ``manage.py reembed_faces``."""
         from recognition.pipelines import served_embedder
 
         return self.enrolled().filter(embedder=served_embedder())
@@ -103,6 +103,17 @@ class FaceImage(models.Model):
     person = models.ForeignKey(Person, on_delete=models.CASCADE, related_name="faces")
     image = models.ImageField(upload_to=face_upload_to, max_length=200)
     crop = models.ImageField(upload_to="crops/", blank=True, max_length=200, help_text="The aligned face, 160x160.")
+    # What any embedder can be re-run on once the photo is gone (retention): the face's box widened
+    # on every side, at most FACE_REGION_MAX_SIDE px, with where it sat in the photo.
+    region = models.ImageField(
+        upload_to="regions/",
+        blank=True,
+        max_length=200,
+        help_text="The face with a wide margin, for re-embedding without the photo.",
+    )
+    region_box = models.JSONField(
+        null=True, blank=True, editable=False, help_text="[x0, y0, scale]: region pixel = (photo pixel - (x0, y0)) * scale."
+    )
     original_name = models.CharField(max_length=255, blank=True)
     uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
@@ -155,6 +166,30 @@ class FaceImage(models.Model):
         self.embedding = None if vector is None else np.asarray(vector, np.float32).tobytes()
 
 
+class FaceEmbedding(models.Model):
+    """One embedder's template of one face. A face holds one per embedder that embedded it; the
+    served embedder's is also on ``FaceImage.embedding`` (what the gallery reads), copied there when
+    an embedder is switched to or rolled back to (recognition/embedder_switch.py)."""
+
+    face = models.ForeignKey(FaceImage, on_delete=models.CASCADE, related_name="embeddings")
+    embedder = models.CharField(max_length=100)
+    vector = models.BinaryField(help_text="float32, L2-normalised.")
+    dim = models.PositiveSmallIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["face", "embedder"], name="one_embedding_per_face_and_embedder")]
+        indexes = [models.Index(fields=["embedder", "face"])]
+
+    def __str__(self) -> str:
+        return f"face {self.face_id} by {self.embedder}"
+
+    @classmethod
+    def of(cls, face_id: int, embedder: str, vector: np.ndarray) -> "FaceEmbedding":
+        vector = np.asarray(vector, np.float32)
+        return cls(face_id=face_id, embedder=embedder, vector=vector.tobytes(), dim=len(vector))
+
+
 class GalleryChangeQuerySet(models.QuerySet):
     def record(self, kind: str, person_ids=()) -> None:
         """Log that these people's matchable faces changed (or, with none, that many did: kind BULK).
@@ -181,6 +216,7 @@ class GalleryChange(models.Model):
         ERASED = "erased", "A person was erased"
         BULK = "bulk", "Many people changed (bulk import): reload everything"
         SNAPSHOT = "snapshot", "A new gallery snapshot was written"
+        EMBEDDER = "embedder", "Another embedder is served: reload everything"
 
     seq = models.BigAutoField(primary_key=True)
     # Not a foreign key: the row must outlive an erased person long enough for every process to

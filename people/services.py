@@ -213,7 +213,7 @@ def safe_name(name: str) -> str:
 
 
 def delete_files(names: list[str]) -> None:
-    """Remove stored photos or crops by name (one storage holds both)."""
+    """Remove stored photos, crops or regions by name (one storage holds them all)."""
     storage = FaceImage._meta.get_field("crop").storage
     for name in names:
         storage.delete(name)
@@ -269,9 +269,9 @@ def delete_face(face: FaceImage) -> None:
     with transaction.atomic():
         was_in_gallery = FaceImage.objects.in_gallery().filter(pk=face.pk).exists()
         # the files the row names now: a task may have written a new crop since ``face`` was read
-        current = FaceImage.objects.select_for_update().filter(pk=face.pk).values_list("image", "crop").first() or ()
+        current = FaceImage.objects.select_for_update().filter(pk=face.pk).values_list("image", "crop", "region").first() or ()
         face.delete()
-        stale = [name for name in current if name and name not in (face.image.name, face.crop.name)]
+        stale = [name for name in current if name and name not in (face.image.name, face.crop.name, face.region.name)]
         if stale:
             transaction.on_commit(lambda: delete_files(stale))
         if was_in_gallery:

@@ -15,7 +15,7 @@ from .models import FaceImage, GalleryChange, Person
 
 @receiver(post_delete, sender=FaceImage)
 def delete_face_files(sender, instance: FaceImage, **kwargs):
-    files = [f for f in (instance.image, instance.crop) if f and f.name]
+    files = [f for f in (instance.image, instance.crop, instance.region) if f and f.name]
 
     def remove():
         for f in files:

@@ -78,12 +78,14 @@ def erase_person(person: Person, by=None) -> ErasureReport:
 
         report.audit_events_redacted = _forget_in_audit_log(pid, name)
 
-        faces = list(FaceImage.objects.select_for_update().filter(person_id=pid).values_list("id", "image", "crop", "status"))
+        faces = list(
+            FaceImage.objects.select_for_update().filter(person_id=pid).values_list("id", "image", "crop", "region", "status")
+        )
         report.admin_log_entries_deleted = _forget_in_admin_history(pid, name, [f[0] for f in faces], checkin_ids)
 
         report.review_reasons_rewritten = _forget_in_review_reasons(pid, name)
 
-        files = [n for f in faces for n in f[1:3] if n]
+        files = [n for f in faces for n in f[1:4] if n]  # photos, crops, regions (every embedder's templates cascade)
         storage = FaceImage._meta.get_field("image").storage
         report.files_deleted = sum(1 for n in files if storage.exists(n))
         report.faces_deleted = FaceImage.objects.filter(person_id=pid).delete()[1].get(FaceImage._meta.label, 0)
@@ -101,7 +103,7 @@ def erase_person(person: Person, by=None) -> ErasureReport:
         report.metrics_redacted = redacted.get("metrics", 0)
         report.plots_redrawn = redacted.get("plots", 0)
 
-        if any(f[3] == FaceImage.Status.ACCEPTED for f in faces):
+        if any(f[4] == FaceImage.Status.ACCEPTED for f in faces):
             transaction.on_commit(training.enrollment_changed)  # retrain, debounced
         # the gallery snapshot on disk holds their embeddings: rewritten without them before this returns
         transaction.on_commit(lambda: recognition.forget_in_snapshot([pid]))
@@ -183,6 +185,7 @@ def person_data(person: Person) -> dict:
                 "original_name": face.original_name,
                 "photo": f"photos/{face.pk}{PurePath(face.image.name).suffix}" if face.image else None,
                 "crop": f"crops/{face.pk}.jpg" if face.crop else None,
+                "region": f"regions/{face.pk}.jpg" if face.region else None,
                 "box": face.box,
                 "landmarks": face.landmarks,
                 "faces_found": face.faces_found,
@@ -302,7 +305,7 @@ def export_person(person: Person) -> bytes:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("person.json", json.dumps(data, indent=2, ensure_ascii=False))
         for face, entry in zip(person.faces.order_by("id"), data["face_images"]):
-            for field, name in ((face.image, entry["photo"]), (face.crop, entry["crop"])):
+            for field, name in ((face.image, entry["photo"]), (face.crop, entry["crop"]), (face.region, entry["region"])):
                 if not name:
                     continue
                 try:
@@ -337,10 +340,12 @@ def apply_retention(days: int | None = None, now=None) -> RetentionReport:
             files = [face.image.name]
             face.image = ""
             update = ["image", "updated_at"]
-            if not settings.FACE_RETENTION_KEEP_CROPS and face.crop:
-                files.append(face.crop.name)
-                face.crop = ""
-                update.append("crop")
+            if not settings.FACE_RETENTION_KEEP_CROPS and (face.crop or face.region):
+                # the region goes with the crop: without either a face can no longer be embedded
+                # again (an embedder switch reports it)
+                files += [f.name for f in (face.crop, face.region) if f]
+                face.crop = face.region = ""
+                update += ["crop", "region"]
                 crops += 1
             with transaction.atomic():
                 face.save(update_fields=update)

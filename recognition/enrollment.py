@@ -10,17 +10,19 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
 
 from integrations.events import face_verdict
-from people.models import FaceChoice, FaceImage, GalleryChange, Person
+from people.models import FaceChoice, FaceEmbedding, FaceImage, GalleryChange, Person
 from people.services import delete_files
 from training import services as training
 
 from . import pipelines, services
 from .engine import selection
+from .engine.alignment import face_region
 from .engine.detection import DetectedFace
 from .engine.images import ImageError, encode_jpeg
 from .pipelines import pipeline, quality_rules, read_upload
@@ -46,9 +48,10 @@ def process_face_image(face: FaceImage, central_subject: selection.CentralRule |
     (the row is never re-inserted) and the crop made for it is removed."""
     rules = quality_rules()
     face._previous_crop = face.crop.name if face.crop else ""
+    face._previous_region = face.region.name if face.region else ""
     face._was_in_gallery = face.status == FaceImage.Status.ACCEPTED and face.embedding is not None
-    face.crop = ""
-    face.box = face.landmarks = face.detection_score = face.sharpness = face.faces_found = None
+    face.crop = face.region = ""
+    face.box = face.landmarks = face.detection_score = face.sharpness = face.faces_found = face.region_box = None
     face.set_vector(None)
     try:
         with face.image.open("rb") as fh:
@@ -56,6 +59,7 @@ def process_face_image(face: FaceImage, central_subject: selection.CentralRule |
     except (ImageError, OSError) as err:
         return _finish(face, Verdict(FaceImage.Status.REJECTED, "unreadable_file", f"Unreadable file: {err}"))
 
+    services.gallery()  # brought up to date first: a switch of the served embedder is seen before embedding
     pipe = pipeline()
     detected = pipe.detect(rgb)
     if not detected:
@@ -72,6 +76,10 @@ def process_face_image(face: FaceImage, central_subject: selection.CentralRule |
     face.sharpness = round(analysed.sharpness, 1)
     # A random name, like the photo's: a crop's address must not be guessable from the row's id.
     face.crop.save(f"{uuid.uuid4().hex}.jpg", ContentFile(encode_jpeg(analysed.crop)), save=False)
+    # wide enough for every embedder's alignment: an embedder switch re-embeds from it once the photo is gone
+    region, face.region_box = face_region(rgb, main.box, settings.FACE_REGION_MARGIN, settings.FACE_REGION_MAX_SIDE)
+    face.region.save(f"{uuid.uuid4().hex}.jpg", ContentFile(encode_jpeg(region, quality=95)), save=False)
+    face.region_box = [round(v, 3) for v in face.region_box]
 
     side = min(main.box[2], main.box[3])
     if side < rules.min_face_px:
@@ -182,6 +190,8 @@ RESULT_FIELDS = (
     "embedding",
     "embedder",
     "crop",
+    "region",
+    "region_box",
 )
 
 
@@ -192,18 +202,25 @@ def _finish(face: FaceImage, verdict: Verdict) -> FaceImage | None:
     face.reason = verdict.reason[: FaceImage._meta.get_field("reason").max_length]
     face.processed_at = face.updated_at = timezone.now()
     new_crop, old_crop = (face.crop.name if face.crop else ""), getattr(face, "_previous_crop", "")
+    new_region, old_region = (face.region.name if face.region else ""), getattr(face, "_previous_region", "")
     with transaction.atomic():
         values = {name: getattr(face, name) for name in RESULT_FIELDS}
-        values["crop"] = new_crop
+        values["crop"], values["region"] = new_crop, new_region
         written = FaceImage.objects.filter(pk=face.pk).update(updated_at=face.updated_at, **values)
         if not written:
             # Deleted while it was processed: the deletion removed the files it knew of; this crop
-            # is the one it could not know.
-            if new_crop:
-                delete_files([new_crop])
+            # and region are the ones it could not know.
+            delete_files([name for name in (new_crop, new_region) if name])
             return None
-        if old_crop and old_crop != new_crop:
-            transaction.on_commit(lambda: delete_files([old_crop]))
+        replaced = [old for old, new in ((old_crop, new_crop), (old_region, new_region)) if old and old != new]
+        if replaced:
+            transaction.on_commit(lambda: delete_files(replaced))
+        # every embedder's template of the face as it was is stale now; the served one is this one
+        FaceEmbedding.objects.filter(face_id=face.pk).delete()
+        if face.embedding is not None:
+            FaceEmbedding.objects.create(
+                face_id=face.pk, embedder=face.embedder, vector=bytes(face.embedding), dim=len(face.embedding) // 4
+            )
         face_verdict(face)
         in_gallery = face.status == FaceImage.Status.ACCEPTED and face.embedding is not None
         if in_gallery or getattr(face, "_was_in_gallery", False):

@@ -64,6 +64,12 @@ def _served_embedder() -> str:
     return served_embedder()
 
 
+def _served_kind() -> str:
+    from .pipelines import served_kind
+
+    return served_kind()
+
+
 def _served_dim() -> int:
     from .pipelines import pipeline_config
 
@@ -102,16 +108,23 @@ class GalleryCache:
                 self._state, self._reloaded = self._reloaded, None
             state = self._state
             stale = state is not None and time.monotonic() - state.checked_at > settings.GALLERY_CHANGE_KEEP_HOURS * 1800
-            switched = state is not None and state.embedder != _served_embedder()
-            if state is None or stale or switched:  # never loaded, idle so long the log may be pruned, or another embedder served
+            if state is None or stale:  # never loaded, or idle so long the log may be pruned
                 state = self._state = self._cold_start()
-            self._catch_up(state)
+            self._catch_up(state)  # an EMBEDDER change refreshes the served embedder
+            if self._state.embedder != _served_embedder():
+                # another embedder is served (a switch or a rollback): its faces, at once, never a
+                # gallery of one embedder searched with the other's probes
+                self._state = self._cold_start()
+                self._catch_up(self._state)
             return self._state.gallery
 
     def invalidate(self) -> None:
-        """Forget the gallery: the next ``get()`` starts cold (snapshot, else database)."""
+        """Forget the gallery and the served embedder: the next ``get()`` reads both again."""
+        from .pipelines import forget_served_kind
+
         with self._lock:
             self._state = self._reloaded = None
+            forget_served_kind()
 
     # ---- loading -----------------------------------------------------------------------------------
 
@@ -149,6 +162,14 @@ class GalleryCache:
                     state.gaps[seq] = now
             state.seq = top
         kinds = {row[2] for row in rows}
+        if GalleryChange.Kind.EMBEDDER in kinds:
+            from .pipelines import refresh_served_kind
+
+            refresh_served_kind()
+            if background:
+                raise _BuildAgain(top)
+            if state.embedder != _served_embedder():
+                return  # get() loads the other embedder's gallery; these people are read there
         if GalleryChange.Kind.BULK in kinds or len(rows) >= CHANGES_PER_REQUEST:
             if background:  # the gallery being built in the background is already behind: build again
                 raise _BuildAgain(top)
@@ -254,10 +275,11 @@ def _gallery_rows():
 
 def _from_database() -> _State:
     seq, gaps = _log_position()  # before the rows: what commits meanwhile is applied again, harmlessly
-    embedder = _served_embedder()
+    kind, embedder = _served_kind(), _served_embedder()
     keys, labels, embeddings = _gallery_rows()
     gallery = Gallery(dim=embeddings.shape[1])
     gallery.replace(embeddings, labels, keys)
+    gallery.kind = kind  # the embedder its faces are of: probes are embedded by it
     if len(gallery) >= IndexSettings().exact_below and _current_generation() is None:
         from people.services import queue_gallery_snapshot
 
@@ -316,6 +338,7 @@ def _open_snapshot() -> _State | None:
             logger.warning("gallery snapshot %s holds another embedder's faces; building from the database", directory)
             return None
         gallery = Gallery.open(directory, dim=int(meta.get("dim", 128)))
+        gallery.kind = _served_kind()
     except (OSError, ValueError, RuntimeError) as err:  # faiss raises RuntimeError on a damaged file
         logger.warning("gallery snapshot %s is unusable (%s); building from the database", directory, err)
         return None

@@ -8,6 +8,7 @@ recognition.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 
@@ -15,10 +16,12 @@ import numpy as np
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from .engine.fused import FUSED_EMBEDDER
+from .engine.fused import FUSED_EMBEDDER, MIRRORED_EMBEDDER
 from .engine.images import ImageError, ImageLimits, decode_image
 from .engine.pipeline import AnalysedFace, FacePipeline, PipelineConfig, shared_pipeline
 from .engine.quality import QualityRules
+
+logger = logging.getLogger(__name__)
 
 
 class _FusionCalibration:
@@ -46,9 +49,68 @@ class _FusionCalibration:
 fusion_calibration = _FusionCalibration()
 
 
-def pipeline_config() -> PipelineConfig:
-    """The pipeline the settings ask for (read on every call: a changed setting takes effect)."""
-    fused = settings.FACE_EMBEDDER == FUSED_EMBEDDER
+class _ServedKind:
+    """The embedder served now (the FACE_EMBEDDER value of the active ``EmbedderSwitch`` row), read
+    once per process and again when the gallery's change log says another one is served (a switch
+    or a rollback writes an EMBEDDER change in its transaction; recognition.gallery applies it)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._kind: str | None = None
+
+    def get(self) -> str:
+        kind = self._kind
+        if kind is None:
+            kind = self.refresh()
+        return kind
+
+    def refresh(self) -> str:
+        """Read the active row now (the setting when there is none: a new site, or no database yet)."""
+        from django.core.exceptions import SynchronousOnlyOperation
+        from django.db import DatabaseError
+
+        from .models import EmbedderSwitch
+
+        try:
+            active = EmbedderSwitch.objects.active()
+        except (
+            DatabaseError,
+            RuntimeError,
+            SynchronousOnlyOperation,
+        ) as err:  # not migrated yet, or an async context: not cached
+            logger.debug("the active embedder could not be read (%s); serving FACE_EMBEDDER", err)
+            return settings.FACE_EMBEDDER
+        kind = active.embedder if active is not None else settings.FACE_EMBEDDER
+        with self._lock:
+            self._kind = kind
+        return kind
+
+    def forget(self) -> None:
+        with self._lock:
+            self._kind = None
+
+
+_served_kind = _ServedKind()
+
+
+def served_kind() -> str:
+    """The embedder served now: ``facenet``, ``facenet+dlib``, ... (see ``_ServedKind``)."""
+    return _served_kind.get()
+
+
+def refresh_served_kind() -> str:
+    return _served_kind.refresh()
+
+
+def forget_served_kind() -> None:
+    _served_kind.forget()
+
+
+def pipeline_config(kind: str | None = None) -> PipelineConfig:
+    """The pipeline for embedder ``kind`` (default: the one served now) with the settings' other
+    choices (read on every call: a changed setting takes effect)."""
+    kind = kind or served_kind()
+    fused = kind == FUSED_EMBEDDER
     return PipelineConfig(
         weights_path=settings.FACE_WEIGHTS_PATH,
         detector=settings.FACE_DETECTOR,
@@ -59,14 +121,15 @@ def pipeline_config() -> PipelineConfig:
         min_detection_score=settings.FACE_MIN_DETECTION_SCORE,
         embed_runtime=settings.FACE_EMBED_RUNTIME,
         embed_cache_dir=settings.TRAINING_CACHE_DIR,
-        embedder=settings.FACE_EMBEDDER,
+        embedder=kind,
         fusion_weight=round(float(fusion_calibration.get()["cosine_weight"]), 4) if fused else None,
     )
 
 
-def pipeline() -> FacePipeline:
-    """The process's pipeline for the current settings (models are loaded once and shared)."""
-    return shared_pipeline(pipeline_config())
+def pipeline(kind: str | None = None) -> FacePipeline:
+    """The process's pipeline for embedder ``kind`` (default: the one served now); models are
+    loaded once and shared."""
+    return shared_pipeline(pipeline_config(kind))
 
 
 def pipeline_for(config: PipelineConfig) -> FacePipeline:
@@ -75,7 +138,7 @@ def pipeline_for(config: PipelineConfig) -> FacePipeline:
 
 
 def served_embedder() -> str:
-    """The name of the embedder the settings serve (``FaceImage.embedder`` of matchable faces)."""
+    """The name of the embedder served now (``FaceImage.embedder`` of matchable faces)."""
     return pipeline_config().embedder_name
 
 
@@ -83,7 +146,7 @@ def served_embedder() -> str:
 # FaceNet's are settings (FACE_MATCH_THRESHOLD, FACE_VERIFY_THRESHOLD, FACE_MISLABEL_MARGIN). The fused
 # inner product is another scale (v cos_facenet + (1 - v) cos_dlib, dlib's cosines spread less), so
 # its thresholds come from the fusion calibration (fit on LFW's training folds; see fit_fusion and
-# BENCHMARKS.md); FACE_FUSED_* settings override them.
+# BENCHMARKS.md); FACE_FUSED_* settings override them. Each takes the embedder (default: served).
 
 
 def _fused_value(setting: str, key: str) -> float:
@@ -91,22 +154,25 @@ def _fused_value(setting: str, key: str) -> float:
     return float(override) if override is not None else float(fusion_calibration.get()["thresholds"][key])
 
 
-def match_threshold_floor() -> float:
-    """The per-pair cosine threshold of nearest-neighbour matching for the served embedder (the
-    per-search calibration never goes below it)."""
-    if settings.FACE_EMBEDDER == FUSED_EMBEDDER:
+def match_threshold_floor(kind: str | None = None) -> float:
+    """The per-pair cosine threshold of nearest-neighbour matching for embedder ``kind`` (default:
+    the served one); the per-search calibration never goes below it."""
+    kind = kind or served_kind()
+    if kind == FUSED_EMBEDDER:
         return _fused_value("FACE_FUSED_MATCH_THRESHOLD", "match")
+    if kind == MIRRORED_EMBEDDER and settings.FACE_MIRRORED_MATCH_THRESHOLD is not None:
+        return float(settings.FACE_MIRRORED_MATCH_THRESHOLD)
     return float(settings.FACE_MATCH_THRESHOLD)
 
 
-def verify_threshold() -> float:
-    if settings.FACE_EMBEDDER == FUSED_EMBEDDER:
+def verify_threshold(kind: str | None = None) -> float:
+    if (kind or served_kind()) == FUSED_EMBEDDER:
         return _fused_value("FACE_FUSED_VERIFY_THRESHOLD", "verify")
     return float(settings.FACE_VERIFY_THRESHOLD)
 
 
-def mislabel_margin() -> float:
-    if settings.FACE_EMBEDDER == FUSED_EMBEDDER:
+def mislabel_margin(kind: str | None = None) -> float:
+    if (kind or served_kind()) == FUSED_EMBEDDER:
         return _fused_value("FACE_FUSED_MISLABEL_MARGIN", "mislabel_margin")
     return float(settings.FACE_MISLABEL_MARGIN)
 

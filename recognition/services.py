@@ -176,6 +176,14 @@ class Served:
         return self.recognizer.gallery
 
     @property
+    def kind(self) -> str:
+        """The embedder whose faces this gallery holds: probes must be embedded by it (another
+        thread may have seen a switch since the gallery was read)."""
+        from .pipelines import served_kind
+
+        return getattr(self.gallery, "kind", None) or served_kind()
+
+    @property
     def model_version(self) -> int | None:
         return None if self.version is None else self.version.number
 
@@ -252,7 +260,8 @@ def recognize(
     or above the threshold is ever a ``match``."""
     served = served_now()
     in_force = threshold_in_force(threshold, served.threshold)
-    faces = pipeline().analyse(rgb, max_faces=settings.FACE_MAX_FACES_PER_IMAGE)
+    pipe = pipeline(served.kind)
+    faces = pipe.analyse(rgb, max_faces=settings.FACE_MAX_FACES_PER_IMAGE)
     results: list[ServedMatch] = []
     if faces:
         results = served.recognizer.search(
@@ -280,7 +289,7 @@ def recognize(
         threshold=_round(in_force),
         recogniser=served.recognizer.name,
         model_version=served.model_version,
-        embedder=pipeline().embedder_name,
+        embedder=pipe.embedder_name,
         gallery_size=len(served.gallery),
         expected_false_accepts_per_search=significant(served.expected_far(in_force)),
         target_false_accepts_per_search=float(settings.OPEN_SET_FAR_PER_SEARCH),

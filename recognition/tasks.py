@@ -23,8 +23,9 @@ def process_face_image(face_image_id: int) -> str:
         processed = enrollment.process_face_image(face)
     except Exception as err:
         log.exception("processing face image %s failed", face_image_id)
-        if face.crop and face.crop.name != getattr(face, "_previous_crop", ""):
-            face.crop.storage.delete(face.crop.name)  # made by this run, never recorded on the row
+        for made, previous in ((face.crop, "_previous_crop"), (face.region, "_previous_region")):
+            if made and made.name != getattr(face, previous, ""):
+                made.storage.delete(made.name)  # made by this run, never recorded on the row
         with transaction.atomic():
             # it may have been in the gallery (re-processing): it leaves it, and every process is told
             FaceImage.objects.filter(pk=face_image_id).update(
@@ -46,3 +47,26 @@ def write_gallery_snapshot(force: bool = False) -> str:
     if report.written:
         return f"snapshot of {report.faces} faces of {report.people} people at change {report.seq} ({report.seconds} s)"
     return f"not written: {report.reason}"
+
+
+def run_embedder_switch(switch_id: int) -> str:
+    """An embedder switch (recognition/embedder_switch.py), on the training cluster."""
+    from .embedder_switch import run_switch
+
+    return run_switch(switch_id)
+
+
+def catch_up_served_embedder() -> str:
+    """After a switch or a rollback: faces still lacking the served embedder."""
+    from .embedder_switch import catch_up_served
+
+    return catch_up_served()
+
+
+def watch_embedder_switches() -> str:
+    """Scheduled: resume switches whose worker died; start the switch FACE_EMBEDDER asks for."""
+    from .embedder_switch import follow_setting, resume_dead_switches
+
+    resumed = resume_dead_switches()
+    started = follow_setting()
+    return f"resumed {resumed}; " + (f"started switch {started.pk} to {started.embedder}" if started else "nothing to start")

@@ -277,7 +277,7 @@ def test_an_erased_person_is_nowhere_in_files_api_answers_or_the_database(
     receipt = AuditEvent.objects.get(action="erase")
     assert receipt.user == staff_user and receipt.person_ids == ""
     assert receipt.result["rejected_matches_deleted"] == 1
-    assert receipt.result["faces_deleted"] == 3 and receipt.result["files_deleted"] == 6
+    assert receipt.result["faces_deleted"] == 3 and receipt.result["files_deleted"] == 9  # photos, crops, regions
     assert receipt.result["model_versions_redacted"] == 2 and receipt.result["heads_rewritten"] == 1
     assert receipt.result["label_maps_rewritten"] == 2 and receipt.result["plots_redrawn"] == 2
     from recognition import services as recognition
@@ -311,7 +311,7 @@ def test_the_erasure_report_counts_what_was_removed_and_the_receipt_is_anonymous
 
     with capture(execute=True):
         report = erase_person(biden, by=staff_user)
-    assert report.faces_deleted == 2 and report.files_deleted == 4
+    assert report.faces_deleted == 2 and report.files_deleted == 6  # photos, crops, regions
     assert report.checkins_anonymised == 3 and report.checkins_deleted == 0
     assert CheckIn.objects.filter(person__isnull=True).count() >= 3
     assert report.audit_events_redacted == 2 and report.review_reasons_rewritten == 1

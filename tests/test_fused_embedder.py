@@ -53,36 +53,48 @@ def recognize(api, path):
 
 
 @pytest.mark.django_db
-def test_serving_the_fused_embedder_matches_only_faces_re_embedded_for_it(settings, user_api, client, admin_client):
+def test_switching_to_the_fused_embedder_re_embeds_the_gallery_and_serves_it_then_rolls_back(
+    settings, user_api, admin_client, client, capsys
+):
+    """The real switch facenet -> facenet+dlib, run by ``manage.py switch_embedder --wait`` (the
+    background task's body in this process): every enrolled face re-embedded with the fused
+    embedder, evaluated side by side, served, and rolled back."""
     from people.models import FaceImage
     from recognition import pipelines, services
+    from recognition.models import EmbedderSwitch
 
     enrolled = FaceImage.objects.in_gallery().count()
     calibration = json.loads(open(settings.FACE_FUSION_CALIBRATION).read())
     settings.FACE_EMBEDDER = "facenet+dlib"
-    # the fixture gallery was embedded by FaceNet alone: nothing is matched, and the site says why
-    assert FaceImage.objects.in_gallery().count() == 0
-    assert FaceImage.objects.lacking_served_embedder().count() == enrolled
+    # the setting alone serves nothing new: FaceNet's gallery is matched until the switch is made
+    assert FaceImage.objects.in_gallery().count() == enrolled and pipelines.served_kind() == "facenet"
     page = admin_client.get("/admin/training/modelversion/").content.decode()
-    assert "FACE_EMBEDDER facenet+dlib" in page and f"<code>manage.py reembed_faces</code>: {enrolled:,}." in page
+    assert "FACE_EMBEDDER asks for facenet+dlib" in page and "<code>manage.py reembed_faces</code>: 0." in page
     assert "embedder" not in client.get("/healthz/").json()  # public: no gallery figures
-    body = recognize(user_api, PROBES / "obama1.jpg").json()
-    assert body["embedder"].endswith(f"-v{calibration['cosine_weight']:.4f}") and body["gallery_size"] == 0
-    assert body["faces"][0]["match"] is None
+    assert recognize(user_api, PROBES / "obama1.jpg").json()["faces"][0]["match"]["name"] == "Barack Obama"
 
-    # one face's photo is gone (retention): reported, not guessed
+    # one face kept neither its photo nor its region: reported, and the switch waits for staff
     gone = FaceImage.objects.enrolled().filter(person__name="Shea Whigham").first()
-    FaceImage.objects.filter(pk=gone.pk).update(image="")
-    report = _reembed()
-    assert report.reembedded == enrolled - 1 and report.photo_gone == [gone.pk] and report.lacking_after == 1
+    FaceImage.objects.filter(pk=gone.pk).update(image="", region="")
+    call_command("switch_embedder", "facenet+dlib", "--wait")
+    switch = EmbedderSwitch.objects.get(embedder="facenet+dlib")
+    assert switch.status == "blocked" and switch.skipped == {"photo_gone": [gone.pk]} and switch.done == enrolled - 1
+    assert "FRR" in capsys.readouterr().out
+    call_command("switch_embedder", "--force-blocked", "--wait")
+    switch.refresh_from_db()
+    assert switch.status == "active", switch.error
+    new, old = switch.evaluation["new"], switch.evaluation["old"]
+    assert new["threshold"] >= calibration["thresholds"]["match"] and old["threshold"] >= settings.FACE_MATCH_THRESHOLD
 
     body = recognize(user_api, PROBES / "obama_and_biden.jpg").json()
+    assert body["embedder"].endswith(f"-v{calibration['cosine_weight']:.4f}")
     assert sorted(f["match"]["name"] for f in body["faces"] if f["match"]) == ["Barack Obama", "Joe Biden"]
     assert body["gallery_size"] == enrolled - 1 and services.gallery().dim == 256
     assert body["threshold"] >= pipelines.match_threshold_floor() == calibration["thresholds"]["match"]
     assert body["faces"][0]["candidates"][0]["similarity"] > body["threshold"]
     strangers = recognize(user_api, PROBES / "multiface.jpg").json()
     assert all(face["match"] is None for face in strangers["faces"])
+    assert list(FaceImage.objects.lacking_served_embedder().values_list("pk", flat=True)) == [gone.pk]
 
     # the verify endpoint answers at the fused verify threshold
     response = user_api.post(
@@ -95,42 +107,50 @@ def test_serving_the_fused_embedder_matches_only_faces_re_embedded_for_it(settin
     )
     assert response.json()["verified"] is True and response.json()["threshold"] == calibration["thresholds"]["verify"]
 
-    # back to FaceNet: one embedding per face, so only the face that could not be re-embedded is
-    # FaceNet's; the others wait for reembed_faces again
-    settings.FACE_EMBEDDER = "facenet"
-    assert list(FaceImage.objects.in_gallery().values_list("pk", flat=True)) == [gone.pk]
-    assert recognize(user_api, PROBES / "obama1.jpg").json()["faces"][0]["match"] is None
-
-
-def _reembed():
-    from recognition.reembedding import reembed_faces
-
-    return reembed_faces(batch=8)
+    # back to FaceNet at once, from the kept templates: every face, the one the fused embedder missed too
+    call_command("switch_embedder", "--rollback")
+    assert FaceImage.objects.in_gallery().count() == enrolled and pipelines.served_kind() == "facenet"
+    body = recognize(user_api, PROBES / "obama1.jpg").json()
+    assert body["faces"][0]["match"]["name"] == "Barack Obama" and services.gallery().dim == 128
 
 
 @pytest.mark.django_db
-def test_reembed_faces_is_resumable_and_says_what_it_did(settings, capsys):
+def test_reembed_faces_catches_up_faces_enrolled_by_another_embedder_and_is_resumable(settings, capsys, user_api):
+    """A face enrolled while the mirrored FaceNet was served lacks FaceNet's template after a
+    rollback: reembed_faces embeds it (batch by batch, resumable), and copies the kept templates."""
     from people.models import FaceImage
+    from recognition import embedder_switch
 
-    settings.FACE_EMBEDDER = "facenet+dlib"
-    lacking = FaceImage.objects.lacking_served_embedder().count()
-    call_command("reembed_faces", "--limit", "2", "--batch", "1")  # interrupted after two faces
-    assert FaceImage.objects.lacking_served_embedder().count() == lacking - 2
-    assert f"2 of {lacking} faces re-embedded" in capsys.readouterr().out
-    assert FaceImage.objects.in_gallery().count() == 2
-    assert all(len(bytes(f.embedding)) == 256 * 4 for f in FaceImage.objects.in_gallery())
+    switch = embedder_switch.start_switch("facenet-mirrored", queue=False)
+    assert embedder_switch.run_switch(switch.pk) == "active"
+    mirrored = FaceImage.objects.enrolled().values_list("embedder", flat=True).first()
+    # two faces whose FaceNet template was never kept (as if enrolled while the mirrored one served)
+    late = list(FaceImage.objects.enrolled().order_by("pk")[:2])
+    from people.models import FaceEmbedding
+
+    FaceEmbedding.objects.filter(face__in=late).exclude(embedder=mirrored).delete()
+    embedder_switch.rollback()
+    lacking = FaceImage.objects.lacking_served_embedder()
+    assert sorted(lacking.values_list("pk", flat=True)) == [f.pk for f in late]
+    call_command("reembed_faces", "--limit", "1", "--batch", "1")  # interrupted after one face
+    assert lacking.count() == 1 and "1 of 2 faces re-embedded" in capsys.readouterr().out
+    call_command("reembed_faces")
+    assert lacking.count() == 0 and all(len(bytes(f.embedding)) == 128 * 4 for f in FaceImage.objects.in_gallery())
+    assert recognize(user_api, PROBES / "obama1.jpg").json()["faces"][0]["match"]["name"] == "Barack Obama"
 
 
 @pytest.mark.django_db
-def test_a_fused_site_sends_edge_devices_no_gallery_they_cannot_match(settings, kiosk, staff_user):
+def test_a_site_serving_another_embedder_than_facenet_sends_edge_devices_no_gallery(kiosk, staff_user):
     from rest_framework.test import APIClient
 
+    from recognition import embedder_switch
     from security.models import ApiKey
 
     _, raw = ApiKey.issue(staff_user, "front door edge", role="kiosk", kiosk=kiosk)
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
     assert api.get("/api/v1/edge/gallery/").status_code == 200
-    settings.FACE_EMBEDDER = "facenet+dlib"
+    switch = embedder_switch.start_switch("facenet-mirrored", queue=False)
+    assert embedder_switch.run_switch(switch.pk) == "active"
     response = api.get("/api/v1/edge/gallery/")
     assert response.status_code == 409 and response.json()["error"]["code"] == "edge_unavailable"

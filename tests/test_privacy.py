@@ -33,19 +33,19 @@ def recognize(api, data: bytes = OBAMA) -> dict:
 
 
 def file_paths(faces) -> list[Path]:
-    return [Path(f.path) for face in faces for f in (face.image, face.crop) if f]
+    return [Path(f.path) for face in faces for f in (face.image, face.crop, face.region) if f]
 
 
 def with_own_files(person):
     """Point the person's rows at copies of their files: these tests delete files, and the files
     (unlike the rows, rolled back after each test) are shared by the whole session."""
     for face in person.faces.all():
-        for field in (face.image, face.crop):
+        for field in (face.image, face.crop, face.region):
             if field:
                 copy = field.storage.save(field.name, field.open("rb"))
                 field.close()
                 field.name = copy
-        FaceImage.objects.filter(pk=face.pk).update(image=face.image.name, crop=face.crop.name)
+        FaceImage.objects.filter(pk=face.pk).update(image=face.image.name, crop=face.crop.name, region=face.region.name)
     return person
 
 

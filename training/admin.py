@@ -182,11 +182,12 @@ class ModelVersionAdmin(admin.ModelAdmin):
         extra_context = extra_context or {}
         # what is served now, with or without an active version
         extra_context["open_set"] = format_html(
-            "{}<p>Served embedder: <code>{}</code> (FACE_EMBEDDER {}); enrolled faces lacking it, not matched until "
-            "<code>manage.py reembed_faces</code>: {}.</p>",
+            '{}<p>Served embedder: <code>{}</code> (FACE_EMBEDDER asks for {}; see <a href="{}">embedder switches</a>); '
+            "enrolled faces lacking it, not matched until <code>manage.py reembed_faces</code>: {}.</p>",
             open_set_html(ModelVersion.objects.active(), FaceImage.objects.in_gallery().count()),
             open_set.served_embedder(),
             settings.FACE_EMBEDDER,
+            reverse("admin:recognition_embedderswitch_changelist"),
             f"{FaceImage.objects.lacking_served_embedder().count():,}",
         )
         extra_context["run_in_progress"] = ModelVersion.objects.filter(

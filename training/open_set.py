@@ -17,6 +17,7 @@ from django.conf import settings
 from recognition.engine.open_set import ImpostorTail, OpenSet, calibrate
 
 log = logging.getLogger(__name__)
+MIRRORED_SUFFIX = "-mirrored"  # recognition.engine.pipeline's name of FaceNet of mirrored crops
 
 
 class _LfwTail:
@@ -28,8 +29,8 @@ class _LfwTail:
         self._key = None
         self._data = None
 
-    def get(self, embedder: str) -> ImpostorTail | None:
-        path = lfw_tail_path()
+    def get(self, embedder: str, kind: str | None = None) -> ImpostorTail | None:
+        path = lfw_tail_path(kind)
         try:
             key = (str(path), path.stat().st_mtime_ns) if path else None
         except OSError:
@@ -55,21 +56,25 @@ class _LfwTail:
 lfw_tail = _LfwTail()
 
 
-def lfw_tail_path() -> Path | None:
-    """The LFW impostor tail of the served FACE_EMBEDDER (None: not configured)."""
-    name = settings.OPEN_SET_LFW_TAIL_FUSED if settings.FACE_EMBEDDER == "facenet+dlib" else settings.OPEN_SET_LFW_TAIL
+def lfw_tail_path(kind: str | None = None) -> Path | None:
+    """The LFW impostor tail of embedder ``kind`` (default: the served one; None: not configured)."""
+    from recognition.pipelines import served_kind
+
+    kind = kind or served_kind()
+    name = settings.OPEN_SET_LFW_TAIL_FUSED if kind == "facenet+dlib" else settings.OPEN_SET_LFW_TAIL
     return Path(name) if name else None
 
 
-def floor_threshold(version) -> float:
+def floor_threshold(version, kind: str | None = None) -> float:
     """The per-pair cosine threshold chosen before the gallery's size is known: ``version``'s
     calibrated one, else FACE_MATCH_THRESHOLD (``version`` may be None). The per-search threshold
     never goes below it."""
-    if version is not None and version.threshold is not None and version.embedder in ("", served_embedder()):
-        return float(version.threshold)
-    from recognition.pipelines import match_threshold_floor
+    from recognition.pipelines import match_threshold_floor, pipeline_config
 
-    return match_threshold_floor()
+    embedder = pipeline_config(kind).embedder_name
+    if version is not None and version.threshold is not None and version.embedder in ("", embedder):
+        return float(version.threshold)
+    return match_threshold_floor(kind)
 
 
 def served_embedder() -> str:
@@ -78,12 +83,18 @@ def served_embedder() -> str:
     return pipeline_config().embedder_name
 
 
-def impostor_tails(version, embedder: str | None = None) -> list[ImpostorTail]:
-    """The per-pair impostor tails for ``embedder`` (default: the served one): LFW strangers and,
-    when ``version`` recorded them with this embedder, the site's own people."""
+def impostor_tails(version, embedder: str | None = None, kind: str | None = None) -> list[ImpostorTail]:
+    """The per-pair impostor tails for ``embedder`` (default: the served one; ``kind`` its
+    FACE_EMBEDDER value): LFW strangers and, when ``version`` recorded them with this embedder, the
+    site's own people."""
     embedder = embedder or served_embedder()
     tails = []
-    lfw = lfw_tail.get(embedder)
+    lfw_embedder = embedder
+    if embedder.endswith(MIRRORED_SUFFIX):
+        # FaceNet of mirrored crops is calibrated on FaceNet's LFW tail: mirroring both faces of every
+        # pair leaves LFW's impostor scores distributed as they were (LFW has no preferred side)
+        lfw_embedder = embedder.removesuffix(MIRRORED_SUFFIX)
+    lfw = lfw_tail.get(lfw_embedder, kind)
     if lfw is not None:
         tails.append(lfw)
     site = (version.open_set or {}).get("site_tail") if version is not None else None
@@ -92,7 +103,10 @@ def impostor_tails(version, embedder: str | None = None) -> list[ImpostorTail]:
     return tails
 
 
-def calibration(version, gallery_size: int, embedder: str | None = None) -> OpenSet:
+def calibration(version, gallery_size: int, embedder: str | None = None, kind: str | None = None) -> OpenSet:
     """The cosine threshold for a gallery of ``gallery_size`` faces: a stranger's best score reaches
-    it in at most OPEN_SET_FAR_PER_SEARCH of searches, never below ``floor_threshold(version)``."""
-    return calibrate(impostor_tails(version, embedder), gallery_size, settings.OPEN_SET_FAR_PER_SEARCH, floor_threshold(version))
+    it in at most OPEN_SET_FAR_PER_SEARCH of searches, never below ``floor_threshold(version)``.
+    ``embedder``/``kind``: another embedder than the served one (an embedder switch's evaluation)."""
+    return calibrate(
+        impostor_tails(version, embedder, kind), gallery_size, settings.OPEN_SET_FAR_PER_SEARCH, floor_threshold(version, kind)
+    )

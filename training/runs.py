@@ -337,7 +337,7 @@ class TrainingRun:
             # the edge model is FaceNet alone: its 128-d embeddings cannot be matched against the
             # fused 256-d gallery, so nothing is exported rather than a model that names nobody
             self.lines.append(
-                f"No edge export: the served embedder is {settings.FACE_EMBEDDER} and the TFLite edge model holds "
+                f"No edge export: the served embedder is {pipelines.pipeline_config().embedder} and the TFLite edge model holds "
                 "FaceNet alone (its embeddings do not match the fused gallery). Serve FACE_EMBEDDER=facenet for edge devices."
             )
             return "", ""

@@ -47,3 +47,29 @@ def _align_similarity(rgb: np.ndarray, landmarks: np.ndarray, size: int, margin:
     if matrix is None:
         raise ValueError("landmarks are degenerate")
     return cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def face_region(rgb: np.ndarray, box, margin: float = 0.6, max_side: int = 400) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """The face's box widened by ``margin`` (fraction of its side) on every side, squared, scaled
+    down to at most ``max_side`` px: wide enough for every embedder's alignment (FaceNet's box crop,
+    dlib's landmark chip), so a face can be embedded again once its photo is gone.
+
+    Returns the (S, S, 3) uint8 region and ``(x0, y0, scale)``: a photo pixel (x, y) is at
+    ((x - x0) * scale, (y - y0) * scale) in the region (outside the photo: black)."""
+    x, y, w, h = (float(v) for v in box)
+    side = max(w, h) * (1.0 + 2.0 * margin)
+    x0, y0 = x + w / 2.0 - side / 2.0, y + h / 2.0 - side / 2.0
+    scale = min(1.0, max_side / side)
+    out = max(1, int(round(side * scale)))
+    matrix = np.array([[scale, 0.0, -scale * x0], [0.0, scale, -scale * y0]], dtype=np.float32)
+    interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+    region = cv2.warpAffine(rgb, matrix, (out, out), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return region, (float(x0), float(y0), float(scale))
+
+
+def face_in_region(face: DetectedFace, region_box) -> DetectedFace:
+    """``face`` (photo coordinates) in the coordinates of its region (see ``face_region``)."""
+    x0, y0, scale = (float(v) for v in region_box)
+    x, y, w, h = face.box
+    landmarks = (np.asarray(face.landmarks, np.float32) - np.array([x0, y0], np.float32)) * scale
+    return DetectedFace(box=((x - x0) * scale, (y - y0) * scale, w * scale, h * scale), landmarks=landmarks, score=face.score)

@@ -24,7 +24,11 @@ from .embedding import FaceEmbedder
 from .fusion import fuse_templates
 
 FUSED_EMBEDDER = "facenet+dlib"
-EMBEDDERS = ("facenet", FUSED_EMBEDDER)
+# FaceNet of the horizontally mirrored crop: a real embedder, as accurate as FaceNet and as cheap,
+# whose templates are compared only with its own. It exists to exercise embedder switches (tests,
+# the switch benchmark) without dlib's cost; it is not better than FaceNet and no site needs it.
+MIRRORED_EMBEDDER = "facenet-mirrored"
+EMBEDDERS = ("facenet", FUSED_EMBEDDER, MIRRORED_EMBEDDER)
 
 
 def fused_name(facenet_name: str, dlib_name: str, cosine_weight: float) -> str:

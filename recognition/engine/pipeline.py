@@ -14,7 +14,7 @@ from .alignment import align_face
 from .detection import DetectedFace, make_detector
 from .embedding import FaceEmbedder, facenet_name
 from .facenet import EMBEDDING_DIM, default_weights_path
-from .fused import EMBEDDERS, FUSED_EMBEDDER, FusedEmbedder, fused_name
+from .fused import EMBEDDERS, FUSED_EMBEDDER, MIRRORED_EMBEDDER, FusedEmbedder, fused_name
 from .quality import sharpness
 
 DLIB_NAME = "dlib-resnet-v1-128-landmarks"  # DlibDescriptor("landmarks").name, known without loading dlib
@@ -42,7 +42,9 @@ class PipelineConfig:
     # faster per face, same embeddings: embedding_lite), converted once into ``embed_cache_dir``.
     embed_runtime: str = "keras"
     embed_cache_dir: Path | None = None
-    embedder: str = "facenet"  # or "facenet+dlib": FaceNet fused with dlib's descriptor (engine/fused.py)
+    # or "facenet+dlib": FaceNet fused with dlib's descriptor (engine/fused.py); "facenet-mirrored":
+    # FaceNet of the mirrored crop (a cheap second embedder for switch tests)
+    embedder: str = "facenet"
     fusion_weight: float | None = None  # the fused embedder's cosine weight v on FaceNet (fit_fusion)
 
     def __post_init__(self):
@@ -61,6 +63,8 @@ class PipelineConfig:
         known without loading the models."""
         if self.embedder == FUSED_EMBEDDER:
             return fused_name(self.facenet_name, DLIB_NAME, self.fusion_weight)
+        if self.embedder == MIRRORED_EMBEDDER:
+            return f"{self.facenet_name}-mirrored"
         return self.facenet_name
 
     @property
@@ -134,6 +138,8 @@ class FacePipeline:
                 for rgb, f in zip(images, faces)
             ]
         )
+        if self.config.embedder == MIRRORED_EMBEDDER:
+            return crops, self.embedder.embed(np.ascontiguousarray(crops[:, :, ::-1]), flip=flip)
         if self.fused is None:
             return crops, self.embedder.embed(crops, flip=flip)
         chips = np.concatenate([self.fused.chips(rgb, [f]) for rgb, f in zip(images, faces)])

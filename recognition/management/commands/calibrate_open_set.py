@@ -25,7 +25,7 @@ from training.open_set import lfw_tail_path
 
 
 class Command(BaseCommand):
-    help = "Write the impostor score tail of LFW strangers (folds 1-5) for the served embedder."
+    help = "Write the impostor score tail of LFW strangers (folds 1-5) for the FACE_EMBEDDER embedder."
 
     def add_arguments(self, parser):
         parser.add_argument("lfw_dir", type=Path)
@@ -40,10 +40,10 @@ class Command(BaseCommand):
     def handle(self, lfw_dir: Path, out: Path | None, people: int, **options):
         if not (lfw_dir / "people.txt").exists():
             raise CommandError(f"{lfw_dir} is not the LFW folder (no people.txt)")
-        out = out or lfw_tail_path()
+        out = out or lfw_tail_path(settings.FACE_EMBEDDER)
         started = time.perf_counter()
         split = open_set_split(lfw_dir, max_calibration=people)
-        pipe = pipelines.pipeline()
+        pipe = pipelines.pipeline(settings.FACE_EMBEDDER)  # the embedder named, served or not (a switch's target)
         with tqdm(total=len(split.calibration), desc="embedding", disable=None) as bar:
             if pipe.config.embedder == "facenet":
                 _, labels, embeddings = embed_lfw_people(

@@ -52,7 +52,7 @@ class Command(BaseCommand):
         pairs = [p for p in read_pairs(lfw_dir) if p.fold + 1 in folds]
         files = sorted({p.left for p in pairs} | {p.right for p in pairs})
         # FaceNet alone, as the fused embedder runs it (the fused pipeline's FaceNet half)
-        pipe = pipelines.pipeline_for(facenet_config(pipelines.pipeline_config()))
+        pipe = pipelines.pipeline_for(facenet_config(pipelines.pipeline_config(settings.FACE_EMBEDDER)))
         started = time.perf_counter()
         with tqdm(total=len(files), unit="img", desc="FaceNet", disable=None) as bar:
             plain, mirrored, misses = embed_lfw_images(pipe, lfw_dir, pairs, cache_dir=cache_dir, progress=bar.update)
@@ -89,9 +89,9 @@ class Command(BaseCommand):
         data_dir = Path(settings.BASE_DIR) / "recognition" / "data"
         facenet = json.loads((data_dir / "lfw_impostor_tail.json").read_text())
         fused = json.loads((data_dir / "lfw_impostor_tail_fused.json").read_text())
-        expected = pipelines.pipeline_config().embedder_name
+        expected = pipelines.pipeline_config(settings.FACE_EMBEDDER).embedder_name
         if fused["embedder"] != expected:
-            raise CommandError(f"the fused tail was made by {fused['embedder']}, not the served {expected}")
+            raise CommandError(f"the fused tail was made by {fused['embedder']}, not the FACE_EMBEDDER {expected}")
         f_tail, u_tail = ImpostorTail.from_dict(facenet["tail"]), ImpostorTail.from_dict(fused["tail"])
         match_p = f_tail.pair_far(float(settings.FACE_MATCH_THRESHOLD))
         verify_p = f_tail.pair_far(float(settings.FACE_VERIFY_THRESHOLD))

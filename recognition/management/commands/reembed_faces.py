@@ -1,9 +1,11 @@
-"""Re-embed enrolled faces for the served embedder (FACE_EMBEDDER) from their stored photos.
+"""Bring enrolled faces lacking the served embedder up to date: from the template it already made
+(kept by an embedder switch), else embedded from the stored photo or, once it is gone, the region.
 
     python manage.py reembed_faces [--batch 16] [--limit N]
 
 Resumable: each batch is committed; a re-run continues with the faces still lacking the served
-embedder. Faces whose photo is gone (retention) are listed, not re-embedded.
+embedder. Faces with neither photo nor region are listed, not re-embedded. (Switching the served
+embedder is ``manage.py switch_embedder``.)
 """
 
 from django.core.management.base import BaseCommand
@@ -24,12 +26,13 @@ class Command(BaseCommand):
             report = reembed_faces(batch=batch, limit=limit, progress=bar.update)
         self.stdout.write(
             f"Served embedder {report.embedder}: {report.reembedded} of {report.lacking_before} faces re-embedded "
+            f"({report.from_region} from their stored region), {report.copied} from kept templates, "
             f"in {report.seconds:.1f} s; {report.lacking_after} still lack it."
         )
         if report.photo_gone:
             self.stdout.write(
                 f"{len(report.photo_gone)} faces cannot be re-embedded: their photo is gone (photo retention) or unreadable, "
-                f"and the stored 160x160 crop is too tight for every embedder's alignment. Face ids: "
+                f"and no face region was kept (enrolled before regions were kept). Face ids: "
                 + ", ".join(map(str, report.photo_gone[:50]))
                 + (" ..." if len(report.photo_gone) > 50 else "")
             )
