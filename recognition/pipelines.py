@@ -61,6 +61,7 @@ def pipeline_config() -> PipelineConfig:
         embed_cache_dir=settings.TRAINING_CACHE_DIR,
         embedder=settings.FACE_EMBEDDER,
         fusion_weight=round(float(fusion_calibration.get()["cosine_weight"]), 4) if fused else None,
+        dlib_runtime=settings.FACE_DLIB_RUNTIME,
     )
 
 
