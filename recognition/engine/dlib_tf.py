@@ -371,7 +371,7 @@ class DlibResNetTF:
         convs = [self.plan.stem] + [c for b in self.plan.blocks for c in (b.conv1, b.conv2)]
         self._weights = {c.name: (variable(f"{c.name}/kernel", c.kernel), variable(f"{c.name}/bias", c.bias)) for c in convs}
         self._fc = variable("fc/weights", self.plan.fc)
-        self._mean = tf.constant(np.array(network.channel_means, np.float32))
+        self._mean = np.array(network.channel_means, np.float32)  # a constant of the traced graph
         module.variables_by_name = self.variables  # tracked, so a SavedModel holds them
         module.__call__ = tf.function(self._forward, input_signature=[tf.TensorSpec([None, CHIP_SIZE, CHIP_SIZE, 3], tf.uint8)])
 
