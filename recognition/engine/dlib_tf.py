@@ -12,7 +12,7 @@ values as two such integers, mantissa and exponent (value = mantissa * 2**expone
 length and bytes; bools as ASCII '0' / '1'; tensors as version 2, four sizes (n, k, rows, cols) and
 raw little-endian float32. The outermost object comes first and each wrapper (``add_layer``, tag,
 skip) writes its version, then its subnetwork, then its own layer, so the layers' own records
-follow the versions in forward order (input first). Only numpy and ``struct`` read it: no pickle,
+follow the versions in forward order (input first). Only numpy and byte slicing read it: no pickle,
 nothing executed; anything unexpected (a truncated file, an unknown record, trailing bytes, a
 network that is not this one) is a ``DlibFileError``.
 
