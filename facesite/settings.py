@@ -267,6 +267,15 @@ FACE_VERIFY_FLIP_TTA = env_bool("FACE_VERIFY_FLIP_TTA", True)
 FACE_EMBED_RUNTIME = env_str("FACE_EMBED_RUNTIME", "keras")
 if FACE_EMBED_RUNTIME not in ("tflite", "keras"):
     raise RuntimeError(f"FACE_EMBED_RUNTIME must be 'tflite' or 'keras', not {FACE_EMBED_RUNTIME!r}")
+# Where the fused embedder (FACE_EMBEDDER=facenet+dlib) runs dlib's network: "tflite" (default) or "tf",
+# the same network rebuilt from dlib's own weights file (recognition/engine/dlib_tf.py), or "dlib"
+# (dlib-bin: no BLAS, one thread, 12-16x slower per chip). The descriptors are the same (1 - cosine to
+# dlib-bin's < 1e-12 on LFW; no LFW pair decided differently), so templates stay comparable and the
+# embedder's name does not change. "tflite" is converted once per machine into TRAINING_CACHE_DIR.
+# BENCHMARKS.md, "dlib's descriptor on TensorFlow/TFLite".
+FACE_DLIB_RUNTIME = env_str("FACE_DLIB_RUNTIME", "tflite")
+if FACE_DLIB_RUNTIME not in ("dlib", "tf", "tflite"):
+    raise RuntimeError(f"FACE_DLIB_RUNTIME must be 'dlib', 'tf' or 'tflite', not {FACE_DLIB_RUNTIME!r}")
 # "mtcnn-graph": MTCNN compiled into one TensorFlow graph (default); "mtcnn": the stock package.
 FACE_DETECTOR = env_str("FACE_DETECTOR", "mtcnn-graph")
 # Load and trace the models when the ASGI app starts, not on the first request.

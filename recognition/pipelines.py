@@ -123,6 +123,7 @@ def pipeline_config(kind: str | None = None) -> PipelineConfig:
         embed_cache_dir=settings.TRAINING_CACHE_DIR,
         embedder=kind,
         fusion_weight=round(float(fusion_calibration.get()["cosine_weight"]), 4) if fused else None,
+        dlib_runtime=settings.FACE_DLIB_RUNTIME,
     )
 
 

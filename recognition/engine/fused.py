@@ -13,6 +13,7 @@ since templates made with another v are not comparable.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -39,9 +40,11 @@ def fused_name(facenet_name: str, dlib_name: str, cosine_weight: float) -> str:
 class FusedEmbedder:
     """FaceNet crops + dlib chips of the same faces -> (N, 256) float32 unit templates.
 
-    dlib's network is not thread-safe, so its calls are serialised by a lock; FaceNet runs in a
-    helper thread meanwhile (TensorFlow and dlib both release the GIL in their kernels), so a
-    request pays roughly the slower of the two rather than their sum when a core is free."""
+    On dlib-bin (``descriptor.runtime == "dlib"``) the network is not thread-safe, so its calls are
+    serialised by a lock; on TensorFlow / TFLite (``descriptor.thread_safe``) concurrent requests
+    run it side by side. FaceNet runs in a helper thread meanwhile (TensorFlow and dlib both release
+    the GIL in their kernels), so a request pays roughly the slower of the two rather than their
+    sum when a core is free."""
 
     def __init__(self, facenet: FaceEmbedder, descriptor: DlibDescriptor, cosine_weight: float, facenet_name: str):
         if not 0.0 <= cosine_weight <= 1.0:
@@ -51,7 +54,7 @@ class FusedEmbedder:
         self.cosine_weight = float(cosine_weight)
         self.dim = facenet.dim + DESCRIPTOR_DIM
         self.name = fused_name(facenet_name, descriptor.name, self.cosine_weight)
-        self._dlib_lock = threading.Lock()
+        self._dlib_lock = contextlib.nullcontext() if getattr(descriptor, "thread_safe", False) else threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fused-facenet")
 
     def chips(self, rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:

@@ -46,12 +46,17 @@ class PipelineConfig:
     # FaceNet of the mirrored crop (a cheap second embedder for switch tests)
     embedder: str = "facenet"
     fusion_weight: float | None = None  # the fused embedder's cosine weight v on FaceNet (fit_fusion)
+    # Where the fused embedder runs dlib's network: "dlib" (dlib-bin), "tf" or "tflite" (the same
+    # network and descriptors rebuilt from its file: dlib_tf; "tflite" converted into embed_cache_dir).
+    dlib_runtime: str = "dlib"
 
     def __post_init__(self):
         if self.embedder not in EMBEDDERS:
             raise ValueError(f"unknown embedder {self.embedder!r}; choose one of {EMBEDDERS}")
         if self.embedder == FUSED_EMBEDDER and self.fusion_weight is None:
             raise ValueError("the fused embedder needs its cosine weight (fusion_weight; see `manage.py fit_fusion`)")
+        if self.dlib_runtime not in ("dlib", "tf", "tflite"):
+            raise ValueError(f"unknown dlib_runtime {self.dlib_runtime!r}: 'dlib', 'tf' or 'tflite'")
 
     @property
     def facenet_name(self) -> str:
@@ -116,7 +121,7 @@ class FacePipeline:
             if descriptor is None:
                 from .dlib_descriptor import DlibDescriptor
 
-                descriptor = DlibDescriptor("landmarks")
+                descriptor = DlibDescriptor("landmarks", runtime=config.dlib_runtime, cache_dir=config.embed_cache_dir)
             self.fused = FusedEmbedder(self.embedder, descriptor, config.fusion_weight, config.facenet_name)
 
     @property
@@ -197,11 +202,12 @@ class _PipelineRegistry:
         weights = Path(config.weights_path) if config.weights_path else default_weights_path()
         embedder_key = (str(weights.resolve()), config.flip, config.embed_runtime)
         detector, embedder = self._detectors.get(detector_key), self._embedders.get(embedder_key)
-        descriptor = self._descriptors.get("landmarks")
+        descriptor_key = ("landmarks", config.dlib_runtime)
+        descriptor = self._descriptors.get(descriptor_key)
         pipeline = FacePipeline(config, detector=detector, embedder=embedder, descriptor=descriptor)
         self._detectors[detector_key], self._embedders[embedder_key] = pipeline.detector, pipeline.embedder
         if pipeline.fused is not None:
-            self._descriptors["landmarks"] = pipeline.fused.descriptor
+            self._descriptors[descriptor_key] = pipeline.fused.descriptor
         return pipeline
 
     def __len__(self) -> int:
