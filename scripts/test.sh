@@ -35,5 +35,5 @@ export REQUIRE_SERVICES=1
 #    here, and so would the browser tests and the others marked embedded_only: they always set up
 #    their own SQLite run.
 .venv/bin/python -m pytest -m "not browser and not embedded_only" --durations=15 \
-  --ignore=tests/test_engine.py --ignore=tests/test_index.py --ignore=tests/test_dlib_descriptor.py \
+  --ignore=tests/test_engine.py --ignore=tests/test_index.py --ignore=tests/test_dlib_descriptor.py --ignore=tests/test_dlib_tf.py \
   --ignore=tests/test_speed_detector.py --ignore=tests/test_speed_embedding.py --ignore=tests/test_structure.py "$@"
