@@ -255,7 +255,7 @@ FACE_DETECTOR = env_str("FACE_DETECTOR", "mtcnn-graph")
 FACE_WARMUP = env_bool("FACE_WARMUP", True)
 FACE_MIN_DETECTION_SCORE = env_float("FACE_MIN_DETECTION_SCORE", 0.9)
 FACE_ENROLL_MIN_FACE_PX = env_int("FACE_ENROLL_MIN_FACE_PX", 60)
-FACE_ENROLL_MIN_SHARPNESS = env_float("FACE_ENROLL_MIN_SHARPNESS", 20.0)
+FACE_ENROLL_MIN_SHARPNESS = env_float("FACE_ENROLL_MIN_SHARPNESS", 60.0)
 # A photo of several faces of similar size is enrolled on its portrait's central subject when one
 # clearly is (recognition/engine/selection.py CentralRule: the largest face, 1.2x the next one's
 # area, alone within 0.2 of the image centre); off: such photos are rejected as several_faces for

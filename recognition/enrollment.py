@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+import numpy as np
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
@@ -23,6 +24,7 @@ from . import pipelines, services
 from .engine import selection
 from .engine.detection import DetectedFace
 from .engine.images import ImageError, encode_jpeg
+from .engine.matching import embeddings_from_blobs
 from .pipelines import pipeline, quality_rules, read_upload
 
 
@@ -104,7 +106,10 @@ def process_face_image(face: FaceImage, central_subject: bool | None = None) -> 
         )
     face.set_vector(analysed.embedding)
     face.embedder = pipe.embedder_name
-    return _finish(face, _mislabel_check(face, analysed.embedding))
+    verdict = _mislabel_check(face, analysed.embedding)
+    if verdict.status == FaceImage.Status.ACCEPTED and face.face_choice == FaceChoice.CENTRAL:
+        verdict = _central_pick_check(face, analysed.embedding)
+    return _finish(face, verdict)
 
 
 def _the_persons_face(
@@ -130,7 +135,10 @@ def _the_persons_face(
     if main is not None:
         if count > 1:
             ratio = selection.area_ratio(main, ordered)
-            face.face_choice_reason = f"{count} faces; took the largest, face #{_index(ordered, main)} {main.box_ints()}: {ratio:.1f}x the next face's area"
+            face.face_choice_reason = (
+                f"{count} faces; took the largest, face #{_index(ordered, main)} {main.box_ints()}: "
+                f"{ratio:.1f}x the next face's area"
+            )
         return main
     subject = selection.central_subject(ordered, image_shape, central) if central else None
     if subject is not None:
@@ -197,6 +205,28 @@ def _mislabel_check(face: FaceImage, embedding) -> Verdict:
     )
 
 
+def _central_pick_check(face: FaceImage, embedding) -> Verdict:
+    """Hold for review a central subject the rule took that does not look like the person's other
+    photos (when there are any): the rule picks by geometry alone, and must not put a bystander
+    who stood in the middle into someone's gallery."""
+    blobs = list(
+        FaceImage.objects.in_gallery().filter(person_id=face.person_id).exclude(pk=face.pk).values_list("embedding", flat=True)
+    )
+    if not blobs:
+        return Verdict(FaceImage.Status.ACCEPTED)
+    own = float(np.max(embeddings_from_blobs(blobs) @ embedding))
+    threshold = pipelines.verify_threshold()
+    if own >= threshold:
+        return Verdict(FaceImage.Status.ACCEPTED)
+    return Verdict(
+        FaceImage.Status.REVIEW,
+        "central_subject_unconfirmed",
+        f"The face taken as the photo's central subject ({face.face_choice_reason}) does not look like "
+        f"{face.person.name}'s other photos (similarity {own:.2f}, below {threshold:.2f}). Check it is "
+        f"{face.person.name}, then approve it, or choose the face.",
+    )
+
+
 RESULT_FIELDS = (
     "status",
     "reason_code",
@@ -221,6 +251,7 @@ def _finish(face: FaceImage, verdict: Verdict) -> FaceImage | None:
     face.status = verdict.status
     face.reason_code = verdict.code
     face.reason = verdict.reason[: FaceImage._meta.get_field("reason").max_length]
+    face.face_choice_reason = face.face_choice_reason[: FaceImage._meta.get_field("face_choice_reason").max_length]
     face.processed_at = face.updated_at = timezone.now()
     new_crop, old_crop = (face.crop.name if face.crop else ""), getattr(face, "_previous_crop", "")
     with transaction.atomic():

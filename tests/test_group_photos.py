@@ -13,7 +13,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from PIL import Image
 
-from people.models import FaceChoice, FaceImage, Person
+from people.models import FaceChoice, FaceImage, GalleryChange, Person
 from recognition import enrollment
 from recognition.engine import selection
 from recognition.engine.detection import DetectedFace
@@ -385,3 +385,19 @@ def test_an_admin_upload_takes_the_central_subject_and_the_admin_says_which_face
     assert face.status == FaceImage.Status.REVIEW and "Barack Obama" in face.reason
     said = f"Face taken: {face.face_choice_reason}."
     assert said in admin_client.get(f"/admin/people/faceimage/{face.pk}/change/").content.decode()
+
+
+def test_a_central_subject_unlike_the_persons_other_photos_is_held_for_review(staff_api, django_capture_on_commit_callbacks):
+    # Biden stands in the middle of a photo filed under Obama. Biden is out of the gallery here (not
+    # active), so no mislabel check names him: the rule's pick is checked against Obama's own photos.
+    biden = person_named("Joe Biden")
+    Person.objects.filter(pk=biden.pk).update(is_active=False)
+    GalleryChange.objects.record(GalleryChange.Kind.PERSON, [biden.pk])
+    obama = person_named("Barack Obama")
+    data = portrait(PEOPLE / "joe_biden/biden2.jpg", PROBES / "obama1.jpg", (320, 330))
+    response = post_photo(staff_api, obama, data, django_capture_on_commit_callbacks)
+    face = FaceImage.objects.get(pk=response.json()["id"])
+    assert face.face_choice == FaceChoice.CENTRAL
+    assert face.status == FaceImage.Status.REVIEW and face.reason_code == "central_subject_unconfirmed", face.reason
+    assert face.face_choice_reason in face.reason and "Barack Obama's other photos" in face.reason
+    assert not FaceImage.objects.in_gallery().filter(pk=face.pk).exists()

@@ -15,7 +15,7 @@ SHARPNESS_SIDE = 64
 @dataclass(frozen=True)
 class QualityRules:
     min_face_px: int = 60  # the shorter side of the face box, in original pixels
-    min_sharpness: float = 20.0  # see sharpness(): variance of the Laplacian of the face at 64x64
+    min_sharpness: float = 60.0  # see sharpness(): variance of the Laplacian of the face at 64x64 (BENCHMARKS.md)
     dominant_ratio: float = 4.0  # a face this many times larger (in area) than the next one is "the" face
 
 
