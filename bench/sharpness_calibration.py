@@ -52,6 +52,7 @@ from recognition.engine.quality import SHARPNESS_SIDE, face_square, sharpness  #
 
 SEED = 4
 BLUR_FRACTIONS = (0.01, 0.02, 0.03, 0.045, 0.06, 0.08)
+FIXED_FACE64 = (20.0, 40.0, 60.0, 80.0, 100.0)
 
 
 def laplacian_var(grey: np.ndarray) -> float:
@@ -208,10 +209,17 @@ def main() -> None:
     for key in keys:
         sharp_values = np.array([r[key] for r in evaluable])
         candidates = np.unique(np.percentile(sharp_values, [0.5, 1, 2, 3, 5, 7, 10, 15]).round(2))
+        if key == "face64":  # the gate's own scale: round candidates too (FACE_ENROLL_MIN_SHARPNESS)
+            candidates = np.unique(np.concatenate([candidates, FIXED_FACE64]))
         lines = []
         for t in candidates:
             rej = [r for r in evaluable if r[key] < t]
-            line = {"t": float(t), "sharp_rejected": len(rej), "sharp_rejected_named": sum(r["named"] for r in rej)}
+            line = {
+                "t": float(t),
+                "sharp_rejected": len(rej),
+                "sharp_rejected_named": sum(r["named"] for r in rej),
+                "sharp_rejected_photos": [f"{r['person']}/{r['file']}" for r in rej][:10],
+            }
             for frac in BLUR_FRACTIONS:
                 group = [b for b in blurred if b["frac"] == frac and b["named"] is not None]
                 acc = [b for b in group if b[f"_m_{key}"] >= t]

@@ -13,7 +13,6 @@ from PIL import Image, ImageFilter
 
 from people.models import FaceImage, Person
 from recognition import services
-from recognition.engine.quality import sharpness
 from recognition.pipelines import pipeline
 
 from .conftest import PEOPLE, PROBES, read
@@ -119,17 +118,6 @@ BLURRED_FRACTION = 0.06  # Gaussian sigma over the face's side: recognition fail
 
 def face_side(rgb: np.ndarray) -> float:
     return float(max(pipeline().detect(rgb)[0].box[2:]))
-
-
-def test_sharpness_does_not_depend_on_the_faces_size_in_pixels():
-    rgb = np.asarray(Image.open(PROBES / "johnsnow_test1.jpg").convert("RGB"))
-    box = np.array(pipeline().detect(rgb)[0].box)
-    full = sharpness(rgb, box)
-    for scale in (0.5, 0.3):  # the same photo with a face of about 130 and 80 px
-        small = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        assert 0.8 < sharpness(small, box * scale) / full < 1.25
-    blurred = cv2.GaussianBlur(rgb, (0, 0), sigmaX=BLURRED_FRACTION * box[2:].max())
-    assert sharpness(blurred, box) < full / 5
 
 
 def kit_photo(scale: float = 1.0, blur: float = 0.0) -> bytes:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
+from django.utils.html import escape
 from PIL import Image
 
 from people.models import FaceChoice, FaceImage, GalleryChange, Person
@@ -315,10 +316,8 @@ def test_an_uploaded_portrait_is_enrolled_on_its_central_subject_and_the_answer_
     face = FaceImage.objects.get(pk=body["id"])
     assert mean_similarity(face, obama) > 0.6 > 0.3 > mean_similarity(face, biden)  # Obama's face, not Biden's
     # The person's page in the admin says it too, where a rejected photo's reason would be.
-    assert (
-        f"Face taken: {body['face_choice_reason']}."
-        in admin_client.get(f"/admin/people/person/{obama.pk}/change/").content.decode()
-    )
+    said = escape(f"Face taken: {body['face_choice_reason']}.")
+    assert said in admin_client.get(f"/admin/people/person/{obama.pk}/change/").content.decode()
 
 
 @pytest.mark.parametrize(
@@ -383,7 +382,7 @@ def test_an_admin_upload_takes_the_central_subject_and_the_admin_says_which_face
     assert face.face_choice == FaceChoice.CENTRAL and CENTRAL_REASON.fullmatch(face.face_choice_reason)
     # Then held for review: the face taken is Barack Obama's, who is enrolled under his own name.
     assert face.status == FaceImage.Status.REVIEW and "Barack Obama" in face.reason
-    said = f"Face taken: {face.face_choice_reason}."
+    said = escape(f"Face taken: {face.face_choice_reason}.")
     assert said in admin_client.get(f"/admin/people/faceimage/{face.pk}/change/").content.decode()
 
 
