@@ -78,11 +78,11 @@ def face_taken(face: FaceImage) -> str:
     return f"Face taken: {face.face_choice_reason}." if face.face_choice_reason else ""
 
 
-def reason_or_face_taken(face: FaceImage) -> str:
-    """The photo's reason (rejected, held for review) or, for an accepted photo of several faces,
-    which face was taken and why."""
+def reason_or_face_taken(face: FaceImage, short: bool = True) -> str:
+    """The photo's reason (rejected, held for review; ``short``: one or two lines of a list) or,
+    for an accepted photo of several faces, which face was taken and why."""
     if face.reason or not face.face_choice_reason:
-        return short_reason(face)
+        return short_reason(face) if short else (face.reason or "-")
     return face_taken(face)
 
 
@@ -120,7 +120,7 @@ class FaceImageInline(admin.TabularInline):
 
     @admin.display(description="Reason")
     def reason_label(self, obj):
-        return reason_or_face_taken(obj)
+        return reason_or_face_taken(obj, short=False)  # the person's page shows the whole reason
 
     @admin.display(description="Detection score")
     def score(self, obj):
