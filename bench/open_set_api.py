@@ -1,7 +1,7 @@
 """The product's own open-set benchmark through the API (issue 15 part 5): FaceNet alone vs fused.
 
     .venv/bin/python -m bench.open_set_api --lfw ../shared/datasets/lfw [--people 150] [--strangers 150]
-        [--embedders facenet facenet+dlib] [--photos 1 3] [--json out.json]
+        [--embedders facenet facenet+dlib] [--photos 1 3] [--json out.json] [--no-central-subject]
 
 Protocol (BENCHMARKS.md, "Open set through the API"): people of LFW ``people.txt`` folds 6-10 only:
 the fusion (``fit_fusion``: pairs.txt folds 1-5, whose people are people.txt's folds 1-5) and the
@@ -10,8 +10,9 @@ photos, ``random.Random(SEED).sample`` picks the enrolled people; of the others 
 photos), the strangers. Each run is a real server (daphne) on a fresh SQLite database with the
 embedder under test: every enrolled person is created through ``POST /api/v1/people/`` and their
 first photo (or first three) uploaded through ``POST /api/v1/people/<id>/faces/`` (processed in the
-request, ``Q_SYNC``: the served detector, quality checks, embedder and mislabel check against the
-gallery enrolled so far). Then ``POST /api/v1/recognize/`` with each enrolled person's fourth
+request, ``Q_SYNC``: the served detector, face selection (with the central-subject rule, the
+default; ``--no-central-subject`` turns it off), quality checks, embedder and mislabel check
+against the gallery enrolled so far). Then ``POST /api/v1/recognize/`` with each enrolled person's fourth
 photo and each stranger's first photo; the face nearest the image centre is the probe's (LFW is
 centred). Named end to end: the probe's match is the person (a person all of whose photos were
 refused counts as not named). Strangers matched: the probe's match is anybody.
@@ -92,12 +93,16 @@ def central_face(faces: list[dict], side: int = 250) -> dict | None:
     return min(faces, key=offset, default=None)
 
 
-def run_one(lfw: Path, embedder: str, n_photos: int, enrolled: list[str], strangers: list[str], workdir: Path) -> dict:
-    """One server with ``embedder``: enroll ``n_photos`` per person, then probe; the counts."""
+def run_one(
+    lfw: Path, embedder: str, n_photos: int, enrolled: list[str], strangers: list[str], workdir: Path, central: bool = True
+) -> dict:
+    """One server with ``embedder``: enroll ``n_photos`` per person, then probe; the counts, and
+    each upload's verdict and each probe's outcome (``details``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     server = Server("mtcnn-graph", workdir)
     server.env.update(
         FACE_EMBEDDER=embedder,
+        FACE_ENROLL_CENTRAL_SUBJECT="1" if central else "0",
         Q_SYNC="1",  # each upload is processed in its request, as an operator's enrollment would be before probing
         TRAINING_RETRAIN_ON_ENROLLMENT="0",  # nearest neighbour over the gallery: no training run needed
         THROTTLE_STAFF="1000000/min",
@@ -107,6 +112,7 @@ def run_one(lfw: Path, embedder: str, n_photos: int, enrolled: list[str], strang
     server.start(timeout=900)  # the fused server loads three networks; a busy machine takes minutes
     client = Client(server, token)
     verdicts: dict[str, int] = {}
+    uploads, probes = [], []  # the details: which photo was lost and why, which probe was not named
     accepted_people = 0
     enroll_ms, recognize_ms = [], []
     started = time.perf_counter()
@@ -123,6 +129,18 @@ def run_one(lfw: Path, embedder: str, n_photos: int, enrolled: list[str], strang
                 enroll_ms.append(1000 * (time.perf_counter() - t))
                 verdict = face.get("reason_code") or face.get("status") if status == 201 else f"http_{status}"
                 verdicts[verdict] = verdicts.get(verdict, 0) + 1
+                uploads.append(
+                    {
+                        "photo": f"{name}/{photo.name}",
+                        "verdict": verdict,
+                        "sharpness": face.get("sharpness"),
+                        "box": face.get("box"),
+                        "faces": len(face.get("faces") or []) or (1 if face.get("box") else 0),
+                        "face_choice": face.get("face_choice"),
+                        "face_choice_reason": face.get("face_choice_reason"),
+                        "reason": face.get("reason") if verdict not in ("accepted",) else "",
+                    }
+                )
                 accepted |= status == 201 and face.get("status") == "accepted"
             accepted_people += accepted
         enrolled_seconds = time.perf_counter() - started
@@ -135,12 +153,26 @@ def run_one(lfw: Path, embedder: str, n_photos: int, enrolled: list[str], strang
             face = central_face(body.get("faces", [])) if status == 200 else None
             if face is None:
                 no_face += 1
+                outcome = "no_face"
             elif face["match"] is None:
                 unknown += 1
+                outcome = "unknown"
             elif by_id.get(face["match"]["person_id"]) == name:
                 named += 1
+                outcome = "named"
             else:
                 wrong += 1
+                outcome = f"named as {by_id.get(face['match']['person_id'])}"
+            top = (face or {}).get("match") or {}
+            probes.append(
+                {
+                    "probe": f"{name}/{photos(lfw, name)[MIN_PHOTOS - 1].name}",
+                    "enrolled": name in ids
+                    and any(u["photo"].startswith(name + "/") and u["verdict"] == "accepted" for u in uploads),
+                    "outcome": outcome,
+                    "similarity": top.get("similarity"),
+                }
+            )
         matched_strangers, stranger_no_face = 0, 0
         for name in strangers:
             t = time.perf_counter()
@@ -151,6 +183,14 @@ def run_one(lfw: Path, embedder: str, n_photos: int, enrolled: list[str], strang
                 stranger_no_face += 1
             elif face["match"] is not None:
                 matched_strangers += 1
+                probes.append(
+                    {
+                        "probe": f"{name}/{photos(lfw, name)[0].name}",
+                        "stranger": True,
+                        "outcome": f"matched to {by_id.get(face['match']['person_id'])}",
+                        "similarity": face["match"].get("similarity"),
+                    }
+                )
         last = body
     finally:
         server.stop()
@@ -175,6 +215,8 @@ def run_one(lfw: Path, embedder: str, n_photos: int, enrolled: list[str], strang
         "recognize_ms_median": round(statistics.median(recognize_ms), 1),
         "enroll_seconds": round(enrolled_seconds, 1),
         "seconds": round(time.perf_counter() - started, 1),
+        "central_subject": central,
+        "details": {"uploads": uploads, "probes": probes},
     }
 
 
@@ -187,15 +229,32 @@ def main() -> None:
     parser.add_argument("--photos", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--no-central-subject",
+        action="store_true",
+        help="FACE_ENROLL_CENTRAL_SUBJECT=0: photos of several faces are rejected (several_faces), as before issue 15 part 4.",
+    )
     args = parser.parse_args()
     enrolled, strangers = split(args.lfw, args.people, args.strangers, args.seed)
     rows = []
     with tempfile.TemporaryDirectory(prefix="open-set-api-") as tmp:
         for n_photos in args.photos:
             for embedder in args.embedders:  # side by side: the embedders alternate within each photo count
-                row = run_one(args.lfw, embedder, n_photos, enrolled, strangers, Path(tmp) / f"{embedder}-{n_photos}")
+                workdir = Path(tmp) / f"{embedder}-{n_photos}"
+                row = run_one(args.lfw, embedder, n_photos, enrolled, strangers, workdir, central=not args.no_central_subject)
                 rows.append(row)
-                print(json.dumps(row), flush=True)
+                print(json.dumps({k: v for k, v in row.items() if k != "details"}), flush=True)
+                lost = [u for u in row["details"]["uploads"] if u["verdict"] != "accepted"]
+                for u in lost:
+                    print(f"  lost at enrollment: {u['photo']}: {u['verdict']} (sharpness {u['sharpness']}) {u['reason'][:160]}")
+                for u in row["details"]["uploads"]:
+                    if u["face_choice_reason"]:
+                        print(f"  face taken: {u['photo']}: {u['face_choice_reason']} -> {u['verdict']}")
+                for p in row["details"]["probes"]:
+                    if p["outcome"] != "named":
+                        print(
+                            f"  probe: {p['probe']}: {p['outcome']} (enrolled {p.get('enrolled')}, similarity {p['similarity']})"
+                        )
                 if args.json:
                     args.json.write_text(
                         json.dumps({"seed": args.seed, "enrolled": enrolled, "strangers": strangers, "rows": rows}, indent=1)

@@ -282,7 +282,12 @@ FACE_DETECTOR = env_str("FACE_DETECTOR", "mtcnn-graph")
 FACE_WARMUP = env_bool("FACE_WARMUP", True)
 FACE_MIN_DETECTION_SCORE = env_float("FACE_MIN_DETECTION_SCORE", 0.9)
 FACE_ENROLL_MIN_FACE_PX = env_int("FACE_ENROLL_MIN_FACE_PX", 60)
-FACE_ENROLL_MIN_SHARPNESS = env_float("FACE_ENROLL_MIN_SHARPNESS", 20.0)
+FACE_ENROLL_MIN_SHARPNESS = env_float("FACE_ENROLL_MIN_SHARPNESS", 60.0)
+# A photo of several faces of similar size is enrolled on its portrait's central subject when one
+# clearly is (recognition/engine/selection.py CentralRule: the largest face, 1.2x the next one's
+# area, alone within 0.2 of the image centre); off: such photos are rejected as several_faces for
+# staff to pick the face. Every enrollment path (API, admin, import_faces) follows it.
+FACE_ENROLL_CENTRAL_SUBJECT = env_bool("FACE_ENROLL_CENTRAL_SUBJECT", True)
 # An enrollment photo whose face is closer to another person than to its own by this much is
 # held for review rather than accepted (a likely mislabel).
 FACE_MISLABEL_MARGIN = env_float("FACE_MISLABEL_MARGIN", 0.05)

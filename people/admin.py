@@ -73,6 +73,19 @@ def short_reason(face: FaceImage, length: int = 60) -> str:
     return format_html('<span title="{}">{}…</span>', reason, reason[: length - 1].rstrip())
 
 
+def face_taken(face: FaceImage) -> str:
+    """Which face of a photo of several was taken and why, as enrollment recorded it."""
+    return f"Face taken: {face.face_choice_reason}." if face.face_choice_reason else ""
+
+
+def reason_or_face_taken(face: FaceImage, short: bool = True) -> str:
+    """The photo's reason (rejected, held for review; ``short``: one or two lines of a list) or,
+    for an accepted photo of several faces, which face was taken and why."""
+    if face.reason or not face.face_choice_reason:
+        return short_reason(face) if short else (face.reason or "-")
+    return face_taken(face)
+
+
 def rounded(value, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -80,7 +93,16 @@ def rounded(value, digits: int) -> str:
 class FaceImageInline(admin.TabularInline):
     model = FaceImage
     extra = 0
-    fields = ["thumbnail", "status_label", "reason", "review_action", "score", "sharpness_label", "original_name", "created_at"]
+    fields = [
+        "thumbnail",
+        "status_label",
+        "reason_label",
+        "review_action",
+        "score",
+        "sharpness_label",
+        "original_name",
+        "created_at",
+    ]
     readonly_fields = fields
     can_delete = True
     show_change_link = True
@@ -95,6 +117,10 @@ class FaceImageInline(admin.TabularInline):
     @admin.display(description="Status")
     def status_label(self, obj):
         return status_badge(obj)
+
+    @admin.display(description="Reason")
+    def reason_label(self, obj):
+        return reason_or_face_taken(obj, short=False)  # the person's page shows the whole reason
 
     @admin.display(description="Detection score")
     def score(self, obj):
@@ -331,8 +357,9 @@ class FaceImageAdmin(admin.ModelAdmin):
             return "-"
         url = reverse("admin:people_faceimage_choose_face", args=[obj.pk])
         chosen = f" ({obj.get_face_choice_display().lower()})" if obj.face_choice else ""
+        taken = format_html("<br>{}", face_taken(obj)) if obj.face_choice_reason else ""
         return format_html(
-            '{} faces{} — <a class="button" href="{}">Choose the person\'s face</a>', len(obj.faces_found), chosen, url
+            '{} faces{} — <a class="button" href="{}">Choose the person\'s face</a>{}', len(obj.faces_found), chosen, url, taken
         )
 
     def get_fields(self, request, obj=None):
@@ -359,7 +386,7 @@ class FaceImageAdmin(admin.ModelAdmin):
 
     @admin.display(description="Reason", ordering="reason")
     def reason_label(self, obj):
-        return short_reason(obj)
+        return reason_or_face_taken(obj)
 
     @admin.display(description="Detection score", ordering="detection_score")
     def score(self, obj):
@@ -378,6 +405,8 @@ class FaceImageAdmin(admin.ModelAdmin):
             obj.uploaded_by = request.user
         upload = form.cleaned_data.get("image")
         if "image" in form.changed_data and upload:
+            # A face chosen in the old photo names nothing in the new one: it is chosen afresh.
+            obj.chosen_box, obj.face_choice, obj.face_choice_reason = None, "", ""
             # Stored like every other upload: without its text metadata (people/services.py).
             upload.seek(0)
             obj.original_name = obj.original_name or services.safe_name(upload.name or "")

@@ -90,7 +90,7 @@ class FaceChoice(models.TextChoices):
     """Who chose the person's face in a photo of several (blank: the only or the clearly largest face)."""
 
     STAFF = "staff", "Chosen by staff"
-    CENTRAL = "central", "Central subject (import)"
+    CENTRAL = "central", "Central subject"
 
 
 class FaceImage(models.Model):
@@ -130,10 +130,16 @@ class FaceImage(models.Model):
     chosen_box = models.JSONField(
         null=True,
         blank=True,
-        help_text="[x, y, w, h] of the face chosen as the person's (by staff, or the importer's central-subject rule); "
+        help_text="[x, y, w, h] of the face chosen as the person's (by staff, or the central-subject rule); "
         "processing takes the detected face overlapping it most.",
     )
     face_choice = models.CharField(max_length=10, choices=FaceChoice.choices, blank=True)
+    face_choice_reason = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="In a photo of several faces, which face was taken and why (chosen by staff, the central subject "
+        "with its size and distance from the centre, or the clearly largest face).",
+    )
     detection_score = models.FloatField(null=True, blank=True)
     sharpness = models.FloatField(null=True, blank=True)
     embedding = models.BinaryField(

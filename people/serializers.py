@@ -87,6 +87,7 @@ class FaceImageSerializer(serializers.ModelSerializer):
             "faces",
             "chosen_box",
             "face_choice",
+            "face_choice_reason",
             "landmarks",
             "detection_score",
             "sharpness",

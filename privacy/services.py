@@ -191,6 +191,7 @@ def person_data(person: Person) -> dict:
                 "faces_found": face.faces_found,
                 "chosen_box": face.chosen_box,
                 "face_choice": face.face_choice,
+                "face_choice_reason": face.face_choice_reason,
                 "detection_score": face.detection_score,
                 "sharpness": face.sharpness,
                 "embedder": face.embedder,

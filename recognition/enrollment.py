@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+import numpy as np
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
@@ -25,6 +26,7 @@ from .engine import selection
 from .engine.alignment import face_region
 from .engine.detection import DetectedFace
 from .engine.images import ImageError, encode_jpeg
+from .engine.matching import embeddings_from_blobs
 from .pipelines import pipeline, quality_rules, read_upload
 
 
@@ -35,23 +37,33 @@ class Verdict:
     reason: str = ""
 
 
-def process_face_image(face: FaceImage, central_subject: selection.CentralRule | None = None) -> FaceImage | None:
+def process_face_image(face: FaceImage, central_subject: bool | None = None) -> FaceImage | None:
     """Detect, check, align and embed one enrollment photo; set its status and reason.
 
-    Which face is the person's: the one overlapping ``face.chosen_box`` most when a face was
-    chosen (by staff, or an earlier import); else the only face, or one clearly larger than the
-    rest; else, with ``central_subject`` (the importer's rule for portraits), the portrait's
-    central subject, remembered as the chosen face. Otherwise the photo is rejected as
-    ``several_faces``, its reason and ``faces_found`` listing the faces to choose from.
+    Which face is the person's: the one overlapping ``face.chosen_box`` most when staff chose a
+    face; else the only face, or one clearly larger than the rest; else, with the central-subject
+    rule (``central_subject``; None: the setting FACE_ENROLL_CENTRAL_SUBJECT), a portrait's clear
+    central subject (selection.CentralRule), remembered as the chosen face (face_choice "central").
+    In a photo of several faces, ``face_choice_reason`` says which face was taken and why.
+    Otherwise the photo is rejected as ``several_faces``, its reason and ``faces_found`` listing
+    the faces to choose from.
 
     Returns None when the photo was deleted while it was processed: its results are not written
     (the row is never re-inserted) and the crop made for it is removed."""
+    if central_subject is None:
+        central = pipelines.central_rule()
+    else:
+        central = selection.CentralRule() if central_subject else None
     rules = quality_rules()
     face._previous_crop = face.crop.name if face.crop else ""
     face._previous_region = face.region.name if face.region else ""
     face._was_in_gallery = face.status == FaceImage.Status.ACCEPTED and face.embedding is not None
     face.crop = face.region = ""
     face.box = face.landmarks = face.detection_score = face.sharpness = face.faces_found = face.region_box = None
+    face.face_choice_reason = ""
+    if face.face_choice == FaceChoice.CENTRAL:
+        # The rule's own earlier pick is not a choice to keep: it is made again (the setting may be off now).
+        face.chosen_box, face.face_choice = None, ""
     face.set_vector(None)
     try:
         with face.image.open("rb") as fh:
@@ -66,7 +78,7 @@ def process_face_image(face: FaceImage, central_subject: selection.CentralRule |
         return _finish(face, Verdict(FaceImage.Status.REJECTED, "no_face", "No face was found in this photo."))
     ordered = selection.reading_order(detected)
     face.faces_found = [f.box_ints() for f in ordered] if len(ordered) > 1 else None
-    main = _the_persons_face(face, ordered, rgb.shape, rules, central_subject)
+    main = _the_persons_face(face, ordered, rgb.shape, rules, central)
     if isinstance(main, Verdict):
         return _finish(face, main)
     analysed = pipe.analyse(rgb, faces=[main])[0]
@@ -102,13 +114,18 @@ def process_face_image(face: FaceImage, central_subject: selection.CentralRule |
         )
     face.set_vector(analysed.embedding)
     face.embedder = pipe.embedder_name
-    return _finish(face, _mislabel_check(face, analysed.embedding))
+    verdict = _mislabel_check(face, analysed.embedding)
+    if verdict.status == FaceImage.Status.ACCEPTED and face.face_choice == FaceChoice.CENTRAL:
+        verdict = _central_pick_check(face, analysed.embedding)
+    return _finish(face, verdict)
 
 
 def _the_persons_face(
     face: FaceImage, ordered: list[DetectedFace], image_shape, rules, central: selection.CentralRule | None
 ) -> DetectedFace | Verdict:
-    """The detected face that is the person's (see process_face_image), or the verdict refusing the photo."""
+    """The detected face that is the person's (see process_face_image), or the verdict refusing the
+    photo; in a photo of several faces, sets ``face.face_choice_reason``."""
+    count = len(ordered)
     if face.chosen_box:
         found = selection.best_overlap(ordered, face.chosen_box)
         if found is None:
@@ -117,22 +134,46 @@ def _the_persons_face(
                 "chosen_face_not_found",
                 f"No face was found at the chosen box {face.chosen_box}; faces found: {describe_faces(ordered)}.",
             )
-        return ordered[found[0]]
+        index = found[0]
+        if count > 1:
+            chooser = "chosen by staff" if face.face_choice == FaceChoice.STAFF else "the chosen face"
+            face.face_choice_reason = f"{count} faces; took face #{index} {ordered[index].box_ints()}, {chooser}"
+        return ordered[index]
     main = selection.dominant(ordered, rules.dominant_ratio)
     if main is not None:
+        if count > 1:
+            ratio = selection.area_ratio(main, ordered)
+            face.face_choice_reason = (
+                f"{count} faces; took the largest, face #{_index(ordered, main)} {main.box_ints()}: "
+                f"{ratio:.1f}x the next face's area"
+            )
         return main
     subject = selection.central_subject(ordered, image_shape, central) if central else None
     if subject is not None:
         face.chosen_box = subject.face.box_ints()
         face.face_choice = FaceChoice.CENTRAL
-        face.central_subject = subject  # not stored: for the importer's summary (how large, how central)
+        face.face_choice_reason = central_reason(ordered, subject)
         return subject.face
     return Verdict(
         FaceImage.Status.REJECTED,
         "several_faces",
-        f"{len(ordered)} faces of similar size were found ({describe_faces(ordered)}, numbered left to right); "
-        f"choose the one that is {face.person.name}, or use a photo of {face.person.name} alone.",
+        f"{count} faces were found ({describe_faces(ordered)}, numbered left to right) and none is clearly the photo's "
+        f"subject; choose the one that is {face.person.name}, or use a photo of {face.person.name} alone.",
     )
+
+
+def central_reason(ordered: list[DetectedFace], subject: selection.CentralSubject) -> str:
+    """Which face of a photo of several was taken as its central subject, and why (the words of
+    the importer's summary, the API's face_choice_reason and the admin)."""
+    return (
+        f"{len(ordered)} faces; took the central subject, face #{_index(ordered, subject.face)} {subject.face.box_ints()}: "
+        f"{subject.ratio:.1f}x the next face's area, {subject.offset:.2f} from the centre"
+    )
+
+
+def _index(ordered: list[DetectedFace], face: DetectedFace) -> int:
+    """``face``'s face_index (by identity: faces compare by value, landmarks and all)."""
+    return next(i for i, other in enumerate(ordered) if other is face)
 
 
 def describe_faces(ordered: list[DetectedFace]) -> str:
@@ -175,6 +216,28 @@ def _mislabel_check(face: FaceImage, embedding) -> Verdict:
     )
 
 
+def _central_pick_check(face: FaceImage, embedding) -> Verdict:
+    """Hold for review a central subject the rule took that does not look like the person's other
+    photos (when there are any): the rule picks by geometry alone, and must not put a bystander
+    who stood in the middle into someone's gallery."""
+    blobs = list(
+        FaceImage.objects.in_gallery().filter(person_id=face.person_id).exclude(pk=face.pk).values_list("embedding", flat=True)
+    )
+    if not blobs:
+        return Verdict(FaceImage.Status.ACCEPTED)
+    own = float(np.max(embeddings_from_blobs(blobs) @ embedding))
+    threshold = pipelines.verify_threshold()
+    if own >= threshold:
+        return Verdict(FaceImage.Status.ACCEPTED)
+    return Verdict(
+        FaceImage.Status.REVIEW,
+        "central_subject_unconfirmed",
+        f"The face taken as the photo's central subject ({face.face_choice_reason}) does not look like "
+        f"{face.person.name}'s other photos (similarity {own:.2f}, below {threshold:.2f}). Check it is "
+        f"{face.person.name}, then approve it, or choose the face.",
+    )
+
+
 RESULT_FIELDS = (
     "status",
     "reason_code",
@@ -185,6 +248,7 @@ RESULT_FIELDS = (
     "faces_found",
     "chosen_box",
     "face_choice",
+    "face_choice_reason",
     "detection_score",
     "sharpness",
     "embedding",
@@ -200,6 +264,7 @@ def _finish(face: FaceImage, verdict: Verdict) -> FaceImage | None:
     face.status = verdict.status
     face.reason_code = verdict.code
     face.reason = verdict.reason[: FaceImage._meta.get_field("reason").max_length]
+    face.face_choice_reason = face.face_choice_reason[: FaceImage._meta.get_field("face_choice_reason").max_length]
     face.processed_at = face.updated_at = timezone.now()
     new_crop, old_crop = (face.crop.name if face.crop else ""), getattr(face, "_previous_crop", "")
     new_region, old_region = (face.region.name if face.region else ""), getattr(face, "_previous_region", "")

@@ -20,6 +20,7 @@ from .engine.fused import FUSED_EMBEDDER, MIRRORED_EMBEDDER
 from .engine.images import ImageError, ImageLimits, decode_image
 from .engine.pipeline import AnalysedFace, FacePipeline, PipelineConfig, shared_pipeline
 from .engine.quality import QualityRules
+from .engine.selection import CentralRule
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +182,12 @@ def mislabel_margin(kind: str | None = None) -> float:
 def quality_rules() -> QualityRules:
     """What an enrollment photo must meet (size, sharpness), from the settings."""
     return QualityRules(min_face_px=settings.FACE_ENROLL_MIN_FACE_PX, min_sharpness=settings.FACE_ENROLL_MIN_SHARPNESS)
+
+
+def central_rule() -> CentralRule | None:
+    """How a portrait's central subject is taken from a photo of several faces; None when the
+    setting FACE_ENROLL_CENTRAL_SUBJECT is off (such photos are rejected as several_faces)."""
+    return CentralRule() if settings.FACE_ENROLL_CENTRAL_SUBJECT else None
 
 
 def image_limits() -> ImageLimits:

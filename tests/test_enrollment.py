@@ -3,13 +3,17 @@
 import io
 import re
 
+import cv2
+import numpy as np
 import pytest
+from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from PIL import Image, ImageFilter
 
 from people.models import FaceImage, Person
 from recognition import services
+from recognition.pipelines import pipeline
 
 from .conftest import PEOPLE, PROBES, read
 
@@ -105,6 +109,45 @@ def test_unusable_photos_are_rejected_with_a_reason(staff_api, django_capture_on
     assert body["status"] in ("rejected",), body
     assert body["reason_code"] == code and body["reason"]
     assert FaceImage.objects.get(pk=body["id"]).embedding is None
+
+
+# ---- the blur gate: sharpness relative to the face's size (BENCHMARKS.md, "Enrollment yield through the API") ----
+
+BLURRED_FRACTION = 0.06  # Gaussian sigma over the face's side: recognition fails on most such faces
+
+
+def face_side(rgb: np.ndarray) -> float:
+    return float(max(pipeline().detect(rgb)[0].box[2:]))
+
+
+def kit_photo(scale: float = 1.0, blur: float = 0.0) -> bytes:
+    """Kit Harington's probe photo (not in the gallery), resized by ``scale``, blurred by a Gaussian
+    kernel of sigma ``blur`` times his face's side."""
+    rgb = np.asarray(Image.open(PROBES / "johnsnow_test1.jpg").convert("RGB"))
+    if scale != 1.0:
+        rgb = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    if blur:
+        rgb = cv2.GaussianBlur(rgb, (0, 0), sigmaX=blur * face_side(rgb))
+    return jpeg(Image.fromarray(rgb))
+
+
+@pytest.mark.parametrize(
+    "photo, status",
+    [
+        (lambda: kit_photo(), "accepted"),
+        (lambda: kit_photo(scale=0.45), "accepted"),  # sharp, its face about 80 x 100 px, smaller than LFW's
+        (lambda: kit_photo(blur=BLURRED_FRACTION), "too_blurry"),
+    ],
+    ids=["sharp-original", "sharp-small", "blurred"],
+)
+def test_the_blur_gate_rejects_a_blurred_photo_and_accepts_its_sharp_original(
+    staff_api, django_capture_on_commit_callbacks, photo, status
+):
+    kit = Person.objects.get(name="Kit Harington")
+    body = upload_face(staff_api, kit, photo(), capture=django_capture_on_commit_callbacks).json()
+    assert (body["reason_code"] or body["status"]) == status, body
+    if status == "too_blurry":
+        assert "too blurry" in body["reason"] and body["sharpness"] < settings.FACE_ENROLL_MIN_SHARPNESS
 
 
 def test_mislabelled_photo_is_held_for_review_and_can_be_approved(staff_api, django_capture_on_commit_callbacks):

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
+from django.utils.html import escape
 from PIL import Image
 
-from people.models import FaceChoice, FaceImage, Person
+from people.models import FaceChoice, FaceImage, GalleryChange, Person
 from recognition import enrollment
 from recognition.engine import selection
 from recognition.engine.detection import DetectedFace
@@ -239,16 +240,23 @@ def face_tile(path, side: int) -> Image.Image:
     return crop.resize((int(side * 1.8), int(side * 1.8)))
 
 
-def portrait(subject, background, subject_at: tuple[int, int]) -> bytes:
-    """A 640x640 portrait: ``subject``'s face (~150 px) centred at ``subject_at``, and a
-    background face (~110 px: area ratio ~1.9, well under the dominant-face rule's 4) near a corner."""
-    canvas = Image.new("RGB", (640, 640), (200, 200, 195))
-    big, small = face_tile(subject, 150), face_tile(background, 110)
-    canvas.paste(small, (640 - small.width - 5, 5))
-    canvas.paste(big, (subject_at[0] - big.width // 2, subject_at[1] - big.height // 2))
+def composite(*faces: tuple, size: int = 640) -> bytes:
+    """A ``size``-px square JPEG with real faces pasted on a plain background: each of ``faces`` is
+    (photo, face side in px, (x, y) of the face's centre), pasted in order."""
+    canvas = Image.new("RGB", (size, size), (200, 200, 195))
+    for path, side, (x, y) in faces:
+        tile = face_tile(path, side)
+        canvas.paste(tile, (x - tile.width // 2, y - tile.height // 2))
     buf = io.BytesIO()
     canvas.save(buf, format="JPEG", quality=92)
     return buf.getvalue()
+
+
+def portrait(subject, background, subject_at: tuple[int, int]) -> bytes:
+    """A 640x640 portrait: ``subject``'s face (~150 px) centred at ``subject_at``, and a
+    background face (~110 px: area ratio ~1.9, well under the dominant-face rule's 4) near a corner."""
+    small = int(110 * 1.8)
+    return composite((background, 110, (640 - 5 - small // 2, 5 + small // 2)), (subject, 150, subject_at))
 
 
 def test_the_importer_takes_a_portraits_central_subject_and_says_so(tmp_path):
@@ -280,3 +288,115 @@ def test_the_importer_takes_a_portraits_central_subject_and_says_so(tmp_path):
     assert taken.status == FaceImage.Status.ACCEPTED and taken.chosen_box == taken.box
     assert mean_similarity(taken, obama) > 0.6  # Obama's face, not Biden's
     assert {f.reason_code for f in obama.faces.filter(original_name="off_centre.jpg")} == {"several_faces"}
+
+
+# ---- every enrollment path: a portrait's central subject (FACE_ENROLL_CENTRAL_SUBJECT, on by default) ------------
+
+CENTRAL_REASON = re.compile(
+    r"2 faces; took the central subject, face #(\d) \[\d+, \d+, \d+, \d+\]: \d+\.\dx the next face's area, 0\.\d\d from the centre"
+)
+
+
+def obama_portrait() -> bytes:
+    """Obama (a photo the gallery does not hold) at the centre, Biden smaller in the background."""
+    return portrait(PROBES / "obama1.jpg", PEOPLE / "joe_biden/biden.jpg", (320, 340))
+
+
+def test_an_uploaded_portrait_is_enrolled_on_its_central_subject_and_the_answer_says_so(
+    staff_api, admin_client, django_capture_on_commit_callbacks
+):
+    obama, biden = person_named("Barack Obama"), person_named("Joe Biden")
+    response = post_photo(staff_api, obama, obama_portrait(), django_capture_on_commit_callbacks)
+    assert response.status_code == 201, response.content
+    body = staff_api.get(f"/api/v1/people/{obama.pk}/faces/{response.json()['id']}/").json()
+    assert body["status"] == "accepted" and body["reason_code"] == "" and body["face_choice"] == "central"
+    reason = CENTRAL_REASON.fullmatch(body["face_choice_reason"])
+    assert reason, body["face_choice_reason"]
+    assert body["chosen_box"] == body["box"] == body["faces"][int(reason[1])]["box"]
+    face = FaceImage.objects.get(pk=body["id"])
+    assert mean_similarity(face, obama) > 0.6 > 0.3 > mean_similarity(face, biden)  # Obama's face, not Biden's
+    # The person's page in the admin says it too, where a rejected photo's reason would be.
+    said = escape(f"Face taken: {body['face_choice_reason']}.")
+    assert said in admin_client.get(f"/admin/people/person/{obama.pk}/change/").content.decode()
+
+
+@pytest.mark.parametrize(
+    "faces",
+    [
+        # two faces of similar size side by side (1.1x in area), both near the centre
+        ((PROBES / "obama1.jpg", 150, (250, 330)), (PEOPLE / "joe_biden/biden.jpg", 143, (400, 330))),
+        # the face at the centre is the smaller one: the larger (off-centre) may be the person's
+        ((PEOPLE / "joe_biden/biden.jpg", 170, (130, 140)), (PROBES / "obama1.jpg", 120, (320, 330))),
+    ],
+    ids=["similar-sizes-side-by-side", "smaller-face-in-the-centre"],
+)
+def test_a_photo_without_a_clear_subject_is_still_several_faces(staff_api, django_capture_on_commit_callbacks, faces):
+    obama = person_named("Barack Obama")
+    response = post_photo(staff_api, obama, composite(*faces), django_capture_on_commit_callbacks)
+    body = staff_api.get(f"/api/v1/people/{obama.pk}/faces/{response.json()['id']}/").json()
+    assert body["status"] == "rejected" and body["reason_code"] == "several_faces", body
+    assert len(body["faces"]) == 2 and body["face_choice"] == "" and body["face_choice_reason"] == ""
+    assert body["chosen_box"] is None and body["box"] is None
+
+
+def test_with_the_setting_off_a_portrait_is_several_faces_and_the_rules_pick_is_not_kept(
+    staff_api, settings, django_capture_on_commit_callbacks
+):
+    obama = person_named("Barack Obama")
+    settings.FACE_ENROLL_CENTRAL_SUBJECT = False
+    response = post_photo(staff_api, obama, obama_portrait(), django_capture_on_commit_callbacks)
+    face = FaceImage.objects.get(pk=response.json()["id"])
+    assert face.reason_code == "several_faces" and len(face.faces_found) == 2 and face.chosen_box is None
+
+    settings.FACE_ENROLL_CENTRAL_SUBJECT = True  # re-processed with the rule on: the subject is taken
+    enrollment.process_face_image(face)
+    face = FaceImage.objects.get(pk=face.pk)
+    assert face.status == FaceImage.Status.ACCEPTED and face.face_choice == FaceChoice.CENTRAL
+
+    settings.FACE_ENROLL_CENTRAL_SUBJECT = False  # the rule's earlier pick is not a choice that sticks
+    enrollment.process_face_image(face)
+    face = FaceImage.objects.get(pk=face.pk)
+    assert face.reason_code == "several_faces" and face.chosen_box is None and face.face_choice == ""
+    assert face.embedding is None and face.face_choice_reason == ""
+
+
+def test_an_admin_upload_takes_the_central_subject_and_the_admin_says_which_face_and_why(
+    admin_client, django_capture_on_commit_callbacks
+):
+    person = Person.objects.create(name="Obama In The Admin")
+    data = {
+        "name": person.name,
+        "external_id": "",
+        "notes": "",
+        "is_active": "on",
+        "new_photos": [SimpleUploadedFile("portrait.jpg", obama_portrait(), content_type="image/jpeg")],
+        "faces-TOTAL_FORMS": "0",
+        "faces-INITIAL_FORMS": "0",
+        "faces-MIN_NUM_FORMS": "0",
+        "faces-MAX_NUM_FORMS": "1000",
+        "_continue": "1",
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        assert admin_client.post(f"/admin/people/person/{person.pk}/change/", data).status_code == 302
+    face = person.faces.get()
+    assert face.face_choice == FaceChoice.CENTRAL and CENTRAL_REASON.fullmatch(face.face_choice_reason)
+    # Then held for review: the face taken is Barack Obama's, who is enrolled under his own name.
+    assert face.status == FaceImage.Status.REVIEW and "Barack Obama" in face.reason
+    said = escape(f"Face taken: {face.face_choice_reason}.")
+    assert said in admin_client.get(f"/admin/people/faceimage/{face.pk}/change/").content.decode()
+
+
+def test_a_central_subject_unlike_the_persons_other_photos_is_held_for_review(staff_api, django_capture_on_commit_callbacks):
+    # Biden stands in the middle of a photo filed under Obama. Biden is out of the gallery here (not
+    # active), so no mislabel check names him: the rule's pick is checked against Obama's own photos.
+    biden = person_named("Joe Biden")
+    Person.objects.filter(pk=biden.pk).update(is_active=False)
+    GalleryChange.objects.record(GalleryChange.Kind.PERSON, [biden.pk])
+    obama = person_named("Barack Obama")
+    data = portrait(PEOPLE / "joe_biden/biden2.jpg", PROBES / "obama1.jpg", (320, 330))
+    response = post_photo(staff_api, obama, data, django_capture_on_commit_callbacks)
+    face = FaceImage.objects.get(pk=response.json()["id"])
+    assert face.face_choice == FaceChoice.CENTRAL
+    assert face.status == FaceImage.Status.REVIEW and face.reason_code == "central_subject_unconfirmed", face.reason
+    assert face.face_choice_reason in face.reason and "Barack Obama's other photos" in face.reason
+    assert not FaceImage.objects.in_gallery().filter(pk=face.pk).exists()

@@ -25,7 +25,7 @@ class AnalysedFace:
     face: DetectedFace
     crop: np.ndarray  # (160, 160, 3) uint8 RGB
     embedding: np.ndarray  # (D,) float32, L2-normalised; D = the pipeline's dim (128 FaceNet, 256 fused)
-    sharpness: float
+    sharpness: float  # quality.sharpness: relative to the face's size
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ class FacePipeline:
         if not faces:
             return []
         crops, embeddings = self.embed_faces([rgb] * len(faces), faces, flip=flip)
-        return [AnalysedFace(f, c, e, sharpness(c)) for f, c, e in zip(faces, crops, embeddings)]
+        return [AnalysedFace(f, c, e, sharpness(rgb, f.box)) for f, c, e in zip(faces, crops, embeddings)]
 
 
 class _PipelineRegistry:

@@ -45,6 +45,12 @@ def best_overlap(faces: Sequence[DetectedFace], box: Sequence[float]) -> tuple[i
     return (index, best) if best > 0 else None
 
 
+def area_ratio(face: DetectedFace, faces: Sequence[DetectedFace]) -> float:
+    """``face``'s box area over the largest other face's in ``faces`` (inf when it is alone)."""
+    others = [area(other.box) for other in faces if other is not face]
+    return area(face.box) / max(1.0, max(others)) if others else math.inf
+
+
 def dominant(faces: Sequence[DetectedFace], ratio: float) -> DetectedFace | None:
     """The largest face when it is at least ``ratio`` times the next one's area (or alone)."""
     if not faces:
@@ -86,7 +92,7 @@ def central_subject(faces: Sequence[DetectedFace], image_shape: Sequence[int], r
     if len(faces) < 2:
         return None
     by_size = sorted(faces, key=lambda f: area(f.box), reverse=True)
-    ratio = area(by_size[0].box) / max(1.0, area(by_size[1].box))
+    ratio = area_ratio(by_size[0], by_size)
     offset = centre_offset(by_size[0].box, image_shape)
     alone = all(centre_offset(other.box, image_shape) > rule.max_offset for other in by_size[1:])
     if ratio >= rule.min_ratio and offset <= rule.max_offset and alone:

@@ -12,8 +12,9 @@ the end is final.
 A photo with several faces of similar size is enrolled on its central subject when one clearly is
 (a portrait with faces in the background: the largest face, at least CentralRule.min_ratio times
 the next one's area, centred within CentralRule.max_offset of the image centre; measured on LFW in
-BENCHMARKS.md, "Enrollment yield"); the summary names each such photo, the face taken and why.
-``--no-central-subject`` rejects them as several_faces instead, like any other upload.
+BENCHMARKS.md, "Enrollment yield"), as every enrollment path does while the setting
+FACE_ENROLL_CENTRAL_SUBJECT is on (the default); the summary names each such photo, the face taken
+and why. ``--no-central-subject`` rejects them as several_faces instead, whatever the setting.
 """
 
 from collections import Counter
@@ -27,25 +28,12 @@ from people import services
 from people.models import FaceChoice, FaceImage, LegalBasis, Person
 from recognition import enrollment
 from recognition.engine.images import ImageError
-from recognition.engine.selection import CentralRule
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def person_name(folder: str) -> str:
     return " ".join(part.capitalize() for part in folder.replace("-", "_").split("_") if part)
-
-
-def central_reason(face: FaceImage) -> str:
-    """Which face of a photo of several was taken as its central subject, and why."""
-    subject = face.central_subject  # set by recognition.enrollment for this run
-    boxes = face.faces_found or []
-    index = boxes.index(face.chosen_box) if face.chosen_box in boxes else "?"
-    return (
-        f"{len(boxes)} faces; took the central subject, face #{index} {face.chosen_box}: "
-        f"{subject.ratio:.1f}x the next face's area, {subject.offset:.2f} from the centre "
-        f"-> {face.get_status_display().lower()}"
-    )
 
 
 class Command(BaseCommand):
@@ -94,7 +82,7 @@ class Command(BaseCommand):
         outcomes: Counter = Counter()
         reasons: Counter = Counter()
         rejected_lines, central_lines = [], []
-        rule = None if no_central_subject else CentralRule()
+        central = False if no_central_subject else None  # None: the setting FACE_ENROLL_CENTRAL_SUBJECT
         total = sum(len(photos) for _, photos in jobs)
         with tqdm(total=total, unit="photo", desc="Enrolling", disable=options.get("verbosity", 1) == 0) as bar:
             for folder, photos in jobs:
@@ -118,10 +106,12 @@ class Command(BaseCommand):
                         rejected_lines.append(f"  {folder.name}/{photo.name}: {err.message}")
                         bar.update(1)
                         continue
-                    enrollment.process_face_image(face, central_subject=rule)
+                    enrollment.process_face_image(face, central_subject=central)
                     outcomes[face.status] += 1
                     if face.face_choice == FaceChoice.CENTRAL:
-                        central_lines.append(f"  {folder.name}/{photo.name}: {central_reason(face)}")
+                        central_lines.append(
+                            f"  {folder.name}/{photo.name}: {face.face_choice_reason} -> {face.get_status_display().lower()}"
+                        )
                     if face.status != FaceImage.Status.ACCEPTED:
                         reasons[face.reason_code] += 1
                         rejected_lines.append(f"  {folder.name}/{photo.name}: {face.get_status_display()}: {face.reason}")
