@@ -11,6 +11,8 @@ HOST="${HOST:-127.0.0.1}"
 PORT="${PORT:-8000}"
 $PY manage.py migrate --noinput
 $PY manage.py collectstatic --noinput -v0
+# The served embedder's models converted once per machine (TFLite), before the server and workers start.
+$PY manage.py prepare_models
 # Printed again once the server is up, after the worker's and server's start-up lines.
 CREDENTIALS="$($PY manage.py create_demo_admin)"
 echo "$CREDENTIALS"

@@ -16,6 +16,8 @@ export TF_CPP_MIN_LOG_LEVEL=3
 .venv/bin/ruff check .
 .venv/bin/lint-imports --no-logo  # no import cycles between apps: the contracts in pyproject.toml
 .venv/bin/python manage.py makemigrations --check --dry-run >/dev/null
+# FaceNet's TFLite file (FACE_EMBED_RUNTIME=tflite) converted once, before any test or server needs it.
+.venv/bin/python manage.py prepare_models --embedder facenet
 # 1. The embedded defaults: SQLite, django-q ORM broker, in-memory channel layer. The tests that
 #    start real server processes (marked `servers`: load, several workers, faults) run in pass 2.
 if [ -n "${TEST_SQLITE_ONLY:-}" ]; then

@@ -221,6 +221,25 @@ def test_served_pipeline_follows_the_runtime_setting(settings):
         make_embedder(dataclasses.replace(keras_config, embed_runtime="onnx"))
 
 
+def test_prepare_models_loads_the_default_runtime_and_leaves_its_converted_file(settings):
+    """``make run`` and the test script call it before any server starts: the default runtime is
+    the TFLite one, its file is in the machine's cache, and the served pipeline is the one loaded."""
+    import io
+
+    from django.core.management import call_command
+
+    from recognition.engine.embedding_lite import LiteFaceEmbedder, cached_path
+    from recognition.engine.facenet import WEIGHTS_SHA256
+    from recognition.pipelines import pipeline
+
+    assert settings.FACE_EMBED_RUNTIME == "tflite"  # the default (tests do not set it)
+    out = io.StringIO()
+    call_command("prepare_models", "--embedder", "facenet", stdout=out)
+    assert "tflite runtime" in out.getvalue() and out.getvalue().startswith("facenet")
+    assert cached_path(WEIGHTS_SHA256, settings.TRAINING_CACHE_DIR, flip=False).is_file()
+    assert isinstance(pipeline("facenet").embedder, LiteFaceEmbedder)
+
+
 def test_threads_embedding_at_once_share_a_bounded_pool_of_interpreters_and_get_what_one_thread_gets(
     fixture_crops, lite_embedder, settings
 ):
