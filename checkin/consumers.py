@@ -479,12 +479,42 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
         await self.send_json({"type": "error", "code": code, "message": message})
 
 
+def feed_access_lost(user_id: int, session_key: str | None) -> tuple[str, str] | None:
+    """Why the staff feed's account may no longer see it, or None. With a session (a browser), the
+    session is loaded again and its user resolved the way Django resolves a request's: a logout, an
+    expired session or a changed password (the session's auth hash) end it; without one (a test
+    client) the user row alone is read again."""
+    from importlib import import_module
+
+    from django.contrib.auth import get_user, get_user_model
+
+    if session_key:
+        store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+        user = get_user(SimpleNamespace(session=store))
+        if not user.is_authenticated or user.pk != user_id:
+            return "not_authenticated", "You are signed out; sign in again to see check-ins."
+    else:
+        user = get_user_model().objects.filter(pk=user_id).first()
+        if user is None or not user.is_active:
+            return "not_authenticated", "This account can no longer sign in."
+    if not (user.is_active and user.is_staff):
+        return "not_staff", "Only staff may see the check-in feed."
+    return None
+
+
 class CheckInFeedConsumer(AsyncWebsocketConsumer):
     """Staff only (a signed-in ``is_staff`` session): ``ready`` with today's latest check-ins, then one
     ``checkin`` message per check-in recorded anywhere and one ``removed`` per check-in rejected.
-    Read-only: text from the client is refused."""
+    Read-only: text from the client is refused.
+
+    The feed carries people's names, so access is not decided once: every CHECKIN_FEED_RECHECK_SECONDS
+    the socket checks again that its session is still signed in (not logged out, expired, or
+    invalidated by a password change) and its user still active staff, and closes itself otherwise
+    (4401 / 4403). At most CHECKIN_MAX_FEED_SOCKETS_PER_USER feeds per account (4429)."""
 
     joined = False
+    watcher: asyncio.Task | None = None
+    slots: Slots | None = None
 
     async def connect(self):
         user = self.scope.get("user")
@@ -495,24 +525,67 @@ class CheckInFeedConsumer(AsyncWebsocketConsumer):
         if not (user.is_active and user.is_staff):
             await self.refuse(CLOSE_NOT_STAFF, "not_staff", "Only staff may see the check-in feed.")
             return
+        self.slots = Slots()
+        if not await self.slots.claim(f"feed-user:{user.pk}", settings.CHECKIN_MAX_FEED_SOCKETS_PER_USER):
+            self.slots = None
+            await self.refuse(
+                CLOSE_TOO_MANY, "too_many_connections", "Too many check-in feeds are open for this account; close one and retry."
+            )
+            return
+        self.user_id = user.pk
+        self.session_key = getattr(self.scope.get("session"), "session_key", None)
         await self.channel_layer.group_add(feed.FEED_GROUP, self.channel_name)
         self.joined = True
         recent = await database_sync_to_async(feed.recent)()
         await self.send_json({"type": "ready", "recent": recent})
+        self.watcher = asyncio.create_task(self.watch())
+
+    async def watch(self):
+        """Check the account's access again every CHECKIN_FEED_RECHECK_SECONDS (closing the socket when
+        it is gone), and keep this socket's slot in the per-account cap alive meanwhile."""
+        recheck = settings.CHECKIN_FEED_RECHECK_SECONDS
+        next_beat = next_check = time.monotonic()
+        next_beat += HEARTBEAT_SECONDS
+        next_check += recheck
+        while True:
+            await asyncio.sleep(max(0.05, min(next_beat, next_check) - time.monotonic()))
+            now = time.monotonic()
+            if recheck > 0 and now >= next_check:
+                refused = await database_sync_to_async(feed_access_lost)(self.user_id, self.session_key)
+                if refused is not None:
+                    await self.leave()
+                    code, message = refused
+                    await self.refuse(CLOSE_NOT_STAFF if code == "not_staff" else CLOSE_NOT_AUTHENTICATED, code, message)
+                    return
+                next_check = now + recheck
+            if now >= next_beat:
+                await self.slots.refresh()
+                next_beat += HEARTBEAT_SECONDS
+
+    async def leave(self):
+        """Off the feed's group and out of the cap: nothing more reaches this socket."""
+        if self.joined:
+            self.joined = False
+            await self.channel_layer.group_discard(feed.FEED_GROUP, self.channel_name)
+        if self.slots is not None:
+            await self.slots.release()
 
     async def disconnect(self, code):
-        if self.joined:
-            await self.channel_layer.group_discard(feed.FEED_GROUP, self.channel_name)
+        if self.watcher is not None and self.watcher is not asyncio.current_task():
+            self.watcher.cancel()
+        await self.leave()
 
     async def receive(self, text_data=None, bytes_data=None):
         await self.send_json({"type": "error", "code": "read_only", "message": "This feed takes no messages."})
 
     async def checkin_recorded(self, event: dict):
-        await self.send_json({"type": "checkin", **event["checkin"]})
+        if self.joined:  # not after access was withdrawn (an event already in the channel's queue)
+            await self.send_json({"type": "checkin", **event["checkin"]})
 
     async def checkin_removed(self, event: dict):
         # staff rejected it ("not this person"): the screens drop its row
-        await self.send_json({"type": "removed", "id": event["checkin_id"]})
+        if self.joined:
+            await self.send_json({"type": "removed", "id": event["checkin_id"]})
 
     async def refuse(self, close_code: int, code: str, message: str):
         # Accepted first so the page can say why, as /ws/identify/ does.

@@ -385,6 +385,109 @@ def test_the_staff_feed_answers_any_message_read_only_and_stays_open(staff_user)
     assert codes == ["read_only"] * 3 and quiet
 
 
+# ---- the staff feed: access checked again while open, a cap per account ---------------------------
+
+
+def _feed_with_session(user, client):
+    """A feed socket as a browser opens it: the scope's session is the signed-in session itself."""
+    from importlib import import_module
+
+    from django.conf import settings
+
+    from .test_checkin_feed import feed_for
+
+    client.force_login(user)
+    key = client.session.session_key
+    feed = feed_for(user)
+    feed.scope["session"] = import_module(settings.SESSION_ENGINE).SessionStore(key)
+    return feed, key
+
+
+async def _closed_with(feed, timeout: float = 10) -> tuple[dict, dict]:
+    error = await receive(feed, timeout=timeout)
+    return error, await feed.receive_output(timeout=timeout)
+
+
+@pytest.mark.django_db
+def test_a_feed_is_closed_when_its_user_stops_being_staff_and_gets_no_check_in_after(staff_user, settings):
+    from channels.layers import get_channel_layer
+
+    from checkin import feed as feed_module
+    from checkin.consumers import CLOSE_NOT_STAFF
+
+    from .test_checkin_feed import feed_for
+
+    settings.CHECKIN_FEED_RECHECK_SECONDS = 0.3
+
+    async def scenario():
+        feed = feed_for(staff_user)
+        await opened(feed)
+        still = await feed.receive_nothing(timeout=0.8)  # rechecked twice: still staff, still open
+        await type(staff_user).objects.filter(pk=staff_user.pk).aupdate(is_staff=False)
+        error, closed = await _closed_with(feed)
+        # a check-in broadcast afterwards does not reach it (it left the group)
+        await get_channel_layer().group_send(feed_module.FEED_GROUP, {"type": "checkin.recorded", "checkin": {"id": 1}})
+        after = await feed.receive_nothing(timeout=0.5)
+        await feed.disconnect()
+        return still, error, closed, after
+
+    still, error, closed, after = run(scenario)
+    assert still
+    assert error["code"] == "not_staff"
+    assert closed == {"type": "websocket.close", "code": CLOSE_NOT_STAFF}
+    assert after
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("how", ["logout", "password_change"])
+def test_a_feed_is_closed_when_its_session_ends(staff_user, client, settings, how):
+    from django.contrib.sessions.backends.db import SessionStore
+
+    from checkin.consumers import CLOSE_NOT_AUTHENTICATED
+
+    settings.CHECKIN_FEED_RECHECK_SECONDS = 0.3
+    feed, key = _feed_with_session(staff_user, client)
+
+    async def scenario():
+        await opened(feed)
+        still = await feed.receive_nothing(timeout=0.8)  # the session is valid: the feed stays open
+        if how == "logout":
+            await SessionStore(key).adelete(key)
+        else:  # a password change invalidates the session's auth hash (Django's own rule)
+            staff_user.set_password("another-pass-456")
+            await staff_user.asave()
+        error, closed = await _closed_with(feed)
+        await feed.disconnect()
+        return still, error, closed
+
+    still, error, closed = run(scenario)
+    assert still
+    assert error["code"] == "not_authenticated"
+    assert closed == {"type": "websocket.close", "code": CLOSE_NOT_AUTHENTICATED}
+
+
+@pytest.mark.django_db
+def test_an_account_gets_at_most_its_cap_of_feeds_and_a_closed_one_frees_its_slot(staff_user, settings):
+    from .test_checkin_feed import feed_for
+
+    settings.CHECKIN_MAX_FEED_SOCKETS_PER_USER = 2
+
+    async def scenario():
+        first, second, third, again = (feed_for(staff_user) for _ in range(4))
+        await opened(first)
+        await opened(second)
+        refused = await refused_with(third)
+        await first.disconnect()
+        await opened(again)
+        for feed in (second, again):
+            await feed.disconnect()
+        return refused
+
+    error, closed = run(scenario)
+    assert error["code"] == "too_many_connections"
+    assert closed == {"type": "websocket.close", "code": CLOSE_TOO_MANY}
+
+
 @pytest.mark.django_db
 def test_an_oversized_frame_is_refused_before_consent_is_checked(plain_user, settings):
     settings.CHECKIN_MAX_FRAME_BYTES = 1000
