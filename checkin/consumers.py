@@ -235,9 +235,12 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
 
     async def watch(self):
         """Close the socket when the client has sent nothing for CHECKIN_IDLE_SECONDS (a frame being
-        analysed counts as activity), and keep this connection's slots alive meanwhile."""
+        analysed counts as activity) or when its credential no longer admits it (checked again every
+        CHECKIN_ACCESS_RECHECK_SECONDS), and keep this connection's slots alive meanwhile."""
         idle = settings.CHECKIN_IDLE_SECONDS
+        recheck = settings.CHECKIN_ACCESS_RECHECK_SECONDS
         next_beat = time.monotonic() + HEARTBEAT_SECONDS
+        next_check = time.monotonic() + recheck if recheck > 0 else float("inf")
         while True:
             now = time.monotonic()
             if self.worker is not None and not self.worker.done():
@@ -246,13 +249,44 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
                 await self.send_error("idle_timeout", f"Nothing was sent for {idle:g} seconds; the connection is closed.")
                 await self.close(code=CLOSE_IDLE)
                 return
-            wait = next_beat - now
+            if now >= next_check:
+                refused = await self.access_lost()
+                if refused is not None:
+                    await self.cut_off(*refused)
+                    return
+                next_check = now + recheck
+            wait = min(next_beat, next_check) - now
             if idle > 0:
                 wait = min(wait, self.last_active + idle - now)
             await asyncio.sleep(max(0.05, wait))
             if time.monotonic() >= next_beat:
                 await self.slots.refresh()
                 next_beat += HEARTBEAT_SECONDS
+
+    async def access_lost(self) -> tuple[str, str] | None:
+        """Why the credential this socket was opened with no longer admits it, or None: an API key
+        or token revoked or expired, its kiosk deactivated; a kiosk or user session ended."""
+        caller = self.caller
+        if caller.api_key is not None or caller.device == "api token":
+            fresh = await _user_from_token_header(self.scope.get("headers"))
+            if fresh is None:
+                return "not_authenticated", "The API key or token was revoked or has expired."
+            if fresh.refused is not None:
+                return fresh.refused
+            if caller.kiosk is not None and (fresh.kiosk is None or fresh.kiosk.pk != caller.kiosk.pk):
+                return "not_authenticated", "The kiosk this API key belongs to changed or was deactivated."
+            return None
+        kiosk_id = caller.kiosk.pk if caller.kiosk is not None else None
+        user_id = getattr(caller.user, "pk", None)
+        return await database_sync_to_async(session_access_lost)(self.scope.get("session"), kiosk_id, user_id)
+
+    async def cut_off(self, code: str, message: str):
+        """Stop analysing (a frame in progress is not answered) and close with the refusal."""
+        self.closing = True
+        if self.worker is not None:
+            self.worker.cancel()
+        await self.send_error(code, message)
+        await self.close(code=CLOSE_NOT_AUTHENTICATED if code == "not_authenticated" else CLOSE_FORBIDDEN)
 
     async def disconnect(self, code):
         for task in (getattr(self, "worker", None), getattr(self, "watcher", None)):
@@ -479,25 +513,32 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
         await self.send_json({"type": "error", "code": code, "message": message})
 
 
-def feed_access_lost(user_id: int, session_key: str | None) -> tuple[str, str] | None:
-    """Why the staff feed's account may no longer see it, or None. With a session (a browser), the
-    session is loaded again and its user resolved the way Django resolves a request's: a logout, an
-    expired session or a changed password (the session's auth hash) end it; without one (a test
-    client) the user row alone is read again."""
+def session_access_lost(session, kiosk_id: int | None, user_id: int | None, staff: bool = False) -> tuple[str, str] | None:
+    """Why a socket opened with a session may no longer stay open, or None; (code, message) otherwise.
+    A browser's session is read again from its store: a kiosk signed out or deactivated, a user
+    logged out, expired, deactivated or with a changed password (Django resolves the session's user
+    and checks its auth hash, as for a request), or, for ``staff``, no longer staff. A session with
+    no key (a test's plain dict) is taken as it is and the rows alone are read again."""
     from importlib import import_module
 
     from django.contrib.auth import get_user, get_user_model
 
-    if session_key:
-        store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
-        user = get_user(SimpleNamespace(session=store))
+    key = getattr(session, "session_key", None)
+    if key:
+        session = import_module(settings.SESSION_ENGINE).SessionStore(key)
+    if kiosk_id is not None:
+        if (session or {}).get(KIOSK_SESSION_KEY) != kiosk_id or not Kiosk.objects.filter(pk=kiosk_id, is_active=True).exists():
+            return "not_authenticated", "This kiosk was signed out or deactivated."
+        return None
+    if key:
+        user = get_user(SimpleNamespace(session=session))
         if not user.is_authenticated or user.pk != user_id:
-            return "not_authenticated", "You are signed out; sign in again to see check-ins."
+            return "not_authenticated", "You are signed out; sign in again."
     else:
         user = get_user_model().objects.filter(pk=user_id).first()
         if user is None or not user.is_active:
             return "not_authenticated", "This account can no longer sign in."
-    if not (user.is_active and user.is_staff):
+    if staff and not (user.is_active and user.is_staff):
         return "not_staff", "Only staff may see the check-in feed."
     return None
 
@@ -507,7 +548,7 @@ class CheckInFeedConsumer(AsyncWebsocketConsumer):
     ``checkin`` message per check-in recorded anywhere and one ``removed`` per check-in rejected.
     Read-only: text from the client is refused.
 
-    The feed carries people's names, so access is not decided once: every CHECKIN_FEED_RECHECK_SECONDS
+    The feed carries people's names, so access is not decided once: every CHECKIN_ACCESS_RECHECK_SECONDS
     the socket checks again that its session is still signed in (not logged out, expired, or
     invalidated by a password change) and its user still active staff, and closes itself otherwise
     (4401 / 4403). At most CHECKIN_MAX_FEED_SOCKETS_PER_USER feeds per account (4429)."""
@@ -533,7 +574,6 @@ class CheckInFeedConsumer(AsyncWebsocketConsumer):
             )
             return
         self.user_id = user.pk
-        self.session_key = getattr(self.scope.get("session"), "session_key", None)
         await self.channel_layer.group_add(feed.FEED_GROUP, self.channel_name)
         self.joined = True
         recent = await database_sync_to_async(feed.recent)()
@@ -541,9 +581,9 @@ class CheckInFeedConsumer(AsyncWebsocketConsumer):
         self.watcher = asyncio.create_task(self.watch())
 
     async def watch(self):
-        """Check the account's access again every CHECKIN_FEED_RECHECK_SECONDS (closing the socket when
+        """Check the account's access again every CHECKIN_ACCESS_RECHECK_SECONDS (closing the socket when
         it is gone), and keep this socket's slot in the per-account cap alive meanwhile."""
-        recheck = settings.CHECKIN_FEED_RECHECK_SECONDS
+        recheck = settings.CHECKIN_ACCESS_RECHECK_SECONDS
         next_beat = next_check = time.monotonic()
         next_beat += HEARTBEAT_SECONDS
         next_check += recheck
@@ -551,7 +591,9 @@ class CheckInFeedConsumer(AsyncWebsocketConsumer):
             await asyncio.sleep(max(0.05, min(next_beat, next_check) - time.monotonic()))
             now = time.monotonic()
             if recheck > 0 and now >= next_check:
-                refused = await database_sync_to_async(feed_access_lost)(self.user_id, self.session_key)
+                refused = await database_sync_to_async(session_access_lost)(
+                    self.scope.get("session"), None, self.user_id, staff=True
+                )
                 if refused is not None:
                     await self.leave()
                     code, message = refused

@@ -559,10 +559,11 @@ CHECKIN_MAX_SOCKETS = env_int("CHECKIN_MAX_SOCKETS", 32)
 CHECKIN_INFERENCE_WORKERS = env_int("CHECKIN_INFERENCE_WORKERS", 2)
 # A socket that sends nothing (no frame, no message) for this long is closed (idle_timeout, 4408).
 CHECKIN_IDLE_SECONDS = env_float("CHECKIN_IDLE_SECONDS", 120.0)
-# The staff feed (/ws/checkins/) carries people's names: each feed socket checks again this often that
-# its session is still signed in and its user still active staff, and closes itself otherwise (so a
-# logout, a password change or a withdrawn staff flag reaches open screens within this time; 0 = never).
-CHECKIN_FEED_RECHECK_SECONDS = env_float("CHECKIN_FEED_RECHECK_SECONDS", 30.0)
+# An open socket's access is checked again this often (0 = never), and the socket closed when it is
+# gone: on /ws/identify/ an API key or token revoked or expired, a kiosk deactivated or signed out, a
+# user logged out, deactivated or with a changed password; on the staff feed (/ws/checkins/, people's
+# names) the same for the session, or the staff flag withdrawn.
+CHECKIN_ACCESS_RECHECK_SECONDS = env_float("CHECKIN_ACCESS_RECHECK_SECONDS", 30.0)
 # Feed sockets open at once per account (too_many_connections, 4429 beyond it; 0 = no cap).
 CHECKIN_MAX_FEED_SOCKETS_PER_USER = env_int("CHECKIN_MAX_FEED_SOCKETS_PER_USER", 4)
 

@@ -385,6 +385,51 @@ def test_the_staff_feed_answers_any_message_read_only_and_stays_open(staff_user)
     assert codes == ["read_only"] * 3 and quiet
 
 
+# ---- /ws/identify/: access checked again while open ----------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("withdrawn", ["key revoked", "kiosk deactivated", "key's kiosk deactivated", "user deactivated"])
+def test_an_open_stream_is_closed_when_its_credential_is_withdrawn(staff_user, plain_user, kiosk, settings, withdrawn):
+    """A stolen kiosk, a leaked key, a user who left: staff withdraw it in the admin, and the socket
+    already open (a kiosk streams all day) is closed within CHECKIN_ACCESS_RECHECK_SECONDS, its
+    frames no longer analysed; until then it works as before."""
+    from checkin.consumers import CLOSE_NOT_AUTHENTICATED
+
+    settings.CHECKIN_ACCESS_RECHECK_SECONDS = 0.3
+    key, raw = ApiKey.issue(staff_user, "door pi", Role.KIOSK, kiosk=kiosk)
+    communicator = {
+        "key revoked": lambda: keyed(raw),
+        "kiosk deactivated": lambda: communicator_for(kiosk=kiosk),
+        "key's kiosk deactivated": lambda: keyed(raw),
+        "user deactivated": lambda: communicator_for(plain_user),
+    }[withdrawn]()
+
+    async def withdraw():
+        if withdrawn == "key revoked":
+            await database_sync_to_async(key.revoke)()
+        elif withdrawn == "user deactivated":
+            await type(plain_user).objects.filter(pk=plain_user.pk).aupdate(is_active=False)
+        else:
+            await Kiosk.objects.filter(pk=kiosk.pk).aupdate(is_active=False)
+
+    async def scenario():
+        await open_with_consent(communicator)
+        still = await communicator.receive_nothing(timeout=0.8)  # rechecked: still admitted, still open
+        await withdraw()
+        error = await receive(communicator, timeout=10)
+        closed = await communicator.receive_output(timeout=10)
+        await communicator.disconnect()
+        return still, error, closed
+
+    from channels.db import database_sync_to_async
+
+    still, error, closed = run(scenario)
+    assert still
+    assert error["code"] == "not_authenticated", error
+    assert closed == {"type": "websocket.close", "code": CLOSE_NOT_AUTHENTICATED}
+
+
 # ---- the staff feed: access checked again while open, a cap per account ---------------------------
 
 
@@ -417,7 +462,7 @@ def test_a_feed_is_closed_when_its_user_stops_being_staff_and_gets_no_check_in_a
 
     from .test_checkin_feed import feed_for
 
-    settings.CHECKIN_FEED_RECHECK_SECONDS = 0.3
+    settings.CHECKIN_ACCESS_RECHECK_SECONDS = 0.3
 
     async def scenario():
         feed = feed_for(staff_user)
@@ -445,7 +490,7 @@ def test_a_feed_is_closed_when_its_session_ends(staff_user, client, settings, ho
 
     from checkin.consumers import CLOSE_NOT_AUTHENTICATED
 
-    settings.CHECKIN_FEED_RECHECK_SECONDS = 0.3
+    settings.CHECKIN_ACCESS_RECHECK_SECONDS = 0.3
     feed, key = _feed_with_session(staff_user, client)
 
     async def scenario():
