@@ -79,6 +79,7 @@ def test_tensorflow_and_tflite_give_dlib_bins_descriptors_on_real_faces(chips, o
     assert (unit.argmax(axis=1) == np.arange(len(chips))).all()
 
 
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")  # the bare one below
 def test_tflite_threads_beyond_the_pool_make_no_interpreter_and_get_the_single_thread_answers(chips, on_tflite):
     """Six threads describing at once (a batch of 4, then single chips) on a pool of two interpreters:
     never a third (each thread used to make its own, never freed: memory grew with every thread that
