@@ -3,13 +3,14 @@ the product runs (FaceNet: ``embedding_lite``; dlib's ResNet: ``dlib_tf``; the e
 ``training.engine.export``), and the per-machine cache of those conversions (``converted_once``).
 
 An interpreter is not thread-safe, and each holds its own XNNPACK-packed weights and tensor arena
-(~90 MB for FaceNet, ~8 MB for dlib's network), so the interpreters of a model form a bounded pool
+(a process grew ~100 MB per FaceNet interpreter, ~50 MB per dlib one), so the interpreters of a model form a bounded pool
 (``size``, default: the cores, all made and warmed up at start): a call borrows one for its
 duration and returns it; a thread finding all in use waits. Memory stays bounded however many
 threads run the model (request threads, the live check-in pool, a default executor), and more
 concurrent interpreters than cores would only share the same CPU. Before the pool, each thread
 made its own interpreter: +271 MB under 16 concurrent clients for FaceNet (BENCHMARKS.md, "Kiosk
-capacity"), and an unbounded number of dlib interpreters, one per thread that ever embedded.
+capacity"), and +795 MB for dlib's network under 16 threads embedding fused faces (BENCHMARKS.md,
+"One bounded interpreter pool for every TFLite model").
 """
 
 from __future__ import annotations
