@@ -2,6 +2,7 @@
 as dlib-bin on real faces, and a clear refusal of a file that is not the one dlib wrote."""
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -78,25 +79,40 @@ def test_tensorflow_and_tflite_give_dlib_bins_descriptors_on_real_faces(chips, o
     assert (unit.argmax(axis=1) == np.arange(len(chips))).all()
 
 
-def test_tflite_threads_each_get_their_own_interpreter_and_the_same_answers(chips, on_tflite):
-    expected = on_tflite.describe_chips(chips[:4])
-    results, errors = [], []
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")  # the bare one below
+def test_tflite_threads_beyond_the_pool_make_no_interpreter_and_get_the_single_thread_answers(chips, on_tflite):
+    """Six threads describing at once (a batch of 4, then single chips) on a pool of two interpreters:
+    never a third (each thread used to make its own, never freed: memory grew with every thread that
+    ever embedded a fused face) and, bit for bit, what one thread gets alone and what a bare
+    interpreter on the same file gets (the per-thread runner's path: no pool, no warm-up)."""
+    import tensorflow as tf
+
+    from recognition.engine.tflite_pool import PooledInterpreter
+
+    pooled = DlibDescriptor("landmarks", runtime="tflite", cache_dir=settings.TRAINING_CACHE_DIR, max_interpreters=2)
+    network = pooled._network
+    assert (network.pool.size, network.pool.made) == (2, 2)  # made and warmed up at start
+    batch, singles = chips[:4], [chips[i : i + 1] for i in range(4)]
+    bare = PooledInterpreter(tf.lite.Interpreter(model_path=str(network.model_path), num_threads=network.pool.threads))
+    expected = [bare.run(batch)] + [bare.run(c) for c in singles]
+    alone = [network(batch)] + [network(c) for c in singles]
+    for got, want in zip(alone, expected):
+        np.testing.assert_array_equal(got, want)
+    start = threading.Barrier(6)
 
     def describe():
-        try:
-            for _ in range(3):
-                results.append(on_tflite.describe_chips(chips[:4]))
-        except Exception as err:  # surfaced below: a thread's exception would otherwise be lost
-            errors.append(err)
+        start.wait()
+        return [[network(batch)] + [network(c) for c in singles] for _ in range(3)]
 
-    threads = [threading.Thread(target=describe) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and len(results) == 9
-    for result in results:
-        np.testing.assert_allclose(result, expected, atol=1e-6)
+    with ThreadPoolExecutor(6) as threads:
+        outcomes = [f.result() for f in [threads.submit(describe) for _ in range(6)]]
+    assert network.pool.made == 2  # six threads at once borrowed the two; none made another
+    for rounds in outcomes:
+        for results in rounds:
+            for got, want in zip(results, expected):
+                np.testing.assert_array_equal(got, want)
+    # the descriptor itself, as the fused embedder calls it, from the shared pipeline's pool
+    np.testing.assert_array_equal(pooled.describe_chips(batch), on_tflite.describe_chips(batch))
 
 
 def test_the_converted_network_is_reused_from_the_cache(on_tflite):

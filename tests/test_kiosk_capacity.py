@@ -246,10 +246,12 @@ def test_threads_embedding_at_once_share_a_bounded_pool_of_interpreters_and_get_
     """An interpreter is not thread-safe and holds ~90 MB of packed weights: four threads embedding
     different batch sizes at once borrow from a pool of two (made at start, never more: the web
     worker's memory is bounded and flat however many threads embed) and get exactly the
-    single-thread results."""
+    single-thread results. The pool is the product's one for every TFLite model (tflite_pool)."""
     from recognition.engine.embedding_lite import LiteFaceEmbedder
+    from recognition.engine.tflite_pool import InterpreterPool
 
     pooled = LiteFaceEmbedder(settings.TRAINING_CACHE_DIR, max_interpreters=2)
+    assert isinstance(pooled.pool, InterpreterPool) and (pooled.pool.size, pooled.pool.made) == (2, 2)
     halves = (fixture_crops[: len(fixture_crops) // 2], fixture_crops[len(fixture_crops) // 2 :])
     alone = [lite_embedder.embed(h) for h in halves] + [lite_embedder.embed(c[None]) for c in fixture_crops[:4]]
     start = threading.Barrier(4)
@@ -264,7 +266,7 @@ def test_threads_embedding_at_once_share_a_bounded_pool_of_interpreters_and_get_
 
     with ThreadPoolExecutor(4) as threads:
         outcomes = list(threads.map(work, range(4)))
-    assert pooled.interpreters_made == 2  # made at start; four threads at once never made more
+    assert pooled.pool.made == 2  # made at start; four threads at once never made more
     for which, results in enumerate(outcomes):
         for r in range(3):
             batch, singles = results[5 * r], results[5 * r + 1 : 5 * r + 5]

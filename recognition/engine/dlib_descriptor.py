@@ -143,8 +143,9 @@ class DlibDescriptor:
     ``describe(rgb, faces)`` is the whole path; ``chips`` and ``describe_chips`` split it so a
     caller can batch chips from several images into one network call. On the ``"dlib"`` runtime it
     is not thread-safe (dlib's network keeps per-call buffers: give each thread its own instance or
-    a lock); on ``"tf"`` and ``"tflite"`` it is (``thread_safe``; TFLite keeps one interpreter per
-    thread). The ``"landmarks"`` alignment on those runtimes does not use dlib-bin at all.
+    a lock); on ``"tf"`` and ``"tflite"`` it is (``thread_safe``; TFLite borrows from a bounded pool
+    of interpreters, ``dlib_tf.DlibResNetLite``). The ``"landmarks"`` alignment on those runtimes
+    does not use dlib-bin at all.
     """
 
     dim = DESCRIPTOR_DIM
@@ -156,9 +157,11 @@ class DlibDescriptor:
         runtime: str = "dlib",
         cache_dir: Path | None = None,
         threads: int | None = None,
+        max_interpreters: int | None = None,
     ):
         """``cache_dir``: where the ``"tflite"`` runtime keeps its converted network (converted
-        there on first use, ~10 s); ``threads``: the TFLite interpreter's threads (default: the cores)."""
+        there on first use, ~10 s); ``threads``: each TFLite interpreter's threads and
+        ``max_interpreters`` the most interpreters at once (default: the cores, both)."""
         if alignment not in ALIGNMENTS:
             raise ValueError(f"unknown alignment {alignment!r}; choose one of {ALIGNMENTS}")
         if runtime not in RUNTIMES:
@@ -183,7 +186,9 @@ class DlibDescriptor:
             if runtime == "tf":
                 self._network = dlib_tf.DlibResNetTF(dlib_tf.read_dlib_network(network, expected_sha256=digest))
             else:
-                self._network = dlib_tf.DlibResNetLite(dlib_tf.cached_tflite(network, Path(cache_dir), digest), threads)
+                self._network = dlib_tf.DlibResNetLite(
+                    dlib_tf.cached_tflite(network, Path(cache_dir), digest), threads, max_interpreters
+                )
         self._predictor = None
         if alignment.startswith("predictor"):
             import dlib

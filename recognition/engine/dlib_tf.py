@@ -36,18 +36,13 @@ The descriptor is the raw 128-d output, as ``dlib.face_recognition_model_v1`` re
 from __future__ import annotations
 
 import hashlib
-import logging
-import os
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .facenet import WeightsError
-
-log = logging.getLogger(__name__)
+from .tflite_pool import InterpreterPool, converted_once
 
 CHIP_SIZE = 150
 DESCRIPTOR_DIM = 128
@@ -431,59 +426,24 @@ def convert_to_tflite(model: DlibResNetTF) -> bytes:
 
 def cached_tflite(network_path: Path, cache_dir: Path, weights_sha256: str) -> Path:
     """The converted network, converted once per (weights, TF version, graph) into ``cache_dir``."""
-    import fcntl
+
+    def convert() -> bytes:
+        return convert_to_tflite(DlibResNetTF(read_dlib_network(network_path, expected_sha256=weights_sha256)))
 
     path = Path(cache_dir) / f"dlib-resnet-{cache_key(weights_sha256)}.tflite"
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # several processes on an empty cache convert once
-        if not path.exists():
-            started = time.perf_counter()
-            data = convert_to_tflite(DlibResNetTF(read_dlib_network(network_path, expected_sha256=weights_sha256)))
-            partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
-            partial.write_bytes(data)
-            partial.replace(path)  # atomic: a reader never sees half a file
-            log.warning(
-                "converted dlib's face network to TFLite in %.0f s (once per machine): %s", time.perf_counter() - started, path
-            )
-    return path
+    return converted_once(path, convert, "dlib's face network")
 
 
 class DlibResNetLite:
     """The converted network in the TFLite interpreter: (N, 150, 150, 3) uint8 RGB chips ->
-    (N, 128) float32 raw descriptors. One interpreter per thread (an interpreter is not
-    thread-safe), all mapping the same file; ``threads`` per interpreter (default: the cores)."""
+    (N, 128) float32 raw descriptors. Thread-safe: a bounded pool of ``max_interpreters``
+    interpreters (default: the cores, made and warmed up here), all mapping the same file, each
+    used by one call at a time; ``threads`` per interpreter (default: the cores). See
+    ``tflite_pool.InterpreterPool``."""
 
-    def __init__(self, model_path: Path, threads: int | None = None):
+    def __init__(self, model_path: Path, threads: int | None = None, max_interpreters: int | None = None):
         self.model_path = Path(model_path)
-        self.threads = threads or os.cpu_count() or 1
-        self._local = threading.local()
-
-    def _interpreter(self):
-        local = self._local
-        if getattr(local, "interpreter", None) is None:
-            import warnings
-
-            import tensorflow as tf
-
-            with warnings.catch_warnings():
-                # "tf.lite.Interpreter is deprecated" in favour of ai_edge_litert (not a dependency)
-                warnings.simplefilter("ignore", UserWarning)
-                local.interpreter = tf.lite.Interpreter(model_path=str(self.model_path), num_threads=self.threads)
-            local.input = local.interpreter.get_input_details()[0]["index"]
-            local.output = local.interpreter.get_output_details()[0]["index"]
-            local.batch = None
-        return local
+        self.pool = InterpreterPool(self.model_path, size=max_interpreters, threads=threads)
 
     def __call__(self, chips: np.ndarray) -> np.ndarray:
-        chips = np.ascontiguousarray(chips, np.uint8)
-        local = self._interpreter()
-        if local.batch != len(chips):
-            local.interpreter.resize_tensor_input(local.input, list(chips.shape))
-            local.interpreter.allocate_tensors()
-            local.batch = len(chips)
-        local.interpreter.set_tensor(local.input, chips)
-        local.interpreter.invoke()
-        return local.interpreter.get_tensor(local.output).copy()
+        return self.pool.run(np.ascontiguousarray(chips, np.uint8))

@@ -8,29 +8,22 @@ machine converts the no-flip graph once for both. Flip test-time augmentation ru
 twice (the crop and its mirror image) and combines the two unit embeddings exactly as the Keras
 graph does (``combine_flipped``): one converted file serves both settings.
 
-An interpreter is not thread-safe, and each holds its own XNNPACK-packed weights (~90 MB), so they
-form a bounded pool (``max_interpreters``, default: the cores, all made and warmed up at start): a
-call borrows one for its duration and returns it; a thread finding all in use waits. Memory stays bounded however many threads embed
-(request threads, the live check-in pool, a default executor), and more concurrent interpreters than
-cores would only share the same CPU.
+The interpreters are a bounded pool (``tflite_pool.InterpreterPool``, ``max_interpreters``, default:
+the cores, all made and warmed up at start): a call borrows one for its duration; a thread finding all
+in use waits, so memory stays bounded however many threads embed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import os
 import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from .embedding import combine_flipped, embedding_graph, facenet_name
 from .facenet import EMBEDDING_DIM, INPUT_SIZE, WEIGHTS_SHA256, default_weights_path, load_facenet, sha256_of
-
-log = logging.getLogger(__name__)
+from .tflite_pool import InterpreterPool, converted_once
 
 # Bump when the exported graph changes, so that cached conversions are not reused.
 EXPORT_FORMAT = 2
@@ -73,34 +66,19 @@ def cached_path(weights_sha256: str, cache_dir: Path, flip: bool) -> Path:
 def cached_embedder_tflite(model, weights_sha256: str, cache_dir: Path, flip: bool = True) -> Path:
     """The converted embedder, converted once per (weights, TF version, graph) and kept in ``cache_dir``.
     ``model`` is the Keras model, or a callable returning it (only called when a conversion is due)."""
-    import fcntl
 
-    path = cached_path(weights_sha256, cache_dir, flip)
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Several processes starting on an empty cache (two web workers) convert once: the others wait.
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not path.exists():
-            started = time.perf_counter()
-            data = convert_embedder(model() if callable(model) and not hasattr(model, "layers") else model, flip=flip)
-            partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
-            partial.write_bytes(data)
-            partial.replace(path)  # atomic: a reader never sees half a file
-            log.warning(
-                "converted the FaceNet embedder to TFLite in %.0f s (once per machine): %s", time.perf_counter() - started, path
-            )
-    return path
+    def convert() -> bytes:
+        return convert_embedder(model() if callable(model) and not hasattr(model, "layers") else model, flip=flip)
+
+    return converted_once(cached_path(weights_sha256, cache_dir, flip), convert, "the FaceNet embedder")
 
 
 class LiteFaceEmbedder:
     """``FaceEmbedder``'s interface (``embed``, ``name``, ``flip``, ``model``) on the TFLite interpreter.
 
     Safe to call from several threads: at most ``max_interpreters`` interpreters (default: the
-    cores), each used by one call at a time. ``threads`` is each interpreter's own CPU threads (default: the cores, as TensorFlow's own graphs use them): on a
-    busy machine a one-thread interpreter did the same work in less CPU but got half the cores'
-    time, so its calls took twice as long (BENCHMARKS.md, "Kiosk capacity")."""
+    cores), each used by one call at a time; ``threads`` is each interpreter's own CPU threads
+    (default: the cores). Both as ``tflite_pool.InterpreterPool``."""
 
     dim = EMBEDDING_DIM
     input_size = INPUT_SIZE
@@ -121,23 +99,11 @@ class LiteFaceEmbedder:
         self.weights_sha256 = WEIGHTS_SHA256 if not weights_path else sha256_of(path)
         self.flip = flip
         self.name = facenet_name(flip)  # the same embeddings as FaceEmbedder's, so the same name
-        self.threads = threads or os.cpu_count() or 1
         self._model = None
         self._model_lock = threading.Lock()
         self.model_path = cached_embedder_tflite(lambda: self.model, self.weights_sha256, Path(cache_dir), flip=False)
-        self.max_interpreters = max(1, max_interpreters or os.cpu_count() or 1)
-        self._slots = threading.BoundedSemaphore(self.max_interpreters)
-        self._idle: list[_Interpreter] = []  # last returned first: its memory is the warmest
-        self._idle_lock = threading.Lock()
-        self.interpreters_made = 0
-        # All of them now, each warmed up: a worker's memory is then what it will stay (made when two
-        # calls first overlap, the second appeared as +200 MB of RSS mid-traffic), and no request
-        # pays for one.
-        warm = np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.float32)
-        for _ in range(self.max_interpreters):
-            item = self._new_interpreter()
-            self._run(item, warm)
-            self._idle.append(item)
+        self.pool = InterpreterPool(self.model_path, size=max_interpreters, threads=threads)
+        self.threads = self.pool.threads
 
     @property
     def model(self):
@@ -146,48 +112,6 @@ class LiteFaceEmbedder:
             if self._model is None:
                 self._model = load_facenet(self.weights_path)
             return self._model
-
-    def _new_interpreter(self) -> _Interpreter:
-        import warnings
-
-        import tensorflow as tf
-
-        with warnings.catch_warnings():
-            # "tf.lite.Interpreter is deprecated" in favour of the ai_edge_litert package, which
-            # is not a dependency here; the interpreter is the same (README, settings).
-            warnings.simplefilter("ignore", UserWarning)
-            # model_path, not model_content: every interpreter maps the same file.
-            interpreter = tf.lite.Interpreter(model_path=str(self.model_path), num_threads=self.threads)
-        with self._idle_lock:
-            self.interpreters_made += 1
-        return _Interpreter(
-            interpreter, interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
-        )
-
-    @contextmanager
-    def _borrowed(self):
-        """An interpreter for this call alone: an idle one, else wait for one to be returned."""
-        self._slots.acquire()
-        try:
-            with self._idle_lock:
-                item = self._idle.pop()  # as many slots as interpreters: one is idle
-            try:
-                yield item
-            finally:
-                with self._idle_lock:
-                    self._idle.append(item)
-        finally:
-            self._slots.release()
-
-    @staticmethod
-    def _run(item: _Interpreter, crops: np.ndarray) -> np.ndarray:
-        if item.batch != len(crops):
-            item.interpreter.resize_tensor_input(item.input, list(crops.shape))
-            item.interpreter.allocate_tensors()
-            item.batch = len(crops)
-        item.interpreter.set_tensor(item.input, crops)
-        item.interpreter.invoke()
-        return item.interpreter.get_tensor(item.output).copy()
 
     def embed(self, crops: np.ndarray, flip: bool | None = None) -> np.ndarray:
         """(N, 160, 160, 3) uint8 RGB -> (N, 128) float32, L2-normalised (as ``FaceEmbedder.embed``)."""
@@ -198,18 +122,8 @@ class LiteFaceEmbedder:
         if len(crops) == 0:
             return np.zeros((0, EMBEDDING_DIM), np.float32)
         x = crops.astype(np.float32)
-        with self._borrowed() as item:
-            embeddings = self._run(item, x)
+        with self.pool.borrowed() as interpreter:
+            embeddings = interpreter.run(x)
             if flip:
-                embeddings = combine_flipped(embeddings, self._run(item, np.ascontiguousarray(x[:, :, ::-1])))
+                embeddings = combine_flipped(embeddings, interpreter.run(np.ascontiguousarray(x[:, :, ::-1])))
         return embeddings.astype(np.float32)
-
-
-class _Interpreter:
-    """One TFLite interpreter and the batch size its tensors are allocated for."""
-
-    def __init__(self, interpreter, input_index: int, output_index: int):
-        self.interpreter = interpreter
-        self.input = input_index
-        self.output = output_index
-        self.batch: int | None = None

@@ -21,32 +21,23 @@ from recognition.engine.embedding_lite import (  # noqa: E402,F401
     cached_embedder_tflite,
     convert_embedder,
 )
+from recognition.engine.tflite_pool import InterpreterPool
 
 
 class TFLiteEmbedder:
-    """Embeddings from an exported .tflite file: what an edge client runs."""
+    """Embeddings from an exported .tflite file: what an edge client runs. Thread-safe: a pool of
+    ``max_interpreters`` interpreters (default one: an edge client embeds one frame at a time),
+    ``threads`` each (default: the cores); see ``recognition.engine.tflite_pool``."""
 
-    def __init__(self, model: bytes | str | Path, threads: int | None = None):
-        import tensorflow as tf
-
-        content = model if isinstance(model, bytes) else Path(model).read_bytes()
-        self.interpreter = tf.lite.Interpreter(model_content=content, num_threads=threads)
-        self._input = self.interpreter.get_input_details()[0]["index"]
-        self._output = self.interpreter.get_output_details()[0]["index"]
-        self._batch = None
+    def __init__(self, model: bytes | str | Path, threads: int | None = None, max_interpreters: int = 1):
+        self.pool = InterpreterPool(model, size=max_interpreters, threads=threads)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """(N, 160, 160, 3) uint8 or float RGB -> (N, 128) float32, L2-normalised."""
         crops = np.asarray(crops, np.float32)
         if len(crops) == 0:
             return np.zeros((0, 128), np.float32)
-        if self._batch != len(crops):
-            self.interpreter.resize_tensor_input(self._input, list(crops.shape))
-            self.interpreter.allocate_tensors()
-            self._batch = len(crops)
-        self.interpreter.set_tensor(self._input, crops)
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self._output).copy()
+        return self.pool.run(crops)
 
 
 def sha256_bytes(data: bytes) -> str:
