@@ -80,7 +80,7 @@ def main() -> None:
             time.sleep(0.5)
             rows = sum(1 for _ in FaceImage.objects.values_list("embedding", flat=True).iterator(5000))
             report["read"] = f"{rows:,} templates read, done at {time.perf_counter() - began:.1f} s"
-            FaceImage.objects.filter(pk=ids[-1]).update(processed_at=timezone.now())
+            FaceImage.objects.filter(pk=ids[0]).update(processed_at=timezone.now())  # a row the UPDATE has reached
             report["write"] = f"one face row written, done at {time.perf_counter() - began:.1f} s"
         except Exception as err:  # SQLite: "database is locked" after its busy timeout
             report["error"] = f"{type(err).__name__}: {err} at {time.perf_counter() - began:.1f} s"

@@ -60,8 +60,9 @@ def main() -> None:
     parser.add_argument("--embed-runtime", choices=("tflite", "keras"), default="tflite")
     parser.add_argument("--keep", type=Path, default=None, help="use (and keep) this folder for the site")
     args = parser.parse_args()
+    args.lfw = args.lfw.resolve()  # the site's photos are symlinks to it
 
-    base = args.keep or Path(tempfile.mkdtemp(prefix="switch-bench-"))
+    base = (args.keep or Path(tempfile.mkdtemp(prefix="switch-bench-"))).resolve()
     base.mkdir(parents=True, exist_ok=True)
     db = base / "db.sqlite3"
     env = {
