@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 RUN_TASK = "recognition.tasks.run_embedder_switch"
 CATCH_UP_TASK = "recognition.tasks.catch_up_served_embedder"
 Status = EmbedderSwitch.Status
+KEEP_CHUNK = 5000  # served templates kept per INSERT (keep_served_templates)
 
 
 class SwitchRefused(Exception):
@@ -294,18 +295,21 @@ def keep_served_templates() -> int:
     missing = (
         FaceImage.objects.filter(embedder=name, embedding__isnull=False)
         .exclude(Exists(FaceEmbedding.objects.filter(face=OuterRef("pk"), embedder=name)))
+        .order_by("pk")
         .values_list("pk", "embedding")
     )
-    written = 0
-    while True:  # 5,000 at a time (bounded memory); each chunk written leaves ``missing``
+    written, after = 0, 0
+    while True:  # KEEP_CHUNK at a time (bounded memory), from where the last chunk ended (a scan
+        # that restarted from the first face each time took 41 s at 100,000 faces, growing with the square)
         rows = [
             FaceEmbedding(face_id=pk, embedder=name, vector=bytes(blob), dim=len(bytes(blob)) // 4)
-            for pk, blob in missing.order_by("pk")[:5000]
+            for pk, blob in missing.filter(pk__gt=after)[:KEEP_CHUNK]
         ]
         if not rows:
             return written
         FaceEmbedding.objects.bulk_create(rows, ignore_conflicts=True)
         written += len(rows)
+        after = rows[-1].face_id
 
 
 def _threshold(kind: str, name: str, gallery_size: int) -> float:

@@ -398,3 +398,16 @@ def test_the_evaluation_reads_only_a_seeded_sample_of_whole_people_past_its_cap(
     assert f"searched {searched} of the {enrolled.count()} faces" in capsys.readouterr().out
     page = admin_client.get("/admin/recognition/embedderswitch/").content.decode()
     assert f"Searched {searched} of the {enrolled.count()} faces" in page
+
+
+def test_the_served_templates_are_kept_chunk_by_chunk_each_face_once(monkeypatch):
+    served = names()["facenet"]
+    with_template = FaceImage.objects.filter(embedder=served, embedding__isnull=False)
+    FaceEmbedding.objects.filter(embedder=served).delete()  # faces enrolled before the table, say
+    monkeypatch.setattr(embedder_switch, "KEEP_CHUNK", 3)  # many chunks on the fixture gallery
+    assert embedder_switch.keep_served_templates() == with_template.count() > 3 * 3
+    kept = FaceEmbedding.objects.filter(embedder=served)
+    assert sorted(kept.values_list("face_id", flat=True)) == sorted(with_template.values_list("pk", flat=True))
+    face = with_template.order_by("pk").last()
+    assert bytes(kept.get(face=face).vector) == bytes(face.embedding)
+    assert embedder_switch.keep_served_templates() == 0  # nothing left to keep
