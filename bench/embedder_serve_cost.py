@@ -9,7 +9,7 @@ name, 4 faces per person), kept as FaceEmbedding rows (``keep_served_templates``
 evaluation does), and given a second 256-d template under the fused embedder's name. Then, each in
 its own transaction as a switch and a rollback run it: serve the fused templates, serve FaceNet's
 again. Meanwhile another connection reads the gallery's templates (what recognize reloads) and
-writes one face row (what an enrollment does), to show who waits for the commit.
+writes face rows, a random one each second (what enrollment and review do), to show who waits.
 """
 
 from __future__ import annotations
@@ -73,28 +73,38 @@ def main() -> None:
         with connection.cursor() as cursor:
             cursor.execute("VACUUM ANALYZE")
 
-    def concurrently(began: float, report: dict) -> None:
-        """Another connection: a gallery read, then a face-row write, while the UPDATE runs; each
-        one's end in seconds since the UPDATE began."""
+    def concurrently(began: float, committed: threading.Event, report: dict) -> None:
+        """Another connection while the UPDATE runs: a gallery read, then writes to one face row
+        after another (a random face each second) until the commit; each one's duration."""
         try:
             time.sleep(0.5)
             rows = sum(1 for _ in FaceImage.objects.values_list("embedding", flat=True).iterator(5000))
             report["read"] = f"{rows:,} templates read, done at {time.perf_counter() - began:.1f} s"
-            FaceImage.objects.filter(pk=ids[0]).update(processed_at=timezone.now())  # a row the UPDATE has reached
-            report["write"] = f"one face row written, done at {time.perf_counter() - began:.1f} s"
+            waits, pick = [], np.random.default_rng(1)
+            while not committed.is_set():
+                t = time.perf_counter()
+                FaceImage.objects.filter(pk=ids[int(pick.integers(len(ids)))]).update(processed_at=timezone.now())
+                waits.append(time.perf_counter() - t)
+                time.sleep(1)
+            waits = np.array(waits)
+            report["writes"] = (
+                f"{len(waits)} single-row writes, {(waits > 0.5).sum()} waited > 0.5 s, "
+                f"longest {waits.max():.1f} s, median {np.median(waits) * 1000:.0f} ms"
+            )
         except Exception as err:  # SQLite: "database is locked" after its busy timeout
             report["error"] = f"{type(err).__name__}: {err} at {time.perf_counter() - began:.1f} s"
         finally:
             connections.close_all()
 
     for label, name in (("switch (serve the fused templates)", fused), ("rollback (serve FaceNet's again)", facenet)):
-        report = {}
+        report, committed = {}, threading.Event()
         started = time.perf_counter()
-        other = threading.Thread(target=concurrently, args=(started, report))
+        other = threading.Thread(target=concurrently, args=(started, committed, report))
         other.start()
         with transaction.atomic():
             served = embedder_switch._serve(name)
         seconds = time.perf_counter() - started
+        committed.set()
         other.join()
         print(f"{label}: {served:,} faces in {seconds:.1f} s ({served / seconds:,.0f} faces/s), committed at {seconds:.1f} s")
         print(f"  meanwhile, another connection: {report}; load {os.getloadavg()}")

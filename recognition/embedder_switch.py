@@ -299,7 +299,8 @@ def keep_served_templates() -> int:
     # the ids first (one pass, integers only: 8 MB at 1M faces), then the templates KEEP_CHUNK at a
     # time by primary key (bounded memory). Paging the anti-join itself (LIMIT after the last id, or
     # id ranges) let PostgreSQL, with a bulk import's stale statistics, re-read the rest of the
-    # table for every page: 41-82 s at 100,000 faces, growing with the square.
+    # table for every page: 41 s and 82 s at 100,000 faces (load 10-12), growing with the square;
+    # this way 9.3 s, and 131 s at 1M (BENCHMARKS.md, "Embedder switch").
     ids = np.fromiter(missing.order_by("pk").values_list("pk", flat=True).iterator(20000), np.int64)
     written = 0
     for start in range(0, len(ids), KEEP_CHUNK):
@@ -428,9 +429,9 @@ def _serve(name: str) -> int:
     ``FaceImage.embedding``. So a switch or a rollback rewrites every face row in one transaction:
     in PostgreSQL a new row version per face (the old ones left to VACUUM) and a row lock on every
     face until the commit, in SQLite the database's write lock. Readers are never blocked
-    (recognize keeps serving the old templates until the commit, then reloads); writers to face rows
-    (enrollment, deletions, review) wait for the commit. Measured in BENCHMARKS.md ("Embedder
-    switch": about 1,000 faces, and the cost of this statement alone on a synthetic gallery). Making
+    (recognize keeps serving the old templates until the commit, then reloads); a writer to a face
+    row the UPDATE has reached (enrollment, deletion, review) waits for the commit. Measured on
+    PostgreSQL (BENCHMARKS.md, "Embedder switch"): 2.3 s at 100,000 faces, 44.5 s at 1M. Making
     it cheap would mean readers reading FaceEmbedding by the served embedder's name (a switch = one
     row flipped), a change to the hot path not made here."""
     template = FaceEmbedding.objects.filter(face=OuterRef("pk"), embedder=name)
