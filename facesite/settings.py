@@ -223,7 +223,9 @@ FACE_MIRRORED_MATCH_THRESHOLD = (
 # without a progress report before it counts as dead and is resumed.
 EMBEDDER_SWITCH_BATCH = env_int("EMBEDDER_SWITCH_BATCH", 32)
 EMBEDDER_SWITCH_STALE_SECONDS = env_int("EMBEDDER_SWITCH_STALE_SECONDS", 900)
-# The evaluation of a switch searches at most this many enrolled faces (a fixed-seed sample of people above it).
+# The evaluation of a switch searches at most this many enrolled faces: past it, a fixed-seed sample of
+# whole people, chosen before any template is read, so its memory is bounded (20,000 faces: ~30 MB of
+# both embedders' templates and ~0.4 GB of score blocks, where all of 1M faces would be ~1.5 GB of templates).
 EMBEDDER_SWITCH_EVAL_MAX_FACES = env_int("EMBEDDER_SWITCH_EVAL_MAX_FACES", 20000)
 # The face region kept at enrollment for re-embedding once the photo is gone: the box widened by this
 # fraction of its side on every side, scaled down to at most this many pixels a side.
@@ -240,8 +242,8 @@ OPEN_SET_FAR_PER_SEARCH = env_float("OPEN_SET_FAR_PER_SEARCH", 0.01)
 OPEN_SET_SITE_MAX_FACES = env_int("OPEN_SET_SITE_MAX_FACES", 3000)
 # ... when they give at least this many pairs of faces of different people (fewer say little about the tail).
 OPEN_SET_SITE_MIN_PAIRS = env_int("OPEN_SET_SITE_MIN_PAIRS", 1000)
-# One tail per embedder (each holds one embedder's scores: `calibrate_open_set` with that FACE_EMBEDDER);
-# the one for the served FACE_EMBEDDER is used.
+# One tail per embedder (each holds one embedder's scores: `calibrate_open_set --embedder KIND`, default
+# the served one); the served embedder's is used, a switch's target's in the switch's evaluation.
 OPEN_SET_LFW_TAIL = env_str("OPEN_SET_LFW_TAIL", str(BASE_DIR / "recognition" / "data" / "lfw_impostor_tail.json"))
 OPEN_SET_LFW_TAIL_FUSED = env_str(
     "OPEN_SET_LFW_TAIL_FUSED", str(BASE_DIR / "recognition" / "data" / "lfw_impostor_tail_fused.json")

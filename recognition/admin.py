@@ -44,10 +44,24 @@ def evaluation_html(evaluation: dict):
     )
     return format_html(
         "<table><thead><tr><th></th><th>embedder</th><th>threshold (per search)</th><th>genuine not found</th><th>FRR</th>"
-        "<th>impostor searches matched</th><th>FAR</th></tr></thead><tbody>{}</tbody></table><p>{}: {}</p>",
+        "<th>impostor searches matched</th><th>FAR</th></tr></thead><tbody>{}</tbody></table><p>{}: {}</p>{}",
         rows,
         "Not worse" if evaluation.get("not_worse") else "Worse",
         evaluation.get("rule", ""),
+        sample_note(evaluation),
+    )
+
+
+def sample_note(evaluation: dict) -> str:
+    """How many faces were searched when the evaluation took a sample (EMBEDDER_SWITCH_EVAL_MAX_FACES)."""
+    if not evaluation.get("sampled"):
+        return ""
+    searched = (evaluation.get("new") or {}).get("faces", 0)
+    return format_html(
+        "<p>Searched {} of the {} faces both embedders hold: a fixed-seed sample of whole people "
+        "(EMBEDDER_SWITCH_EVAL_MAX_FACES), at the thresholds of the whole gallery.</p>",
+        searched,
+        evaluation.get("faces_both"),
     )
 
 

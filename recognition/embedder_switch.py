@@ -13,13 +13,15 @@ up the photo-processing queue; that worker also runs at a lower CPU priority. St
    still exist, under a row lock: a face deleted or erased meanwhile is never brought back.
 2. **Evaluate** old and new side by side on the same enrolled faces (engine/embedder_eval.py):
    genuine leave-one-out and impostor leave-person-out searches, FRR and FAR, each embedder at its
-   own calibrated per-search threshold for this gallery's size.
+   own calibrated per-search threshold for this gallery's size; past EMBEDDER_SWITCH_EVAL_MAX_FACES
+   faces on a fixed-seed sample of whole people, chosen before any template is read (bounded memory).
 3. **Switch**, only if the new embedder is not worse (``embedder_eval.not_worse``) and could embed
    every enrolled face, or when staff force it: one transaction catches up the faces enrolled during
    the run, keeps the old embedder's templates as FaceEmbedding rows, copies the new ones onto
-   ``FaceImage.embedding`` (what the gallery and its snapshots read: the hot path is unchanged),
-   makes the row ACTIVE and writes an EMBEDDER change so every process reloads its gallery with the
-   new embedder. Otherwise the row is BLOCKED with the evaluation, and nothing served changes.
+   ``FaceImage.embedding`` (what the gallery and its snapshots read: the hot path is unchanged;
+   one UPDATE of every face row, whose cost at scale ``_serve`` explains), makes the row ACTIVE
+   and writes an EMBEDDER change so every process reloads its gallery with the new embedder.
+   Otherwise the row is BLOCKED with the evaluation, and nothing served changes.
 4. **Roll back** to the previous embedder: the same copy from the kept templates, instant; faces
    enrolled since (which only the new embedder embedded) are caught up in the background.
 """
@@ -34,6 +36,7 @@ from datetime import timedelta
 
 import numpy as np
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, Subquery
 from django.utils import timezone
@@ -51,6 +54,7 @@ log = logging.getLogger(__name__)
 RUN_TASK = "recognition.tasks.run_embedder_switch"
 CATCH_UP_TASK = "recognition.tasks.catch_up_served_embedder"
 Status = EmbedderSwitch.Status
+KEEP_CHUNK = 5000  # face ids per page of keep_served_templates
 
 
 class SwitchRefused(Exception):
@@ -72,7 +76,8 @@ def start_switch(
     served = pipelines.refresh_served_kind()
     if kind == served:
         raise SwitchRefused(f"{kind} is the embedder served now.")
-    name = pipelines.pipeline_config(kind).embedder_name  # refuses a fused embedder without its calibration
+    name = servable(kind)  # before any row is written: a refusal leaves nothing behind
+    previous_name = servable(served)  # evaluated beside the new one: its calibration must be readable too
     with transaction.atomic():
         running = EmbedderSwitch.objects.select_for_update().in_progress().first()
         if running is not None:
@@ -86,7 +91,7 @@ def start_switch(
             embedder=kind,
             name=name,
             previous=served,
-            previous_name=pipelines.pipeline_config(served).embedder_name,
+            previous_name=previous_name,
             trigger=trigger,
             force=force,
             requested_by=by if by is not None and by.is_authenticated else None,
@@ -97,6 +102,15 @@ def start_switch(
     return switch
 
 
+def servable(kind: str) -> str:
+    """Embedder ``kind``'s name, or SwitchRefused when it cannot be served here (the fused embedder
+    without a readable fusion calibration: ``pipelines.check_embedder``)."""
+    try:
+        return pipelines.check_embedder(kind)
+    except ImproperlyConfigured as err:
+        raise SwitchRefused(f"{kind} cannot be served: {err}") from err
+
+
 def force_blocked(switch: EmbedderSwitch, by=None, queue: bool = True) -> EmbedderSwitch:
     """Staff override: activate a BLOCKED switch (run again: faces enrolled since are embedded, the
     evaluation is repeated and recorded, and it is activated whatever it says)."""
@@ -104,6 +118,7 @@ def force_blocked(switch: EmbedderSwitch, by=None, queue: bool = True) -> Embedd
         raise SwitchRefused(f"Only a blocked switch can be forced; this one is {switch.get_status_display().lower()}.")
     if EmbedderSwitch.objects.in_progress().exists():
         raise SwitchRefused("Another switch is in progress.")
+    servable(switch.embedder)
     EmbedderSwitch.objects.filter(pk=switch.pk).update(force=True, status=Status.QUEUED, finished_at=None)
     if queue:
         transaction.on_commit(lambda: enqueue(switch.pk))
@@ -136,7 +151,11 @@ def follow_setting() -> EmbedderSwitch | None:
         return None
     if EmbedderSwitch.objects.filter(embedder=kind).exists() or EmbedderSwitch.objects.in_progress().exists():
         return None
-    return start_switch(kind, trigger=EmbedderSwitch.Trigger.SETTING)
+    try:
+        return start_switch(kind, trigger=EmbedderSwitch.Trigger.SETTING)
+    except SwitchRefused as err:  # e.g. the fused embedder's calibration missing: said on every watch, nothing written
+        log.error("FACE_EMBEDDER=%s is not followed: %s", kind, err)
+        return None
 
 
 # ---- crash recovery -------------------------------------------------------------------------------
@@ -148,7 +167,7 @@ def resume_dead_switches() -> list[int]:
     on this host is gone, or no progress for EMBEDDER_SWITCH_STALE_SECONDS."""
     from django_q.models import Task
 
-    from training.services import _worker_alive
+    from training.services import worker_alive
 
     stale_before = timezone.now() - timedelta(seconds=settings.EMBEDDER_SWITCH_STALE_SECONDS)
     resumed = []
@@ -156,7 +175,7 @@ def resume_dead_switches() -> list[int]:
         task = Task.objects.filter(id=switch.task_id).first() if switch.task_id else None
         dead = (
             (task is not None and not task.success)
-            or not _worker_alive(switch.worker)
+            or not worker_alive(switch.worker)
             or switch.heartbeat_at is None
             or switch.heartbeat_at < stale_before
         )
@@ -236,38 +255,65 @@ def reembed_for_switch(switch: EmbedderSwitch, limit: int | None = None) -> int:
     return embedded_now
 
 
-def _templates(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(face ids, person ids, (N, D) templates) of embedder ``name`` for the enrolled faces, by face id."""
-    rows = FaceEmbedding.objects.filter(face__in=FaceImage.objects.enrolled(), embedder=name)
-    ids, people, blobs = [], [], []
-    for face_id, person_id, blob in rows.order_by("face_id").values_list("face_id", "face__person_id", "vector").iterator(5000):
-        ids.append(face_id)
-        people.append(person_id)
-        blobs.append(np.frombuffer(bytes(blob), np.float32))
-    if not blobs:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 1), np.float32)
-    return np.array(ids, np.int64), np.array(people, np.int64), np.stack(blobs)
+def evaluation_sample(old_name: str, new_name: str, max_faces: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """The enrolled faces the evaluation searches: those holding both embedders' templates, and past
+    ``max_faces`` of them a fixed-seed sample of whole people (every face of a person sampled, so
+    genuine searches keep their pairs) until ``max_faces`` are reached. Returns (face ids, person
+    ids, faces holding both), by face id. Reads two integers per face, never a template: at 1M
+    faces that is ~16 MB, where both embedders' templates are ~1.5 GB."""
+    both = FaceImage.objects.enrolled().filter(
+        Exists(FaceEmbedding.objects.filter(face=OuterRef("pk"), embedder=old_name)),
+        Exists(FaceEmbedding.objects.filter(face=OuterRef("pk"), embedder=new_name)),
+    )
+    pairs = np.fromiter(
+        (value for row in both.order_by("pk").values_list("pk", "person_id").iterator(20000) for value in row), np.int64
+    ).reshape(-1, 2)
+    ids, people = pairs[:, 0], pairs[:, 1]
+    if len(ids) <= max_faces:
+        return ids, people, len(ids)
+    everyone, inverse, counts = np.unique(people, return_inverse=True, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(everyone))
+    # whole people in the seeded order, up to the first that reaches max_faces
+    taken = order[: int(np.searchsorted(np.cumsum(counts[order]), max_faces)) + 1]
+    keep = np.isin(inverse, taken)
+    return ids[keep], people[keep], len(ids)
+
+
+def _templates(name: str, face_ids: np.ndarray) -> dict[int, np.ndarray]:
+    """Embedder ``name``'s template of each of ``face_ids`` that has one: {face id: (D,) float32}."""
+    vectors = {}
+    for start in range(0, len(face_ids), 5000):  # bounded IN lists
+        chunk = face_ids[start : start + 5000].tolist()
+        for face_id, blob in FaceEmbedding.objects.filter(face_id__in=chunk, embedder=name).values_list("face_id", "vector"):
+            vectors[face_id] = np.frombuffer(bytes(blob), np.float32)
+    return vectors
 
 
 def keep_served_templates() -> int:
     """Copy the served embedder's templates (``FaceImage.embedding``) into FaceEmbedding rows where
     they are missing (faces enrolled or imported before this table): what a rollback returns to."""
     name = pipelines.pipeline_config(pipelines.refresh_served_kind()).embedder_name
-    missing = (
-        FaceImage.objects.filter(embedder=name, embedding__isnull=False)
-        .exclude(Exists(FaceEmbedding.objects.filter(face=OuterRef("pk"), embedder=name)))
-        .values_list("pk", "embedding")
+    missing = FaceImage.objects.filter(embedder=name, embedding__isnull=False).exclude(
+        Exists(FaceEmbedding.objects.filter(face=OuterRef("pk"), embedder=name))
     )
+    # the ids first (one pass, integers only: 8 MB at 1M faces), then the templates KEEP_CHUNK at a
+    # time by primary key (bounded memory). Paging the anti-join itself (LIMIT after the last id, or
+    # id ranges) let PostgreSQL, with a bulk import's stale statistics, re-read the rest of the
+    # table for every page: 41 s and 82 s at 100,000 faces (load 10-12), growing with the square;
+    # this way 9.3 s, and 131 s at 1M (BENCHMARKS.md, "Embedder switch").
+    ids = np.fromiter(missing.order_by("pk").values_list("pk", flat=True).iterator(20000), np.int64)
     written = 0
-    while True:  # 5,000 at a time (bounded memory); each chunk written leaves ``missing``
+    for start in range(0, len(ids), KEEP_CHUNK):
+        chunk = ids[start : start + KEEP_CHUNK].tolist()
         rows = [
             FaceEmbedding(face_id=pk, embedder=name, vector=bytes(blob), dim=len(bytes(blob)) // 4)
-            for pk, blob in missing.order_by("pk")[:5000]
+            for pk, blob in FaceImage.objects.filter(pk__in=chunk, embedder=name, embedding__isnull=False).values_list(
+                "pk", "embedding"
+            )
         ]
-        if not rows:
-            return written
         FaceEmbedding.objects.bulk_create(rows, ignore_conflicts=True)
         written += len(rows)
+    return written
 
 
 def _threshold(kind: str, name: str, gallery_size: int) -> float:
@@ -283,23 +329,22 @@ def _threshold(kind: str, name: str, gallery_size: int) -> float:
 
 
 def evaluate(switch: EmbedderSwitch) -> dict:
-    """Old and new side by side on the enrolled faces both embedded (a fixed-seed sample of
-    people past EMBEDDER_SWITCH_EVAL_MAX_FACES faces)."""
+    """Old and new side by side on the enrolled faces both embedded: all of them up to
+    EMBEDDER_SWITCH_EVAL_MAX_FACES, past it a fixed-seed sample of whole people
+    (``evaluation_sample``), so memory is bounded at any gallery size (20,000 faces: ~30 MB of
+    templates for both embedders, where all of 1M faces would be ~1.5 GB). Each embedder searches
+    the sample at its threshold for the *whole* gallery's size; a sample is a smaller gallery, so
+    its false accepts are fewer than the whole gallery's would be, for both embedders alike (the
+    comparison is what the rule reads)."""
     keep_served_templates()
-    old_ids, old_people, old_vectors = _templates(switch.previous_name)
-    new_ids, _, new_vectors = _templates(switch.name)
-    common = np.intersect1d(old_ids, new_ids)
-    old_pick, new_pick = np.isin(old_ids, common), np.isin(new_ids, common)
-    people, old_vectors, new_vectors = old_people[old_pick], old_vectors[old_pick], new_vectors[new_pick]
-    if len(common) > settings.EMBEDDER_SWITCH_EVAL_MAX_FACES:
-        everyone = np.unique(people)
-        rng = np.random.default_rng(0)
-        keep = np.zeros(len(people), bool)
-        for person in rng.permutation(everyone):
-            keep |= people == person
-            if keep.sum() >= settings.EMBEDDER_SWITCH_EVAL_MAX_FACES:
-                break
-        people, old_vectors, new_vectors = people[keep], old_vectors[keep], new_vectors[keep]
+    ids, people, both = evaluation_sample(switch.previous_name, switch.name, settings.EMBEDDER_SWITCH_EVAL_MAX_FACES)
+    sampled = len(ids) < both
+    old, new = _templates(switch.previous_name, ids), _templates(switch.name, ids)
+    present = np.array([int(i) in old and int(i) in new for i in ids], bool)  # a face deleted meanwhile is left out
+    ids, people = ids[present], people[present]
+    old_vectors = np.stack([old[int(i)] for i in ids]) if len(ids) else np.zeros((0, 1), np.float32)
+    new_vectors = np.stack([new[int(i)] for i in ids]) if len(ids) else np.zeros((0, 1), np.float32)
+    del old, new
     gallery_size = FaceImage.objects.enrolled().count()
     rows = {}
     for role, kind, name, vectors in (
@@ -312,7 +357,15 @@ def evaluate(switch: EmbedderSwitch) -> dict:
     old = embedder_eval.SearchErrors(**{k: rows["old"][k] for k in embedder_eval.SearchErrors.__dataclass_fields__})
     new = embedder_eval.SearchErrors(**{k: rows["new"][k] for k in embedder_eval.SearchErrors.__dataclass_fields__})
     ok, why = embedder_eval.not_worse(old, new)
-    return {**rows, "not_worse": ok, "rule": why, "gallery_size": gallery_size, "evaluated_at": timezone.now().isoformat()}
+    return {
+        **rows,
+        "not_worse": ok,
+        "rule": why,
+        "gallery_size": gallery_size,
+        "faces_both": both,  # enrolled faces holding both templates; rows' "faces": those searched (the sample)
+        "sampled": sampled,
+        "evaluated_at": timezone.now().isoformat(),
+    }
 
 
 def run_switch(switch_id: int, limit: int | None = None) -> str:
@@ -368,7 +421,19 @@ def _unusable(switch: EmbedderSwitch) -> set[int]:
 
 
 def _serve(name: str) -> int:
-    """Copy embedder ``name``'s templates onto the faces' rows (one UPDATE): what the gallery reads."""
+    """Copy embedder ``name``'s templates onto the faces' rows (one UPDATE): what the gallery reads.
+
+    What it costs, and why it stays one statement in the caller's transaction: the change must be
+    seen by every reader at once (a gallery half of one embedder and half of the other would score
+    128-d against 256-d templates), and the gallery, its snapshots and the edge exports read
+    ``FaceImage.embedding``. So a switch or a rollback rewrites every face row in one transaction:
+    in PostgreSQL a new row version per face (the old ones left to VACUUM) and a row lock on every
+    face until the commit, in SQLite the database's write lock. Readers are never blocked
+    (recognize keeps serving the old templates until the commit, then reloads); a writer to a face
+    row the UPDATE has reached (enrollment, deletion, review) waits for the commit. Measured on
+    PostgreSQL (BENCHMARKS.md, "Embedder switch"): 2.3 s at 100,000 faces, 44.5 s at 1M. Making
+    it cheap would mean readers reading FaceEmbedding by the served embedder's name (a switch = one
+    row flipped), a change to the hot path not made here."""
     template = FaceEmbedding.objects.filter(face=OuterRef("pk"), embedder=name)
     return FaceImage.objects.filter(Exists(template)).update(embedding=Subquery(template.values("vector")[:1]), embedder=name)
 
@@ -413,6 +478,7 @@ def rollback(by=None) -> EmbedderSwitch:
         raise SwitchRefused("There is no earlier embedder to roll back to.")
     if EmbedderSwitch.objects.in_progress().exists():
         raise SwitchRefused("A switch is in progress; wait for it to finish first.")
+    servable(active.previous)
     with transaction.atomic():
         back = EmbedderSwitch.objects.create(
             embedder=active.previous,

@@ -43,7 +43,14 @@ class _FusionCalibration:
             ) from err
         if key != self._key:
             with self._lock:
-                self._data, self._key = json.loads(path.read_text()), key
+                try:
+                    data = json.loads(path.read_text())
+                    float(data["cosine_weight"])
+                except (OSError, ValueError, KeyError, TypeError) as err:
+                    raise ImproperlyConfigured(
+                        f"The fusion calibration {path} is unreadable (manage.py fit_fusion writes it): {type(err).__name__}: {err}"
+                    ) from err
+                self._data, self._key = data, key
         return self._data
 
 
@@ -137,6 +144,27 @@ def pipeline(kind: str | None = None) -> FacePipeline:
 def pipeline_for(config: PipelineConfig) -> FacePipeline:
     """The process's pipeline for another config (an LFW evaluation of FaceNet alone, a re-embedding)."""
     return shared_pipeline(config)
+
+
+def check_embedder(kind: str) -> str:
+    """The name of embedder ``kind`` once it is known to be servable here: for the fused embedder,
+    a readable fusion calibration with its cosine weight and its thresholds (or the FACE_FUSED_*
+    overrides). ImproperlyConfigured, saying what is missing, otherwise: a switch to it would only
+    fail after re-embedding every face, or serve an embedder that cannot score."""
+    try:
+        name = pipeline_config(kind).embedder_name
+    except ValueError as err:  # a cosine weight the pipeline refuses
+        raise ImproperlyConfigured(
+            f"{kind} cannot be served with FACE_FUSION_CALIBRATION {settings.FACE_FUSION_CALIBRATION}: {err}"
+        ) from err
+    try:
+        match_threshold_floor(kind), verify_threshold(kind), mislabel_margin(kind)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ImproperlyConfigured(
+            f"The fusion calibration {settings.FACE_FUSION_CALIBRATION} has no thresholds for {kind} "
+            f"(manage.py fit_fusion --thresholds): {type(err).__name__}: {err}"
+        ) from err
+    return name
 
 
 def served_embedder() -> str:

@@ -278,3 +278,136 @@ def test_a_real_switch_to_the_fused_embedder_runs_on_the_training_worker_and_the
     finally:
         live_site.stop(worker)
         live_site.stop(server.proc)
+
+
+def test_a_switch_to_the_fused_embedder_without_a_readable_calibration_is_refused_and_leaves_no_row(
+    settings, tmp_path, admin_client, caplog
+):
+    from django.core.management.base import CommandError
+
+    committed = json.loads(open(settings.FACE_FUSION_CALIBRATION).read())
+    no_thresholds = {k: v for k, v in committed.items() if k != "thresholds"}
+    cases = {
+        "missing": None,
+        "not JSON": "{not json",
+        "no cosine weight": json.dumps({"thresholds": committed["thresholds"]}),
+        "no thresholds": json.dumps(no_thresholds),
+    }
+    for label, text in cases.items():
+        path = tmp_path / f"{label}.json"
+        if text is not None:
+            path.write_text(text)
+        settings.FACE_FUSION_CALIBRATION = str(path)
+        # the admin button: a message on the page, not a server error
+        page = admin_client.post("/admin/recognition/embedderswitch/start/", {"embedder": "facenet+dlib"}, follow=True)
+        assert page.status_code == 200, label
+        text = page.content.decode()
+        assert "facenet+dlib cannot be served" in text.lower() and str(path) in text, label  # messages are capitalised
+        # the command: an error, not a traceback
+        with pytest.raises(CommandError, match="facenet\\+dlib cannot be served"):
+            call_command("switch_embedder", "facenet+dlib")
+        # the setting: logged on each watch, nothing started
+        settings.FACE_EMBEDDER = "facenet+dlib"
+        with caplog.at_level("ERROR", logger="recognition.embedder_switch"):
+            assert embedder_switch.follow_setting() is None
+        assert "is not followed" in caplog.text
+        settings.FACE_EMBEDDER = "facenet"
+        assert not EmbedderSwitch.objects.exclude(trigger="initial").exists(), label
+        assert pipelines.served_kind() == "facenet"
+
+    # a switch blocked earlier cannot be forced while its calibration is unreadable: it stays blocked
+    blocked = EmbedderSwitch.objects.create(embedder="facenet+dlib", previous="facenet", status="blocked")
+    page = admin_client.post(f"/admin/recognition/embedderswitch/{blocked.pk}/force/", follow=True)
+    assert page.status_code == 200 and "facenet+dlib cannot be served" in page.content.decode().lower()
+    blocked.refresh_from_db()
+    assert blocked.status == "blocked" and not blocked.force
+
+    # with the committed calibration the same request is taken (queued; not run here)
+    settings.FACE_FUSION_CALIBRATION = str(tmp_path / "good.json")
+    (tmp_path / "good.json").write_text(json.dumps(committed))
+    EmbedderSwitch.objects.filter(pk=blocked.pk).delete()
+    switch = embedder_switch.start_switch("facenet+dlib", queue=False)
+    assert switch.status == "queued" and switch.name.endswith(f"-v{committed['cosine_weight']:.4f}")
+
+
+def test_a_worker_is_dead_only_when_its_process_on_this_host_is_gone_and_its_switch_is_resumed():
+    import os
+    import socket
+    import subprocess
+
+    from training.services import worker_alive
+
+    host = socket.gethostname()
+    dead_pid = subprocess.Popen(["true"])  # a process that existed and is gone
+    dead_pid.wait()
+    assert worker_alive(f"{host}:{os.getpid()}")
+    assert not worker_alive(f"{host}:{dead_pid.pid}")
+    assert worker_alive(f"another-host:{dead_pid.pid}") and worker_alive("") and worker_alive(f"{host}:not-a-pid")
+
+    # a switch whose worker process is gone is queued again although its heartbeat is fresh
+    switch = EmbedderSwitch.objects.create(
+        embedder=MIRRORED,
+        name=names()[MIRRORED],
+        previous="facenet",
+        previous_name=names()["facenet"],
+        status="reembedding",
+        worker=f"{host}:{dead_pid.pid}",
+        heartbeat_at=timezone.now(),
+    )
+    from unittest import mock
+
+    with mock.patch.object(embedder_switch, "enqueue") as enqueue:  # the edge: the queue, not the judgement
+        assert embedder_switch.resume_dead_switches() == [switch.pk]
+    enqueue.assert_called_once_with(switch.pk)
+    switch.refresh_from_db()
+    assert switch.status == "queued" and "stopped at" in switch.error
+
+
+def test_the_evaluation_reads_only_a_seeded_sample_of_whole_people_past_its_cap(settings, monkeypatch, admin_client, capsys):
+    settings.EMBEDDER_SWITCH_EVAL_MAX_FACES = 6
+    loaded = []
+    real = embedder_switch._templates
+
+    def counting(name, *args):
+        vectors = real(name, *args)
+        loaded.append(len(vectors))
+        return vectors
+
+    monkeypatch.setattr(embedder_switch, "_templates", counting)
+    switch, outcome = switch_here(force=True)
+    assert outcome == "active", switch.error
+    evaluation = switch.evaluation
+    enrolled = FaceImage.objects.enrolled()
+    searched = evaluation["new"]["faces"]
+    assert evaluation["sampled"] and evaluation["faces_both"] == enrolled.count() > searched >= 6
+    assert evaluation["old"]["faces"] == searched and evaluation["gallery_size"] == enrolled.count()
+    assert loaded == [searched, searched]  # never a template of a face outside the sample
+    # whole people, the same ones every time (seeded), at most one person past the cap
+    ids, people, both = embedder_switch.evaluation_sample(switch.previous_name, switch.name, 6)
+    assert len(ids) == searched and both == enrolled.count()
+    for person in set(people.tolist()):
+        assert set(enrolled.filter(person_id=person).values_list("pk", flat=True)) == set(ids[people == person].tolist())
+    largest = max(enrolled.filter(person_id=p).count() for p in set(people.tolist()))
+    assert searched < 6 + largest
+    again, _, _ = embedder_switch.evaluation_sample(switch.previous_name, switch.name, 6)
+    assert again.tolist() == ids.tolist()
+    everyone, _, _ = embedder_switch.evaluation_sample(switch.previous_name, switch.name, 10_000)
+    assert len(everyone) == enrolled.count()
+    # said where staff read the evaluation
+    call_command("switch_embedder", "--status")
+    assert f"searched {searched} of the {enrolled.count()} faces" in capsys.readouterr().out
+    page = admin_client.get("/admin/recognition/embedderswitch/").content.decode()
+    assert f"Searched {searched} of the {enrolled.count()} faces" in page
+
+
+def test_the_served_templates_are_kept_chunk_by_chunk_each_face_once(monkeypatch):
+    served = names()["facenet"]
+    with_template = FaceImage.objects.filter(embedder=served, embedding__isnull=False)
+    FaceEmbedding.objects.filter(embedder=served).delete()  # faces enrolled before the table, say
+    monkeypatch.setattr(embedder_switch, "KEEP_CHUNK", 3)  # many chunks on the fixture gallery
+    assert embedder_switch.keep_served_templates() == with_template.count() > 3 * 3
+    kept = FaceEmbedding.objects.filter(embedder=served)
+    assert sorted(kept.values_list("face_id", flat=True)) == sorted(with_template.values_list("pk", flat=True))
+    face = with_template.order_by("pk").last()
+    assert bytes(kept.get(face=face).vector) == bytes(face.embedding)
+    assert embedder_switch.keep_served_templates() == 0  # nothing left to keep

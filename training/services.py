@@ -131,7 +131,7 @@ def fail_dead_runs() -> list[int]:
         task = Task.objects.filter(id=version.task_id).first() if version.task_id else None
         if task is not None and not task.success:
             fail(version.pk, f"The worker running this version failed: {task.result}")
-        elif not _worker_alive(version.worker):
+        elif not worker_alive(version.worker):
             fail(version.pk, f"The worker process running this version ({version.worker}) is gone: it was killed or crashed.")
         elif version.heartbeat_at is None or version.heartbeat_at < stale_before:
             last = version.heartbeat_at.isoformat(timespec="seconds") if version.heartbeat_at else "never"
@@ -154,9 +154,12 @@ def fail_dead_runs() -> list[int]:
     return dead
 
 
-def _worker_alive(worker: str) -> bool:
-    """False only when the worker ran on this host and its process no longer exists; a worker on
-    another host is judged by its heartbeat alone."""
+def worker_alive(worker: str) -> bool:
+    """Whether the background worker recorded as ``worker`` (``"host:pid"``, as a training run or an
+    embedder switch records the process that claimed it) may still be running: False only when it
+    ran on this host and that process no longer exists (django-q records no result for a SIGKILLed
+    worker). A worker on another host, or an unparsable record, counts as alive: the caller judges
+    it by its heartbeat alone."""
     host, _, pid = worker.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return True

@@ -1,7 +1,14 @@
-"""Write the impostor score tail of LFW strangers for the served embedder (the open set's calibration
-when no training run has recorded the site's own people, and beside theirs when one has).
+"""Write the impostor score tail of LFW strangers for an embedder (the open set's calibration when no
+training run has recorded the site's own people, and beside theirs when one has).
 
-    python manage.py calibrate_open_set ../shared/datasets/lfw [--out recognition/data/lfw_impostor_tail.json]
+    python manage.py calibrate_open_set ../shared/datasets/lfw [--embedder facenet+dlib] [--out ...]
+
+The embedder is the one served now (the database's active record, ``pipelines.served_kind()``),
+or the one named by --embedder: e.g. a switch's target, calibrated before the switch is asked
+for. Never FACE_EMBEDDER alone: that setting is what the site *wants*, and while a switch to it is
+pending (or was blocked, or rolled back) a tail made for it would be written where the served
+embedder's is expected. FaceNet of the mirrored crop has no tail of its own (it is calibrated on
+FaceNet's), so it is refused.
 
 The people of LFW folds 1-5 (``people.txt``; a fixed-seed sample of --people, one image each) are
 embedded as the served pipeline embeds a photo, every pair of them is scored, and only the upper
@@ -14,18 +21,23 @@ import time
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from recognition import pipelines
+from recognition.engine.fused import FUSED_EMBEDDER
 from recognition.engine.lfw_fusion import fused_people_embeddings
 from recognition.engine.lfw_run import embed_lfw_people, open_set_split
 from recognition.engine.open_set import ImpostorTail, cross_person_scores
 from training.open_set import lfw_tail_path
 
+# the embedders with a tail of their own (the mirrored FaceNet uses FaceNet's)
+CALIBRATED = ("facenet", FUSED_EMBEDDER)
+
 
 class Command(BaseCommand):
-    help = "Write the impostor score tail of LFW strangers (folds 1-5) for the FACE_EMBEDDER embedder."
+    help = "Write the impostor score tail of LFW strangers (folds 1-5) for the served embedder (or --embedder)."
 
     def add_arguments(self, parser):
         parser.add_argument("lfw_dir", type=Path)
@@ -33,17 +45,35 @@ class Command(BaseCommand):
             "--out",
             type=Path,
             default=None,
-            help="default: OPEN_SET_LFW_TAIL (OPEN_SET_LFW_TAIL_FUSED when FACE_EMBEDDER=facenet+dlib)",
+            help="default: OPEN_SET_LFW_TAIL (OPEN_SET_LFW_TAIL_FUSED for the fused embedder)",
+        )
+        parser.add_argument(
+            "--embedder",
+            choices=CALIBRATED,
+            default=None,
+            help="the embedder to calibrate (default: the one served now, not FACE_EMBEDDER)",
         )
         parser.add_argument("--people", type=int, default=1500, help="people of folds 1-5 sampled (one image each)")
 
-    def handle(self, lfw_dir: Path, out: Path | None, people: int, **options):
+    def handle(self, lfw_dir: Path, out: Path | None, people: int, embedder: str | None = None, **options):
         if not (lfw_dir / "people.txt").exists():
             raise CommandError(f"{lfw_dir} is not the LFW folder (no people.txt)")
-        out = out or lfw_tail_path(settings.FACE_EMBEDDER)
+        kind = embedder or pipelines.refresh_served_kind()
+        if kind not in CALIBRATED:
+            raise CommandError(
+                f"{kind} (served now) has no LFW tail of its own: it is calibrated on FaceNet's; "
+                f"name the embedder to calibrate with --embedder ({' or '.join(CALIBRATED)})."
+            )
+        try:
+            config = pipelines.pipeline_config(kind)
+        except ImproperlyConfigured as err:
+            raise CommandError(str(err)) from err
+        out = out or lfw_tail_path(kind)
+        if out is None:
+            raise CommandError(f"No LFW tail is configured for {kind} (OPEN_SET_LFW_TAIL / _FUSED is empty): give --out.")
         started = time.perf_counter()
         split = open_set_split(lfw_dir, max_calibration=people)
-        pipe = pipelines.pipeline(settings.FACE_EMBEDDER)  # the embedder named, served or not (a switch's target)
+        pipe = pipelines.pipeline_for(config)
         with tqdm(total=len(split.calibration), desc="embedding", disable=None) as bar:
             if pipe.config.embedder == "facenet":
                 _, labels, embeddings = embed_lfw_people(

@@ -2,17 +2,24 @@
 
     python manage.py fit_fusion ../shared/datasets/lfw [--folds 1 2 3 4 5] [--out recognition/data/fusion_facenet_dlib.json]
 
-    python manage.py fit_fusion ../shared/datasets/lfw --thresholds   # after calibrate_open_set (fused)
+    python manage.py fit_fusion ../shared/datasets/lfw --thresholds   # after calibrate_open_set --embedder facenet+dlib
 
 The pairs of ``pairs.txt`` folds 1-5 (3,000 pairs) only: their people are people.txt's folds 1-5,
 the same people the LFW impostor tail is made from (``calibrate_open_set``), so every person of
 folds 6-10 stays unseen by the fusion and the thresholds (``bench/open_set_api.py`` enrolls and
 probes them). Writes the cosine weight and the thresholds on the fused inner product, with how
-they were found; the file is what ``FACE_EMBEDDER=facenet+dlib`` serves with.
+they were found; the file is what the fused embedder (``facenet+dlib``) serves with.
+
+It always fits the fused embedder, whichever embedder is served or wanted (FACE_EMBEDDER): its
+FaceNet half is FaceNet as the settings configure it (runtime, alignment), which is the same for
+every embedder, and reading the fused pipeline's own config would need the very file this writes.
+``--thresholds`` checks both LFW tails (OPEN_SET_LFW_TAIL, OPEN_SET_LFW_TAIL_FUSED) against the
+FaceNet and the fused embedder of the calibration being completed.
 """
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from django.conf import settings
@@ -21,10 +28,12 @@ from tqdm import tqdm
 
 from recognition import pipelines
 from recognition.engine.dlib_descriptor import DlibDescriptor
+from recognition.engine.fused import FUSED_EMBEDDER
 from recognition.engine.lfw import read_pairs
 from recognition.engine.lfw_fusion import describe_lfw_images, detect_lfw_faces, fit_served_fusion
 from recognition.engine.lfw_run import embed_lfw_images
 from recognition.engine.pipeline import facenet_config
+from training.open_set import lfw_tail_path
 
 
 class Command(BaseCommand):
@@ -39,7 +48,7 @@ class Command(BaseCommand):
             "--thresholds",
             action="store_true",
             help="Add the fused thresholds to the calibration, from FaceNet's and the fused LFW impostor tails "
-            "(run calibrate_open_set with FACE_EMBEDDER=facenet+dlib first).",
+            "(run calibrate_open_set --embedder facenet+dlib first).",
         )
 
     def handle(self, lfw_dir: Path, folds, out=None, cache_dir=None, thresholds=False, **options):
@@ -51,8 +60,8 @@ class Command(BaseCommand):
         cache_dir = cache_dir or Path(settings.BASE_DIR) / "var" / "cache"
         pairs = [p for p in read_pairs(lfw_dir) if p.fold + 1 in folds]
         files = sorted({p.left for p in pairs} | {p.right for p in pairs})
-        # FaceNet alone, as the fused embedder runs it (the fused pipeline's FaceNet half)
-        pipe = pipelines.pipeline_for(facenet_config(pipelines.pipeline_config(settings.FACE_EMBEDDER)))
+        # FaceNet alone, as the fused embedder runs it (the fused pipeline's FaceNet half; see the module)
+        pipe = pipelines.pipeline_for(facenet_config(pipelines.pipeline_config("facenet")))
         started = time.perf_counter()
         with tqdm(total=len(files), unit="img", desc="FaceNet", disable=None) as bar:
             plain, mirrored, misses = embed_lfw_images(pipe, lfw_dir, pairs, cache_dir=cache_dir, progress=bar.update)
@@ -85,13 +94,24 @@ class Command(BaseCommand):
         margin (a difference of scores) scaled by the ratio of the two tails' spreads."""
         from recognition.engine.open_set import ImpostorTail
 
-        data = json.loads(path.read_text())
-        data_dir = Path(settings.BASE_DIR) / "recognition" / "data"
-        facenet = json.loads((data_dir / "lfw_impostor_tail.json").read_text())
-        fused = json.loads((data_dir / "lfw_impostor_tail_fused.json").read_text())
-        expected = pipelines.pipeline_config(settings.FACE_EMBEDDER).embedder_name
-        if fused["embedder"] != expected:
-            raise CommandError(f"the fused tail was made by {fused['embedder']}, not the FACE_EMBEDDER {expected}")
+        try:
+            data = json.loads(path.read_text())
+            facenet = json.loads(lfw_tail_path("facenet").read_text())
+            fused = json.loads(lfw_tail_path(FUSED_EMBEDDER).read_text())
+            weight = round(float(data["cosine_weight"]), 4)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise CommandError(f"--thresholds needs the fitted calibration {path} and both LFW tails: {err}") from err
+        plain = facenet_config(pipelines.pipeline_config("facenet"))
+        expected = {
+            "facenet": plain.embedder_name,
+            "fused": replace(plain, embedder=FUSED_EMBEDDER, fusion_weight=weight).embedder_name,
+        }
+        for label, tail in (("facenet", facenet), ("fused", fused)):
+            if tail.get("embedder") != expected[label]:
+                raise CommandError(
+                    f"the {label} LFW tail was made by {tail.get('embedder')}, not {expected[label]} "
+                    f"(calibrate_open_set --embedder {'facenet' if label == 'facenet' else FUSED_EMBEDDER})"
+                )
         f_tail, u_tail = ImpostorTail.from_dict(facenet["tail"]), ImpostorTail.from_dict(fused["tail"])
         match_p = f_tail.pair_far(float(settings.FACE_MATCH_THRESHOLD))
         verify_p = f_tail.pair_far(float(settings.FACE_VERIFY_THRESHOLD))

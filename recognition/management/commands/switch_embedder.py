@@ -30,6 +30,12 @@ def describe(switch: EmbedderSwitch) -> str:
                 f"  {role} {row['embedder']:<18} threshold {row['threshold']:.4f}  FRR {frr} ({row['not_found']}/{row['genuine_searches']})"
                 f"  FAR {far} ({row['false_accepts']}/{row['impostor_searches']})"
             )
+    evaluation = switch.evaluation or {}
+    if evaluation.get("sampled"):
+        lines.append(
+            f"  searched {evaluation['new']['faces']} of the {evaluation['faces_both']} faces both embedders hold "
+            "(a fixed-seed sample of people, EMBEDDER_SWITCH_EVAL_MAX_FACES)"
+        )
     if switch.note:
         lines.append(f"  {switch.note}")
     if switch.skipped:
