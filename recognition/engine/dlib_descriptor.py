@@ -137,6 +137,67 @@ def landmark_chips(rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
     )
 
 
+# dlib's ``jitter_image`` (dlib/image_transforms/interpolation.h), which ``compute_face_descriptor``'s
+# ``num_jitters`` averages over: the chip shrunk by 3 px on each side, that square moved by up to 2%
+# of its side, enlarged by 1/U(0.97, 0.99999), turned by up to 3 degrees, sampled back to the chip's
+# size (zero outside the image), and mirrored with probability 1/2.
+JITTER_MAX_ROTATION_DEGREES = 3.0
+JITTER_OBJECT_HEIGHT = (0.97, 0.99999)
+JITTER_TRANSLATE = 0.02
+JITTER_SHRINK_PX = 3
+
+
+def jittered_chip(chip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One random jitter of a (S, S, 3) uint8 chip as dlib's ``jitter_image`` draws it (translation,
+    scale, rotation, then a coin for the mirror, in that order), from ``rng`` (seed it to repeat)."""
+    size = chip.shape[0]
+    side = size - 2 * JITTER_SHRINK_PX
+    centre = (size - 1) / 2.0 + rng.uniform(-JITTER_TRANSLATE, JITTER_TRANSLATE, size=2) * side
+    box = side / rng.uniform(*JITTER_OBJECT_HEIGHT)
+    angle = np.deg2rad(rng.uniform(-JITTER_MAX_ROTATION_DEGREES, JITTER_MAX_ROTATION_DEGREES))
+    mirror = rng.random() > 0.5
+    # the chip's pixel (u, v) samples the rotated box at centre + R(angle) (scale * ((u, v) - middle))
+    scale = (box - 1.0) / (size - 1.0)
+    a, b = scale * np.cos(angle), scale * np.sin(angle)
+    middle = (size - 1) / 2.0
+    matrix = np.array([[a, -b, centre[0] - (a - b) * middle], [b, a, centre[1] - (a + b) * middle]])
+    out = cv2.warpAffine(
+        np.ascontiguousarray(chip),
+        matrix,
+        (size, size),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+    return np.ascontiguousarray(out[:, ::-1]) if mirror else out
+
+
+def augmented_chips(
+    chips: np.ndarray, mirror: bool = False, jitters: int = 0, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """(N, S, S, 3) chips -> (N, K, S, S, 3): each chip as it is, then its mirror image if ``mirror``,
+    then ``jitters`` random jitters (``jittered_chip``, from ``rng``); K = 1 + mirror + jitters.
+    ``combine_views`` of their descriptors is the face's descriptor."""
+    chips = np.asarray(chips, np.uint8)
+    if jitters and rng is None:
+        raise ValueError("jitters need a seeded rng (the same face must get the same descriptor)")
+    views = []
+    for chip in chips:
+        one = [chip]
+        if mirror:
+            one.append(np.ascontiguousarray(chip[:, ::-1]))
+        one.extend(jittered_chip(chip, rng) for _ in range(jitters))
+        views.append(np.stack(one))
+    return np.stack(views) if views else np.zeros((0, 1 + mirror + jitters, *chips.shape[1:]), np.uint8)
+
+
+def combine_views(descriptors: np.ndarray) -> np.ndarray:
+    """(N, K, 128) unit descriptors of K views of each face -> (N, 128) float32, L2-normalised mean
+    (the flip TTA of ``embedding.combine_flipped`` for K = 2 views: the chip and its mirror)."""
+    total = np.asarray(descriptors, np.float64).sum(axis=1)
+    return (total / np.linalg.norm(total, axis=1, keepdims=True)).astype(np.float32)
+
+
 class DlibDescriptor:
     """dlib's ResNet descriptor; the models load once per instance (build one per process).
 
