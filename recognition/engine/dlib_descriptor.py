@@ -29,6 +29,8 @@ so the descriptor's name, and every stored template, is the same whichever runs 
 from __future__ import annotations
 
 import importlib.util
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -172,23 +174,60 @@ def jittered_chip(chip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(out[:, ::-1]) if mirror else out
 
 
-def augmented_chips(
-    chips: np.ndarray, mirror: bool = False, jitters: int = 0, rng: np.random.Generator | None = None
-) -> np.ndarray:
-    """(N, S, S, 3) chips -> (N, K, S, S, 3): each chip as it is, then its mirror image if ``mirror``,
-    then ``jitters`` random jitters (``jittered_chip``, from ``rng``); K = 1 + mirror + jitters.
-    ``combine_views`` of their descriptors is the face's descriptor."""
-    chips = np.asarray(chips, np.uint8)
-    if jitters and rng is None:
-        raise ValueError("jitters need a seeded rng (the same face must get the same descriptor)")
-    views = []
-    for chip in chips:
-        one = [chip]
-        if mirror:
-            one.append(np.ascontiguousarray(chip[:, ::-1]))
-        one.extend(jittered_chip(chip, rng) for _ in range(jitters))
-        views.append(np.stack(one))
-    return np.stack(views) if views else np.zeros((0, 1 + mirror + jitters, *chips.shape[1:]), np.uint8)
+JITTER_SEED = 15  # jitter k of every face is drawn from default_rng([JITTER_SEED, k]): a face's descriptor is repeatable
+
+
+@dataclass(frozen=True)
+class ChipViews:
+    """Which views of a face's chip are described and averaged into its descriptor: the chip as it
+    is, its mirror image, and ``jitters`` random jitters (dlib's ``num_jitters=N`` averages N
+    jitters alone, without the chip). Each view is another pass of the network."""
+
+    chip: bool = True
+    mirror: bool = False
+    jitters: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> ChipViews:
+        """From "chip", "flip" (chip + mirror), "jitterN" (dlib's num_jitters=N), "chip+jitterN" or "flip+jitterN"."""
+        match = re.fullmatch(r"(chip|flip)?(?:\+?jitter(\d+))?", text or "")
+        if not text or match is None or (match.group(1) is None and not int(match.group(2) or 0)):
+            raise ValueError(f"unknown chip views {text!r}: chip, flip, jitterN, chip+jitterN or flip+jitterN")
+        base, jitters = match.group(1), int(match.group(2) or 0)
+        return cls(chip=base is not None, mirror=base == "flip", jitters=jitters)
+
+    @property
+    def spec(self) -> str:
+        """The text ``parse`` reads back."""
+        base = "flip" if self.mirror else ("chip" if self.chip else "")
+        return "+".join(part for part in (base, f"jitter{self.jitters}" if self.jitters else "") if part)
+
+    @property
+    def indices(self) -> list[int]:
+        """The views as ``chip_view`` numbers them."""
+        return ([0] if self.chip else []) + ([1] if self.mirror else []) + list(range(2, 2 + self.jitters))
+
+    @property
+    def passes(self) -> int:
+        """Network passes per face."""
+        return len(self.indices)
+
+    @property
+    def label(self) -> str:
+        parts = ["chip + mirror" if self.mirror else "chip"] if self.chip else []
+        if self.jitters:
+            parts.append(f"{self.jitters} jitters")
+        return " + ".join(parts) + (" (dlib's num_jitters)" if self.jitters and not self.chip else "")
+
+
+def chip_view(chip: np.ndarray, view: int, seed: int = JITTER_SEED) -> np.ndarray:
+    """View ``view`` of one (S, S, 3) chip: 0 the chip, 1 its mirror image, 2 + k its jitter k
+    (``jittered_chip`` from ``default_rng([seed, k])``, the same jitter for every face)."""
+    if view == 0:
+        return np.ascontiguousarray(chip)
+    if view == 1:
+        return np.ascontiguousarray(chip[:, ::-1])
+    return jittered_chip(chip, np.random.default_rng([seed, view - 2]))
 
 
 def combine_views(descriptors: np.ndarray) -> np.ndarray:
@@ -196,6 +235,11 @@ def combine_views(descriptors: np.ndarray) -> np.ndarray:
     (the flip TTA of ``embedding.combine_flipped`` for K = 2 views: the chip and its mirror)."""
     total = np.asarray(descriptors, np.float64).sum(axis=1)
     return (total / np.linalg.norm(total, axis=1, keepdims=True)).astype(np.float32)
+
+
+def views_name(descriptor_name: str, views: ChipViews) -> str:
+    """The name of descriptors averaged over ``views`` (the plain descriptor's name for the chip alone)."""
+    return descriptor_name if views == ChipViews() else f"{descriptor_name}-{views.spec}"
 
 
 class DlibDescriptor:
@@ -281,6 +325,18 @@ class DlibDescriptor:
         # dlib's descriptors are near unit length (its distance threshold is Euclidean 0.6); made
         # exactly unit so an inner product is a cosine, as with FaceNet's.
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def describe_views(self, chips: np.ndarray, views: ChipViews = ChipViews()) -> np.ndarray:
+        """(N, 150, 150, 3) chips -> (N, 128) float32, L2-normalised: each face's ``views`` (the
+        chip, its mirror image, jitters) described in one network call and averaged (``combine_views``)."""
+        if views == ChipViews():
+            return self.describe_chips(chips)
+        chips = np.asarray(chips, np.uint8)
+        if len(chips) == 0:
+            return np.zeros((0, DESCRIPTOR_DIM), np.float32)
+        index = views.indices
+        stacked = np.stack([chip_view(chip, view) for chip in chips for view in index])
+        return combine_views(self.describe_chips(stacked).reshape(len(chips), len(index), DESCRIPTOR_DIM))
 
     def describe(self, rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
         """(H, W, 3) uint8 RGB + the pipeline's detections -> (N, 128) float32, L2-normalised."""

@@ -8,71 +8,22 @@ scored once); the extra dlib views are cached per image beside the plain descrip
 from __future__ import annotations
 
 import hashlib
-import re
 import statistics
 import time
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .alignment import align_face
 from .detection import DetectedFace
-from .dlib_descriptor import DESCRIPTOR_DIM, MODEL_FILES, DlibDescriptor, augmented_chips, combine_views, jittered_chip
+from .dlib_descriptor import DESCRIPTOR_DIM, JITTER_SEED, MODEL_FILES, ChipViews, DlibDescriptor, chip_view, combine_views
 from .embedding import combine_flipped
 from .fusion import CRITERIA, ScoreFusion, cross_validate, mcnemar, tar_at_far
 from .images import decode_image
 from .lfw import Pair
 from .lfw_fusion import pair_cosines
 from .pipeline import FacePipeline
-
-JITTER_SEED = 15  # each image's jitters come from (seed, crc32 of its name): the same whatever the order
-
-
-@dataclass(frozen=True)
-class DlibVariant:
-    """Which views of a face's chip are described and averaged (``combine_views``)."""
-
-    chip: bool = True  # the chip as it is
-    mirror: bool = False  # its mirror image
-    jitters: int = 0  # random jitters (dlib's ``num_jitters`` uses these alone, without the chip)
-
-    @classmethod
-    def parse(cls, text: str) -> DlibVariant:
-        """From "chip", "flip" (chip + mirror), "jitterN" (dlib's num_jitters=N) or "flip+jitterN"."""
-        match = re.fullmatch(r"(chip|flip)?(?:\+?jitter(\d+))?", text)
-        if not text or match is None:
-            raise ValueError(f"unknown dlib variant {text!r}: chip, flip, jitterN or flip+jitterN")
-        base, jitters = match.group(1), int(match.group(2) or 0)
-        return cls(chip=base is not None, mirror=base == "flip", jitters=jitters)
-
-    @property
-    def passes(self) -> int:
-        """Network passes per face."""
-        return int(self.chip) + int(self.mirror) + self.jitters
-
-    @property
-    def label(self) -> str:
-        parts = ["chip + mirror" if self.mirror else "chip"] if self.chip else []
-        if self.jitters:
-            parts.append(f"{self.jitters} jitters")
-        return " + ".join(parts) + (" (dlib's num_jitters)" if self.jitters and not self.chip else "")
-
-
-def _rng(name: str, seed: int, jitter: int) -> np.random.Generator:
-    """Jitter ``jitter`` of image ``name``: its own generator, so any number of jitters is a prefix."""
-    return np.random.default_rng([seed, zlib.crc32(name.encode()), jitter])
-
-
-def _view_chips(chip: np.ndarray, name: str, view: int, seed: int) -> np.ndarray:
-    """View ``view`` of one chip: 0 the chip, 1 its mirror image, 2 + k its jitter k."""
-    if view == 0:
-        return chip
-    if view == 1:
-        return np.ascontiguousarray(chip[:, ::-1])
-    return jittered_chip(chip, _rng(name, seed, view - 2))
 
 
 def describe_lfw_views(
@@ -86,8 +37,8 @@ def describe_lfw_views(
     batch: int = 64,
 ) -> dict[str, np.ndarray]:
     """{relative path: (2 + jitters, 128) float32 unit descriptors}: the chip, its mirror image, then
-    ``jitters`` jitters of it (``jittered_chip``; jitter k of an image from its own seeded
-    generator). Each view is cached apart (per descriptor, seed and detections), so asking for more
+    ``jitters`` jitters of it (``dlib_descriptor.chip_view``: jitter k is the same for every face,
+    as the served embedder makes it). Each view is cached apart (per descriptor, seed and detections), so asking for more
     jitters later describes only the new ones."""
     files = sorted(faces)
     boxes = np.array([faces[f].box for f in files], np.float32)
@@ -110,7 +61,7 @@ def describe_lfw_views(
         for start in range(0, len(files), batch):
             names = files[start : start + batch]
             chips = [descriptor.chips(decode_image((Path(lfw_dir) / n).read_bytes()), [faces[n]])[0] for n in names]
-            stacked = np.stack([_view_chips(chip, n, view, seed) for chip, n in zip(chips, names) for view in wanted])
+            stacked = np.stack([chip_view(chip, view, seed) for chip in chips for view in wanted])
             described = descriptor.describe_chips(stacked).reshape(len(names), len(wanted), -1)
             views[start : start + len(names)][:, wanted] = described
             if progress:
@@ -124,11 +75,10 @@ def describe_lfw_views(
     return dict(zip(files, views))
 
 
-def variant_descriptors(views: dict[str, np.ndarray], variant: DlibVariant) -> dict[str, np.ndarray]:
+def variant_descriptors(views: dict[str, np.ndarray], variant: ChipViews) -> dict[str, np.ndarray]:
     """The descriptors of ``variant`` from ``describe_lfw_views``' views."""
-    index = ([0] if variant.chip else []) + ([1] if variant.mirror else []) + list(range(2, 2 + variant.jitters))
     names = list(views)
-    stacked = np.stack([views[n][index] for n in names])
+    stacked = np.stack([views[n][variant.indices] for n in names])
     return dict(zip(names, combine_views(stacked)))
 
 
@@ -271,7 +221,7 @@ def evaluate_variants(
 def variant_cost(
     pipeline: FacePipeline,
     descriptor: DlibDescriptor,
-    variants: list[DlibVariant],
+    variants: list[ChipViews],
     lfw_dir: Path,
     faces: dict[str, DetectedFace],
     n_faces: int = 64,
@@ -290,13 +240,8 @@ def variant_cost(
         crops = np.stack([align_face(images[n], faces[n], method=cfg.align_method, margin=cfg.align_margin) for n in names])
         embedder.embed(crops, flip=flip)
 
-    def dlib_run(variant: DlibVariant):
-        chips = np.concatenate([descriptor.chips(images[n], [faces[n]]) for n in names])
-        views = augmented_chips(chips, mirror=variant.mirror, jitters=variant.jitters, rng=np.random.default_rng(0))
-        if not variant.chip:
-            views = views[:, 1:]
-        k = views.shape[1]
-        combine_views(descriptor.describe_chips(views.reshape(-1, *views.shape[2:])).reshape(len(names), k, -1))
+    def dlib_run(variant: ChipViews):
+        descriptor.describe_views(np.concatenate([descriptor.chips(images[n], [faces[n]]) for n in names]), variant)
 
     jobs: dict[str, Callable[[], None]] = {}
     for label, embedder in embedders.items():

@@ -24,12 +24,11 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from recognition import services
-from recognition.engine.dlib_descriptor import ALIGNMENTS, RUNTIMES, DlibDescriptor
+from recognition.engine.dlib_descriptor import ALIGNMENTS, RUNTIMES, ChipViews, DlibDescriptor
 from recognition.engine.fusion import CRITERIA
 from recognition.engine.lfw import read_pairs
 from recognition.engine.lfw_fusion import describe_lfw_images, detect_lfw_faces, evaluate, per_face_cost
 from recognition.engine.lfw_fusion_variants import (
-    DlibVariant,
     describe_lfw_views,
     embed_lfw_crops,
     evaluate_variants,
@@ -65,7 +64,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--variants",
             nargs="+",
-            type=DlibVariant.parse,
+            type=ChipViews.parse,
             default=[],
             help="dlib views to evaluate (landmark alignment): chip, flip, jitterN, flip+jitterN.",
         )
@@ -200,7 +199,7 @@ class Command(BaseCommand):
         jitters = max(v.jitters for v in variants)
         with tqdm(total=len(faces), unit="img", desc=f"dlib views (mirror, {jitters} jitters)") as bar:
             views = describe_lfw_views(descriptor, lfw_dir, faces, jitters, cache_dir, progress=bar.update)
-        dlib = {_spec(v): variant_descriptors(views, v) for v in variants}
+        dlib = {v.spec: variant_descriptors(views, v) for v in variants}
         crop = f"box{pipeline.config.align_margin:g}"
         facenet = {crop: (plain, mirrored)}
         for margin in margins:
@@ -251,9 +250,3 @@ class Command(BaseCommand):
                 self.stdout.write(f"  {name}: {ms:.1f} ms/face ({ratios})")
             else:
                 self.stdout.write(f"  {name}: {ms:.1f} ms/face")
-
-
-def _spec(variant: DlibVariant) -> str:
-    base = "flip" if variant.mirror else ("chip" if variant.chip else "")
-    jitter = f"jitter{variant.jitters}" if variant.jitters else ""
-    return "+".join(part for part in (base, jitter) if part)
