@@ -35,6 +35,7 @@ def describe_lfw_views(
     seed: int = JITTER_SEED,
     progress: Callable[[int], None] | None = None,
     batch: int = 64,
+    plain: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """{relative path: (2 + jitters, 128) float32 unit descriptors}: the chip, its mirror image, then
     ``jitters`` jitters of it (``dlib_descriptor.chip_view``: jitter k is the same for every face,
@@ -45,7 +46,11 @@ def describe_lfw_views(
     key = hashlib.sha256(repr((descriptor.name, sorted(MODEL_FILES.values()), seed)).encode()).hexdigest()[:8]
     views = np.zeros((len(files), 2 + jitters, DESCRIPTOR_DIM), np.float32)
     todo = []
-    for view in range(2 + jitters):
+    first = 0
+    if plain is not None:  # the chip's own descriptors, already made (``lfw_fusion.describe_lfw_images``)
+        views[:, 0] = np.stack([plain[f] for f in files])
+        first = 1
+    for view in range(first, 2 + jitters):
         cache = Path(cache_dir) / f"lfw-dlib-view{view}-{descriptor.alignment}-{key}.npz" if cache_dir is not None else None
         if cache is not None and cache.exists():
             stored = np.load(cache, allow_pickle=False)
@@ -96,7 +101,9 @@ def embed_lfw_crops(
     margin, from cached detections instead of detecting again."""
     files = sorted(faces)
     cfg = pipeline.config
-    key = hashlib.sha256(repr((cfg.facenet_name, cfg.align_method, margin, cfg.weights_path)).encode()).hexdigest()[:12]
+    key = hashlib.sha256(
+        repr((cfg.facenet_name, cfg.align_method, margin, cfg.weights_path, cfg.embed_runtime)).encode()
+    ).hexdigest()[:12]
     cache = Path(cache_dir) / f"lfw-crop-embeddings-{key}.npz" if cache_dir is not None else None
     if cache is not None and cache.exists():
         stored = np.load(cache, allow_pickle=False)

@@ -127,6 +127,7 @@ class Command(BaseCommand):
                 mirrored,
                 cache_dir,
                 descriptors,
+                dlib,
                 dlib_runtime,
                 variants,
                 criteria,
@@ -189,7 +190,20 @@ class Command(BaseCommand):
             json_path.write_text(json.dumps(result, indent=2))
 
     def variants(
-        self, pipeline, lfw_dir, pairs, faces, plain, mirrored, cache_dir, descriptors, dlib_runtime, variants, criteria, margins
+        self,
+        pipeline,
+        lfw_dir,
+        pairs,
+        faces,
+        plain,
+        mirrored,
+        cache_dir,
+        descriptors,
+        dlib,
+        dlib_runtime,
+        variants,
+        criteria,
+        margins,
     ):
         """The variants' rows (``evaluate_variants``) and a function timing them."""
         # the served alignment (MTCNN's landmarks): the one loaded above, or its own
@@ -198,14 +212,16 @@ class Command(BaseCommand):
         )
         jitters = max(v.jitters for v in variants)
         with tqdm(total=len(faces), unit="img", desc=f"dlib views (mirror, {jitters} jitters)") as bar:
-            views = describe_lfw_views(descriptor, lfw_dir, faces, jitters, cache_dir, progress=bar.update)
-        dlib = {v.spec: variant_descriptors(views, v) for v in variants}
+            views = describe_lfw_views(
+                descriptor, lfw_dir, faces, jitters, cache_dir, progress=bar.update, plain=dlib.get("landmarks")
+            )
+        by_variant = {v.spec: variant_descriptors(views, v) for v in variants}
         crop = f"box{pipeline.config.align_margin:g}"
         facenet = {crop: (plain, mirrored)}
         for margin in margins:
             with tqdm(total=len(faces), unit="img", desc=f"FaceNet box{margin:g}") as bar:
                 facenet[f"box{margin:g}"] = embed_lfw_crops(pipeline, lfw_dir, faces, margin, cache_dir, progress=bar.update)
-        rows = evaluate_variants(facenet, dlib, pairs, criteria=list(criteria), baseline=(crop, "chip"))
+        rows = evaluate_variants(facenet, by_variant, pairs, criteria=list(criteria), baseline=(crop, "chip"))
 
         def cost(n_faces, runtimes):
             from dataclasses import replace
