@@ -19,7 +19,7 @@ from .alignment import align_face
 from .detection import DetectedFace
 from .dlib_descriptor import DESCRIPTOR_DIM, JITTER_SEED, MODEL_FILES, ChipViews, DlibDescriptor, chip_view, combine_views
 from .embedding import combine_flipped
-from .fusion import CRITERIA, ScoreFusion, cross_validate, mcnemar, tar_at_far
+from .fusion import CRITERIA, ScoreFusion, best_threshold, cross_validate, mcnemar, tar_at_far
 from .images import decode_image
 from .lfw import Pair
 from .lfw_fusion import pair_cosines
@@ -145,6 +145,26 @@ def _weighted_sum(facenet: np.ndarray, dlib: np.ndarray, same: np.ndarray, crite
     return fit
 
 
+def _chosen_on_training_folds(facenet: np.ndarray, dlib_scores: dict[str, np.ndarray], same: np.ndarray, criteria: list[str]):
+    """The dlib variant and weight criterion chosen on the training folds too (the fused model's
+    best accuracy there, at its own threshold; ties to the first listed, i.e. fewer views), so
+    that picking among the variants is itself held out."""
+
+    def fit(train):
+        best = None
+        for variant, dlib in dlib_scores.items():
+            for criterion in criteria:
+                model = ScoreFusion.fit(facenet[train], dlib[train], same[train], criterion=criterion)
+                held_in = best_threshold(model.score(facenet[train], dlib[train]), same[train])[1]
+                if best is None or held_in > best[0]:
+                    best = (held_in, variant, criterion, model)
+        _, variant, criterion, model = best
+        dlib = dlib_scores[variant]
+        return (variant, criterion, model), lambda mask: model.score(facenet[mask], dlib[mask])
+
+    return fit
+
+
 def _single(scores: np.ndarray):
     return lambda train: (None, lambda mask: scores[mask])
 
@@ -214,6 +234,23 @@ def evaluate_variants(
                             vs_facenet={"fixed": fixed, "broken": broken, "p": p},
                         )
                     )
+    for crop, by_flip in facenet_scores.items():
+        for flip, scores in by_flip.items():
+            run = cross_validate(_chosen_on_training_folds(scores, dlib_scores, same, list(criteria)), same, folds)
+            fixed, broken, p = mcnemar(run.correct, alone[crop, flip].correct)
+            rows.append(
+                row(
+                    f"fused: FaceNet {crop} {flip} + dlib variant and criterion chosen on the 9 training folds",
+                    run,
+                    kind="fused",
+                    crop=crop,
+                    flip=flip,
+                    chosen=[f"{variant} by {criterion}" for variant, criterion, _ in run.models],
+                    weights=[m.weight for _, _, m in run.models],
+                    cosine_weights=[m.cosine_weight for _, _, m in run.models],
+                    vs_facenet={"fixed": fixed, "broken": broken, "p": p},
+                )
+            )
     for r in rows:
         if r.get("kind") == "fused" and (baseline[0], r["flip"], baseline[1], "accuracy") in fused:
             base = fused[baseline[0], r["flip"], baseline[1], "accuracy"]

@@ -256,6 +256,9 @@ class Command(BaseCommand):
                 f"{100 * row['tar_far_0.001']:.2f}% | {100 * row['tar_far_0.01']:.2f}% | {versus(row.get('vs_facenet'))} | "
                 f"{versus(row.get('vs_fused_today'))} | {weights} |"
             )
+        for row in rows:
+            if "chosen" in row:
+                self.stdout.write(f"{row['label']}: per fold {row['chosen']}")
         self.stdout.write(f"per-face cost, median of 5 interleaved runs of {timing_faces} faces in one batch:")
         facenets = {name: ms for name, ms in cost.items() if name.startswith("facenet") and not name.endswith("flip")}
         # the yardstick: FaceNet alone as served today (the keras runtime, when timed)
