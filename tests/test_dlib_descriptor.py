@@ -6,9 +6,16 @@ import numpy as np
 import pytest
 
 from recognition.engine import dlib_descriptor
-from recognition.engine.dlib_descriptor import MODEL_FILES, DlibDescriptor, checked_model_path, model_path
+from recognition.engine.dlib_descriptor import (
+    MODEL_FILES,
+    ChipViews,
+    DlibDescriptor,
+    checked_model_path,
+    chip_view,
+    model_path,
+)
 from recognition.engine.facenet import WeightsError, sha256_of
-from recognition.engine.fusion import ScoreFusion, best_threshold, fuse_templates
+from recognition.engine.fusion import CRITERIA, ScoreFusion, best_threshold, fuse_templates, logistic_log_loss
 from recognition.engine.images import decode_image
 from recognition.engine.pipeline import shared_pipeline
 
@@ -88,6 +95,59 @@ def test_a_z_score_threshold_is_the_same_threshold_on_the_fused_inner_product():
     inner = v * facenet + (1 - v) * dlib
     threshold = 0.4
     assert np.array_equal(fusion.score(facenet, dlib) >= threshold, inner >= fusion.cosine_threshold(threshold))
+
+
+def test_a_face_described_from_its_chip_and_mirror_image_is_the_mean_of_the_two(faces):
+    descriptor = DlibDescriptor("landmarks")
+    chips = np.concatenate([chips_of(descriptor, faces, n) for n in PHOTOS])
+    plain, mirrored = descriptor.describe_chips(chips), descriptor.describe_chips(np.ascontiguousarray(chips[:, :, ::-1]))
+    both = descriptor.describe_views(chips, ChipViews.parse("flip"))
+    mean = (plain + mirrored) / np.linalg.norm(plain + mirrored, axis=1, keepdims=True)
+    np.testing.assert_allclose(both, mean, atol=1e-6)
+    np.testing.assert_array_equal(descriptor.describe_views(chips, ChipViews()), plain)
+    # dlib's num_jitters: the same descriptor on every call, close to the chip's own
+    jittered = descriptor.describe_views(chips, ChipViews.parse("jitter3"))
+    np.testing.assert_array_equal(jittered, descriptor.describe_views(chips, ChipViews.parse("jitter3")))
+    assert np.all(np.einsum("ij,ij->i", jittered, plain) > 0.95)
+
+
+def test_a_jitter_moves_turns_and_scales_the_chip_a_little_and_mirrors_it_half_the_time():
+    chip = np.zeros((150, 150, 3), np.uint8)
+    chip[40:50, 30:40] = 255  # a mark left of centre, near where an eye sits
+    mirrored = 0
+    for k in range(40):
+        view = chip_view(chip, 2 + k)
+        np.testing.assert_array_equal(view, chip_view(chip, 2 + k))  # the same jitter every time
+        ys, xs = np.nonzero(view[..., 0] > 127)
+        x = xs.mean()
+        mirrored += x > 75
+        x = 149 - x if x > 75 else x
+        # dlib's jitter: up to 2% of 144 px moved, 3 degrees, 3% larger, around the centre
+        assert abs(x - 34.5) < 8 and abs(ys.mean() - 44.5) < 8, (k, x, ys.mean())
+    assert 10 <= mirrored <= 30
+    np.testing.assert_array_equal(chip_view(chip, 0), chip)
+    np.testing.assert_array_equal(chip_view(chip, 1), chip[:, ::-1])
+
+
+def test_chip_views_are_read_back_from_their_spec():
+    for spec, passes in (("chip", 1), ("flip", 2), ("jitter10", 10), ("chip+jitter2", 3), ("flip+jitter4", 6)):
+        views = ChipViews.parse(spec)
+        assert views.spec == spec and views.passes == passes
+    for wrong in ("", "mirror", "jitter0", "flip+"):
+        with pytest.raises(ValueError):
+            ChipViews.parse(wrong)
+
+
+def test_every_weight_criterion_gives_a_noise_score_no_weight_and_prefers_the_better_score():
+    rng = np.random.default_rng(2)
+    same = rng.random(2000) < 0.5
+    facenet = np.where(same, 0.7, 0.1) + rng.normal(0, 0.2, 2000)
+    noise = rng.normal(0.9, 0.05, 2000)
+    assert logistic_log_loss(facenet, same) < logistic_log_loss(noise, same) == pytest.approx(np.log(2), abs=0.01)
+    for criterion in CRITERIA:
+        assert ScoreFusion.fit(facenet, noise, same, criterion=criterion).weight >= 0.9, criterion
+    with pytest.raises(ValueError):
+        ScoreFusion.fit(facenet, noise, same, criterion="auc")
 
 
 def test_the_best_threshold_is_the_best_of_every_candidate():

@@ -29,6 +29,8 @@ so the descriptor's name, and every stored template, is the same whichever runs 
 from __future__ import annotations
 
 import importlib.util
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -137,6 +139,109 @@ def landmark_chips(rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
     )
 
 
+# dlib's ``jitter_image`` (dlib/image_transforms/interpolation.h), which ``compute_face_descriptor``'s
+# ``num_jitters`` averages over: the chip shrunk by 3 px on each side, that square moved by up to 2%
+# of its side, enlarged by 1/U(0.97, 0.99999), turned by up to 3 degrees, sampled back to the chip's
+# size (zero outside the image), and mirrored with probability 1/2.
+JITTER_MAX_ROTATION_DEGREES = 3.0
+JITTER_OBJECT_HEIGHT = (0.97, 0.99999)
+JITTER_TRANSLATE = 0.02
+JITTER_SHRINK_PX = 3
+
+
+def jittered_chip(chip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One random jitter of a (S, S, 3) uint8 chip as dlib's ``jitter_image`` draws it (translation,
+    scale, rotation, then a coin for the mirror, in that order), from ``rng`` (seed it to repeat)."""
+    size = chip.shape[0]
+    side = size - 2 * JITTER_SHRINK_PX
+    centre = (size - 1) / 2.0 + rng.uniform(-JITTER_TRANSLATE, JITTER_TRANSLATE, size=2) * side
+    box = side / rng.uniform(*JITTER_OBJECT_HEIGHT)
+    angle = np.deg2rad(rng.uniform(-JITTER_MAX_ROTATION_DEGREES, JITTER_MAX_ROTATION_DEGREES))
+    mirror = rng.random() > 0.5
+    # the chip's pixel (u, v) samples the rotated box at centre + R(angle) (scale * ((u, v) - middle))
+    scale = (box - 1.0) / (size - 1.0)
+    a, b = scale * np.cos(angle), scale * np.sin(angle)
+    middle = (size - 1) / 2.0
+    matrix = np.array([[a, -b, centre[0] - (a - b) * middle], [b, a, centre[1] - (a + b) * middle]])
+    out = cv2.warpAffine(
+        np.ascontiguousarray(chip),
+        matrix,
+        (size, size),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+    return np.ascontiguousarray(out[:, ::-1]) if mirror else out
+
+
+JITTER_SEED = 15  # jitter k of every face is drawn from default_rng([JITTER_SEED, k]): a face's descriptor is repeatable
+
+
+@dataclass(frozen=True)
+class ChipViews:
+    """Which views of a face's chip are described and averaged into its descriptor: the chip as it
+    is, its mirror image, and ``jitters`` random jitters (dlib's ``num_jitters=N`` averages N
+    jitters alone, without the chip). Each view is another pass of the network."""
+
+    chip: bool = True
+    mirror: bool = False
+    jitters: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> ChipViews:
+        """From "chip", "flip" (chip + mirror), "jitterN" (dlib's num_jitters=N), "chip+jitterN" or "flip+jitterN"."""
+        match = re.fullmatch(r"(chip|flip)?(?:\+?jitter(\d+))?", text or "")
+        if not text or match is None or (match.group(1) is None and not int(match.group(2) or 0)):
+            raise ValueError(f"unknown chip views {text!r}: chip, flip, jitterN, chip+jitterN or flip+jitterN")
+        base, jitters = match.group(1), int(match.group(2) or 0)
+        return cls(chip=base is not None, mirror=base == "flip", jitters=jitters)
+
+    @property
+    def spec(self) -> str:
+        """The text ``parse`` reads back."""
+        base = "flip" if self.mirror else ("chip" if self.chip else "")
+        return "+".join(part for part in (base, f"jitter{self.jitters}" if self.jitters else "") if part)
+
+    @property
+    def indices(self) -> list[int]:
+        """The views as ``chip_view`` numbers them."""
+        return ([0] if self.chip else []) + ([1] if self.mirror else []) + list(range(2, 2 + self.jitters))
+
+    @property
+    def passes(self) -> int:
+        """Network passes per face."""
+        return len(self.indices)
+
+    @property
+    def label(self) -> str:
+        parts = ["chip + mirror" if self.mirror else "chip"] if self.chip else []
+        if self.jitters:
+            parts.append(f"{self.jitters} jitters")
+        return " + ".join(parts) + (" (dlib's num_jitters)" if self.jitters and not self.chip else "")
+
+
+def chip_view(chip: np.ndarray, view: int, seed: int = JITTER_SEED) -> np.ndarray:
+    """View ``view`` of one (S, S, 3) chip: 0 the chip, 1 its mirror image, 2 + k its jitter k
+    (``jittered_chip`` from ``default_rng([seed, k])``, the same jitter for every face)."""
+    if view == 0:
+        return np.ascontiguousarray(chip)
+    if view == 1:
+        return np.ascontiguousarray(chip[:, ::-1])
+    return jittered_chip(chip, np.random.default_rng([seed, view - 2]))
+
+
+def combine_views(descriptors: np.ndarray) -> np.ndarray:
+    """(N, K, 128) unit descriptors of K views of each face -> (N, 128) float32, L2-normalised mean
+    (the flip TTA of ``embedding.combine_flipped`` for K = 2 views: the chip and its mirror)."""
+    total = np.asarray(descriptors, np.float64).sum(axis=1)
+    return (total / np.linalg.norm(total, axis=1, keepdims=True)).astype(np.float32)
+
+
+def views_name(descriptor_name: str, views: ChipViews) -> str:
+    """The name of descriptors averaged over ``views`` (the plain descriptor's name for the chip alone)."""
+    return descriptor_name if views == ChipViews() else f"{descriptor_name}-{views.spec}"
+
+
 class DlibDescriptor:
     """dlib's ResNet descriptor; the models load once per instance (build one per process).
 
@@ -225,6 +330,18 @@ class DlibDescriptor:
         # dlib's descriptors are near unit length (its distance threshold is Euclidean 0.6); made
         # exactly unit so an inner product is a cosine, as with FaceNet's.
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def describe_views(self, chips: np.ndarray, views: ChipViews = ChipViews()) -> np.ndarray:
+        """(N, 150, 150, 3) chips -> (N, 128) float32, L2-normalised: each face's ``views`` (the
+        chip, its mirror image, jitters) described in one network call and averaged (``combine_views``)."""
+        if views == ChipViews():
+            return self.describe_chips(chips)
+        chips = np.asarray(chips, np.uint8)
+        if len(chips) == 0:
+            return np.zeros((0, DESCRIPTOR_DIM), np.float32)
+        index = views.indices
+        stacked = np.stack([chip_view(chip, view) for chip in chips for view in index])
+        return combine_views(self.describe_chips(stacked).reshape(len(chips), len(index), DESCRIPTOR_DIM))
 
     def describe(self, rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
         """(H, W, 3) uint8 RGB + the pipeline's detections -> (N, 128) float32, L2-normalised."""

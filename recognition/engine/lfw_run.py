@@ -47,12 +47,15 @@ def embed_lfw_images(
     cache_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
     batch: int = 64,
+    faces: tuple[dict[str, DetectedFace], int] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
     """Embed every image the pairs name, as it is and mirrored.
 
     Returns ({relative path: (128,) embedding}, {relative path: (128,) embedding of the mirror
     image}, number of detector misses); ``combine_flipped`` of the two is the flip-TTA embedding.
-    Embeddings are cached per pipeline configuration, so a re-run costs seconds.
+    Embeddings are cached per pipeline configuration, so a re-run costs seconds. ``faces``: this
+    pipeline's detections of the images and its misses, already made (``lfw_fusion.detect_lfw_faces``:
+    the same faces ``lfw_face`` picks), so they are not detected again.
     """
     files = sorted({p.left for p in pairs} | {p.right for p in pairs})
     cache = None
@@ -83,8 +86,11 @@ def embed_lfw_images(
 
     cfg = pipeline.config
     for name in files:
-        rgb, face, missed = lfw_face(pipeline, lfw_dir, name)
-        misses += missed
+        if faces is None:
+            rgb, face, missed = lfw_face(pipeline, lfw_dir, name)
+            misses += missed
+        else:
+            rgb, face = decode_image((Path(lfw_dir) / name).read_bytes()), faces[0][name]
         pending_names.append(name)
         pending_crops.append(align_face(rgb, face, method=cfg.align_method, margin=cfg.align_margin))
         if len(pending_crops) >= batch:
@@ -92,6 +98,8 @@ def embed_lfw_images(
         if progress:
             progress(1)
     flush()
+    if faces is not None:
+        misses = faces[1]
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         names = list(embeddings)
