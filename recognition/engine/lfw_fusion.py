@@ -274,14 +274,20 @@ def per_face_cost(
 
     jobs = {"facenet": lambda: facenet(False), "facenet flip": lambda: facenet(True)}
     jobs.update({d.name: (lambda d=d: dlib_run(d)) for d in descriptors})
+    return median_ms_per_item(jobs, repeats, len(names))
+
+
+def median_ms_per_item(jobs: dict, repeats: int, items: int) -> dict[str, float]:
+    """Each job (a callable doing ``items`` faces' work) warmed up once, then run ``repeats`` times,
+    interleaved so that load changes hit every job alike: {name: median ms per item}."""
     for job in jobs.values():  # warm-up
         job()
     times: dict[str, list[float]] = {name: [] for name in jobs}
-    for _ in range(repeats):  # interleaved, so load changes hit every job alike
+    for _ in range(repeats):
         for name, job in jobs.items():
             started = time.perf_counter()
             job()
-            times[name].append(1000 * (time.perf_counter() - started) / len(names))
+            times[name].append(1000 * (time.perf_counter() - started) / items)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

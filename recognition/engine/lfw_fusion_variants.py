@@ -8,8 +8,6 @@ scored once); the extra dlib views are cached per image beside the plain descrip
 from __future__ import annotations
 
 import hashlib
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from .embedding import combine_flipped
 from .fusion import CRITERIA, ScoreFusion, best_threshold, cross_validate, mcnemar, tar_at_far
 from .images import decode_image
 from .lfw import Pair
-from .lfw_fusion import pair_cosines
+from .lfw_fusion import median_ms_per_item, pair_cosines
 from .pipeline import FacePipeline
 
 
@@ -293,12 +291,4 @@ def variant_cost(
         jobs[f"{label} flip"] = lambda e=embedder: facenet(e, True)
     for variant in variants:
         jobs[f"dlib {variant.label}"] = lambda v=variant: dlib_run(v)
-    for job in jobs.values():  # warm-up
-        job()
-    times: dict[str, list[float]] = {name: [] for name in jobs}
-    for _ in range(repeats):  # interleaved, so load changes hit every job alike
-        for name, job in jobs.items():
-            started = time.perf_counter()
-            job()
-            times[name].append(1000 * (time.perf_counter() - started) / len(names))
-    return {name: statistics.median(values) for name, values in times.items()}
+    return median_ms_per_item(jobs, repeats, len(names))
