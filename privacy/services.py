@@ -105,8 +105,9 @@ def erase_person(person: Person, by=None) -> ErasureReport:
 
         if any(f[4] == FaceImage.Status.ACCEPTED for f in faces):
             transaction.on_commit(training.enrollment_changed)  # retrain, debounced
-        # the gallery snapshot on disk holds their embeddings: rewritten without them before this returns
-        transaction.on_commit(lambda: recognition.forget_in_snapshot([pid]))
+        # the gallery snapshot on disk holds their embeddings: rewritten without them (and their
+        # photos) once, when this commits, before this returns
+        recognition.forget_after_commit(person_ids=[pid])
         AuditEvent.objects.create(
             action="erase",
             user=by if by is not None and getattr(by, "is_authenticated", False) else None,
