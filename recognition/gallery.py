@@ -39,8 +39,10 @@ from pathlib import Path
 
 import numpy as np
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Max, Q
+
+from facesite.oncommit import after_commit_once
 
 from .engine.index import IndexSettings
 from .engine.matching import Gallery, embeddings_from_blobs
@@ -478,42 +480,22 @@ def forget_in_snapshot(person_ids=(), face_ids=()) -> bool:
             return True
 
 
-class _ForgetAfterCommit:
-    """One ``forget_in_snapshot`` for everything a thread's transaction deleted (an erasure deletes a
-    person and all their photos, the admin's bulk delete many photos: one rewrite, not one per row).
+def _forget_deleted(items: set) -> None:
+    """The batch of one transaction's deletions: ("person" | "face", id) pairs. A deletion rolled back
+    (a savepoint) still has its row, so only ids whose rows are gone are taken out."""
+    from people.models import FaceImage, Person
 
-    Each deletion registers this same object with ``transaction.on_commit``; the first call after the
-    commit does the work and the others find it done. Whatever was rolled back (a whole transaction
-    or a savepoint) still has its row, so only ids whose rows are gone are taken out."""
-
-    def __init__(self):
-        self.person_ids: set[int] = set()
-        self.face_ids: set[int] = set()
-        self.done = False
-
-    def __call__(self):
-        if self.done:
-            return
-        self.done = True
-        from people.models import FaceImage, Person
-
-        people = self.person_ids - set(Person.objects.filter(pk__in=self.person_ids).values_list("pk", flat=True))
-        faces = self.face_ids - set(FaceImage.objects.filter(pk__in=self.face_ids).values_list("pk", flat=True))
-        forget_in_snapshot(people, faces)
-
-
-_pending = threading.local()
+    people = {i for kind, i in items if kind == "person"}
+    faces = {i for kind, i in items if kind == "face"}
+    people -= set(Person.objects.filter(pk__in=people).values_list("pk", flat=True))
+    faces -= set(FaceImage.objects.filter(pk__in=faces).values_list("pk", flat=True))
+    forget_in_snapshot(people, faces)
 
 
 def forget_after_commit(person_ids=(), face_ids=()) -> None:
     """Take these people and photos out of the snapshot on disk once the current transaction commits
     (at once outside one); deletions committed together share one rewrite."""
-    pending = getattr(_pending, "forget", None)
-    if pending is None or pending.done:
-        pending = _pending.forget = _ForgetAfterCommit()
-    pending.person_ids.update(int(p) for p in person_ids)
-    pending.face_ids.update(int(f) for f in face_ids)
-    transaction.on_commit(pending)
+    after_commit_once(_forget_deleted, [("person", int(p)) for p in person_ids] + [("face", int(f)) for f in face_ids])
 
 
 def delete_snapshots() -> None:

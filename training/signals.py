@@ -1,5 +1,5 @@
-"""Retrain when a person is activated or deactivated (it changes who can be recognized), and
-remove a deleted model version's files.
+"""Retrain when a person is activated or deactivated (it changes who can be recognized), remove a
+deleted model version's files, and take a deleted photo out of every version's label map.
 
 The other gallery changes ask for it explicitly where they are made: a face accepted
 (recognition/enrollment.py) and an erasure (privacy/services.py) call
@@ -12,8 +12,10 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import receiver
 
-from people.models import Person
+from facesite.oncommit import after_commit_once
+from people.models import FaceImage, Person
 
+from . import services
 from .models import ModelVersion
 
 
@@ -30,8 +32,6 @@ def activity_changed(sender, instance: Person, created: bool, **kwargs):
     stored = getattr(instance, "_stored_is_active", None)
     if created or stored is None or stored == instance.is_active:
         return  # a new person has no faces yet; other edits do not change the gallery
-    from . import services
-
     transaction.on_commit(services.enrollment_changed)
 
 
@@ -46,3 +46,10 @@ def delete_version_files(sender, instance: ModelVersion, **kwargs):
             f.storage.delete(f.name)
 
     transaction.on_commit(remove)
+
+
+@receiver(post_delete, sender=FaceImage)
+def forget_deleted_face(sender, instance: FaceImage, **kwargs):
+    """Every model version's label map holds the raw embedding of each photo it was trained on: a
+    deleted photo leaves them all (a task, queued once per transaction, after the commit)."""
+    after_commit_once(services.queue_forget_deleted_faces, [instance.pk])
