@@ -13,6 +13,7 @@ import os
 import socket
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -246,7 +247,21 @@ def forget_person(person_id: int) -> dict[str, int]:
     return dict(counts)
 
 
+@contextmanager
+def _locked(version: ModelVersion):
+    """The version's row, fresh and locked for this transaction (None if it was deleted): each
+    redaction reads a label map after the previous one wrote it, so none writes back what another
+    took out (an erasure and a photo's deletion redacting the same version at once)."""
+    with transaction.atomic():
+        yield ModelVersion.objects.select_for_update().filter(pk=version.pk).first()
+
+
 def redact_version(version: ModelVersion, person_id: int) -> dict[str, int]:
+    with _locked(version) as locked:
+        return {} if locked is None else _redact_person(locked, person_id)
+
+
+def _redact_person(version: ModelVersion, person_id: int) -> dict[str, int]:
     from training.engine import evaluation
     from training.engine.export import sha256_bytes
 
@@ -387,6 +402,11 @@ def redact_deleted_faces(version: ModelVersion, face_ids=None) -> dict[str, int]
     A label map records each row's photo (``faces``); one written before that is matched to the
     stored embeddings of its embedder, and the rows that match no stored photo are dropped; if
     none matches (that embedder's embeddings are no longer stored) it is left as it is."""
+    with _locked(version) as locked:
+        return {} if locked is None else _redact_faces(locked, face_ids)
+
+
+def _redact_faces(version: ModelVersion, face_ids) -> dict[str, int]:
     from training.engine.export import sha256_bytes
 
     raw = _read_artifact(version.labels)
