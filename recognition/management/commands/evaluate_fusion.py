@@ -128,7 +128,9 @@ class Command(BaseCommand):
                 pipeline, lfw_dir, pairs, cache_dir=cache_dir, progress=bar.update, faces=(faces, misses)
             )
         dlib_runtime = dlib_runtime or settings.FACE_DLIB_RUNTIME
-        descriptors = [DlibDescriptor(alignment, runtime=dlib_runtime, cache_dir=cache_dir) for alignment in alignments]
+        # the TFLite runtime's converted network is kept with the served one's (TRAINING_CACHE_DIR), not per --cache-dir
+        network_dir = settings.TRAINING_CACHE_DIR
+        descriptors = [DlibDescriptor(alignment, runtime=dlib_runtime, cache_dir=network_dir) for alignment in alignments]
         dlib = {}
         for descriptor in descriptors:
             with tqdm(total=len(files), unit="img", desc=descriptor.name) as bar:
@@ -199,7 +201,7 @@ class Command(BaseCommand):
         m = measured
         # the served alignment (MTCNN's landmarks): the one loaded above, or its own
         descriptor = next((d for d in m.descriptors if d.alignment == "landmarks"), None) or DlibDescriptor(
-            "landmarks", runtime=dlib_runtime, cache_dir=m.cache_dir
+            "landmarks", runtime=dlib_runtime, cache_dir=settings.TRAINING_CACHE_DIR
         )
         jitters = max(v.jitters for v in variants)
         with tqdm(total=len(m.faces), unit="img", desc=f"dlib views (mirror, {jitters} jitters)") as bar:
