@@ -128,9 +128,10 @@ class Command(BaseCommand):
                 pipeline, lfw_dir, pairs, cache_dir=cache_dir, progress=bar.update, faces=(faces, misses)
             )
         dlib_runtime = dlib_runtime or settings.FACE_DLIB_RUNTIME
-        # the TFLite runtime's converted network is kept with the served one's (TRAINING_CACHE_DIR), not per --cache-dir
-        network_dir = settings.TRAINING_CACHE_DIR
-        descriptors = [DlibDescriptor(alignment, runtime=dlib_runtime, cache_dir=network_dir) for alignment in alignments]
+        # the TFLite runtime's converted network is kept where the served one's is, not per --cache-dir
+        descriptors = [
+            DlibDescriptor(alignment, runtime=dlib_runtime, cache_dir=settings.TRAINING_CACHE_DIR) for alignment in alignments
+        ]
         dlib = {}
         for descriptor in descriptors:
             with tqdm(total=len(files), unit="img", desc=descriptor.name) as bar:
