@@ -429,7 +429,9 @@ def test_a_retrain_asked_for_while_the_broker_is_down_is_kept_as_a_schedule(
 
 
 @pytest.mark.django_db
-def test_a_deleted_photo_leaves_every_model_versions_label_map(staff_api, clean_queue, settings, django_capture_on_commit_callbacks):
+def test_a_deleted_photo_leaves_every_model_versions_label_map(
+    staff_api, clean_queue, settings, django_capture_on_commit_callbacks
+):
     from people.models import FaceImage
     from training.models import ModelVersion
 
@@ -463,14 +465,18 @@ def test_a_deleted_photo_leaves_every_model_versions_label_map(staff_api, clean_
         labels = json.loads(data)
         assert closest(version, gone) > 1e-3, "a rounded copy of the deleted photo's embedding is still there"
         assert closest(version, stays) < 1e-5  # only that photo
-        assert deleted_pk not in labels["gallery"]["faces"] and len(labels["gallery"]["faces"]) == len(labels["gallery"]["labels"])
+        assert deleted_pk not in labels["gallery"]["faces"] and len(labels["gallery"]["faces"]) == len(
+            labels["gallery"]["labels"]
+        )
         assert names_person(labels, obama.pk)
     # the server still names Obama from his other photos, and an older map can serve an edge kiosk
     assert recognize(staff_api, PROBES / "obama1.jpg") == ["Barack Obama"]
 
 
 @pytest.mark.django_db
-def test_a_photo_deleted_while_a_run_trains_is_not_in_its_label_map(clean_queue, settings, django_capture_on_commit_callbacks, monkeypatch):
+def test_a_photo_deleted_while_a_run_trains_is_not_in_its_label_map(
+    clean_queue, settings, django_capture_on_commit_callbacks, monkeypatch
+):
     from people import services as people_services
     from people.models import FaceImage
     from training import runs
