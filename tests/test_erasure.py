@@ -411,6 +411,26 @@ def test_a_deleted_model_version_takes_its_label_map_and_plots_with_it(clean_que
     assert not any(version.labels.storage.exists(n) for n in names)
 
 
+@pytest.mark.django_db
+def test_a_version_deleted_from_a_stale_copy_takes_the_label_map_a_redaction_wrote_since(
+    clean_queue, settings, django_capture_on_commit_callbacks
+):
+    from people.models import FaceImage
+    from training import services
+    from training.models import ModelVersion
+
+    version = train(django_capture_on_commit_callbacks, "nearest_neighbour", settings)
+    stale = ModelVersion.objects.get(pk=version.pk)  # e.g. the admin's delete page, loaded before
+    with django_capture_on_commit_callbacks(execute=True):
+        FaceImage.objects.in_gallery().filter(person=person_named("Joe Biden")).first().delete()
+    rewritten = ModelVersion.objects.get(pk=version.pk).labels.name
+    assert rewritten != stale.labels.name and stale.labels.storage.exists(rewritten)  # the redaction's new map
+    with django_capture_on_commit_callbacks(execute=True):
+        stale.delete()
+    assert not stale.labels.storage.exists(rewritten) and not stale.labels.storage.exists(stale.labels.name)
+    assert services.forget_deleted_faces() == {}  # nothing left that holds it
+
+
 def test_a_retrain_asked_for_while_the_broker_is_down_is_kept_as_a_schedule(
     clean_queue, monkeypatch, django_capture_on_commit_callbacks
 ):

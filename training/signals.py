@@ -9,7 +9,7 @@ caught here, and only when ``is_active`` really changed: editing a name or notes
 """
 
 from django.db import transaction
-from django.db.models.signals import post_delete, post_save, pre_save
+from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
 from django.dispatch import receiver
 
 from facesite.oncommit import after_commit_once
@@ -35,17 +35,25 @@ def activity_changed(sender, instance: Person, created: bool, **kwargs):
     transaction.on_commit(services.enrollment_changed)
 
 
+VERSION_FILES = ("labels", "head", "confusion_plot", "roc_plot")
+
+
+@receiver(pre_delete, sender=ModelVersion)
+def remember_version_files(sender, instance: ModelVersion, **kwargs):
+    """The files the row names now: a redaction may have replaced one since ``instance`` was read
+    (it holds the row's lock until it commits, so this waits for it)."""
+    stored = ModelVersion.objects.select_for_update().filter(pk=instance.pk).values_list(*VERSION_FILES).first()
+    instance._stored_files = [name for name in stored or () if name]
+
+
 @receiver(post_delete, sender=ModelVersion)
 def delete_version_files(sender, instance: ModelVersion, **kwargs):
     """A deleted version takes its label map, head and plots with it (they name people); the
     TFLite embedder is shared between versions and holds no person."""
-    files = [f for f in (instance.labels, instance.head, instance.confusion_plot, instance.roc_plot) if f and f.name]
-
-    def remove():
-        for f in files:
-            f.storage.delete(f.name)
-
-    transaction.on_commit(remove)
+    storage = ModelVersion._meta.get_field("labels").storage
+    names = {getattr(instance, field).name for field in VERSION_FILES if getattr(instance, field)}
+    names |= set(getattr(instance, "_stored_files", ()))
+    transaction.on_commit(lambda: [storage.delete(name) for name in sorted(names)])
 
 
 @receiver(post_delete, sender=FaceImage)
