@@ -569,3 +569,62 @@ def test_an_erasure_deletes_the_task_records_and_queued_tasks_that_name_the_pers
     from security.models import AuditEvent
 
     assert AuditEvent.objects.get(action="erase").result["task_records_deleted"] == 2
+
+
+@pytest.mark.django_db
+def test_a_deleted_photo_is_nowhere_in_files_or_the_database(
+    staff_api, staff_user, client, settings, clean_queue, django_capture_on_commit_callbacks
+):
+    """One photo deleted by staff (not an erasure): its embedding leaves every file (media, model
+    versions' label maps, the gallery snapshot, the training cache) and every row, as raw bytes, as
+    base64 and as the label maps' rounded numbers; the person keeps their other photos."""
+    from django.conf import settings as django_settings
+    from django.core.management import call_command
+
+    from people.models import FaceImage
+    from recognition import services as recognition_services
+
+    capture = django_capture_on_commit_callbacks
+    orphans = {str(p.relative_to(media_root())) for p in media_root().rglob("*") if p.is_file()} - referenced_media()
+    train(capture, "nearest_neighbour", settings)
+    train(capture, "softmax_head", settings)
+    assert recognition_services.write_snapshot(force=True).written
+    obama = person_named("Barack Obama")
+    photo = FaceImage.objects.in_gallery().filter(person=obama).order_by("pk").first()
+    raw = bytes(photo.embedding)
+    vector = np.frombuffer(raw, np.float32)
+    files = [photo.image.name, photo.crop.name]
+
+    def holds(data: bytes) -> bool:
+        """The embedding as raw bytes, as base64, or as a list of numbers in JSON (the label maps round them)."""
+        if raw in data or base64.b64encode(raw) in data:
+            return True
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            return False
+        return any(
+            isinstance(item, list)
+            and len(item) == len(vector)
+            and all(isinstance(x, float) for x in item)
+            and np.abs(np.asarray(item, np.float32) - vector).max() < 1e-5
+            for item in walk(parsed)
+        )
+
+    scanned = files_to_scan(orphans) + [p for p in Path(django_settings.TRAINING_CACHE_DIR).rglob("*") if p.is_file()]
+    assert any(raw in p.read_bytes() for p in scanned)  # before: the snapshot holds it ...
+    from training.models import ModelVersion
+
+    versions = ModelVersion.objects.finished()
+    assert versions.count() == 2 and all(holds(artifact(v.labels)) for v in versions)  # ... and both label maps, rounded
+    with capture(execute=True):
+        assert staff_api.delete(f"/api/v1/people/{obama.pk}/faces/{photo.pk}/").status_code == 204
+    scanned = files_to_scan(orphans) + [p for p in Path(django_settings.TRAINING_CACHE_DIR).rglob("*") if p.is_file()]
+    for path in scanned:
+        assert not holds(path.read_bytes()), path
+    assert not any(photo.image.storage.exists(n) for n in files)
+    dump = io.StringIO()
+    call_command("dumpdata", stdout=dump)
+    assert not holds(dump.getvalue().encode())
+    assert FaceImage.objects.in_gallery().filter(person=obama).exists()
+    assert recognize(staff_api, PROBES / "obama1.jpg") == ["Barack Obama"]
