@@ -24,6 +24,7 @@ from people.models import FaceImage, Person
 from people.services import delete_files
 from recognition import services as recognition
 from security.models import AuditEvent, person_ids_field
+from training import redaction
 from training import services as training
 from visitors.models import Sighting, Visitor, VisitorEnrollment
 
@@ -60,7 +61,7 @@ def erase_person(person: Person, by=None) -> ErasureReport:
     In order: their check-ins (deleted, or kept with the person removed when
     ERASE_CHECKINS_WITH_PERSON is off) and the check-ins rejected as not them; their id in audit events; admin history entries about them
     or their photos; other people's review reasons that name them; their photos, crops and
-    embeddings; the person; every model version's artifacts and fields (training.services.
+    embeddings; the person; every model version's artifacts and fields (training.redaction.
     forget_person). Files go once the transaction commits, the gallery snapshot is rewritten without
     them (every process drops them on its next request: the change log) and a retrain is requested. The receipt is an AuditEvent "erase": who, when, these counts."""
     report = ErasureReport()
@@ -98,7 +99,7 @@ def erase_person(person: Person, by=None) -> ErasureReport:
         person_erased(pid)
         transaction.on_commit(lambda: delete_files(files))
 
-        redacted = training.forget_person(pid)
+        redacted = redaction.forget_person(pid)
         report.model_versions_redacted = redacted.get("versions", 0)
         report.label_maps_rewritten = redacted.get("label_maps", 0)
         report.heads_rewritten = redacted.get("heads", 0)

@@ -416,7 +416,7 @@ def test_a_version_deleted_from_a_stale_copy_takes_the_label_map_a_redaction_wro
     clean_queue, settings, django_capture_on_commit_callbacks
 ):
     from people.models import FaceImage
-    from training import services
+    from training import redaction
     from training.models import ModelVersion
 
     version = train(django_capture_on_commit_callbacks, "nearest_neighbour", settings)
@@ -428,7 +428,7 @@ def test_a_version_deleted_from_a_stale_copy_takes_the_label_map_a_redaction_wro
     with django_capture_on_commit_callbacks(execute=True):
         stale.delete()
     assert not stale.labels.storage.exists(rewritten) and not stale.labels.storage.exists(stale.labels.name)
-    assert services.forget_deleted_faces() == {}  # nothing left that holds it
+    assert redaction.forget_deleted_faces() == {}  # nothing left that holds it
 
 
 def test_a_retrain_asked_for_while_the_broker_is_down_is_kept_as_a_schedule(

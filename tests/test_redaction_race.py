@@ -33,17 +33,17 @@ print(json.dumps({"version": version.pk, "erased": erased.pk, "deleted_face": fa
 SLOW_PHOTO_REDACTION = """
 import sys, time
 from people.models import FaceImage
-from training import services
+from training import redaction
 from training.models import ModelVersion
-read = services._read_artifact
+read = redaction._read_artifact
 def slow_read(field):
     data = read(field)
     print("read", flush=True)
     time.sleep(8)
     return data
-services._read_artifact = slow_read
+redaction._read_artifact = slow_read
 FaceImage.objects.filter(pk={face}).delete()
-print(services.redact_deleted_faces(ModelVersion.objects.get(pk={version})), flush=True)
+print(redaction.redact_deleted_faces(ModelVersion.objects.get(pk={version})), flush=True)
 """
 
 ERASURE = """

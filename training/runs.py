@@ -28,6 +28,7 @@ from training.engine.dataset import FaceSet, sample_people, split_per_person
 from training.engine.export import cached_embedder_tflite, sha256_bytes
 from training.engine.heads import NearestNeighbour, SoftmaxHead
 
+from . import redaction
 from .models import ModelVersion
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -406,7 +407,7 @@ class TrainingRun:
             "labels": np.searchsorted(people, faces.labels[keep]).tolist(),
             "embeddings": np.round(faces.embeddings[keep], 6).tolist(),
             # which photo each row is, so that a photo deleted later leaves every label map too
-            # (training.services.redact_deleted_faces); edge clients ignore it
+            # (training.redaction.redact_deleted_faces); edge clients ignore it
             "faces": faces.keys[keep].tolist(),
         }
 
@@ -444,11 +445,9 @@ class TrainingRun:
             if activate:
                 version.activate()
         self.forget_erased(version, metrics["people_names"])
-        from . import services
-
         # photos deleted while the run worked from its snapshot (a deletion after this point
         # redacts the saved version itself: training.signals)
-        services.redact_deleted_faces(ModelVersion.objects.get(pk=version.pk))
+        redaction.redact_deleted_faces(ModelVersion.objects.get(pk=version.pk))
 
     @staticmethod
     def forget_erased(version: ModelVersion, names: dict[str, str]) -> None:
@@ -456,12 +455,10 @@ class TrainingRun:
         erasure after this point redacts the saved version itself)."""
         from people.models import Person
 
-        from . import services
-
         named = {int(k) for k in names}
         gone = named - set(Person.objects.filter(pk__in=named).values_list("id", flat=True))
         for person_id in sorted(gone):
-            services.redact_version(ModelVersion.objects.get(pk=version.pk), person_id)
+            redaction.redact_version(ModelVersion.objects.get(pk=version.pk), person_id)
 
 
 def head_bytes(head: SoftmaxHead) -> bytes:

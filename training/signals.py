@@ -15,7 +15,7 @@ from django.dispatch import receiver
 from facesite.oncommit import after_commit_once
 from people.models import FaceImage, Person
 
-from . import services
+from . import redaction, services
 from .models import ModelVersion
 
 
@@ -60,4 +60,4 @@ def delete_version_files(sender, instance: ModelVersion, **kwargs):
 def forget_deleted_face(sender, instance: FaceImage, **kwargs):
     """Every model version's label map holds the raw embedding of each photo it was trained on: a
     deleted photo leaves them all (a task, queued once per transaction, after the commit)."""
-    after_commit_once(services.queue_forget_deleted_faces, [instance.pk])
+    after_commit_once(redaction.queue_forget_deleted_faces, [instance.pk])

@@ -16,6 +16,6 @@ def enrollment_changed() -> None:
 
 def forget_deleted_faces(face_ids=None) -> dict:
     """Photos were deleted: take their embeddings out of every model version's label map."""
-    from . import services
+    from . import redaction
 
-    return services.forget_deleted_faces(face_ids)
+    return redaction.forget_deleted_faces(face_ids)
