@@ -92,7 +92,7 @@ class EdgeRecognizer:
             self.matcher = HeadMatcher(labels["head"], person_of_index, dim)
             self.threshold = float(labels["head"]["threshold"])
         else:
-            self.matcher = Gallery()
+            self.matcher = Gallery(dim=dim)
             if gallery is not None:
                 ids, people, embeddings = gallery
                 self.matcher.replace(embeddings, people, ids)
