@@ -118,3 +118,26 @@ def test_a_fused_site_exports_both_networks_and_the_kiosk_makes_the_servers_temp
         sync(server, state)
     assert state.pair_dir == pair and state.version == version.number - 1
     assert (pair / DLIB_FILE).exists() and not list((state.root / "pairs").glob(".partial-*"))
+
+
+@pytest.mark.django_db
+def test_after_an_embedder_switch_the_kiosk_fetches_the_whole_gallery_in_the_new_embedders_templates(
+    kiosk_api,  # noqa: F811
+    tmp_path,
+):
+    from edge.sync import State, sync_gallery
+    from people.models import FaceImage
+    from recognition import embedder_switch
+
+    server, state = through_test_client(kiosk_api), State(tmp_path / "kiosk")
+    faces = FaceImage.objects.in_gallery().count()
+    assert sync_gallery(server, state) == faces and state.gallery()[2].shape == (faces, 128)
+    facenet = state.read()["gallery_embedder"]
+    assert sync_gallery(server, state) == 0  # nothing changed since the cursor
+
+    switch = embedder_switch.start_switch("facenet+dlib", queue=False)
+    assert embedder_switch.run_switch(switch.pk) == "active"
+    assert sync_gallery(server, state) == faces
+    ids, _, embeddings = state.gallery()
+    assert embeddings.shape == (faces, 256) and len(ids) == faces
+    assert state.read()["gallery_embedder"] not in (None, facenet)
