@@ -347,10 +347,7 @@ def run_runtime(lfw_dir: Path, out, pairs_per_fold: int | None = 100, n_timed: i
         f"{cpu[1]:.1f} ms ({cpu[0] / cpu[1]:.2f}x); load {_load()}"
     )
 
-    pairs = read_pairs(lfw_dir)
-    if pairs_per_fold:
-        per_fold = len(pairs) // 20
-        pairs = [p for i, p in enumerate(pairs) if i % per_fold < pairs_per_fold]
+    pairs = read_pairs(lfw_dir, per_fold=pairs_per_fold)
     files = sorted({p.left for p in pairs} | {p.right for p in pairs})
     pipe = pipeline()
     cfg = pipe.config

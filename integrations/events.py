@@ -45,7 +45,10 @@ def _dispatch(event: str, data: dict, created_at: str) -> None:
     except Exception:
         log.exception("could not queue webhook deliveries of %s", event)
     if settings.MQTT_URL:
-        _queue("integrations.tasks.publish", event, message(event, data, uuid.uuid4(), created_at))
+        # The message (a person's name, for some events) is the task's argument: django-q would keep
+        # it in its task table once published, so a published message is not kept (save=False);
+        # a failed one is, until an erasure about its person deletes it (privacy.services).
+        _queue("integrations.tasks.publish", event, message(event, data, uuid.uuid4(), created_at), save=False)
 
 
 def queue_delivery(webhook: Webhook, event: str, data: dict, created_at: str | None = None) -> Delivery:
@@ -56,11 +59,11 @@ def queue_delivery(webhook: Webhook, event: str, data: dict, created_at: str | N
     return delivery
 
 
-def _queue(func: str, *args) -> None:
+def _queue(func: str, *args, save: bool = True) -> None:
     from django_q.tasks import async_task
 
     try:
-        async_task(func, *args, group=TASK_GROUP)
+        async_task(func, *args, group=TASK_GROUP, save=save)
     except Exception:
         # The broker is down: the delivery stays "pending" in the admin, where staff can retry it.
         log.exception("could not queue %s%r", func, args)

@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.files.base import ContentFile
+from django.db import transaction
 from django.db.models import Count, Q
 from django.http import Http404, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -419,8 +420,9 @@ class FaceImageAdmin(admin.ModelAdmin):
         services.delete_face(obj)
 
     def delete_queryset(self, request, queryset):
-        for face in queryset:
-            services.delete_face(face)
+        with transaction.atomic():  # all or none, and one rewrite of the gallery snapshot on disk
+            for face in queryset:
+                services.delete_face(face)
 
     @admin.action(description="Re-process selected photos")
     def reprocess(self, request, queryset):

@@ -51,6 +51,7 @@ class ErasureReport:
     metrics_redacted: int = 0
     plots_redrawn: int = 0
     visitor_links_deleted: int = 0
+    task_records_deleted: int = 0
 
 
 def erase_person(person: Person, by=None) -> ErasureReport:
@@ -77,6 +78,7 @@ def erase_person(person: Person, by=None) -> ErasureReport:
         )
 
         report.audit_events_redacted = _forget_in_audit_log(pid, name)
+        report.task_records_deleted = _forget_in_task_records(pid, name)
 
         faces = list(
             FaceImage.objects.select_for_update().filter(person_id=pid).values_list("id", "image", "crop", "region", "status")
@@ -105,8 +107,9 @@ def erase_person(person: Person, by=None) -> ErasureReport:
 
         if any(f[4] == FaceImage.Status.ACCEPTED for f in faces):
             transaction.on_commit(training.enrollment_changed)  # retrain, debounced
-        # the gallery snapshot on disk holds their embeddings: rewritten without them before this returns
-        transaction.on_commit(lambda: recognition.forget_in_snapshot([pid]))
+        # the gallery snapshot on disk holds their embeddings: rewritten without them (and their
+        # photos) once, when this commits, before this returns
+        recognition.forget_after_commit(person_ids=[pid])
         AuditEvent.objects.create(
             action="erase",
             user=by if by is not None and getattr(by, "is_authenticated", False) else None,
@@ -115,6 +118,43 @@ def erase_person(person: Person, by=None) -> ErasureReport:
             result=asdict(report),
         )
     return report
+
+
+def _forget_in_task_records(pid: int, name: str) -> int:
+    """django-q keeps each finished task's arguments and result (pickled, so no text search finds
+    them) in its Task table, and the ORM broker keeps queued tasks in OrmQ: an MQTT message is a
+    task argument and names its person. Those that mention the person (their id as a person's, or
+    their name) are deleted: a queued message about them is not sent."""
+    from django_q.models import OrmQ, Task
+    from django_q.signing import SignedPackage
+
+    deleted = 0
+    for task in Task.objects.only("id", "args", "kwargs", "result").iterator():
+        if _mentions((task.args, task.kwargs, task.result), pid, name):
+            deleted += Task.objects.filter(pk=task.pk).delete()[0]
+    for queued in OrmQ.objects.all().iterator():
+        try:
+            package = SignedPackage.loads(queued.payload)
+        except Exception:  # not ours to judge: a package django-q cannot read either
+            continue
+        if _mentions((package.get("args"), package.get("kwargs")), pid, name):
+            deleted += OrmQ.objects.filter(pk=queued.pk).delete()[0]
+    return deleted
+
+
+def _mentions(value, pid: int, name: str) -> bool:
+    """Whether a task's data names the person: their name as words in any text, or their id as a
+    person's (``person_id``, ``person``, or a ``person`` object's ``id``, as event payloads have it)."""
+    if isinstance(value, str):
+        return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", value) is not None
+    if isinstance(value, dict):
+        person = value.get("person")
+        if value.get("person_id") == pid or person == pid or (isinstance(person, dict) and person.get("id") == pid):
+            return True
+        return any(_mentions(v, pid, name) for v in value.values())
+    if isinstance(value, list | tuple | set):
+        return any(_mentions(v, pid, name) for v in value)
+    return False
 
 
 def _forget_in_audit_log(pid: int, name: str) -> int:

@@ -18,8 +18,9 @@ database once. A bulk change is applied by a background reload; requests keep th
 meanwhile.
 
 **Erasure.** The snapshot holds raw embeddings, so ``forget_in_snapshot`` rewrites it without an
-erased person before the erasure returns; processes that mapped the old file move to the new one on
-their next request.
+erased person, or a deleted photo, when the deletion commits (before the request returns; one
+rewrite per transaction, ``forget_after_commit``); processes that mapped the old file move to the
+new one on their next request.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ import numpy as np
 from django.conf import settings
 from django.db import connection
 from django.db.models import Max, Q
+
+from facesite.oncommit import after_commit_once
 
 from .engine.index import IndexSettings
 from .engine.matching import Gallery, embeddings_from_blobs
@@ -389,7 +392,7 @@ def write_snapshot(force: bool = False, min_changes: int | None = None) -> Snaps
     """Save the gallery as it is now, if it changed enough since the current snapshot (or ``force``).
 
     The index is built (and IVF-trained) here, in the task worker, outside the lock; under the lock,
-    people erased while it was built are removed from it before it becomes current."""
+    people erased and photos deleted while it was built are removed from it before it becomes current."""
     GalleryChange = _change_model()
     started = time.perf_counter()
     min_changes = settings.GALLERY_SNAPSHOT_MIN_CHANGES if min_changes is None else min_changes
@@ -410,14 +413,13 @@ def write_snapshot(force: bool = False, min_changes: int | None = None) -> Snaps
     try:
         gallery.save(built)
         with _writer_lock():
-            erased = set(
-                GalleryChange.objects.filter(
-                    Q(seq__gt=seq) | Q(seq__in=sorted(gaps)), kind=GalleryChange.Kind.ERASED
-                ).values_list("person_id", flat=True)
-            )
-            if erased:
+            since = GalleryChange.objects.filter(Q(seq__gt=seq) | Q(seq__in=sorted(gaps)))
+            erased = set(since.filter(kind=GalleryChange.Kind.ERASED).values_list("person_id", flat=True))
+            touched = set(since.filter(kind=GalleryChange.Kind.FACE).values_list("person_id", flat=True)) - erased
+            deleted = _deleted_faces(keys[np.isin(labels, np.asarray(sorted(touched), np.int64))])
+            if erased or deleted:
                 cleaned = _private_dir(root / f".build-{uuid.uuid4().hex}")
-                Gallery.rewrite_without(built, cleaned, erased, dim=dim)
+                Gallery.rewrite_without(built, cleaned, erased, dim=dim, keys=deleted)
                 shutil.rmtree(built)
                 built = cleaned
             meta = {
@@ -437,31 +439,63 @@ def write_snapshot(force: bool = False, min_changes: int | None = None) -> Snaps
     return SnapshotReport(True, "written", len(gallery), gallery.people_count, seq, round(time.perf_counter() - started, 3))
 
 
-def forget_in_snapshot(person_ids) -> bool:
-    """Remove these people's embeddings from the snapshot on disk now (an erasure): the current
-    generation is rewritten without them and the old one deleted. If that fails the snapshot is
-    deleted instead (processes then build from the database). True if a snapshot held them."""
-    person_ids = {int(p) for p in person_ids}
+def _deleted_faces(keys: np.ndarray) -> set[int]:
+    """Which of these faces no longer exist (photos deleted while a snapshot was being built)."""
+    from people.models import FaceImage
+
+    keys = [int(k) for k in keys]
+    alive: set[int] = set()
+    for start in range(0, len(keys), _PEOPLE_PER_QUERY):
+        alive.update(FaceImage.objects.filter(pk__in=keys[start : start + _PEOPLE_PER_QUERY]).values_list("pk", flat=True))
+    return set(keys) - alive
+
+
+def forget_in_snapshot(person_ids=(), face_ids=()) -> bool:
+    """Remove these people's embeddings, and these faces' (single photos deleted), from the snapshot on
+    disk now: the current generation is rewritten without them and the old one deleted. If that
+    fails the snapshot is deleted instead (processes then build from the database). True if a
+    snapshot held any of them."""
+    person_ids, face_ids = {int(p) for p in person_ids}, {int(f) for f in face_ids}
     with _writer_lock() as root:
         current = _read_current()
-        if not current:
+        if not current or not (person_ids or face_ids):
             return False
         source = root / current["generation"]
         try:
             people = np.load(source / "people.npy", mmap_mode="r")
-            if not np.isin(np.asarray(sorted(person_ids), np.int64), people).any():
+            held_people = np.isin(people, np.asarray(sorted(person_ids), np.int64))
+            held_faces = np.isin(np.asarray(sorted(face_ids), np.int64), np.load(source / "keys.npy", mmap_mode="r"))
+            if not held_people.any() and not held_faces.any():
                 return False
             meta = json.loads((source / "meta.json").read_text())
             target = _private_dir(root / f".build-{uuid.uuid4().hex}")
-            removed = Gallery.rewrite_without(source, target, person_ids, dim=int(meta.get("dim", 128)))
+            removed = Gallery.rewrite_without(source, target, person_ids, dim=int(meta.get("dim", 128)), keys=face_ids)
             meta["faces"] = int(meta.get("faces", 0)) - removed
-            meta["people"] = int(meta.get("people", 0)) - int(np.isin(people, np.asarray(sorted(person_ids))).sum())
+            meta["people"] = len(np.load(target / "people.npy", mmap_mode="r"))
             _publish(root, target, meta)
             return True
         except Exception:
-            logger.exception("could not rewrite the gallery snapshot without erased people; deleting it")
+            logger.exception("could not rewrite the gallery snapshot without erased data; deleting it")
             delete_snapshots()
             return True
+
+
+def _forget_deleted(items: set) -> None:
+    """The batch of one transaction's deletions: ("person" | "face", id) pairs. A deletion rolled back
+    (a savepoint) still has its row, so only ids whose rows are gone are taken out."""
+    from people.models import FaceImage, Person
+
+    people = {i for kind, i in items if kind == "person"}
+    faces = {i for kind, i in items if kind == "face"}
+    people -= set(Person.objects.filter(pk__in=people).values_list("pk", flat=True))
+    faces -= set(FaceImage.objects.filter(pk__in=faces).values_list("pk", flat=True))
+    forget_in_snapshot(people, faces)
+
+
+def forget_after_commit(person_ids=(), face_ids=()) -> None:
+    """Take these people and photos out of the snapshot on disk once the current transaction commits
+    (at once outside one); deletions committed together share one rewrite."""
+    after_commit_once(_forget_deleted, [("person", int(p)) for p in person_ids] + [("face", int(f)) for f in face_ids])
 
 
 def delete_snapshots() -> None:

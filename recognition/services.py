@@ -21,7 +21,7 @@ from .engine.matching import Candidate, Gallery, embeddings_from_blobs
 from .engine.open_set import ImpostorTail, OpenSet, expected_far
 from .engine.pipeline import AnalysedFace
 from .engine.recognizers import GalleryRecognizer, HeadRecognizer, Recognizer, ServedMatch
-from .gallery import GalleryCache, forget_in_snapshot, write_snapshot  # noqa: F401  (the façade's too)
+from .gallery import GalleryCache, forget_after_commit, write_snapshot  # noqa: F401  (the façade's too)
 
 # the pipeline and upload rules are the façade's too (recognition/pipelines.py holds them)
 from .pipelines import image_limits, main_face, pipeline, pipeline_config, quality_rules, read_upload  # noqa: F401

@@ -11,10 +11,12 @@ import base64
 import hashlib
 import io
 import json
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from .conftest import PEOPLE, PROBES, person_named, read
@@ -409,6 +411,26 @@ def test_a_deleted_model_version_takes_its_label_map_and_plots_with_it(clean_que
     assert not any(version.labels.storage.exists(n) for n in names)
 
 
+@pytest.mark.django_db
+def test_a_version_deleted_from_a_stale_copy_takes_the_label_map_a_redaction_wrote_since(
+    clean_queue, settings, django_capture_on_commit_callbacks
+):
+    from people.models import FaceImage
+    from training import services
+    from training.models import ModelVersion
+
+    version = train(django_capture_on_commit_callbacks, "nearest_neighbour", settings)
+    stale = ModelVersion.objects.get(pk=version.pk)  # e.g. the admin's delete page, loaded before
+    with django_capture_on_commit_callbacks(execute=True):
+        FaceImage.objects.in_gallery().filter(person=person_named("Joe Biden")).first().delete()
+    rewritten = ModelVersion.objects.get(pk=version.pk).labels.name
+    assert rewritten != stale.labels.name and stale.labels.storage.exists(rewritten)  # the redaction's new map
+    with django_capture_on_commit_callbacks(execute=True):
+        stale.delete()
+    assert not stale.labels.storage.exists(rewritten) and not stale.labels.storage.exists(stale.labels.name)
+    assert services.forget_deleted_faces() == {}  # nothing left that holds it
+
+
 def test_a_retrain_asked_for_while_the_broker_is_down_is_kept_as_a_schedule(
     clean_queue, monkeypatch, django_capture_on_commit_callbacks
 ):
@@ -425,3 +447,125 @@ def test_a_retrain_asked_for_while_the_broker_is_down_is_kept_as_a_schedule(
         services.gallery_changed()
     (waiting,) = Schedule.objects.filter(func=services.RETRAIN_TASK)
     assert waiting.schedule_type == Schedule.ONCE and waiting.name.startswith("enrollment-changed-")
+
+
+@pytest.mark.django_db
+def test_a_deleted_photo_leaves_every_model_versions_label_map(
+    staff_api, clean_queue, settings, django_capture_on_commit_callbacks
+):
+    from people.models import FaceImage
+    from training.models import ModelVersion
+
+    capture = django_capture_on_commit_callbacks
+    older = train(capture, "nearest_neighbour", settings)
+    # a label map written before they recorded each row's photo: the same map without "faces"
+    labels = json.loads(artifact(older.labels))
+    assert len(labels["gallery"]["faces"]) == len(labels["gallery"]["embeddings"])
+    del labels["gallery"]["faces"]
+    older.labels.save("labels.json", ContentFile(json.dumps(labels).encode()), save=True)
+    newer = train(capture, "nearest_neighbour", settings)
+
+    obama = person_named("Barack Obama")
+    kept, deleted = FaceImage.objects.in_gallery().filter(person=obama).order_by("pk")[:2]
+    gone = np.frombuffer(bytes(deleted.embedding), np.float32)
+    stays = np.frombuffer(bytes(kept.embedding), np.float32)
+
+    def closest(version, embedding) -> float:
+        rows = np.asarray(json.loads(artifact(version.labels))["gallery"]["embeddings"], np.float32)
+        return float(np.abs(rows - embedding).max(axis=1).min())
+
+    for version in (older, newer):
+        assert closest(version, gone) < 1e-5 and closest(version, stays) < 1e-5
+    deleted_pk = deleted.pk
+    with capture(execute=True):
+        assert staff_api.delete(f"/api/v1/people/{obama.pk}/faces/{deleted_pk}/").status_code == 204
+    for version in (older, newer):
+        version = ModelVersion.objects.get(pk=version.pk)
+        data = artifact(version.labels)
+        assert version.labels_sha256 == hashlib.sha256(data).hexdigest()  # edge kiosks fetch the new map
+        labels = json.loads(data)
+        assert closest(version, gone) > 1e-3, "a rounded copy of the deleted photo's embedding is still there"
+        assert closest(version, stays) < 1e-5  # only that photo
+        assert deleted_pk not in labels["gallery"]["faces"] and len(labels["gallery"]["faces"]) == len(
+            labels["gallery"]["labels"]
+        )
+        assert names_person(labels, obama.pk)
+    # the server still names Obama from his other photos, and an older map can serve an edge kiosk
+    assert recognize(staff_api, PROBES / "obama1.jpg") == ["Barack Obama"]
+
+
+@pytest.mark.django_db
+def test_a_photo_deleted_while_a_run_trains_is_not_in_its_label_map(
+    clean_queue, settings, django_capture_on_commit_callbacks, monkeypatch
+):
+    from people import services as people_services
+    from people.models import FaceImage
+    from training import runs
+
+    victim = FaceImage.objects.in_gallery().filter(person=person_named("Joe Biden")).first()
+    gone = np.frombuffer(bytes(victim.embedding), np.float32)
+    finish = runs.TrainingRun.finish
+
+    def delete_then_finish(self, *args, **kwargs):
+        with django_capture_on_commit_callbacks(execute=True):
+            people_services.delete_face(victim)  # the run's snapshot still has it
+        return finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(runs.TrainingRun, "finish", delete_then_finish)
+    version = train(django_capture_on_commit_callbacks, "nearest_neighbour", settings)
+    rows = np.asarray(json.loads(artifact(version.labels))["gallery"]["embeddings"], np.float32)
+    assert np.abs(rows - gone).max(axis=1).min() > 1e-3
+
+
+@pytest.mark.django_db
+def test_an_erasure_deletes_the_task_records_and_queued_tasks_that_name_the_person(staff_api, clean_queue):
+    """django-q keeps a failed task's arguments (pickled: no text search of the database finds a
+    name in them) and, with the ORM broker, queued tasks; an event message names its person."""
+    from django.utils import timezone
+    from django_q.conf import Conf
+    from django_q.models import OrmQ, Task
+    from django_q.signing import SignedPackage
+
+    from integrations.events import message
+
+    def event_about(person) -> dict:
+        return message(
+            "checkin.created", {"person": {"id": person.pk, "name": person.name}}, uuid.uuid4(), timezone.now().isoformat()
+        )
+
+    obama, biden = person_named("Barack Obama"), person_named("Joe Biden")
+    for person in (obama, biden):
+        # a publish that failed: django-q's monitor keeps a failure's arguments (as saved here)
+        now = timezone.now()
+        Task.objects.create(
+            id=uuid.uuid4().hex,
+            name=f"failed-{person.pk}",
+            func="integrations.tasks.publish",
+            group="integrations",
+            args=("checkin.created", event_about(person)),
+            kwargs={},
+            result="OSError: broker gone",
+            started=now,
+            stopped=now,
+            success=False,
+        )
+        # and one still queued in the ORM broker's table
+        task = {
+            "id": uuid.uuid4().hex,
+            "name": "queued",
+            "func": "integrations.tasks.publish",
+            "args": ("checkin.created", event_about(person)),
+            "kwargs": {},
+            "started": timezone.now(),
+        }
+        OrmQ.objects.create(key=Conf.PREFIX, payload=SignedPackage.dumps(task), lock=timezone.now())
+    failed = Task.objects.filter(func="integrations.tasks.publish", success=False)
+    assert sorted(t.args[1]["data"]["person"]["name"] for t in failed) == ["Barack Obama", "Joe Biden"]
+
+    assert staff_api.delete(f"/api/v1/people/{obama.pk}/").status_code == 204
+    left = [t.args for t in Task.objects.all()] + [SignedPackage.loads(q.payload)["args"] for q in OrmQ.objects.all()]
+    assert not any("Barack Obama" in repr(args) for args in left), left
+    assert sum("Joe Biden" in repr(args) for args in left) == 2  # only what names him
+    from security.models import AuditEvent
+
+    assert AuditEvent.objects.get(action="erase").result["task_records_deleted"] == 2

@@ -214,3 +214,91 @@ def test_an_erasure_rewrites_the_snapshot_and_other_processes_move_to_it(staff_a
     assert not (root / old_generation).exists()
     assert biden.pk not in other.get().person_ids
     assert other._state.generation != old_generation and other._state.generation == gallery_module._current_generation()
+
+
+def snapshot_holds(embedding: bytes) -> bool:
+    """Whether any file of any snapshot generation on disk contains these embedding bytes."""
+    return any(embedding in path.read_bytes() for path in gallery_module.snapshot_dir().rglob("*") if path.is_file())
+
+
+def gallery_faces(name: str) -> list[FaceImage]:
+    return list(FaceImage.objects.in_gallery().filter(person=person_named(name)).order_by("pk"))
+
+
+def test_a_deleted_photo_leaves_the_snapshot_on_disk_when_the_delete_commits(staff_api, django_capture_on_commit_callbacks):
+    services.write_snapshot(force=True)
+    other = another_process()
+    obama = person_named("Barack Obama")
+    kept, deleted = gallery_faces("Barack Obama")[:2]
+    assert snapshot_holds(bytes(deleted.embedding)) and snapshot_holds(bytes(kept.embedding))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert staff_api.delete(f"/api/v1/people/{obama.pk}/faces/{deleted.pk}/").status_code == 204
+    assert not snapshot_holds(bytes(deleted.embedding))  # no waiting for the scheduled rewrite
+    assert snapshot_holds(bytes(kept.embedding))  # only that photo: the person keeps the others
+    served = other.get()
+    assert other._state.generation == gallery_module._current_generation()  # moved to the rewritten file
+    assert obama.pk in served.person_ids and len(served) == FaceImage.objects.in_gallery().count()
+    started = gallery_module.GalleryCache()  # a process starting now, from the rewritten snapshot
+    assert len(started.get()) == FaceImage.objects.in_gallery().count() and started.stats["from_snapshot"] == 1
+    response = staff_api.post("/api/v1/recognize/", {"image": SimpleUploadedFile("o.jpg", read(PROBES / "obama1.jpg"))})
+    assert response.json()["faces"][0]["match"]["name"] == "Barack Obama"
+
+    # a person's last photo: they leave the snapshot's people too
+    only = [p for p in Person.objects.all() if len(gallery_faces(p.name)) == 1][0]
+    (last,) = gallery_faces(only.name)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert staff_api.delete(f"/api/v1/people/{only.pk}/faces/{last.pk}/").status_code == 204
+    generation = gallery_module.snapshot_dir() / gallery_module._current_generation()
+    assert only.pk not in np.load(generation / "people.npy").tolist() and not snapshot_holds(bytes(last.embedding))
+    assert only.pk not in gallery_module.GalleryCache().get().person_ids
+
+
+def test_the_admins_bulk_delete_of_photos_rewrites_the_snapshot_once(staff_user, client, django_capture_on_commit_callbacks):
+    services.write_snapshot(force=True)
+    faces = gallery_faces("Barack Obama")[:2] + gallery_faces("Joe Biden")[:1]
+    before = GalleryChange.objects.filter(kind=GalleryChange.Kind.SNAPSHOT).count()
+    client.force_login(staff_user)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/admin/people/faceimage/", {"action": "delete_selected", "_selected_action": [f.pk for f in faces], "post": "yes"}
+        )
+    assert response.status_code == 302 and not FaceImage.objects.filter(pk__in=[f.pk for f in faces]).exists()
+    assert not any(snapshot_holds(bytes(f.embedding)) for f in faces)
+    assert GalleryChange.objects.filter(kind=GalleryChange.Kind.SNAPSHOT).count() - before == 1  # one rewrite
+
+
+def test_a_rolled_back_delete_keeps_the_photo_in_the_snapshot(django_capture_on_commit_callbacks):
+    from django.db import transaction
+
+    from people import services as people_services
+
+    services.write_snapshot(force=True)
+    undone, done = gallery_faces("Joe Biden")[:2]
+    undone_pk = undone.pk
+    with django_capture_on_commit_callbacks(execute=True):
+        with transaction.atomic():
+            with pytest.raises(RuntimeError), transaction.atomic():
+                people_services.delete_face(undone)
+                raise RuntimeError("the request failed after the delete")
+            people_services.delete_face(done)
+    assert FaceImage.objects.filter(pk=undone_pk).exists() and snapshot_holds(bytes(undone.embedding))
+    assert not snapshot_holds(bytes(done.embedding))
+
+
+def test_a_photo_deleted_while_a_snapshot_is_built_is_not_in_it(monkeypatch, django_capture_on_commit_callbacks):
+    from people import services as people_services
+
+    victim = gallery_faces("Joe Biden")[0]
+    read_rows = gallery_module._gallery_rows
+
+    def rows_then_delete():
+        rows = read_rows()  # the build has read the victim's embedding ...
+        with django_capture_on_commit_callbacks(execute=True):
+            people_services.delete_face(victim)  # ... which is deleted before the build is published
+        return rows
+
+    monkeypatch.setattr(gallery_module, "_gallery_rows", rows_then_delete)
+    report = services.write_snapshot(force=True)
+    assert report.written and not snapshot_holds(bytes(victim.embedding))
+    monkeypatch.undo()
+    assert len(gallery_module.GalleryCache().get()) == FaceImage.objects.in_gallery().count()

@@ -200,6 +200,13 @@ def test_a_live_checkin_is_delivered_signed_retried_after_a_500_and_published_on
         # MQTT: the same event on <prefix>/checkin/created, and a retained "online" status.
         (topic, published, retained), *_ = listener.wait_for(f"{mqtt_prefix}/checkin/created")
         assert not retained and json.loads(published)["data"] == data
+        # the published message (it names him) is not kept in django-q's task table: only the
+        # webhook deliveries' task records (their delivery id, no name) are
+        from django_q.models import Task
+
+        kept = [(t.func, t.args, t.result) for t in Task.objects.all()]
+        assert any(func == "integrations.tasks.deliver" for func, *_ in kept)
+        assert not [k for k in kept if "Barack Obama" in repr(k) or k[0] == "integrations.tasks.publish"], kept
     with MqttListener(mqtt_prefix) as late:  # subscribed after the fact: retained messages only
         assert late.wait_for(f"{mqtt_prefix}/status") == [(f"{mqtt_prefix}/status", "online", True)]
 

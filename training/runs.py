@@ -411,6 +411,9 @@ class TrainingRun:
         return {
             "labels": np.searchsorted(people, faces.labels[keep]).tolist(),
             "embeddings": np.round(faces.embeddings[keep], 6).tolist(),
+            # which photo each row is, so that a photo deleted later leaves every label map too
+            # (training.services.redact_deleted_faces); edge clients ignore it
+            "faces": faces.keys[keep].tolist(),
         }
 
     def finish(self, activate, note, comparison, metrics, exported, labels_bytes, confusion, roc) -> None:
@@ -447,6 +450,11 @@ class TrainingRun:
             if activate:
                 version.activate()
         self.forget_erased(version, metrics["people_names"])
+        from . import services
+
+        # photos deleted while the run worked from its snapshot (a deletion after this point
+        # redacts the saved version itself: training.signals)
+        services.redact_deleted_faces(ModelVersion.objects.get(pk=version.pk))
 
     @staticmethod
     def forget_erased(version: ModelVersion, names: dict[str, str]) -> None:

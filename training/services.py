@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import socket
+import uuid
 from collections import Counter
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -245,7 +247,21 @@ def forget_person(person_id: int) -> dict[str, int]:
     return dict(counts)
 
 
+@contextmanager
+def _locked(version: ModelVersion):
+    """The version's row, fresh and locked for this transaction (None if it was deleted): each
+    redaction reads a label map after the previous one wrote it, so none writes back what another
+    took out (an erasure and a photo's deletion redacting the same version at once)."""
+    with transaction.atomic():
+        yield ModelVersion.objects.select_for_update().filter(pk=version.pk).first()
+
+
 def redact_version(version: ModelVersion, person_id: int) -> dict[str, int]:
+    with _locked(version) as locked:
+        return {} if locked is None else _redact_person(locked, person_id)
+
+
+def _redact_person(version: ModelVersion, person_id: int) -> dict[str, int]:
     from training.engine import evaluation
     from training.engine.export import sha256_bytes
 
@@ -320,11 +336,7 @@ def labels_without(data: dict, person_id: int) -> dict | None:
     data = dict(data, people=[dict(p, index=index[p["index"]]) for p in kept])
     gallery = data.get("gallery")
     if gallery:
-        rows = [i for i, label in enumerate(gallery["labels"]) if label in index]
-        data["gallery"] = {
-            "labels": [index[gallery["labels"][i]] for i in rows],
-            "embeddings": [gallery["embeddings"][i] for i in rows],
-        }
+        data["gallery"] = gallery_rows(gallery, [label in index for label in gallery["labels"]], index)
     head = data.get("head")
     if head:
         columns = [c for c, label in enumerate(head["people"]) if label in index]
@@ -335,6 +347,144 @@ def labels_without(data: dict, person_id: int) -> dict | None:
             bias=[head["bias"][c] for c in columns],
         )
     return data
+
+
+def gallery_rows(gallery: dict, keep: list[bool], index: dict[int, int] | None = None, faces: list | None = None) -> dict:
+    """A label map's edge gallery with only the rows kept (their person indexes renumbered by
+    ``index``; ``faces``, the photo of each row, written when it was not recorded)."""
+    rows = [i for i, kept in enumerate(keep) if kept]
+    labels = gallery["labels"]
+    redacted = dict(gallery, labels=[labels[i] if index is None else index[labels[i]] for i in rows])
+    redacted["embeddings"] = [gallery["embeddings"][i] for i in rows]
+    faces = gallery.get("faces", faces)
+    if faces is not None:
+        redacted["faces"] = [faces[i] for i in rows]
+    return redacted
+
+
+FORGET_FACES_TASK = "training.tasks.forget_deleted_faces"
+
+
+def queue_forget_deleted_faces(face_ids) -> None:
+    """Queue the redaction of these deleted photos (their ids only: never an embedding in the broker)."""
+    face_ids = sorted(int(f) for f in face_ids)
+    try:
+        async_task(FORGET_FACES_TASK, face_ids, task_name="forget-deleted-faces", group="privacy")
+    except Exception as err:
+        # the broker is down: a one-off schedule row asks again (for every deleted photo) once it is back
+        log.warning("could not queue the redaction of deleted photos, scheduled it instead: %s", err)
+        from django_q.models import Schedule
+        from django_q.tasks import schedule
+
+        schedule(
+            FORGET_FACES_TASK,
+            name=f"forget-deleted-faces-{uuid.uuid4().hex[:12]}",
+            schedule_type=Schedule.ONCE,
+            next_run=timezone.now(),
+        )
+
+
+def forget_deleted_faces(face_ids=None) -> dict[str, int]:
+    """Take deleted photos out of every model version's label map (task ``training.tasks.forget_deleted_faces``,
+    queued when a photo is deleted: training.signals). ``face_ids``: the photos just deleted (None:
+    look for every deleted photo)."""
+    counts: Counter = Counter()
+    for version in ModelVersion.objects.exclude(labels="").order_by("pk"):
+        counts.update(redact_deleted_faces(version, face_ids))
+    return dict(counts)
+
+
+def redact_deleted_faces(version: ModelVersion, face_ids=None) -> dict[str, int]:
+    """The version's label map without the embeddings of photos deleted since it was trained: its
+    edge gallery holds one raw embedding per photo, and a deleted photo must leave every copy.
+    (Its head, if any, was fitted on them: weights, not embeddings; the next retrain replaces it.)
+
+    A label map records each row's photo (``faces``); one written before that is matched to the
+    stored embeddings of its embedder, and the rows that match no stored photo are dropped; if
+    none matches (that embedder's embeddings are no longer stored) it is left as it is."""
+    with _locked(version) as locked:
+        return {} if locked is None else _redact_faces(locked, face_ids)
+
+
+def _redact_faces(version: ModelVersion, face_ids) -> dict[str, int]:
+    from training.engine.export import sha256_bytes
+
+    raw = _read_artifact(version.labels)
+    if raw is None:
+        return {}
+    data = json.loads(raw)
+    gallery = data.get("gallery") or {}
+    if not gallery.get("embeddings"):
+        return {}
+    faces = gallery.get("faces")
+    recorded = faces is not None
+    if not recorded:
+        faces = _face_of_each_row(version, data)
+        if faces is None:
+            log.warning(
+                "model version %s: no stored embedding matches its label map; deleted photos not looked for", version.number
+            )
+            return {}
+    elif face_ids is not None and not set(faces) & {int(f) for f in face_ids}:
+        return {}
+    alive = _existing_faces([f for f in faces if f is not None])
+    keep = [f is not None and f in alive for f in faces]
+    if all(keep) and recorded:
+        return {}
+    data["gallery"] = gallery_rows(gallery, keep, faces=faces)
+    content = json.dumps(data, separators=(",", ":")).encode()
+    old = version.labels.name
+    version.labels.save("labels.json", ContentFile(content), save=False)
+    version.labels_sha256 = sha256_bytes(content)
+    version.save(update_fields=["labels", "labels_sha256"])
+    storage = version.labels.storage
+    transaction.on_commit(lambda: storage.delete(old))
+    return {"versions": 1, "faces_removed": keep.count(False)}
+
+
+def _existing_faces(face_ids: list[int]) -> set[int]:
+    from people.models import FaceImage
+
+    alive: set[int] = set()
+    for start in range(0, len(face_ids), 1000):
+        alive.update(FaceImage.objects.filter(pk__in=face_ids[start : start + 1000]).values_list("pk", flat=True))
+    return alive
+
+
+def _face_of_each_row(version: ModelVersion, data: dict) -> list[int | None] | None:
+    """The photo each row of an older label map's edge gallery is (None: no stored photo of that person
+    has the row's embedding, to its rounding); None if no row matches at all."""
+    from people.models import FaceEmbedding, FaceImage
+
+    person_of = {int(p["index"]): int(p["person_id"]) for p in data.get("people", [])}
+    gallery = data["gallery"]
+    rows = np.asarray(gallery["embeddings"], np.float32)
+    people = np.asarray([person_of.get(int(label), -1) for label in gallery["labels"]], np.int64)
+    stored: dict[int, list[tuple[int, bytes]]] = {}
+    wanted = sorted(set(people.tolist()) - {-1})
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        for face, person, blob in FaceImage.objects.filter(person_id__in=chunk, embedder=version.embedder).values_list(
+            "pk", "person_id", "embedding"
+        ):
+            if blob is not None:
+                stored.setdefault(person, []).append((face, bytes(blob)))
+        for face, person, blob in FaceEmbedding.objects.filter(face__person_id__in=chunk, embedder=version.embedder).values_list(
+            "face_id", "face__person_id", "vector"
+        ):
+            stored.setdefault(person, []).append((face, bytes(blob)))
+    faces: list[int | None] = [None] * len(rows)
+    for person, candidates in stored.items():
+        mine = np.flatnonzero(people == person)
+        vectors = np.stack([np.frombuffer(blob, np.float32) for _, blob in candidates])
+        if vectors.shape[1] != rows.shape[1]:
+            continue
+        distance = np.abs(rows[mine][:, None, :] - vectors[None]).max(axis=2)
+        for i, row in enumerate(mine):
+            best = int(distance[i].argmin())
+            if distance[i, best] <= 2e-6:  # the label map rounds to 6 decimals
+                faces[row] = candidates[best][0]
+    return faces if any(f is not None for f in faces) else None
 
 
 def metrics_without(metrics: dict, person_id: int) -> tuple[dict, bool]:

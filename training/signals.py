@@ -1,5 +1,5 @@
-"""Retrain when a person is activated or deactivated (it changes who can be recognized), and
-remove a deleted model version's files.
+"""Retrain when a person is activated or deactivated (it changes who can be recognized), remove a
+deleted model version's files, and take a deleted photo out of every version's label map.
 
 The other gallery changes ask for it explicitly where they are made: a face accepted
 (recognition/enrollment.py) and an erasure (privacy/services.py) call
@@ -9,11 +9,13 @@ caught here, and only when ``is_active`` really changed: editing a name or notes
 """
 
 from django.db import transaction
-from django.db.models.signals import post_delete, post_save, pre_save
+from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
 from django.dispatch import receiver
 
-from people.models import Person
+from facesite.oncommit import after_commit_once
+from people.models import FaceImage, Person
 
+from . import services
 from .models import ModelVersion
 
 
@@ -30,19 +32,32 @@ def activity_changed(sender, instance: Person, created: bool, **kwargs):
     stored = getattr(instance, "_stored_is_active", None)
     if created or stored is None or stored == instance.is_active:
         return  # a new person has no faces yet; other edits do not change the gallery
-    from . import services
-
     transaction.on_commit(services.enrollment_changed)
+
+
+VERSION_FILES = ("labels", "head", "confusion_plot", "roc_plot")
+
+
+@receiver(pre_delete, sender=ModelVersion)
+def remember_version_files(sender, instance: ModelVersion, **kwargs):
+    """The files the row names now: a redaction may have replaced one since ``instance`` was read
+    (it holds the row's lock until it commits, so this waits for it)."""
+    stored = ModelVersion.objects.select_for_update().filter(pk=instance.pk).values_list(*VERSION_FILES).first()
+    instance._stored_files = [name for name in stored or () if name]
 
 
 @receiver(post_delete, sender=ModelVersion)
 def delete_version_files(sender, instance: ModelVersion, **kwargs):
     """A deleted version takes its label map, head and plots with it (they name people); the
     TFLite embedder is shared between versions and holds no person."""
-    files = [f for f in (instance.labels, instance.head, instance.confusion_plot, instance.roc_plot) if f and f.name]
+    storage = ModelVersion._meta.get_field("labels").storage
+    names = {getattr(instance, field).name for field in VERSION_FILES if getattr(instance, field)}
+    names |= set(getattr(instance, "_stored_files", ()))
+    transaction.on_commit(lambda: [storage.delete(name) for name in sorted(names)])
 
-    def remove():
-        for f in files:
-            f.storage.delete(f.name)
 
-    transaction.on_commit(remove)
+@receiver(post_delete, sender=FaceImage)
+def forget_deleted_face(sender, instance: FaceImage, **kwargs):
+    """Every model version's label map holds the raw embedding of each photo it was trained on: a
+    deleted photo leaves them all (a task, queued once per transaction, after the commit)."""
+    after_commit_once(services.queue_forget_deleted_faces, [instance.pk])

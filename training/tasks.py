@@ -12,3 +12,10 @@ def enrollment_changed() -> None:
     from . import services
 
     services.enrollment_changed()
+
+
+def forget_deleted_faces(face_ids=None) -> dict:
+    """Photos were deleted: take their embeddings out of every model version's label map."""
+    from . import services
+
+    return services.forget_deleted_faces(face_ids)

@@ -16,24 +16,34 @@ class Pair:
     same: bool
 
 
-def read_pairs(lfw_dir: Path, images: str = "images_deepfunneled") -> list[Pair]:
-    """Parse ``pairs.txt``: a header "folds n", then per fold n same-person and n different-person lines."""
+def read_pairs(lfw_dir: Path, images: str = "images_deepfunneled", per_fold: int | None = None) -> list[Pair]:
+    """Parse ``pairs.txt``: a header "folds n", then per fold n same-person and n different-person lines.
+
+    ``per_fold``: only the first that many same-person and different-person pairs of each fold (a
+    quick run). ValueError when the file is not in that format."""
     lines = (Path(lfw_dir) / "pairs.txt").read_text().split("\n")
-    folds, per_fold = (int(v) for v in lines[0].split())
+    try:
+        folds, n = (int(v) for v in lines[0].split())
+    except ValueError as err:
+        raise ValueError(f"pairs.txt starts with {lines[0]!r}, not the number of folds and of pairs per fold") from err
     rows = [line.split("\t") for line in lines[1:] if line.strip()]
-    if len(rows) != folds * per_fold * 2:
-        raise ValueError(f"pairs.txt has {len(rows)} pairs, expected {folds * per_fold * 2}")
+    if len(rows) != folds * n * 2:
+        raise ValueError(f"pairs.txt has {len(rows)} pairs, expected {folds * n * 2}")
 
     def path(name: str, number: str) -> str:
         return f"{images}/{name}/{name}_{int(number):04d}.jpg"
 
     pairs = []
     for i, row in enumerate(rows):
-        fold = i // (2 * per_fold)
+        if per_fold and i % n >= per_fold:
+            continue
+        fold = i // (2 * n)
         if len(row) == 3:
             pairs.append(Pair(fold, path(row[0], row[1]), path(row[0], row[2]), True))
-        else:
+        elif len(row) == 4:
             pairs.append(Pair(fold, path(row[0], row[1]), path(row[2], row[3]), False))
+        else:
+            raise ValueError(f"pairs.txt line {i + 2} has {len(row)} fields, not 3 (one person) or 4 (two people)")
     return pairs
 
 

@@ -8,7 +8,6 @@ threshold) is fitted on the 9 training folds and tested on the held-out one.
 
 from __future__ import annotations
 
-import hashlib
 import statistics
 import time
 from collections.abc import Callable
@@ -19,11 +18,11 @@ import numpy as np
 from .alignment import align_face
 from .detection import DetectedFace
 from .dlib_descriptor import MODEL_FILES, DlibDescriptor
-from .embedding import combine_flipped
 from .fusion import CrossValidated, ScoreFusion, best_threshold, cross_validate, fuse_templates, mcnemar, tar_at_far
 from .images import decode_image
 from .lfw import Pair
-from .lfw_run import lfw_face
+from .lfw_cache import cache_file, read_rows, write_rows
+from .lfw_run import flipped_embeddings, lfw_face
 from .pipeline import FacePipeline
 
 
@@ -33,37 +32,32 @@ def detect_lfw_faces(
     """The central face of each image ({relative path: face}; LFW's centre face where the detector
     found none) and the number of such misses; cached per detector configuration."""
     cfg = pipeline.config
-    key = hashlib.sha256(
-        repr((pipeline.detector.name, cfg.detect_max_side, cfg.min_face_size, cfg.min_detection_score)).encode()
-    ).hexdigest()[:12]
-    cache = Path(cache_dir) / f"lfw-detections-{key}.npz" if cache_dir is not None else None
-    if cache is not None and cache.exists():
-        stored = np.load(cache, allow_pickle=False)
-        found = {
+    cache = cache_file(
+        cache_dir, "lfw-detections", (pipeline.detector.name, cfg.detect_max_side, cfg.min_face_size, cfg.min_detection_score)
+    )
+    stored = read_rows(cache, files)
+    if stored is not None:
+        if progress:
+            progress(len(files))
+        faces = {
             name: DetectedFace(box=tuple(float(v) for v in box), landmarks=marks, score=float(score))
-            for name, box, marks, score in zip(stored["names"], stored["boxes"], stored["landmarks"], stored["scores"])
+            for name, box, marks, score in zip(files, stored["boxes"], stored["landmarks"], stored["scores"])
         }
-        if set(files) <= set(found):
-            if progress:
-                progress(len(files))
-            return {f: found[f] for f in files}, int(stored["misses"])
+        return faces, int(stored["misses"])
     faces, misses = {}, 0
     for name in files:
         _, faces[name], missed = lfw_face(pipeline, lfw_dir, name)
         misses += missed
         if progress:
             progress(1)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        names = list(faces)
-        np.savez(
-            cache,
-            names=np.array(names),
-            boxes=np.array([faces[n].box for n in names], np.float32),
-            landmarks=np.stack([faces[n].landmarks for n in names]).astype(np.float32),
-            scores=np.array([faces[n].score for n in names], np.float32),
-            misses=misses,
-        )
+    write_rows(
+        cache,
+        files,
+        boxes=np.array([faces[n].box for n in files], np.float32),
+        landmarks=np.stack([faces[n].landmarks for n in files]).astype(np.float32),
+        scores=np.array([faces[n].score for n in files], np.float32),
+        misses=misses,
+    )
     return faces, misses
 
 
@@ -82,17 +76,12 @@ def describe_lfw_images(
     files = sorted(faces)
     boxes = np.array([faces[f].box for f in files], np.float32)
     landmarks = np.stack([faces[f].landmarks for f in files]).astype(np.float32)
-    key = hashlib.sha256(repr((descriptor.name, sorted(MODEL_FILES.values()))).encode()).hexdigest()[:8]
-    cache = Path(cache_dir) / f"lfw-dlib-{descriptor.alignment}-{key}.npz" if cache_dir is not None else None
-    if cache is not None and cache.exists():
-        stored = np.load(cache, allow_pickle=False)
-        row = {name: i for i, name in enumerate(stored["names"])}
-        if set(files) <= set(row):
-            rows = [row[f] for f in files]
-            if np.allclose(stored["boxes"][rows], boxes) and np.allclose(stored["landmarks"][rows], landmarks):
-                if progress:
-                    progress(len(files))
-                return dict(zip(files, stored["vectors"][rows]))
+    cache = cache_file(cache_dir, f"lfw-dlib-{descriptor.alignment}", (descriptor.name, sorted(MODEL_FILES.values())), 8)
+    stored = read_rows(cache, files, made_from={"boxes": boxes, "landmarks": landmarks})
+    if stored is not None:
+        if progress:
+            progress(len(files))
+        return dict(zip(files, stored["vectors"]))
     vectors: dict[str, np.ndarray] = {}
     for start in range(0, len(files), batch):
         names = files[start : start + batch]
@@ -100,9 +89,7 @@ def describe_lfw_images(
         vectors.update(zip(names, descriptor.describe_chips(chips)))
         if progress:
             progress(len(names))
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, names=np.array(files), vectors=np.stack([vectors[f] for f in files]), boxes=boxes, landmarks=landmarks)
+    write_rows(cache, files, vectors=np.stack([vectors[f] for f in files]), boxes=boxes, landmarks=landmarks)
     return vectors
 
 
@@ -112,8 +99,22 @@ def pair_cosines(embeddings: dict[str, np.ndarray], pairs: list[Pair]) -> np.nda
     return np.einsum("ij,ij->i", left, right)
 
 
-def _single(scores: np.ndarray):
+def single_score(scores: np.ndarray):
+    """``cross_validate``'s ``fit`` for a score used as it is: nothing learned but the threshold."""
     return lambda train: (None, lambda mask: scores[mask])
+
+
+def summary_row(label: str, run: CrossValidated, same: np.ndarray) -> dict:
+    """A row of the comparison: accuracy over the held-out folds (mean, std), errors, and TAR at FAR
+    0.1% and 1% over the pooled held-out scores."""
+    return {
+        "label": label,
+        "accuracy_mean": run.accuracy_mean,
+        "accuracy_std": run.accuracy_std,
+        "errors": int((~run.correct).sum()),
+        "tar_far_0.001": tar_at_far(run.scores, same, 0.001)[1],
+        "tar_far_0.01": tar_at_far(run.scores, same, 0.01)[1],
+    }
 
 
 def _chosen_alignment(dlib_scores: dict[str, np.ndarray], same: np.ndarray, train: np.ndarray) -> str:
@@ -159,17 +160,15 @@ def evaluate(
     same = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
     names = list(facenet_plain)
-    flipped = dict(
-        zip(names, combine_flipped(np.stack([facenet_plain[n] for n in names]), np.stack([facenet_mirrored[n] for n in names])))
-    )
+    flipped = flipped_embeddings(facenet_plain, facenet_mirrored)
     facenet = {"no flip": pair_cosines(facenet_plain, pairs), "flip": pair_cosines(flipped, pairs)}
     dlib_scores = {alignment: pair_cosines(vectors, pairs) for alignment, vectors in dlib.items()}
 
     runs: list[tuple[str, str, CrossValidated]] = []
     for flip, scores in facenet.items():
-        runs.append((f"FaceNet ({flip})", flip, cross_validate(_single(scores), same, folds)))
+        runs.append((f"FaceNet ({flip})", flip, cross_validate(single_score(scores), same, folds)))
     for alignment, scores in dlib_scores.items():
-        runs.append((f"dlib ({alignment} alignment)", "", cross_validate(_single(scores), same, folds)))
+        runs.append((f"dlib ({alignment} alignment)", "", cross_validate(single_score(scores), same, folds)))
     for flip, scores in facenet.items():
         runs.append(
             (
@@ -189,14 +188,7 @@ def evaluate(
     baselines = {flip: run for label, flip, run in runs if label == f"FaceNet ({flip})"}
     rows = []
     for label, flip, run in runs:
-        row = {
-            "label": label,
-            "accuracy_mean": run.accuracy_mean,
-            "accuracy_std": run.accuracy_std,
-            "errors": int((~run.correct).sum()),
-            "tar_far_0.001": tar_at_far(run.scores, same, 0.001)[1],
-            "tar_far_0.01": tar_at_far(run.scores, same, 0.01)[1],
-        }
+        row = summary_row(label, run, same)
         if run.models and isinstance(run.models[0], tuple):
             row["alignments"] = [alignment for alignment, _ in run.models]
             if isinstance(run.models[0][1], ScoreFusion):
@@ -300,11 +292,14 @@ def fit_served_fusion(
     """The fusion the product serves, fitted once on ``pairs`` (LFW's training folds): the z-weighted
     sum's weight (``ScoreFusion.fit``) as a cosine weight v for ``fuse_templates``, and on the fused
     templates' inner products the best-accuracy threshold without flip (gallery embeddings) and
-    with FaceNet's flip (the verify endpoint), beside FaceNet's own on the same pairs."""
+    with FaceNet's flip (the verify endpoint), beside FaceNet's own on the same pairs.
+
+    Returns {"z_weight", "cosine_weight", "z_stats", "pairs", "folds"} and, for each score
+    ("facenet", "facenet_flip", "dlib", "fused", "fused_flip"), its best threshold, accuracy and TAR
+    at FAR 0.1%."""
     same = np.array([p.same for p in pairs])
     facenet = pair_cosines(facenet_plain, pairs)
-    flipped = {name: combine_flipped(facenet_plain[name][None], facenet_mirrored[name][None])[0] for name in facenet_plain}
-    facenet_flip = pair_cosines(flipped, pairs)
+    facenet_flip = pair_cosines(flipped_embeddings(facenet_plain, facenet_mirrored), pairs)
     dlib_cos = pair_cosines(dlib, pairs)
     fusion = ScoreFusion.fit(facenet, dlib_cos, same)
     v = fusion.cosine_weight

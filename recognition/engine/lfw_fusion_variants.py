@@ -7,7 +7,6 @@ scored once); the extra dlib views are cached per image beside the plain descrip
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,11 +15,12 @@ import numpy as np
 from .alignment import align_face
 from .detection import DetectedFace
 from .dlib_descriptor import DESCRIPTOR_DIM, JITTER_SEED, MODEL_FILES, ChipViews, DlibDescriptor, chip_view, combine_views
-from .embedding import combine_flipped
-from .fusion import CRITERIA, ScoreFusion, best_threshold, cross_validate, mcnemar, tar_at_far
+from .fusion import CRITERIA, ScoreFusion, best_threshold, cross_validate, mcnemar
 from .images import decode_image
 from .lfw import Pair
-from .lfw_fusion import median_ms_per_item, pair_cosines
+from .lfw_cache import cache_file, read_rows, write_rows
+from .lfw_fusion import median_ms_per_item, pair_cosines, single_score, summary_row
+from .lfw_run import flipped_embeddings
 from .pipeline import FacePipeline
 
 
@@ -41,7 +41,7 @@ def describe_lfw_views(
     jitters later describes only the new ones."""
     files = sorted(faces)
     boxes = np.array([faces[f].box for f in files], np.float32)
-    key = hashlib.sha256(repr((descriptor.name, sorted(MODEL_FILES.values()), seed)).encode()).hexdigest()[:8]
+    made_by = (descriptor.name, sorted(MODEL_FILES.values()), seed)
     views = np.zeros((len(files), 2 + jitters, DESCRIPTOR_DIM), np.float32)
     todo = []
     first = 0
@@ -49,16 +49,12 @@ def describe_lfw_views(
         views[:, 0] = np.stack([plain[f] for f in files])
         first = 1
     for view in range(first, 2 + jitters):
-        cache = Path(cache_dir) / f"lfw-dlib-view{view}-{descriptor.alignment}-{key}.npz" if cache_dir is not None else None
-        if cache is not None and cache.exists():
-            stored = np.load(cache, allow_pickle=False)
-            row = {name: i for i, name in enumerate(stored["names"])}
-            if set(files) <= set(row):
-                rows = [row[f] for f in files]
-                if np.allclose(stored["boxes"][rows], boxes):
-                    views[:, view] = stored["vectors"][rows]
-                    continue
-        todo.append((view, cache))
+        cache = cache_file(cache_dir, f"lfw-dlib-view{view}-{descriptor.alignment}", made_by, 8)
+        stored = read_rows(cache, files, made_from={"boxes": boxes})
+        if stored is not None:
+            views[:, view] = stored["vectors"]
+        else:
+            todo.append((view, cache))
     if todo:
         wanted = [view for view, _ in todo]
         for start in range(0, len(files), batch):
@@ -70,9 +66,7 @@ def describe_lfw_views(
             if progress:
                 progress(len(names))
         for view, cache in todo:
-            if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(cache, names=np.array(files), vectors=views[:, view], boxes=boxes)
+            write_rows(cache, files, vectors=views[:, view], boxes=boxes)
     elif progress:
         progress(len(files))
     return dict(zip(files, views))
@@ -99,18 +93,14 @@ def embed_lfw_crops(
     margin, from cached detections instead of detecting again."""
     files = sorted(faces)
     cfg = pipeline.config
-    key = hashlib.sha256(
-        repr((cfg.facenet_name, cfg.align_method, margin, cfg.weights_path, cfg.embed_runtime)).encode()
-    ).hexdigest()[:12]
-    cache = Path(cache_dir) / f"lfw-crop-embeddings-{key}.npz" if cache_dir is not None else None
-    if cache is not None and cache.exists():
-        stored = np.load(cache, allow_pickle=False)
-        if set(files) <= set(stored["names"]):
-            row = {name: i for i, name in enumerate(stored["names"])}
-            rows = [row[f] for f in files]
-            if progress:
-                progress(len(files))
-            return dict(zip(files, stored["vectors"][rows])), dict(zip(files, stored["mirrored"][rows]))
+    cache = cache_file(
+        cache_dir, "lfw-crop-embeddings", (cfg.facenet_name, cfg.align_method, margin, cfg.weights_path, cfg.embed_runtime)
+    )
+    stored = read_rows(cache, files)
+    if stored is not None:
+        if progress:
+            progress(len(files))
+        return dict(zip(files, stored["vectors"])), dict(zip(files, stored["mirrored"]))
     plain, mirrored = {}, {}
     for start in range(0, len(files), batch):
         names = files[start : start + batch]
@@ -124,14 +114,7 @@ def embed_lfw_crops(
         mirrored.update(zip(names, pipeline.embedder.embed(np.ascontiguousarray(crops[:, :, ::-1]), flip=False)))
         if progress:
             progress(len(names))
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(
-            cache,
-            names=np.array(files),
-            vectors=np.stack([plain[f] for f in files]),
-            mirrored=np.stack([mirrored[f] for f in files]),
-        )
+    write_rows(cache, files, vectors=np.stack([plain[f] for f in files]), mirrored=np.stack([mirrored[f] for f in files]))
     return plain, mirrored
 
 
@@ -163,10 +146,6 @@ def _chosen_on_training_folds(facenet: np.ndarray, dlib_scores: dict[str, np.nda
     return fit
 
 
-def _single(scores: np.ndarray):
-    return lambda train: (None, lambda mask: scores[mask])
-
-
 def evaluate_variants(
     facenet: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]],
     dlib: dict[str, dict[str, np.ndarray]],
@@ -185,30 +164,20 @@ def evaluate_variants(
     folds = np.array([p.fold for p in pairs])
     facenet_scores = {}
     for crop, (plain, mirrored) in facenet.items():
-        names = list(plain)
-        flipped = dict(zip(names, combine_flipped(np.stack([plain[n] for n in names]), np.stack([mirrored[n] for n in names]))))
+        flipped = flipped_embeddings(plain, mirrored)
         facenet_scores[crop] = {"no flip": pair_cosines(plain, pairs), "flip": pair_cosines(flipped, pairs)}
     dlib_scores = {label: pair_cosines(vectors, pairs) for label, vectors in dlib.items()}
 
     def row(label: str, run, **extra) -> dict:
-        return {
-            "label": label,
-            "accuracy_mean": run.accuracy_mean,
-            "accuracy_std": run.accuracy_std,
-            "errors": int((~run.correct).sum()),
-            "tar_far_0.001": tar_at_far(run.scores, same, 0.001)[1],
-            "tar_far_0.01": tar_at_far(run.scores, same, 0.01)[1],
-            "correct": run.correct,
-            **extra,
-        }
+        return {**summary_row(label, run, same), "correct": run.correct, **extra}
 
     rows, alone = [], {}
     for crop, by_flip in facenet_scores.items():
         for flip, scores in by_flip.items():
-            alone[crop, flip] = run = cross_validate(_single(scores), same, folds)
+            alone[crop, flip] = run = cross_validate(single_score(scores), same, folds)
             rows.append(row(f"FaceNet {crop}, {flip}", run, kind="facenet", crop=crop, flip=flip))
     for variant, scores in dlib_scores.items():
-        run = cross_validate(_single(scores), same, folds)
+        run = cross_validate(single_score(scores), same, folds)
         rows.append(row(f"dlib {variant}", run, kind="dlib", variant=variant))
     fused = {}
     for crop, by_flip in facenet_scores.items():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,8 +10,10 @@ import numpy as np
 
 from .alignment import align_face
 from .detection import DetectedFace
+from .embedding import combine_flipped
 from .images import decode_image
 from .lfw import Pair
+from .lfw_cache import cache_file, read_rows, write_rows
 from .pipeline import FacePipeline
 
 # Where the face sits in a 250x250 deep-funneled LFW image, for the few the detector misses
@@ -58,18 +59,12 @@ def embed_lfw_images(
     the same faces ``lfw_face`` picks), so they are not detected again.
     """
     files = sorted({p.left for p in pairs} | {p.right for p in pairs})
-    cache = None
-    if cache_dir is not None:
-        key = hashlib.sha256(repr((pipeline.embedder_name, pipeline.detector.name, pipeline.config)).encode()).hexdigest()[:12]
-        cache = Path(cache_dir) / f"lfw-embeddings-{key}.npz"
-        if cache.exists():
-            stored = np.load(cache, allow_pickle=False)
-            names, misses = list(stored["names"]), int(stored["misses"])
-            if set(files) <= set(names) and "mirrored" in stored:
-                plain, mirrored = dict(zip(names, stored["vectors"])), dict(zip(names, stored["mirrored"]))
-                if progress:
-                    progress(len(files))
-                return {f: plain[f] for f in files}, {f: mirrored[f] for f in files}, misses
+    cache = cache_file(cache_dir, "lfw-embeddings", (pipeline.embedder_name, pipeline.detector.name, pipeline.config))
+    stored = read_rows(cache, files)
+    if stored is not None and "mirrored" in stored:
+        if progress:
+            progress(len(files))
+        return dict(zip(files, stored["vectors"])), dict(zip(files, stored["mirrored"])), int(stored["misses"])
 
     embeddings: dict[str, np.ndarray] = {}
     mirrored: dict[str, np.ndarray] = {}
@@ -100,17 +95,20 @@ def embed_lfw_images(
     flush()
     if faces is not None:
         misses = faces[1]
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        names = list(embeddings)
-        np.savez(
-            cache,
-            names=np.array(names),
-            vectors=np.stack([embeddings[n] for n in names]),
-            mirrored=np.stack([mirrored[n] for n in names]),
-            misses=misses,
-        )
+    write_rows(
+        cache,
+        files,
+        vectors=np.stack([embeddings[n] for n in files]),
+        mirrored=np.stack([mirrored[n] for n in files]),
+        misses=misses,
+    )
     return embeddings, mirrored, misses
+
+
+def flipped_embeddings(plain: dict[str, np.ndarray], mirrored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The flip-TTA embeddings ({relative path: (128,) unit}) from ``embed_lfw_images``' two halves."""
+    names = list(plain)
+    return dict(zip(names, combine_flipped(np.stack([plain[n] for n in names]), np.stack([mirrored[n] for n in names]))))
 
 
 def lfw_files(lfw_dir: Path, names: list[str], per_person: int, images: str = "images_deepfunneled") -> list[str]:
@@ -146,10 +144,7 @@ def embed_lfw_people(
     root = Path(lfw_dir) / images
     if files is None:
         files = sorted(f"{d.name}/{f.name}" for d in root.iterdir() if d.is_dir() for f in d.iterdir() if f.suffix == ".jpg")
-    cache = None
-    if cache_dir is not None:
-        key = hashlib.sha256(repr((pipeline.embedder_name, pipeline.detector.name, pipeline.config)).encode()).hexdigest()[:12]
-        cache = Path(cache_dir) / f"lfw-people-embeddings-{key}.npz"
+    cache = cache_file(cache_dir, "lfw-people-embeddings", (pipeline.embedder_name, pipeline.detector.name, pipeline.config))
     if cache is not None and cache.exists():
         with np.load(cache, allow_pickle=False) as stored:
             cached = dict(zip(stored["files"].tolist(), stored["vectors"]))

@@ -147,21 +147,25 @@ class Gallery:
         return gallery
 
     @classmethod
-    def rewrite_without(cls, source: Path, target: Path, person_ids=(), dim: int = 128) -> int:
+    def rewrite_without(cls, source: Path, target: Path, person_ids=(), dim: int = 128, keys=()) -> int:
         """Copy the saved gallery in ``source`` to ``target`` (existing, empty) without these people's
-        embeddings: they are removed from the index before it is written, and their slots' labels
-        and keys are set to -1. Returns how many embeddings were removed."""
+        embeddings and without the embeddings of these keys (single faces): they are removed from the
+        index before it is written, and their slots' labels and keys are set to -1; a person left with
+        no embedding is dropped from the people arrays. Returns how many embeddings were removed."""
         import faiss
 
         source, target = Path(source), Path(target)
         index = faiss.read_index(str(source / "index.faiss"))  # a private, writable copy
-        labels, keys, people, starts, ends = (np.load(source / name) for name in cls.FILES[1:])
+        labels, slot_keys, people, starts, ends = (np.load(source / name) for name in cls.FILES[1:])
         drop = np.isin(people, np.asarray(list(person_ids), np.int64))
         slots = np.concatenate([np.arange(a, b) for a, b in zip(starts[drop], ends[drop])] or [np.zeros(0, np.int64)])
+        slots = np.union1d(slots, np.flatnonzero(np.isin(slot_keys, np.asarray(list(keys), np.int64)) & (slot_keys >= 0)))
         removed = int(index.remove_ids(faiss.IDSelectorBatch(slots.astype(np.int64)))) if len(slots) else 0
-        labels[slots], keys[slots] = -1, -1
+        labels[slots], slot_keys[slots] = -1, -1
+        live = np.concatenate([[0], np.cumsum(labels >= 0)])
+        drop |= live[ends] == live[starts]  # nobody left in their slots
         faiss.write_index(index, str(target / "index.faiss"))
-        for name, array in zip(cls.FILES[1:], (labels, keys, people[~drop], starts[~drop], ends[~drop])):
+        for name, array in zip(cls.FILES[1:], (labels, slot_keys, people[~drop], starts[~drop], ends[~drop])):
             np.save(target / name, array)
         return removed
 
@@ -173,7 +177,8 @@ class Gallery:
             return self._changed[person_id]
         i = int(np.searchsorted(self._people, person_id))
         if i < len(self._people) and self._people[i] == person_id:
-            return np.arange(self._starts[i], self._ends[i], dtype=np.int64)
+            slots = np.arange(self._starts[i], self._ends[i], dtype=np.int64)
+            return slots[self._base_labels[slots] >= 0]  # a photo deleted from a saved gallery left its slot empty
         return np.zeros((0,), np.int64)
 
     def set_person(self, person_id: int, embeddings: np.ndarray, keys: np.ndarray) -> None:

@@ -17,16 +17,19 @@ with every weight-selection criterion of ``--criteria``; and the per-face cost o
 
 import json
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 from tqdm import tqdm
 
 from recognition import services
+from recognition.engine.detection import DetectedFace
 from recognition.engine.dlib_descriptor import ALIGNMENTS, RUNTIMES, ChipViews, DlibDescriptor
 from recognition.engine.fusion import CRITERIA
-from recognition.engine.lfw import read_pairs
+from recognition.engine.lfw import Pair
 from recognition.engine.lfw_fusion import describe_lfw_images, detect_lfw_faces, evaluate, per_face_cost
 from recognition.engine.lfw_fusion_variants import (
     describe_lfw_views,
@@ -36,6 +39,24 @@ from recognition.engine.lfw_fusion_variants import (
     variant_descriptors,
 )
 from recognition.engine.lfw_run import embed_lfw_images
+from recognition.engine.pipeline import FacePipeline
+from recognition.management.lfw import lfw_pairs
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The pairs' images as measured once for every row: detections, FaceNet embeddings (as they are
+    and mirrored) and dlib's descriptors per alignment ({alignment: {image: descriptor}})."""
+
+    pipeline: FacePipeline
+    lfw_dir: Path
+    cache_dir: Path
+    pairs: list[Pair]
+    faces: dict[str, DetectedFace]
+    plain: dict[str, np.ndarray]
+    mirrored: dict[str, np.ndarray]
+    descriptors: list[DlibDescriptor]
+    dlib: dict[str, dict[str, np.ndarray]]
 
 
 class Command(BaseCommand):
@@ -93,13 +114,8 @@ class Command(BaseCommand):
         cost_facenet_runtimes=None,
         **options,
     ):
-        if not (lfw_dir / "pairs.txt").exists():
-            raise CommandError(f"{lfw_dir} has no pairs.txt (expected the LFW folder with images_deepfunneled/)")
+        pairs = lfw_pairs(lfw_dir, per_fold=pairs_per_fold, min_folds=2)
         cache_dir = cache_dir or Path(settings.BASE_DIR) / "var" / "cache"
-        pairs = read_pairs(lfw_dir)
-        if pairs_per_fold:
-            per_fold = len(pairs) // 20
-            pairs = [p for i, p in enumerate(pairs) if i % per_fold < pairs_per_fold]
         files = sorted({p.left for p in pairs} | {p.right for p in pairs})
         pipeline = services.pipeline()
         self.stdout.write(f"{len(pairs)} pairs, {len(files)} images; {pipeline.detector.name} + {pipeline.embedder_name}")
@@ -112,27 +128,17 @@ class Command(BaseCommand):
                 pipeline, lfw_dir, pairs, cache_dir=cache_dir, progress=bar.update, faces=(faces, misses)
             )
         dlib_runtime = dlib_runtime or settings.FACE_DLIB_RUNTIME
-        descriptors = [DlibDescriptor(alignment, runtime=dlib_runtime, cache_dir=cache_dir) for alignment in alignments]
+        # the TFLite runtime's converted network is kept where the served one's is, not per --cache-dir
+        descriptors = [
+            DlibDescriptor(alignment, runtime=dlib_runtime, cache_dir=settings.TRAINING_CACHE_DIR) for alignment in alignments
+        ]
         dlib = {}
         for descriptor in descriptors:
             with tqdm(total=len(files), unit="img", desc=descriptor.name) as bar:
                 dlib[descriptor.alignment] = describe_lfw_images(descriptor, lfw_dir, faces, cache_dir, progress=bar.update)
         if variants:
-            variant_rows, variant_costs = self.variants(
-                pipeline,
-                lfw_dir,
-                pairs,
-                faces,
-                plain,
-                mirrored,
-                cache_dir,
-                descriptors,
-                dlib,
-                dlib_runtime,
-                variants,
-                criteria,
-                facenet_margins,
-            )
+            measured = Measured(pipeline, lfw_dir, cache_dir, pairs, faces, plain, mirrored, descriptors, dlib)
+            variant_rows, variant_costs = self.variants(measured, variants, criteria, facenet_margins, dlib_runtime)
         embedding_seconds = time.perf_counter() - started
 
         result = evaluate(plain, mirrored, dlib, pairs)
@@ -190,52 +196,42 @@ class Command(BaseCommand):
             json_path.write_text(json.dumps(result, indent=2))
 
     def variants(
-        self,
-        pipeline,
-        lfw_dir,
-        pairs,
-        faces,
-        plain,
-        mirrored,
-        cache_dir,
-        descriptors,
-        dlib,
-        dlib_runtime,
-        variants,
-        criteria,
-        margins,
+        self, measured: Measured, variants: list[ChipViews], criteria: list[str], margins: list[float], dlib_runtime: str
     ):
         """The variants' rows (``evaluate_variants``) and a function timing them."""
+        m = measured
         # the served alignment (MTCNN's landmarks): the one loaded above, or its own
-        descriptor = next((d for d in descriptors if d.alignment == "landmarks"), None) or DlibDescriptor(
-            "landmarks", runtime=dlib_runtime, cache_dir=cache_dir
+        descriptor = next((d for d in m.descriptors if d.alignment == "landmarks"), None) or DlibDescriptor(
+            "landmarks", runtime=dlib_runtime, cache_dir=settings.TRAINING_CACHE_DIR
         )
         jitters = max(v.jitters for v in variants)
-        with tqdm(total=len(faces), unit="img", desc=f"dlib views (mirror, {jitters} jitters)") as bar:
+        with tqdm(total=len(m.faces), unit="img", desc=f"dlib views (mirror, {jitters} jitters)") as bar:
             views = describe_lfw_views(
-                descriptor, lfw_dir, faces, jitters, cache_dir, progress=bar.update, plain=dlib.get("landmarks")
+                descriptor, m.lfw_dir, m.faces, jitters, m.cache_dir, progress=bar.update, plain=m.dlib.get("landmarks")
             )
         by_variant = {v.spec: variant_descriptors(views, v) for v in variants}
-        crop = f"box{pipeline.config.align_margin:g}"
-        facenet = {crop: (plain, mirrored)}
+        crop = f"box{m.pipeline.config.align_margin:g}"
+        facenet = {crop: (m.plain, m.mirrored)}
         for margin in margins:
-            with tqdm(total=len(faces), unit="img", desc=f"FaceNet box{margin:g}") as bar:
-                facenet[f"box{margin:g}"] = embed_lfw_crops(pipeline, lfw_dir, faces, margin, cache_dir, progress=bar.update)
-        rows = evaluate_variants(facenet, by_variant, pairs, criteria=list(criteria), baseline=(crop, "chip"))
+            with tqdm(total=len(m.faces), unit="img", desc=f"FaceNet box{margin:g}") as bar:
+                facenet[f"box{margin:g}"] = embed_lfw_crops(
+                    m.pipeline, m.lfw_dir, m.faces, margin, m.cache_dir, progress=bar.update
+                )
+        rows = evaluate_variants(facenet, by_variant, m.pairs, criteria=list(criteria), baseline=(crop, "chip"))
 
         def cost(n_faces, runtimes):
-            from dataclasses import replace
-
             from recognition.engine.pipeline import make_embedder
 
             embedders = {}
-            for runtime in runtimes or [pipeline.config.embed_runtime]:
+            for runtime in runtimes or [m.pipeline.config.embed_runtime]:
                 embedders[f"facenet ({runtime})"] = (
-                    pipeline.embedder
-                    if runtime == pipeline.config.embed_runtime
-                    else make_embedder(replace(pipeline.config, embed_runtime=runtime))
+                    m.pipeline.embedder
+                    if runtime == m.pipeline.config.embed_runtime
+                    else make_embedder(replace(m.pipeline.config, embed_runtime=runtime))
                 )
-            return variant_cost(pipeline, descriptor, list(variants), lfw_dir, faces, n_faces=n_faces, facenet_runtimes=embedders)
+            return variant_cost(
+                m.pipeline, descriptor, list(variants), m.lfw_dir, m.faces, n_faces=n_faces, facenet_runtimes=embedders
+            )
 
         return rows, cost
 

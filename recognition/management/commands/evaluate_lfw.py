@@ -1,6 +1,6 @@
 """LFW 10-fold verification accuracy of the production pipeline.
 
-    python manage.py evaluate_lfw ../shared/datasets/lfw [--pairs-per-fold 50]
+    python manage.py evaluate_lfw ../shared/datasets/lfw [--pairs-per-fold 50] [--cache-dir var/cache]
 
 Uses the same detector, alignment and embedder settings as the running service.
 """
@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 from tqdm import tqdm
 
 from recognition import services
-from recognition.engine.embedding import combine_flipped
-from recognition.engine.lfw import read_pairs, ten_fold_accuracy
-from recognition.engine.lfw_run import embed_lfw_images
+from recognition.engine.lfw import ten_fold_accuracy
+from recognition.engine.lfw_run import embed_lfw_images, flipped_embeddings
+from recognition.management.lfw import lfw_pairs
 
 
 class Command(BaseCommand):
@@ -31,18 +31,19 @@ class Command(BaseCommand):
             default=None,
             help="Use the first N same and N different pairs of each fold (quick run).",
         )
+        parser.add_argument(
+            "--cache-dir",
+            type=Path,
+            default=None,
+            help="Where embeddings are cached (default: var/cache, outside version control).",
+        )
         parser.add_argument("--no-cache", action="store_true", help="Recompute embeddings even if cached.")
         parser.add_argument(
             "--json", dest="json_path", type=Path, default=None, help="Also write the result as JSON to this file."
         )
 
-    def handle(self, lfw_dir: Path, pairs_per_fold=None, no_cache=False, json_path=None, **options):
-        if not (lfw_dir / "pairs.txt").exists():
-            raise CommandError(f"{lfw_dir} has no pairs.txt (expected the LFW folder with images_deepfunneled/)")
-        pairs = read_pairs(lfw_dir)
-        if pairs_per_fold:
-            per_fold = len(pairs) // 20
-            pairs = [p for i, p in enumerate(pairs) if i % per_fold < pairs_per_fold]
+    def handle(self, lfw_dir: Path, pairs_per_fold=None, cache_dir=None, no_cache=False, json_path=None, **options):
+        pairs = lfw_pairs(lfw_dir, per_fold=pairs_per_fold, min_folds=2)
         pipeline = services.pipeline()
         n_images = len({p.left for p in pairs} | {p.right for p in pairs})
         self.stdout.write(f"{len(pairs)} pairs, {n_images} images; pipeline {pipeline.detector.name} + {pipeline.embedder_name}")
@@ -53,19 +54,14 @@ class Command(BaseCommand):
                 pipeline,
                 lfw_dir,
                 pairs,
-                cache_dir=None if no_cache else Path(settings.BASE_DIR) / "var" / "cache",
+                cache_dir=None if no_cache else cache_dir or Path(settings.BASE_DIR) / "var" / "cache",
                 progress=bar.update,
             )
         elapsed = time.perf_counter() - started
 
         same = np.array([p.same for p in pairs])
         folds = np.array([p.fold for p in pairs])
-        flipped = {
-            name: vector
-            for name, vector in zip(
-                plain, combine_flipped(np.stack(list(plain.values())), np.stack([mirrored[n] for n in plain]))
-            )
-        }
+        flipped = flipped_embeddings(plain, mirrored)
         # The verify endpoint compares two fresh faces, with flip TTA when FACE_VERIFY_FLIP_TTA is on;
         # recognition compares a face with gallery embeddings, which are made without it.
         verify_flip = settings.FACE_VERIFY_FLIP_TTA

@@ -29,10 +29,10 @@ from tqdm import tqdm
 from recognition import pipelines
 from recognition.engine.dlib_descriptor import DlibDescriptor
 from recognition.engine.fused import FUSED_EMBEDDER
-from recognition.engine.lfw import read_pairs
 from recognition.engine.lfw_fusion import describe_lfw_images, detect_lfw_faces, fit_served_fusion
 from recognition.engine.lfw_run import embed_lfw_images
 from recognition.engine.pipeline import facenet_config
+from recognition.management.lfw import lfw_pairs
 from training.open_set import lfw_tail_path
 
 
@@ -54,11 +54,9 @@ class Command(BaseCommand):
     def handle(self, lfw_dir: Path, folds, out=None, cache_dir=None, thresholds=False, **options):
         if thresholds:
             return self.fit_thresholds(Path(out or settings.FACE_FUSION_CALIBRATION))
-        if not (lfw_dir / "pairs.txt").exists():
-            raise CommandError(f"{lfw_dir} has no pairs.txt (expected the LFW folder with images_deepfunneled/)")
+        pairs = lfw_pairs(lfw_dir, folds=folds)
         out = out or Path(settings.FACE_FUSION_CALIBRATION)
         cache_dir = cache_dir or Path(settings.BASE_DIR) / "var" / "cache"
-        pairs = [p for p in read_pairs(lfw_dir) if p.fold + 1 in folds]
         files = sorted({p.left for p in pairs} | {p.right for p in pairs})
         # FaceNet alone, as the fused embedder runs it (the fused pipeline's FaceNet half; see the module)
         pipe = pipelines.pipeline_for(facenet_config(pipelines.pipeline_config("facenet")))
@@ -72,8 +70,8 @@ class Command(BaseCommand):
             dlib = describe_lfw_images(descriptor, lfw_dir, faces, cache_dir, progress=bar.update)
         fitted = fit_served_fusion(plain, mirrored, dlib, pairs)
         data = {
-            "facenet": pipe.embedder_name,
-            "dlib": descriptor.name,
+            # what it was fitted for (the keys "facenet", "dlib", ... hold each score's statistics)
+            "embedders": {"facenet": pipe.embedder_name, "dlib": descriptor.name},
             "protocol": (
                 f"LFW pairs.txt folds {folds} ({len(pairs)} pairs, {len(files)} images; their people are people.txt's "
                 f"same folds), the product's detector and FaceNet crop, dlib's chip from MTCNN's landmarks; the central "
