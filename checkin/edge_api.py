@@ -1,9 +1,11 @@
 """/api/v1/edge/: what an offline edge kiosk (edge/ in the repo) syncs with a kiosk API key.
 
-``manifest/`` names the active model version's files and their sha256 sums, the consent notice and
-the check-in rule (stable frames, re-embedding, repeat window), so the kiosk applies the server's
-rules. ``gallery/`` is the gallery delta for nearest-neighbour serving: the faces added or changed
-since a cursor, and the ids of every face in the gallery now (the client drops the others).
+``manifest/`` names the active model version's files and their sha256 sums (on a fused site also
+dlib's network, the second .tflite), the consent notice and the check-in rule (stable frames,
+re-embedding, repeat window), so the kiosk applies the server's rules. ``gallery/`` is the gallery
+delta for nearest-neighbour serving: the faces added or changed since a cursor, with the served
+embedder's templates (FaceNet's 128-d or the fused 256-d), and the ids of every face in the gallery
+now (the client drops the others).
 Kiosk keys need the "edge_sync" scope (security.models.ROLE_SCOPES); staff may call these too.
 """
 
@@ -93,6 +95,9 @@ class EdgeManifestView(APIView):
                 "tflite_url": request.build_absolute_uri(reverse("model-tflite", args=[version.pk])),
                 "labels_url": request.build_absolute_uri(reverse("model-labels", args=[version.pk])),
             }
+            if version.dlib_tflite:  # a fused site's second file (a FaceNet site's manifest is unchanged)
+                model["dlib_tflite_sha256"] = version.dlib_tflite_sha256
+                model["dlib_tflite_url"] = request.build_absolute_uri(reverse("model-dlib-tflite", args=[version.pk]))
         key = request.auth if isinstance(request.auth, ApiKey) else None
         kiosk = getattr(key, "kiosk", None) if key else None
         return Response(
@@ -117,8 +122,9 @@ class EdgeManifestView(APIView):
 
 class EdgeGalleryView(APIView):
     """GET ?since=<cursor>: gallery faces added or changed since the cursor (all of them without
-    one), with embeddings (base64 of 128 little-endian float32), the ids of every face in the
-    gallery now (drop the rest) and the next cursor."""
+    one), with embeddings (base64 of ``dim`` little-endian float32: 128 FaceNet, 256 fused), the
+    served ``embedder``'s name (a label map of another embedder cannot use them), the ids of every
+    face in the gallery now (drop the rest) and the next cursor."""
 
     permission_classes = [EdgeSyncKey]
     token_scope = "edge_sync"
@@ -130,17 +136,20 @@ class EdgeGalleryView(APIView):
     )
     def get(self, request):
         from people.models import FaceImage
-        from recognition.pipelines import served_kind
+        from recognition.engine.fused import FUSED_EMBEDDER
+        from recognition.pipelines import pipeline_config, served_kind
 
-        if served_kind() != "facenet":
-            # an edge device embeds with the exported TFLite FaceNet (128-d): the fused gallery's
-            # 256-d templates cannot be matched by it, so none are sent
+        kind = served_kind()
+        if kind not in ("facenet", FUSED_EMBEDDER):
+            # an edge device makes FaceNet's or the fused templates (training exports nothing else):
+            # another embedder's gallery could not be matched by it, so none is sent
             raise ApiError(
                 "edge_unavailable",
-                f"The served embedder is {served_kind()}; edge devices embed with FaceNet alone, whose embeddings "
-                "cannot be matched against its gallery. Serve FACE_EMBEDDER=facenet for edge devices.",
+                f"The served embedder is {kind}; edge devices make FaceNet's or the fused ({FUSED_EMBEDDER}) templates "
+                "only, which cannot be matched against its gallery.",
                 status_code=status.HTTP_409_CONFLICT,
             )
+        config = pipeline_config(kind)
         since_text = request.query_params.get("since") or ""
         faces = FaceImage.objects.in_gallery()
         ids = sorted(faces.values_list("id", flat=True))
@@ -160,6 +169,8 @@ class EdgeGalleryView(APIView):
             {
                 "cursor": cursor,
                 "full": not since_text,
+                "embedder": config.embedder_name,
+                "dim": config.dim,
                 "faces": [
                     {
                         "id": face.pk,

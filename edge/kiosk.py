@@ -127,7 +127,10 @@ class Kiosk:
         if self.state.pair_dir is None:
             raise SystemExit("No model on this device yet: run `python -m edge sync` while the server is reachable.")
         rule = self.state.manifest.get("checkin", {})
-        return EdgeRecognizer(self.state.pair_dir, self.state.gallery(), self.state.read().get("names", {}), rule)
+        state = self.state.read()
+        return EdgeRecognizer(
+            self.state.pair_dir, self.state.gallery(), state.get("names", {}), rule, state.get("gallery_embedder")
+        )
 
     def maybe_sync(self, force: bool = False) -> None:
         """Every ``sync_every`` seconds: upload queued check-ins, fetch a newly activated model."""

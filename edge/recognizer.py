@@ -1,6 +1,11 @@
 """The server's live-stream engine (recognition/engine/stream.py and tracking.py, Django-free) with
 the exported TFLite embedder and the label map in place of the server's model and database.
 
+On a site serving the fused embedder the pair holds dlib's network too, and the label map's
+``template`` says how the server's 256-d templates are made: FaceNet's .tflite on the aligned crop,
+dlib's on a chip cut from MTCNN's landmarks, fused with the site's cosine weight
+(``training.engine.export.TFLiteFusedEmbedder``). Every dimension comes from the label map.
+
 Matching is what the version serves: with its softmax head in production, the head (one dense
 layer from the label map, in numpy) with its probability threshold; otherwise cosine nearest
 neighbour with the label map's threshold, over the gallery delta when one was synced (it follows
@@ -20,9 +25,9 @@ from recognition.engine.detection import make_detector
 from recognition.engine.matching import Candidate, Gallery, MatchResult
 from recognition.engine.stream import FaceStream, StreamSettings
 from recognition.engine.tracking import FaceTracker, Track
-from training.engine.export import TFLiteEmbedder
+from training.engine.export import TFLiteEmbedder, TFLiteFusedEmbedder
 
-from .sync import LABELS_FILE, MODEL_FILE
+from .sync import DLIB_FILE, FACENET_DIM, LABELS_FILE, MODEL_FILE
 
 
 @dataclass
@@ -31,24 +36,32 @@ class EmbeddedFace:
 
 
 class TFLitePipeline:
-    """What FaceStream needs of a pipeline (``detector``, ``analyse``), with the TFLite embedder."""
+    """What FaceStream needs of a pipeline (``detector``, ``analyse``), with the pair's TFLite
+    embedder: FaceNet alone, or fused with dlib's network when the label map has a ``template``."""
 
-    def __init__(self, model_path: Path, alignment: dict):
+    def __init__(self, pair_dir: Path, labels: dict):
         self.detector = make_detector("mtcnn-graph")
-        self.embedder = TFLiteEmbedder(model_path)
-        self.alignment = alignment
+        self.alignment = labels.get("alignment", {"method": "box", "margin": 0.05, "size": 160})
+        template = labels.get("template")
+        if template:
+            self.fused = TFLiteFusedEmbedder(Path(pair_dir) / MODEL_FILE, Path(pair_dir) / DLIB_FILE, template)
+            self.embedder = self.fused.facenet
+        else:
+            self.fused = None
+            self.embedder = TFLiteEmbedder(Path(pair_dir) / MODEL_FILE)
 
     def analyse(self, rgb: np.ndarray, faces) -> list[EmbeddedFace]:
         a = self.alignment
         crops = np.stack([align_face(rgb, f, size=a["size"], method=a["method"], margin=a["margin"]) for f in faces])
-        return [EmbeddedFace(e) for e in self.embedder.embed(crops)]
+        embeddings = self.embedder.embed(crops) if self.fused is None else self.fused.embed(rgb, faces, crops)
+        return [EmbeddedFace(e) for e in embeddings]
 
 
 class HeadMatcher:
     """The label map's softmax head, searched like a Gallery: the probability is the score."""
 
-    def __init__(self, head: dict, person_ids: dict[int, int]):
-        self.kernel = np.asarray(head["kernel"], np.float32).reshape(128, -1)
+    def __init__(self, head: dict, person_ids: dict[int, int], dim: int):
+        self.kernel = np.asarray(head["kernel"], np.float32).reshape(dim, -1)
         self.bias = np.asarray(head["bias"], np.float32)
         self.columns = [person_ids[int(i)] for i in head["people"]]
 
@@ -63,29 +76,34 @@ class HeadMatcher:
 
 
 class EdgeRecognizer:
-    def __init__(self, pair_dir: Path, gallery, names: dict[str, str], rule: dict):
+    def __init__(self, pair_dir: Path, gallery, names: dict[str, str], rule: dict, gallery_embedder: str | None = None):
+        """``gallery``: the synced gallery delta (``State.gallery()``) or None; it is matched only
+        when made by the label map's embedder (``gallery_embedder``, None: not said, assumed so)."""
         labels = json.loads((Path(pair_dir) / LABELS_FILE).read_text())
+        dim = int((labels.get("template") or {}).get("dim", FACENET_DIM))
+        if gallery_embedder not in (None, labels.get("embedder")):
+            gallery = None  # the site serves another embedder than this version's: its label map's gallery
         person_of_index = {int(p["index"]): int(p["person_id"]) for p in labels["people"]}
         self.names = {int(p["person_id"]): p["name"] for p in labels["people"]}
         self.names.update({int(k): v for k, v in names.items()})
         self.version = labels.get("version")
         self.stable_frames = int(rule.get("stable_frames", 4))
         if labels.get("matching") == "softmax_head" and labels.get("head"):
-            self.matcher = HeadMatcher(labels["head"], person_of_index)
+            self.matcher = HeadMatcher(labels["head"], person_of_index, dim)
             self.threshold = float(labels["head"]["threshold"])
         else:
-            self.matcher = Gallery()
+            self.matcher = Gallery(dim=dim)
             if gallery is not None:
                 ids, people, embeddings = gallery
                 self.matcher.replace(embeddings, people, ids)
             else:
                 index = np.asarray(labels["gallery"]["labels"], np.int64)
-                embeddings = np.asarray(labels["gallery"]["embeddings"], np.float32).reshape(-1, 128)
+                embeddings = np.asarray(labels["gallery"]["embeddings"], np.float32).reshape(-1, dim)
                 self.matcher.replace(embeddings, np.asarray([person_of_index[int(i)] for i in index], np.int64))
             self.threshold = float(labels["threshold"])
-        alignment = labels.get("alignment", {"method": "box", "margin": 0.05, "size": 160})
+        self.pipeline = TFLitePipeline(Path(pair_dir), labels)
         self.stream = FaceStream(
-            TFLitePipeline(Path(pair_dir) / MODEL_FILE, alignment),
+            self.pipeline,
             FaceTracker(reembed_every=int(rule.get("reembed_every", 3))),
             StreamSettings(min_face_size=int(rule.get("min_face_px", 40)), full_every=int(rule.get("full_frame_every", 5))),
         )

@@ -4,13 +4,15 @@ State directory layout (``--state-dir``, default var/edge-kiosk)::
 
     state.json        version in use, its sha256s, gallery cursor, consent given on this device
     manifest.json     the server's last manifest: notice text and version, check-in rule
-    pairs/v<N>-<sha>/ model.tflite + labels.json of one version, verified
+    pairs/v<N>-<sha>/ model.tflite + labels.json of one version, verified (+ dlib.tflite on a fused site)
     gallery.npz       the gallery delta's faces (ids, person ids, embeddings), names in state.json
     outbox.sqlite3    check-ins waiting for upload (outbox.py)
 
-A new pair is downloaded into ``pairs/.partial-*``, both sha256 sums are checked against the
+A new pair is downloaded into ``pairs/.partial-*``, every file's sha256 is checked against the
 manifest, and only then is the folder renamed and state.json (written to a temporary name, then
-``os.replace``) pointed at it: a failed or tampered download leaves the previous pair in use.
+``os.replace``) pointed at it: a failed or tampered download leaves the previous pair in use. On a
+site serving the fused embedder the pair has a third file, dlib's network (``DLIB_FILE``), checked
+the same way and against the label map's ``template``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,11 @@ from pathlib import Path
 import numpy as np
 
 MODEL_FILE = "model.tflite"
+DLIB_FILE = "dlib.tflite"
 LABELS_FILE = "labels.json"
+# The embedding length when a label map or gallery answer states none: FaceNet's (every server
+# before the fused edge export; a FaceNet site's answers are unchanged since).
+FACENET_DIM = 128
 
 
 class SyncError(Exception):
@@ -130,7 +136,8 @@ class State:
     # ---- the gallery delta --------------------------------------------------------------------------
 
     def gallery(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """(face ids, person ids, (N, 128) embeddings) from the last gallery sync, or None."""
+        """(face ids, person ids, (N, dim) embeddings) from the last gallery sync, or None. Their
+        embedder is ``state.json``'s ``gallery_embedder`` (None from a server that did not say)."""
         path = self.root / "gallery.npz"
         if not path.exists():
             return None
@@ -158,11 +165,15 @@ def sync_model(server: Server, state: State, manifest: dict) -> bool:
     if not model:
         raise SyncError("the server has no active model version with exported TFLite files")
     current = state.read()
-    if (current.get("tflite_sha256"), current.get("labels_sha256")) == (model["tflite_sha256"], model["labels_sha256"]):
+    shas = ("tflite_sha256", "labels_sha256", "dlib_tflite_sha256")
+    if all(current.get(key) == model.get(key) for key in shas):
         return False
+    files = [(MODEL_FILE, "tflite_url", "tflite_sha256"), (LABELS_FILE, "labels_url", "labels_sha256")]
+    if model.get("dlib_tflite_sha256"):  # a fused site: dlib's network too
+        files.append((DLIB_FILE, "dlib_tflite_url", "dlib_tflite_sha256"))
     partial = Path(tempfile.mkdtemp(dir=state.root / "pairs", prefix=".partial-"))
     try:
-        for name, url_key, sha_key in ((MODEL_FILE, "tflite_url", "tflite_sha256"), (LABELS_FILE, "labels_url", "labels_sha256")):
+        for name, url_key, sha_key in files:
             got = server.download(model[url_key], partial / name)
             if got != model[sha_key]:
                 raise SyncError(
@@ -172,6 +183,12 @@ def sync_model(server: Server, state: State, manifest: dict) -> bool:
         labels = json.loads((partial / LABELS_FILE).read_text())
         if labels.get("tflite_sha256") not in (None, model["tflite_sha256"]):
             raise SyncError(f"version {model['number']}: the label map belongs to another .tflite; kept the old pair")
+        dlib = (labels.get("template") or {}).get("dlib", {}).get("tflite_sha256")
+        if dlib != model.get("dlib_tflite_sha256"):
+            raise SyncError(
+                f"version {model['number']}: the label map asks for dlib's network {str(dlib)[:12]}, the server sent "
+                f"{str(model.get('dlib_tflite_sha256'))[:12]}; kept the old pair"
+            )
         name = f"v{model['number']}-{model['labels_sha256'][:12]}"
         target = state.root / "pairs" / name
         if target.exists():
@@ -186,6 +203,7 @@ def sync_model(server: Server, state: State, manifest: dict) -> bool:
         version=model["number"],
         tflite_sha256=model["tflite_sha256"],
         labels_sha256=model["labels_sha256"],
+        dlib_tflite_sha256=model.get("dlib_tflite_sha256"),
         previous_pair=previous,
     )
     # keep the pair just replaced (a fallback), drop older ones
@@ -196,11 +214,19 @@ def sync_model(server: Server, state: State, manifest: dict) -> bool:
 
 
 def sync_gallery(server: Server, state: State) -> int:
-    """Apply the gallery delta since our cursor; returns how many faces changed (added, updated or removed)."""
+    """Apply the gallery delta since our cursor; returns how many faces changed (added, updated or removed).
+
+    The faces carry the served embedder's templates (``delta["embedder"]``, ``delta["dim"]``): when
+    the site switched embedders since our cursor, the whole gallery is fetched again."""
     cursor = state.read().get("gallery_cursor")
     have = state.gallery()
     path = "/api/v1/edge/gallery/"
     delta = server.json(path + ("?" + urllib.parse.urlencode({"since": cursor}) if cursor and have is not None else ""))
+    embedder, dim = delta.get("embedder"), int(delta.get("dim", FACENET_DIM))
+    if not delta["full"] and have is not None and embedder != state.read().get("gallery_embedder"):
+        state.update(gallery_cursor=None)  # another embedder's templates: start over
+        (state.root / "gallery.npz").unlink(missing_ok=True)
+        return sync_gallery(server, state)
     if delta["full"] or have is None:
         rows: dict[int, tuple[int, np.ndarray]] = {}
     else:
@@ -209,6 +235,8 @@ def sync_gallery(server: Server, state: State) -> int:
     before = set(rows)
     for face in delta["faces"]:
         embedding = np.frombuffer(base64.b64decode(face["embedding"]), dtype="<f4").astype(np.float32)
+        if embedding.size != dim:
+            raise SyncError(f"gallery face {face['id']}: {embedding.size} numbers, the answer says {dim}")
         rows[int(face["id"])] = (int(face["person_id"]), embedding)
         names[str(face["person_id"])] = face["name"]
     current = {int(i) for i in delta["ids"]}
@@ -219,9 +247,9 @@ def sync_gallery(server: Server, state: State) -> int:
     rows = {i: row for i, row in rows.items() if i in current}
     ids = np.asarray(sorted(rows), np.int64)
     people = np.asarray([rows[i][0] for i in ids], np.int64)
-    embeddings = np.stack([rows[i][1] for i in ids]) if len(ids) else np.zeros((0, 128), np.float32)
+    embeddings = np.stack([rows[i][1] for i in ids]) if len(ids) else np.zeros((0, dim), np.float32)
     state.save_gallery(ids, people, embeddings)
-    state.update(gallery_cursor=delta["cursor"], names=names)
+    state.update(gallery_cursor=delta["cursor"], names=names, gallery_embedder=embedder)
     return len(delta["faces"]) + len(before - current)
 
 

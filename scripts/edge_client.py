@@ -73,6 +73,11 @@ class EdgeRecognizer:
 
         model_dir = Path(model_dir)
         self.labels = json.loads((model_dir / LABELS_FILE).read_text())
+        if self.labels.get("template"):  # a fused site: two networks, 256-d templates (edge/ makes them)
+            raise SystemExit(
+                f"{model_dir / LABELS_FILE} is a {self.labels['template'].get('kind')} site's label map: this example "
+                "client runs FaceNet alone; use the edge kiosk (python -m edge), which makes the fused templates."
+            )
         self.embedder = TFLiteEmbedder(model_dir / MODEL_FILE)
         self.detector = MTCNNDetector()
         self.names = {p["index"]: p["name"] for p in self.labels["people"]}

@@ -69,6 +69,7 @@ def test_downloaded_tflite_gives_the_servers_embeddings_and_the_client_recognize
     assert hashlib.sha256(labels_bytes).hexdigest() == version.labels_sha256
     labels = json.loads(labels_bytes)
     assert labels["threshold"] == pytest.approx(version.threshold) and len(labels["people"]) == 10
+    assert "template" not in labels and not version.dlib_tflite  # FaceNet alone: one .tflite, as before
 
     # the same face crops, embedded by the server and by tf.lite.Interpreter
     crops, server = [], []

@@ -26,6 +26,27 @@ def key_client(raw: str):
     return client
 
 
+def through_test_client(api):
+    """The edge client's ``Server`` with requests and downloads sent through a DRF test client: the
+    transport only, the views and the client code are real."""
+    from edge.sync import Server, SyncError
+
+    class ThroughTestClient(Server):
+        def request(self, path_or_url: str, method: str = "GET", body: dict | None = None) -> tuple[int, bytes]:
+            path = path_or_url.removeprefix("http://testserver")
+            response = api.generic(method, path, json.dumps(body) if body is not None else "", content_type="application/json")
+            return response.status_code, b"".join(response.streaming_content) if response.streaming else response.content
+
+        def download(self, url: str, target: Path) -> str:
+            code, data = self.request(url)
+            if code != 200:
+                raise SyncError(f"{url}: HTTP {code}")
+            target.write_bytes(data)
+            return hashlib.sha256(data).hexdigest()
+
+    return ThroughTestClient("http://testserver", "unused")
+
+
 @pytest.fixture
 def kiosk_api(kiosk, staff_user):
     from security.models import ApiKey
@@ -151,6 +172,7 @@ def test_the_manifest_names_the_active_files_the_notice_and_the_check_in_rule(ki
     assert manifest["consent"]["notice_version"] == settings.CONSENT_NOTICE_VERSION
     assert "never saved" in manifest["consent"]["text"] and "<" not in manifest["consent"]["text"]
     assert manifest["checkin"]["stable_frames"] == settings.CHECKIN_STABLE_FRAMES
+    assert "dlib_tflite_url" not in manifest["model"]  # a FaceNet site's manifest: one .tflite, as before
     # the kiosk key downloads both files (edge_sync scope); a client key does not
     for url in (manifest["model"]["tflite_url"], manifest["model"]["labels_url"]):
         response = kiosk_api.get(url)
@@ -172,7 +194,7 @@ def test_the_gallery_delta_gives_changes_since_the_cursor_and_the_current_ids(ki
     in_gallery = set(FaceImage.objects.in_gallery().values_list("id", flat=True))
     assert full["full"] is True and {f["id"] for f in full["faces"]} == set(full["ids"]) == in_gallery
     vector = np.frombuffer(base64.b64decode(full["faces"][0]["embedding"]), "<f4")
-    assert vector.shape == (128,) and abs(np.linalg.norm(vector) - 1) < 1e-3
+    assert vector.shape == (128,) and abs(np.linalg.norm(vector) - 1) < 1e-3 and full["dim"] == 128
 
     nothing = kiosk_api.get("/api/v1/edge/gallery/", {"since": full["cursor"]}).json()
     assert nothing["faces"] == [] and nothing["full"] is False and set(nothing["ids"]) == in_gallery
@@ -230,18 +252,12 @@ def test_the_gallery_delta_lets_the_kiosk_recognize_someone_enrolled_after_the_v
     import numpy as np
 
     from edge.recognizer import EdgeRecognizer
-    from edge.sync import Server, State, sync_gallery
+    from edge.sync import State, sync_gallery
     from people.models import FaceImage
     from recognition import services as recognition
     from recognition.engine.facenet import WEIGHTS_SHA256
     from recognition.engine.images import decode_image
     from training.engine.export import cached_embedder_tflite
-
-    class ThroughTestClient(Server):  # the transport only: the view and the client code are real
-        def json(self, path: str) -> dict:
-            response = kiosk_api.get(path)
-            assert response.status_code == 200, response.content
-            return response.json()
 
     pipe = recognition.pipeline()
     pair = tmp_path / "pair"
@@ -260,7 +276,7 @@ def test_the_gallery_delta_lets_the_kiosk_recognize_someone_enrolled_after_the_v
     }
     (pair / "labels.json").write_text(json.dumps(labels))
     state = State(tmp_path / "state")
-    assert sync_gallery(ThroughTestClient("http://testserver", "unused"), state) > 0
+    assert sync_gallery(through_test_client(kiosk_api), state) > 0
     rule = {"stable_frames": settings.CHECKIN_STABLE_FRAMES, "reembed_every": 3, "full_frame_every": 5, "min_face_px": 40}
     rgb = decode_image((PROBES / "obama_and_biden.jpg").read_bytes())
 

@@ -140,7 +140,10 @@ def test_reembed_faces_catches_up_faces_enrolled_by_another_embedder_and_is_resu
 
 
 @pytest.mark.django_db
-def test_a_site_serving_another_embedder_than_facenet_sends_edge_devices_no_gallery(kiosk, staff_user):
+def test_a_site_serving_the_mirrored_embedder_sends_edge_devices_no_gallery(kiosk, staff_user):
+    """Edge devices make FaceNet's or the fused templates (a fused site's edge gallery and export:
+    tests/test_edge_fused.py); the mirrored FaceNet, which no edge export holds, gets a 409 rather
+    than templates no device could match."""
     from rest_framework.test import APIClient
 
     from recognition import embedder_switch

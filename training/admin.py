@@ -137,7 +137,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 ]
             },
         ),
-        ("Edge export", {"fields": ["tflite", "tflite_sha256", "labels", "labels_sha256"]}),
+        ("Edge export", {"fields": ["tflite", "tflite_sha256", "dlib_tflite", "dlib_tflite_sha256", "labels", "labels_sha256"]}),
         ("Served softmax head", {"classes": ["collapse"], "fields": ["head", "head_sha256"]}),
         ("Log", {"classes": ["collapse"], "fields": ["log"]}),
     ]

@@ -87,6 +87,11 @@ class ModelVersion(models.Model):
     log = models.TextField(blank=True)
     tflite = models.FileField(blank=True, max_length=200, help_text="The embedder for edge clients (shared between versions).")
     tflite_sha256 = models.CharField(max_length=64, blank=True)
+    # A fused site's second edge model: dlib's network as TFLite (shared between versions, like tflite).
+    dlib_tflite = models.FileField(
+        blank=True, max_length=200, help_text="dlib's network for edge clients of a fused site (shared between versions)."
+    )
+    dlib_tflite_sha256 = models.CharField(max_length=64, blank=True)
     labels = models.FileField(upload_to=artifact_path, blank=True, max_length=200, help_text="Label map JSON for edge clients.")
     labels_sha256 = models.CharField(max_length=64, blank=True)
     confusion_plot = models.FileField(upload_to=artifact_path, blank=True, max_length=200)

@@ -20,12 +20,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from recognition import pipelines
+from recognition.engine.fused import FUSED_EMBEDDER
 from recognition.engine.matching import embeddings_from_blobs
 from recognition.engine.open_set import ImpostorTail, cross_person_scores
 from training.engine import evaluation
 from training.engine.comparison import choose_production, compare, truth_of
 from training.engine.dataset import FaceSet, sample_people, split_per_person
-from training.engine.export import cached_embedder_tflite, sha256_bytes
+from training.engine.export import cached_dlib_tflite, cached_embedder_tflite, fused_template, sha256_bytes
 from training.engine.heads import NearestNeighbour, SoftmaxHead
 
 from . import redaction
@@ -115,9 +116,9 @@ class TrainingRun:
             "Exporting the edge model (TFLite embedder and label map). The first time this is a one-time "
             "conversion of a few minutes; later runs reuse it.",
         )
-        tflite_name, tflite_sha = self.export_tflite()
+        exported = self.export_tflite()
         self.report("exporting", 92)
-        labels = self.label_map(faces, comparison, tflite_sha)
+        labels = self.label_map(faces, comparison, exported)
         # compact: with indent json falls back to its pure-Python encoder, minutes for a large gallery
         labels_bytes = json.dumps(labels, separators=(",", ":")).encode()
 
@@ -135,7 +136,7 @@ class TrainingRun:
             }
         )
         self.report("saving", 96)
-        self.finish(decision, note, comparison, metrics, tflite_name, tflite_sha, labels_bytes, confusion, roc)
+        self.finish(decision, note, comparison, metrics, exported, labels_bytes, confusion, roc)
 
     def site_tail(self, faces: FaceSet) -> dict:
         """The impostor tail of the site's own people: cosine scores of faces of different people
@@ -329,19 +330,22 @@ class TrainingRun:
         result = evaluation.evaluate(scores, truth_of(labels, recognizer.classes), list(recognizer.classes), threshold=threshold)
         return evaluation.open_set_score(result)
 
-    def export_tflite(self) -> tuple[str, str]:
-        """The embedder as TFLite, stored once per content under MEDIA_ROOT/models/embedders/."""
+    def export_tflite(self) -> dict[str, tuple[str, str]]:
+        """The edge models as TFLite, each stored once per content under MEDIA_ROOT/models/embedders/:
+        ``{"facenet": (storage name, sha256)}``, and on a fused site ``"dlib"`` too (dlib's network,
+        from which with the FaceNet file the device makes the fused templates). Empty when off."""
         if not settings.TRAINING_EXPORT_TFLITE:
             self.lines.append("TFLite export is switched off (TRAINING_EXPORT_TFLITE).")
-            return "", ""
-        if pipelines.pipeline_config().embedder != "facenet":
-            # the edge model is FaceNet alone: its 128-d embeddings cannot be matched against the
-            # fused 256-d gallery, so nothing is exported rather than a model that names nobody
+            return {}
+        kind = pipelines.pipeline_config().embedder
+        if kind not in ("facenet", FUSED_EMBEDDER):
+            # the edge client makes FaceNet's or the fused templates; another embedder's gallery
+            # could not be matched, so nothing is exported rather than a model that names nobody
             self.lines.append(
-                f"No edge export: the served embedder is {pipelines.pipeline_config().embedder} and the TFLite edge model holds "
-                "FaceNet alone (its embeddings do not match the fused gallery). Serve FACE_EMBEDDER=facenet for edge devices."
+                f"No edge export: the served embedder is {kind}; edge devices make FaceNet's or the fused "
+                f"({FUSED_EMBEDDER}) templates only."
             )
-            return "", ""
+            return {}
         from recognition.engine.facenet import WEIGHTS_SHA256
 
         pipe = pipelines.pipeline()
@@ -349,19 +353,19 @@ class TrainingRun:
         cached = cached_embedder_tflite(
             lambda: pipe.embedder.model, WEIGHTS_SHA256, settings.TRAINING_CACHE_DIR, flip=pipe.embedder.flip
         )
-        data = cached.read_bytes()
-        digest = sha256_bytes(data)
-        name = f"models/embedders/{digest}.tflite"
-        if not default_storage.exists(name):
-            default_storage.save(name, ContentFile(data))
-        return name, digest
+        exported = {"facenet": _store_once(cached)}
+        if kind == FUSED_EMBEDDER:  # the file the server's own "tflite" dlib runtime runs (converted once per machine)
+            exported["dlib"] = _store_once(cached_dlib_tflite(settings.TRAINING_CACHE_DIR))
+        return exported
 
-    def label_map(self, faces: FaceSet, comparison, tflite_sha: str) -> dict:
+    def label_map(self, faces: FaceSet, comparison, exported: dict[str, tuple[str, str]]) -> dict:
         """What an edge client needs besides the .tflite: who is who, the reference embeddings and
         the calibrated cosine threshold for nearest-neighbour matching (which needs no retraining
         on the device), and, when the softmax head is in production, its weights and threshold: one
         dense layer, applied to the embedding in numpy (see scripts/edge_client.py). People erased
-        or deactivated since the run began are left out (and their head columns with them)."""
+        or deactivated since the run began are left out (and their head columns with them). On a
+        fused site, ``"template"`` says how the device makes the 256-d templates from the two
+        .tflite files (``export.fused_template``); a FaceNet site's label map has no such key."""
         from people.models import Person
 
         # the configuration says all the label map needs: no reason to load the models here
@@ -372,7 +376,7 @@ class TrainingRun:
         data = {
             "version": self.version.number,
             "embedder": pipe.embedder_name,
-            "tflite_sha256": tflite_sha,
+            "tflite_sha256": exported.get("facenet", ("", ""))[1],
             "input": {"shape": [None, 160, 160, 3], "dtype": "float32", "pixels": "RGB 0..255, aligned crop"},
             # crops must be cut as the server cuts them, or the embeddings drift
             "alignment": {"method": pipe.align_method, "margin": pipe.align_margin, "size": 160},
@@ -381,13 +385,15 @@ class TrainingRun:
             "people": [{"index": i, "person_id": p, "name": alive[p]} for i, p in enumerate(people)],
             "gallery": self.edge_gallery(faces, keep, people),
         }
+        if "dlib" in exported:
+            data["template"] = fused_template(pipe.fusion_weight, exported["facenet"][1], exported["dlib"][1])
         if comparison.production == "softmax_head":
             head = comparison.outcomes["softmax_head"]
             columns = np.flatnonzero(np.isin(head.fitted.classes, people))
             data["head"] = {
                 "threshold": head.evaluation.threshold,
                 "people": np.searchsorted(people, head.fitted.classes[columns]).tolist(),  # column -> person index
-                "kernel": np.round(head.fitted.kernel[:, columns], 6).tolist(),  # (128, columns)
+                "kernel": np.round(head.fitted.kernel[:, columns], 6).tolist(),  # (embedding dim, columns)
                 "bias": np.round(head.fitted.bias[columns], 6).tolist(),
             }
         return data
@@ -411,15 +417,15 @@ class TrainingRun:
             "faces": faces.keys[keep].tolist(),
         }
 
-    def finish(self, activate, note, comparison, metrics, tflite_name, tflite_sha, labels_bytes, confusion, roc) -> None:
+    def finish(self, activate, note, comparison, metrics, exported, labels_bytes, confusion, roc) -> None:
         version = ModelVersion.objects.get(pk=self.version.pk)
         if version.status != ModelVersion.Status.TRAINING:
             raise RuntimeError(f"The version was marked {version.status} while it ran: {version.error}")
         version.labels.save("labels.json", ContentFile(labels_bytes), save=False)
         version.confusion_plot.save("confusion.png", ContentFile(confusion), save=False)
         version.roc_plot.save("roc.png", ContentFile(roc), save=False)
-        version.tflite.name = tflite_name
-        version.tflite_sha256 = tflite_sha
+        version.tflite.name, version.tflite_sha256 = exported.get("facenet", ("", ""))
+        version.dlib_tflite.name, version.dlib_tflite_sha256 = exported.get("dlib", ("", ""))
         version.labels_sha256 = sha256_bytes(labels_bytes)
         version.embedder = pipelines.pipeline_config().embedder_name
         version.recognizer = comparison.production
@@ -459,6 +465,17 @@ class TrainingRun:
         gone = named - set(Person.objects.filter(pk__in=named).values_list("id", flat=True))
         for person_id in sorted(gone):
             redaction.redact_version(ModelVersion.objects.get(pk=version.pk), person_id)
+
+
+def _store_once(path: Path) -> tuple[str, str]:
+    """A converted edge model stored under its sha256 (``models/embedders/<sha>.tflite``, shared by
+    every version that exports the same file) -> (storage name, sha256)."""
+    data = path.read_bytes()
+    digest = sha256_bytes(data)
+    name = f"models/embedders/{digest}.tflite"
+    if not default_storage.exists(name):
+        default_storage.save(name, ContentFile(data))
+    return name, digest
 
 
 def head_bytes(head: SoftmaxHead) -> bytes:

@@ -7,6 +7,7 @@ from .models import ModelVersion
 class ModelVersionSerializer(serializers.ModelSerializer):
     requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
     tflite_url = serializers.SerializerMethodField()
+    dlib_tflite_url = serializers.SerializerMethodField()
     labels_url = serializers.SerializerMethodField()
     confusion_plot_url = serializers.SerializerMethodField()
     roc_plot_url = serializers.SerializerMethodField()
@@ -44,6 +45,8 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "tflite_sha256",
             "labels_sha256",
             "tflite_url",
+            "dlib_tflite_sha256",
+            "dlib_tflite_url",
             "labels_url",
             "confusion_plot_url",
             "roc_plot_url",
@@ -59,6 +62,9 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 
     def get_tflite_url(self, obj) -> str | None:
         return self._url(obj, "model-tflite", bool(obj.tflite))
+
+    def get_dlib_tflite_url(self, obj) -> str | None:
+        return self._url(obj, "model-dlib-tflite", bool(obj.dlib_tflite))
 
     def get_labels_url(self, obj) -> str | None:
         return self._url(obj, "model-labels", bool(obj.labels))

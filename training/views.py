@@ -77,6 +77,16 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
         version = self.get_object()
         return _download(version.tflite, f"facesite-v{version.number}.tflite", version.tflite_sha256, "application/octet-stream")
 
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    @edge_file("dlib-tflite")
+    def dlib_tflite(self, request, pk=None):
+        """A fused site's second edge model (.tflite): dlib's network, 150x150 uint8 RGB chips in, raw
+        128-d descriptors out (the label map's "template" says how they are fused with FaceNet's)."""
+        version = self.get_object()
+        return _download(
+            version.dlib_tflite, f"facesite-v{version.number}-dlib.tflite", version.dlib_tflite_sha256, "application/octet-stream"
+        )
+
     @extend_schema(responses={(200, "application/json"): dict})
     @edge_file("labels")
     def labels(self, request, pk=None):

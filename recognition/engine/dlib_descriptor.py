@@ -117,19 +117,22 @@ def _similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return matrix
 
 
-def landmark_chips(rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
-    """The ``"landmarks"`` alignment: (H, W, 3) uint8 RGB + detections -> (N, 150, 150, 3) uint8 RGB
-    chips, one warp of MTCNN's five landmarks onto ``MTCNN_LANDMARKS_IN_CHIP`` each (no model)."""
+def landmark_chips(
+    rgb: np.ndarray, faces: list[DetectedFace], landmarks_in_chip: np.ndarray = MTCNN_LANDMARKS_IN_CHIP, size: int = CHIP_SIZE
+) -> np.ndarray:
+    """The ``"landmarks"`` alignment: (H, W, 3) uint8 RGB + detections -> (N, size, size, 3) uint8 RGB
+    chips, one warp of MTCNN's five landmarks onto ``landmarks_in_chip`` (5, 2) pixels each (no
+    model). An edge device passes the values its label map names (``chip_alignment``)."""
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     if not faces:
-        return np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
-    target = MTCNN_LANDMARKS_IN_CHIP.astype(np.float64)
+        return np.zeros((0, size, size, 3), np.uint8)
+    target = np.asarray(landmarks_in_chip, np.float64).reshape(5, 2)
     return np.stack(
         [
             cv2.warpAffine(
                 rgb,
                 _similarity(np.asarray(f.landmarks, np.float64), target),
-                (CHIP_SIZE, CHIP_SIZE),
+                (size, size),
                 flags=cv2.INTER_LINEAR,
                 borderMode=cv2.BORDER_CONSTANT,
                 borderValue=0,
@@ -137,6 +140,26 @@ def landmark_chips(rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
             for f in faces
         ]
     )
+
+
+def chip_alignment() -> dict:
+    """The ``"landmarks"`` alignment's parameters, as an edge label map carries them so a device cuts
+    the server's chips (``landmark_chips(rgb, faces, **parameters)`` after dropping ``"method"``)."""
+    return {"method": "landmarks", "size": CHIP_SIZE, "landmarks_in_chip": MTCNN_LANDMARKS_IN_CHIP.tolist()}
+
+
+def unit_descriptors(network, chips: np.ndarray) -> np.ndarray:
+    """(N, 150, 150, 3) uint8 RGB chips through ``network`` (a runtime's chips -> raw (N, 128)
+    callable, e.g. ``dlib_tf.DlibResNetLite``) -> (N, 128) float32, L2-normalised."""
+    chips = np.asarray(chips, np.uint8)
+    if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
+        raise ValueError(f"expected (N, {CHIP_SIZE}, {CHIP_SIZE}, 3) chips, got {chips.shape}")
+    if len(chips) == 0:
+        return np.zeros((0, DESCRIPTOR_DIM), np.float32)
+    vectors = np.asarray(network(chips), np.float32)
+    # dlib's descriptors are near unit length (its distance threshold is Euclidean 0.6); made
+    # exactly unit so an inner product is a cosine, as with FaceNet's.
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
 # dlib's ``jitter_image`` (dlib/image_transforms/interpolation.h), which ``compute_face_descriptor``'s
@@ -321,15 +344,7 @@ class DlibDescriptor:
 
     def describe_chips(self, chips: np.ndarray) -> np.ndarray:
         """(N, 150, 150, 3) uint8 RGB chips -> (N, 128) float32, L2-normalised, in one network call."""
-        chips = np.asarray(chips, np.uint8)
-        if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
-            raise ValueError(f"expected (N, {CHIP_SIZE}, {CHIP_SIZE}, 3) chips, got {chips.shape}")
-        if len(chips) == 0:
-            return np.zeros((0, DESCRIPTOR_DIM), np.float32)
-        vectors = np.asarray(self._network(chips), np.float32)
-        # dlib's descriptors are near unit length (its distance threshold is Euclidean 0.6); made
-        # exactly unit so an inner product is a cosine, as with FaceNet's.
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        return unit_descriptors(self._network, chips)
 
     def describe_views(self, chips: np.ndarray, views: ChipViews = ChipViews()) -> np.ndarray:
         """(N, 150, 150, 3) chips -> (N, 128) float32, L2-normalised: each face's ``views`` (the
