@@ -197,18 +197,17 @@ def sync_model(server: Server, state: State, manifest: dict) -> bool:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    previous = current.get("pair")
     state.update(
         pair=name,
         version=model["number"],
         tflite_sha256=model["tflite_sha256"],
         labels_sha256=model["labels_sha256"],
         dlib_tflite_sha256=model.get("dlib_tflite_sha256"),
-        previous_pair=previous,
     )
-    # keep the pair just replaced (a fallback), drop older ones
+    # The pair replaced is deleted, not kept: its label map names people and holds their embeddings,
+    # and the server replaces a map when someone is erased or a photo deleted (same version, new map).
     for old in (state.root / "pairs").iterdir():
-        if old.name not in (name, previous):
+        if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
     return True
 
@@ -249,6 +248,8 @@ def sync_gallery(server: Server, state: State) -> int:
     people = np.asarray([rows[i][0] for i in ids], np.int64)
     embeddings = np.stack([rows[i][1] for i in ids]) if len(ids) else np.zeros((0, dim), np.float32)
     state.save_gallery(ids, people, embeddings)
+    # names of the people in the gallery now only: an erased person's name leaves the device too
+    names = {k: v for k, v in names.items() if int(k) in set(people.tolist())}
     state.update(gallery_cursor=delta["cursor"], names=names, gallery_embedder=embedder)
     return len(delta["faces"]) + len(before - current)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import PROBES, person_named
+from .test_erasure import session_files_restored  # noqa: F401  (an erasure here deletes real files)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -472,3 +473,54 @@ def test_an_uploaded_check_in_is_announced_once_with_the_devices_time(kiosk_api,
     sent = json.loads(raw)["data"]
     assert sent["person"]["name"] == "Barack Obama" and sent["time_source"] == "device"
     assert sent["checked_in_at"].startswith("2026-11-30T07:15:02")  # the device's time (UTC)
+
+
+@pytest.mark.django_db
+def test_after_an_erasure_the_kiosks_next_sync_leaves_nothing_of_the_person_on_the_device(
+    kiosk_api, staff_api, settings, django_capture_on_commit_callbacks, tmp_path
+):
+    """The erasure rewrites the active version's label map (same version, new sha256) and drops the
+    person from the gallery: the kiosk replaces its pair, deletes the old one and forgets the name."""
+    import numpy as np
+
+    from edge.sync import State, sync
+    from people.models import FaceImage
+    from training import services
+    from training.models import ModelVersion
+
+    ModelVersion.objects.all().delete()
+    settings.TRAINING_RECOGNIZER = "nearest_neighbour"
+    with django_capture_on_commit_callbacks(execute=True):
+        version, _ = services.request_training("api", force_activate=True)
+    assert ModelVersion.objects.get(pk=version.pk).status == "active"
+    obama = person_named("Barack Obama")
+    theirs = [bytes(f.embedding) for f in FaceImage.objects.filter(person=obama)]
+    state = State(tmp_path / "kiosk")
+    server = through_test_client(kiosk_api)
+    sync(server, state)
+    first_pair = state.pair_dir
+
+    def device_files() -> dict[Path, bytes]:
+        return {p: p.read_bytes() for p in state.root.rglob("*") if p.is_file()}
+
+    def held(files: dict[Path, bytes]) -> list[Path]:
+        """Files holding his name, or one of his embeddings (raw, or as the label map's numbers)."""
+        vectors = [np.frombuffer(e, np.float32) for e in theirs]
+        found = []
+        for path, data in files.items():
+            if b"Barack Obama" in data or any(e in data for e in theirs):
+                found.append(path)
+            elif path.name == "labels.json":
+                rows = np.asarray(json.loads(data)["gallery"]["embeddings"], np.float32)
+                if any(np.abs(rows - v).max(axis=1).min() < 1e-5 for v in vectors):
+                    found.append(path)
+        return found
+
+    assert held(device_files())  # before: his name and embeddings are on the device
+    with django_capture_on_commit_callbacks(execute=True):
+        assert staff_api.delete(f"/api/v1/people/{obama.pk}/").status_code == 204
+    report = sync(server, state)
+    assert report["model_changed"] and report["version"] == version.number  # the same version, its map rewritten
+    assert not first_pair.exists() and [p.name for p in (state.root / "pairs").iterdir()] == [state.pair_dir.name]
+    assert held(device_files()) == []
+    assert str(obama.pk) not in state.read()["names"] and state.read()["names"]  # the others' names stay
