@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +59,9 @@ def embed_lfw_images(
     the same faces ``lfw_face`` picks), so they are not detected again.
     """
     files = sorted({p.left for p in pairs} | {p.right for p in pairs})
-    cache = cache_file(cache_dir, "lfw-embeddings", (pipeline.embedder_name, pipeline.detector.name, pipeline.config))
+    # where the converted model is kept does not change an embedding: checkouts share the cache
+    made_by = (pipeline.embedder_name, pipeline.detector.name, replace(pipeline.config, embed_cache_dir=None))
+    cache = cache_file(cache_dir, "lfw-embeddings", made_by)
     stored = read_rows(cache, files)
     if stored is not None and "mirrored" in stored:
         if progress:
