@@ -85,6 +85,14 @@ class FaceImageQuerySet(models.QuerySet):
 
         return self.enrolled().exclude(embedder=served_embedder())
 
+    def gone(self, ids) -> set[int]:
+        """Which of these face ids no longer exist (deleted photos), asked 1,000 at a time."""
+        ids = sorted({int(i) for i in ids})
+        alive: set[int] = set()
+        for start in range(0, len(ids), 1000):
+            alive.update(self.filter(pk__in=ids[start : start + 1000]).values_list("pk", flat=True))
+        return set(ids) - alive
+
 
 class FaceChoice(models.TextChoices):
     """Who chose the person's face in a photo of several (blank: the only or the clearly largest face)."""

@@ -85,6 +85,12 @@ def _change_model():
     return GalleryChange
 
 
+def _face_model():
+    from people.models import FaceImage
+
+    return FaceImage
+
+
 @dataclass
 class _State:
     gallery: Gallery
@@ -416,7 +422,7 @@ def write_snapshot(force: bool = False, min_changes: int | None = None) -> Snaps
             since = GalleryChange.objects.filter(Q(seq__gt=seq) | Q(seq__in=sorted(gaps)))
             erased = set(since.filter(kind=GalleryChange.Kind.ERASED).values_list("person_id", flat=True))
             touched = set(since.filter(kind=GalleryChange.Kind.FACE).values_list("person_id", flat=True)) - erased
-            deleted = _deleted_faces(keys[np.isin(labels, np.asarray(sorted(touched), np.int64))])
+            deleted = _face_model().objects.gone(keys[np.isin(labels, np.asarray(sorted(touched), np.int64))])
             if erased or deleted:
                 cleaned = _private_dir(root / f".build-{uuid.uuid4().hex}")
                 Gallery.rewrite_without(built, cleaned, erased, dim=dim, keys=deleted)
@@ -437,17 +443,6 @@ def write_snapshot(force: bool = False, min_changes: int | None = None) -> Snaps
         if built.exists() and built.name.startswith(".build-"):
             shutil.rmtree(built, ignore_errors=True)
     return SnapshotReport(True, "written", len(gallery), gallery.people_count, seq, round(time.perf_counter() - started, 3))
-
-
-def _deleted_faces(keys: np.ndarray) -> set[int]:
-    """Which of these faces no longer exist (photos deleted while a snapshot was being built)."""
-    from people.models import FaceImage
-
-    keys = [int(k) for k in keys]
-    alive: set[int] = set()
-    for start in range(0, len(keys), _PEOPLE_PER_QUERY):
-        alive.update(FaceImage.objects.filter(pk__in=keys[start : start + _PEOPLE_PER_QUERY]).values_list("pk", flat=True))
-    return set(keys) - alive
 
 
 def forget_in_snapshot(person_ids=(), face_ids=()) -> bool:
@@ -488,8 +483,7 @@ def _forget_deleted(items: set) -> None:
     people = {i for kind, i in items if kind == "person"}
     faces = {i for kind, i in items if kind == "face"}
     people -= set(Person.objects.filter(pk__in=people).values_list("pk", flat=True))
-    faces -= set(FaceImage.objects.filter(pk__in=faces).values_list("pk", flat=True))
-    forget_in_snapshot(people, faces)
+    forget_in_snapshot(people, FaceImage.objects.gone(faces))
 
 
 def forget_after_commit(person_ids=(), face_ids=()) -> None:

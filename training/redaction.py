@@ -222,8 +222,10 @@ def _redact_faces(version: ModelVersion, face_ids) -> dict[str, int]:
             return {}
     elif face_ids is not None and not set(faces) & {int(f) for f in face_ids}:
         return {}
-    alive = _existing_faces([f for f in faces if f is not None])
-    keep = [f is not None and f in alive for f in faces]
+    from people.models import FaceImage
+
+    gone = FaceImage.objects.gone(f for f in faces if f is not None)
+    keep = [f is not None and f not in gone for f in faces]
     if all(keep) and recorded:
         return {}
     data["gallery"] = gallery_rows(gallery, keep, faces=faces)
@@ -235,15 +237,6 @@ def _redact_faces(version: ModelVersion, face_ids) -> dict[str, int]:
     storage = version.labels.storage
     transaction.on_commit(lambda: storage.delete(old))
     return {"versions": 1, "faces_removed": keep.count(False)}
-
-
-def _existing_faces(face_ids: list[int]) -> set[int]:
-    from people.models import FaceImage
-
-    alive: set[int] = set()
-    for start in range(0, len(face_ids), 1000):
-        alive.update(FaceImage.objects.filter(pk__in=face_ids[start : start + 1000]).values_list("pk", flat=True))
-    return alive
 
 
 def _face_of_each_row(version: ModelVersion, data: dict) -> list[int | None] | None:
