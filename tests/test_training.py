@@ -602,6 +602,15 @@ HEAD_RUN_ENV = {
     "TRAINING_UNKNOWN_FACES_DIR": "",
 }
 ACTIVE_VERSION = "from training.models import ModelVersion as M; v = M.objects.active(); print(v.pk, v.number, v.recognizer)"
+# The site is shared by the session's server tests: the version this test trains goes, and the one
+# active before it (another test's, if any) is active again.
+RESTORE_VERSION = """
+from training.models import ModelVersion as M
+M.objects.filter(pk={new}).delete()
+before = M.objects.filter(number={before}).first()
+if before is not None:
+    before.activate()
+"""
 
 
 @pytest.mark.servers
@@ -623,10 +632,8 @@ def test_every_web_worker_serves_a_softmax_head_version_trained_elsewhere_on_its
             assert answer["recogniser"] == "softmax_head" and answer["model_version"] == int(number)
             face = answer["faces"][0]
             assert face["match"]["name"] == "Barack Obama" and face["scored_by"] == "softmax_head"
-    finally:  # the site is shared by the session's server tests
-        live_site.manage(
-            "shell", "-c", f"from training.models import ModelVersion; ModelVersion.objects.filter(pk={pk}).delete()"
-        )
+    finally:
+        live_site.manage("shell", "-c", RESTORE_VERSION.format(new=pk, before=before["model_version"] or 0))
     for server in (first, second):
         answer = server.recognize(obama).json()
         assert answer["recogniser"] == "nearest_neighbour" and answer["model_version"] == before["model_version"]
