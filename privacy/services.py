@@ -123,11 +123,14 @@ def erase_person(person: Person, by=None) -> ErasureReport:
 
 def _forget_in_task_records(pid: int, name: str) -> int:
     """django-q keeps each finished task's arguments and result (pickled, so no text search finds
-    them) in its Task table, and the ORM broker keeps queued tasks in OrmQ: an MQTT message is a
-    task argument and names its person. Those that mention the person (their id as a person's, or
-    their name) are deleted: a queued message about them is not sent."""
+    them) in its Task table, and the ORM broker keeps queued tasks in OrmQ (the Redis broker in its
+    lists): an MQTT message is a task argument and names its person. Those that mention the person
+    (their id as a person's, or their name) are deleted: a queued message about them is not sent.
+    (Redis is not part of the transaction: its lists are cleaned once the erasure commits.)"""
     from django_q.models import OrmQ, Task
     from django_q.signing import SignedPackage
+
+    transaction.on_commit(lambda: _forget_in_redis_queues(pid, name), robust=True)
 
     deleted = 0
     for task in Task.objects.only("id", "args", "kwargs", "result").iterator():
@@ -141,6 +144,28 @@ def _forget_in_task_records(pid: int, name: str) -> int:
         if _mentions((package.get("args"), package.get("kwargs")), pid, name):
             deleted += OrmQ.objects.filter(pk=queued.pk).delete()[0]
     return deleted
+
+
+def _forget_in_redis_queues(pid: int, name: str) -> int:
+    """Queued tasks that name the person, taken out of the Redis broker's lists (every cluster's)."""
+    from django_q.brokers import get_broker
+    from django_q.brokers.redis_broker import Redis
+    from django_q.conf import Conf
+    from django_q.signing import SignedPackage
+
+    removed = 0
+    for cluster in {Conf.CLUSTER_NAME, settings.TRAINING_Q_CLUSTER}:
+        broker = get_broker(list_key=cluster)
+        if not isinstance(broker, Redis):
+            return 0  # the ORM broker's queue is a table, cleaned with the rest
+        for item in broker.connection.lrange(broker.list_key, 0, -1):
+            try:
+                package = SignedPackage.loads(item)
+            except Exception:  # not ours to judge
+                continue
+            if _mentions((package.get("args"), package.get("kwargs")), pid, name):
+                removed += broker.connection.lrem(broker.list_key, 1, item)
+    return removed
 
 
 def _mentions(value, pid: int, name: str) -> bool:
