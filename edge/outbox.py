@@ -2,7 +2,10 @@
 
 Each check-in gets a uuid when it is recorded; the server stores one row per uuid, so a retried
 upload (the answer lost, the process killed after the POST) never makes a second check-in. A row is
-deleted only after the server answered 201 (stored) or 200 (already stored).
+deleted only after the server answered 201 (stored) or 200 (already stored), or ``unknown_person``:
+the person was erased on the server while the check-in waited here, so it can never be stored and
+is not kept (nor their rows of the repeat window). Deleted rows are overwritten on disk
+(``secure_delete``): a check-in names its person.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ class Outbox:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.db = sqlite3.connect(self.path)
+        self.db.execute("PRAGMA secure_delete = ON")
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS pending (client_id TEXT PRIMARY KEY, body TEXT NOT NULL, "
             "attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '')"
@@ -63,6 +67,12 @@ class Outbox:
                         {"type": "upload", "client_id": checkin["client_id"], "status": code, "checkin_id": row.get("id")}
                     )
                     break
+                if _error_code(body) == "unknown_person":  # erased on the server meanwhile
+                    self.forget(checkin)
+                    reports.append(
+                        {"type": "upload", "client_id": checkin["client_id"], "status": code, "dropped": "unknown_person"}
+                    )
+                    break
                 if 400 <= code < 500 and code != 429:  # refused for good: keep it, say why, go on
                     self._failed(checkin, f"HTTP {code}: {body[:300].decode(errors='replace')}")
                     reports.append({"type": "upload", "client_id": checkin["client_id"], "status": code, "error": body.decode()})
@@ -73,8 +83,22 @@ class Outbox:
                 reports.append({"type": "upload", "client_id": checkin["client_id"], "status": "retry_later"})
         return reports
 
+    def forget(self, checkin: dict) -> None:
+        """Drop a check-in the server will never store, and the device's record of its person."""
+        with self.db:
+            self.db.execute("DELETE FROM pending WHERE client_id = ?", (checkin["client_id"],))
+            self.db.execute("DELETE FROM recent WHERE person_id = ?", (checkin["person_id"],))
+
     def _failed(self, checkin: dict, error: str) -> None:
         with self.db:
             self.db.execute(
                 "UPDATE pending SET attempts = attempts + 1, last_error = ? WHERE client_id = ?", (error, checkin["client_id"])
             )
+
+
+def _error_code(body: bytes) -> str | None:
+    """The API's error code (``{"error": {"code": ...}}``), if the answer is one."""
+    try:
+        return json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -8,7 +8,7 @@ import json
 import sqlite3
 import subprocess
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -524,3 +524,24 @@ def test_after_an_erasure_the_kiosks_next_sync_leaves_nothing_of_the_person_on_t
     assert not first_pair.exists() and [p.name for p in (state.root / "pairs").iterdir()] == [state.pair_dir.name]
     assert held(device_files()) == []
     assert str(obama.pk) not in state.read()["names"] and state.read()["names"]  # the others' names stay
+
+
+@pytest.mark.django_db
+def test_a_check_in_waiting_on_the_device_for_a_person_erased_meanwhile_is_dropped_not_kept(
+    kiosk_api, staff_api, django_capture_on_commit_callbacks, tmp_path
+):
+    from checkin.models import CheckIn
+    from edge.outbox import Outbox
+
+    obama, biden = person_named("Barack Obama"), person_named("Joe Biden")
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    for person in (obama, biden):  # recorded offline, with the name the kiosk showed
+        outbox.add(checkin_body(person_id=person.pk, name=person.name, checked_in_at=datetime.now().astimezone().isoformat()))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert staff_api.delete(f"/api/v1/people/{obama.pk}/").status_code == 204
+    reports = outbox.upload(through_test_client(kiosk_api))
+    assert sorted(str(r.get("dropped", r["status"])) for r in reports) == ["201", "unknown_person"]
+    assert outbox.pending() == [] and CheckIn.objects.filter(person=biden).count() == 1
+    assert not outbox.checked_in_recently(obama.pk, timedelta(days=1)) and outbox.checked_in_recently(biden.pk, timedelta(days=1))
+    outbox.close()
+    assert b"Barack Obama" not in (tmp_path / "outbox.sqlite3").read_bytes()  # not even in a free page
