@@ -42,6 +42,8 @@ class Outbox:
 
     def checked_in_recently(self, person_id: int, window: timedelta) -> bool:
         since = (datetime.now(UTC) - window).isoformat()
+        with self.db:  # who checked in when is kept only as long as the repeat window needs it
+            self.db.execute("DELETE FROM recent WHERE at < ?", (since,))
         row = self.db.execute("SELECT 1 FROM recent WHERE person_id = ? AND at >= ? LIMIT 1", (person_id, since)).fetchone()
         return row is not None
 

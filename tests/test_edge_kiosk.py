@@ -545,3 +545,17 @@ def test_a_check_in_waiting_on_the_device_for_a_person_erased_meanwhile_is_dropp
     assert not outbox.checked_in_recently(obama.pk, timedelta(days=1)) and outbox.checked_in_recently(biden.pk, timedelta(days=1))
     outbox.close()
     assert b"Barack Obama" not in (tmp_path / "outbox.sqlite3").read_bytes()  # not even in a free page
+
+
+def test_the_kiosks_record_of_who_checked_in_is_kept_only_for_the_repeat_window(tmp_path):
+    from datetime import UTC
+
+    from edge.outbox import Outbox
+
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    now = datetime.now(UTC)
+    outbox.add({"client_id": "old", "person_id": 7, "checked_in_at": (now - timedelta(hours=3)).isoformat()})
+    outbox.add({"client_id": "new", "person_id": 8, "checked_in_at": (now - timedelta(minutes=5)).isoformat()})
+    assert outbox.checked_in_recently(8, timedelta(minutes=30)) and not outbox.checked_in_recently(7, timedelta(minutes=30))
+    assert [row[0] for row in outbox.db.execute("SELECT person_id FROM recent")] == [8]  # the older one is gone
+    assert len(outbox.pending()) == 2  # uploads are not the window's business
