@@ -106,6 +106,21 @@ def _far_quantile_threshold(best: np.ndarray, target: float) -> float:
     return float(np.sort(best)[::-1][max(int(np.floor(target * len(best))) - 1, 0)]) + 1e-6
 
 
+def _searched(blocks, t: float, size: int, tail) -> dict:
+    """Measured and modelled rates per search over stranger x gallery score ``blocks`` at ``t``."""
+    hits = [block >= t for block in blocks]
+    return {
+        "people": size,
+        "threshold": t,
+        "model_pair_far": tail.pair_far(t),
+        "scored_pair_far": float(np.mean([hit.mean() for hit in hits])),
+        "independent_from_scored": float(np.mean([-np.expm1(size * np.log1p(-hit.mean())) for hit in hits])),
+        "heterogeneous_from_scored": float(np.mean([np.mean(-np.expm1(size * np.log1p(-hit.mean(axis=1)))) for hit in hits])),
+        "accepts": int(sum(hit.any(axis=1).sum() for hit in hits)),
+        "searches": int(sum(len(hit) for hit in hits)),
+    }
+
+
 def diagnose_calibration(calib: np.ndarray, tail, sizes, splits: int, target: float) -> dict:
     """Part 1 on the calibration people: measured vs modelled rate per search, and N_eff / N."""
     from recognition.engine.open_set import calibrate
@@ -114,41 +129,19 @@ def diagnose_calibration(calib: np.ndarray, tail, sizes, splits: int, target: fl
     rows = []
     for size in sizes:
         t = calibrate([tail], size, target, floor=-1.0).threshold
-        accepts = searches = 0
-        p_pairs, indep, hetero, bests = [], [], [], []
-        for seed in range(splits):
-            order = np.random.default_rng([seed, size]).permutation(len(calib))
-            block = scores[np.ix_(order[size:], order[:size])]
-            best = block.max(axis=1)
-            accepts += int((best >= t).sum())
-            searches += len(best)
-            hit = block >= t
-            p_pairs.append(hit.mean())
-            indep.append(-np.expm1(size * np.log1p(-hit.mean())))
-            hetero.append(np.mean(-np.expm1(size * np.log1p(-hit.mean(axis=1)))))
-            bests.append(best)
-        t_star = _far_quantile_threshold(np.concatenate(bests), target)
-        n_eff = np.log1p(-target) / np.log1p(-tail.pair_far(t_star))
-        rows.append(
-            {
-                "people": size,
-                "threshold": t,
-                "model_pair_far": tail.pair_far(t),
-                "scored_pair_far": float(np.mean(p_pairs)),
-                "independent_from_scored": float(np.mean(indep)),
-                "heterogeneous_from_scored": float(np.mean(hetero)),
-                "accepts": accepts,
-                "searches": searches,
-                "threshold_at_target": t_star,
-                "n_eff": float(n_eff),
-            }
-        )
+        orders = [np.random.default_rng([seed, size]).permutation(len(calib)) for seed in range(splits)]
+        blocks = [scores[np.ix_(order[size:], order[:size])] for order in orders]
+        entry = _searched(blocks, t, size, tail)
+        entry["threshold_at_target"] = _far_quantile_threshold(np.concatenate([b.max(axis=1) for b in blocks]), target)
+        entry["n_eff"] = float(np.log1p(-target) / np.log1p(-tail.pair_far(entry["threshold_at_target"])))
+        rows.append(entry)
     factor = float(np.exp(np.mean([np.log(r["n_eff"] / r["people"]) for r in rows])))
     return {"rows": rows, "size_factor": factor}
 
 
 def diagnose_folds_6_10(embeddings, split, row, tail, sizes, draws: int, target: float) -> list[dict]:
-    """The same diagnosis on folds 6-10 galleries (pooled over the open-set draws)."""
+    """The same diagnosis on folds 6-10 galleries (pooled over the open-set draws), with a 95%
+    interval of the measured rate from a bootstrap over the stranger people."""
     from recognition.engine.open_set import calibrate
 
     enrolled = embeddings[[row[g] for g, _ in split.enrolled]]
@@ -158,35 +151,19 @@ def diagnose_folds_6_10(embeddings, split, row, tail, sizes, draws: int, target:
     for size in sizes:
         real = min(size, len(enrolled))
         t = calibrate([tail], real, target, floor=-1.0).threshold
-        accepts = searches = 0
-        p_pairs, indep, hetero = [], [], []
-        # per folds 6-10 person: searches as a stranger and accepts, for a bootstrap over people
+        blocks = []
+        # per folds 6-10 person: searches as a stranger and accepts
         person_accepts = np.zeros(len(strangers) + len(enrolled))
         person_searches = np.zeros(len(strangers) + len(enrolled))
         for chosen, left_out in gallery_draws(len(enrolled), size, draws):
-            block = np.concatenate([strangers, probes[left_out]]) @ enrolled[chosen].T
-            hit = block >= t
+            blocks.append(np.concatenate([strangers, probes[left_out]]) @ enrolled[chosen].T)
             who = np.concatenate([np.arange(len(strangers)), len(strangers) + left_out])
-            person_accepts[who] += hit.any(axis=1)
+            person_accepts[who] += blocks[-1].max(axis=1) >= t
             person_searches[who] += 1
-            accepts += int(hit.any(axis=1).sum())
-            searches += len(block)
-            p_pairs.append(hit.mean())
-            indep.append(-np.expm1(real * np.log1p(-hit.mean())))
-            hetero.append(np.mean(-np.expm1(real * np.log1p(-hit.mean(axis=1)))))
-        out.append(
-            {
-                "people": size,
-                "threshold": t,
-                "model_pair_far": tail.pair_far(t),
-                "scored_pair_far": float(np.mean(p_pairs)),
-                "independent_from_scored": float(np.mean(indep)),
-                "heterogeneous_from_scored": float(np.mean(hetero)),
-                "accepts": accepts,
-                "searches": searches,
-                "interval_95": _people_bootstrap(person_accepts, person_searches),
-            }
-        )
+        entry = _searched(blocks, t, real, tail)
+        entry["people"] = size
+        entry["interval_95"] = _people_bootstrap(person_accepts, person_searches)
+        out.append(entry)
     return out
 
 
