@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _best(queries: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    scores = queries @ gallery.T
+def _best(queries: np.ndarray, gallery: np.ndarray, score=None) -> tuple[np.ndarray, np.ndarray]:
+    scores = queries @ gallery.T if score is None else score(queries, gallery)
     arg = scores.argmax(axis=1)
     return scores[np.arange(len(queries)), arg], arg
 
@@ -61,33 +61,53 @@ def _facenet_plain(pipe, lfw_dir: Path, faces: dict, cache: Path, batch: int = 6
     return out
 
 
-def open_set_rows(embeddings: np.ndarray, split, row: dict, sizes, target: float, draws: int = 1) -> list[dict]:
-    """Per gallery size: counts pooled over ``draws`` galleries (the first is ``bench/open_set.py``'s
-    seed; a gallery of every enrolled person is drawn once)."""
+def gallery_draws(n_enrolled: int, size: int, draws: int):
+    """The galleries of ``size`` people among ``n_enrolled``: (chosen rows, left-out rows) per draw; the
+    first is ``bench/open_set.py``'s seed, and a gallery of every enrolled person is drawn once."""
+    real = min(size, n_enrolled)
+    for draw in range(draws if real < n_enrolled else 1):
+        seed = size if draw == 0 else [size, draw]
+        chosen = np.sort(np.random.default_rng(seed).choice(n_enrolled, real, replace=False))
+        yield chosen, np.setdiff1d(np.arange(n_enrolled), chosen)
+
+
+def open_set_rows(
+    embeddings: np.ndarray,
+    split,
+    row: dict,
+    sizes,
+    target: float,
+    draws: int = 1,
+    tail=None,
+    score=None,
+    size_factor: float = 1.0,
+) -> list[dict]:
+    """Per gallery size: counts pooled over ``draws`` galleries (``gallery_draws``). ``tail``: the
+    impostor tail the threshold comes from (default: the calibration people's raw cosines);
+    ``score(queries, gallery) -> (Q, G)``: the scores searched (default: cosines); ``size_factor``:
+    the threshold is calibrated for that many times the gallery's size (an effective size)."""
     from recognition.engine.open_set import ImpostorTail, calibrate, cross_person_scores
 
-    calib = np.array([row[f] for f in split.calibration])
-    labels = np.arange(len(calib))  # one image per calibration person
-    tail = ImpostorTail.from_scores(cross_person_scores(embeddings[calib], labels, max_faces=len(calib)))
+    if tail is None:
+        calib = np.array([row[f] for f in split.calibration])
+        labels = np.arange(len(calib))  # one image per calibration person
+        tail = ImpostorTail.from_scores(cross_person_scores(embeddings[calib], labels, max_faces=len(calib)))
     enrolled = embeddings[[row[g] for g, _ in split.enrolled]]
     probes = embeddings[[row[p] for _, p in split.enrolled]]
     strangers = embeddings[[row[s] for s in split.strangers]]
     results = []
     for size in sizes:
         real = min(size, len(enrolled))
-        t = calibrate([tail], real, target, floor=-1.0).threshold
+        t = calibrate([tail], real * size_factor, target, floor=-1.0).threshold
         pooled = {"people": size, "draws": 0, "threshold": round(float(t), 4), "tail_pairs": tail.n_pairs}
         for key in ("enrolled", "named", "named_wrong", "rank1", "strangers", "false_accepts"):
             pooled[key] = 0
         s_all, g_all = [], []
-        for draw in range(draws if real < len(enrolled) else 1):
-            seed = size if draw == 0 else [size, draw]  # draw 0: bench/open_set.py's gallery
-            chosen = np.sort(np.random.default_rng(seed).choice(len(enrolled), real, replace=False))
+        for draw, (chosen, left_out) in enumerate(gallery_draws(len(enrolled), size, draws)):
             gallery = enrolled[chosen]
-            left_out = np.setdiff1d(np.arange(len(enrolled)), chosen)
             stranger_probes = np.concatenate([strangers, probes[left_out]])
-            s_best, _ = _best(stranger_probes, gallery)
-            g_best, g_arg = _best(probes[chosen], gallery)
+            s_best, _ = _best(stranger_probes, gallery, score)
+            g_best, g_arg = _best(probes[chosen], gallery, score)
             correct = g_arg == np.arange(real)
             named = correct & (g_best >= t)
             pooled["draws"] += 1
@@ -108,8 +128,28 @@ def open_set_rows(embeddings: np.ndarray, split, row: dict, sizes, target: float
         pooled["equal_far_threshold"] = round(t_eq, 4)
         pooled["equal_far_accepts"] = int((s_all >= t_eq).sum())
         pooled["equal_far_named"] = int((g_all >= t_eq).sum())
+        pooled["equal_far_named_mask"] = g_all[:real] >= t_eq  # the first gallery's probes
         results.append(pooled)
     return results
+
+
+def embed_open_set_people(pipe, descriptor, lfw: Path, own_cache: Path, log=print):
+    """``lfw_run.open_set_split``'s people, detected once: (split, their files "images_deepfunneled/...",
+    {file: face}, detector misses, FaceNet embeddings without flip (N, 128) in files' order, {file: dlib chip
+    descriptor}), cached in ``own_cache``."""
+    from recognition.engine.lfw_fusion import describe_lfw_images, detect_lfw_faces
+    from recognition.engine.lfw_run import open_set_split
+
+    started = time.time()
+    split = open_set_split(lfw)
+    files = [f"images_deepfunneled/{f}" for f in split.files]
+    faces, misses = detect_lfw_faces(pipe, lfw, files, own_cache)
+    log(f"open-set images: {len(files)} detected ({misses} misses) ({time.time() - started:.0f} s)")
+    plain = _facenet_plain(pipe, lfw, faces, own_cache / "facenet-plain.npz")
+    log(f"FaceNet done ({time.time() - started:.0f} s)")
+    chips = describe_lfw_images(descriptor, lfw, faces, own_cache)
+    log(f"dlib done ({time.time() - started:.0f} s)")
+    return split, files, faces, misses, np.stack([plain[x] for x in files]).astype(np.float32), chips
 
 
 def _mcnemar(a: np.ndarray, b: np.ndarray) -> tuple[int, int, float]:
@@ -138,7 +178,7 @@ def main() -> None:
     from recognition.engine.lfw import read_pairs
     from recognition.engine.lfw_fusion import describe_lfw_images, detect_lfw_faces, pair_cosines
     from recognition.engine.lfw_fusion_variants import describe_lfw_views, variant_descriptors
-    from recognition.engine.lfw_run import embed_lfw_images, open_set_split
+    from recognition.engine.lfw_run import embed_lfw_images
     from recognition.pipelines import fusion_calibration
 
     started = time.time()
@@ -183,17 +223,9 @@ def main() -> None:
     }
 
     # 2. the open-set people (folds 6-10) and the calibration people (folds 1-5), embedded here
-    split = open_set_split(lfw)
-    images = "images_deepfunneled"
-    files = [f"{images}/{f}" for f in split.files]
-    people_faces, people_misses = detect_lfw_faces(pipe, lfw, files, own_cache)
-    log(f"open-set images: {len(files)} detected ({people_misses} misses) ({time.time() - started:.0f} s)")
-    f_people = _facenet_plain(pipe, lfw, people_faces, own_cache / "facenet-plain.npz")
-    log(f"FaceNet done ({time.time() - started:.0f} s)")
-    d_people_chip = describe_lfw_images(descriptor, lfw, people_faces, own_cache)
+    split, files, people_faces, people_misses, f, d_people_chip = embed_open_set_people(pipe, descriptor, lfw, own_cache, log)
     people_views = describe_lfw_views(descriptor, lfw, people_faces, 0, own_cache, plain=d_people_chip)
-    log(f"dlib done ({time.time() - started:.0f} s)")
-    f = np.stack([f_people[x] for x in files]).astype(np.float32)
+    log(f"dlib views done ({time.time() - started:.0f} s)")
     dc = variant_descriptors(people_views, chip)
     df = variant_descriptors(people_views, flip)
     dc = np.stack([dc[x] for x in files])
@@ -203,7 +235,7 @@ def main() -> None:
         f"fused today (dlib chip, v {served_v:.4f})": fuse_templates(f, dc, served_v),
         f"fused dlib chip + mirror, log-loss v {variant.cosine_weight:.4f}": fuse_templates(f, df, variant.cosine_weight),
     }
-    row = {x[len(images) + 1 :]: i for i, x in enumerate(files)}
+    row = {x.split("/", 1)[1]: i for i, x in enumerate(files)}  # "Name/Name_0001.jpg", as the split names them
     out = {"fits": fits, "misses": people_misses, "split": {"enrolled": len(split.enrolled), "strangers": len(split.strangers)}}
     results = {name: open_set_rows(e, split, row, args.sizes, args.target, args.draws) for name, e in embedders.items()}
     print(
@@ -246,7 +278,7 @@ def main() -> None:
             out["mcnemar_named"][f"{size}: {names[a]} vs {names[b]}"] = {"fixed": fixed, "broken": broken, "p": p}
     for rows in results.values():
         for r in rows:
-            del r["named_mask"]
+            del r["named_mask"], r["equal_far_named_mask"]
     out["results"] = results
     out["seconds"] = time.time() - started
     print(f"\n{out['seconds']:.0f} s; fits: {json.dumps(fits)}")
