@@ -559,3 +559,18 @@ def test_the_kiosks_record_of_who_checked_in_is_kept_only_for_the_repeat_window(
     assert outbox.checked_in_recently(8, timedelta(minutes=30)) and not outbox.checked_in_recently(7, timedelta(minutes=30))
     assert [row[0] for row in outbox.db.execute("SELECT person_id FROM recent")] == [8]  # the older one is gone
     assert len(outbox.pending()) == 2  # uploads are not the window's business
+
+
+@pytest.mark.django_db
+def test_the_dlib_model_download_is_for_kiosk_keys_and_staff_and_a_facenet_version_has_none(kiosk_api, client_key_api, staff_api):
+    from rest_framework.test import APIClient
+
+    from training.models import ModelVersion
+
+    version = ModelVersion.objects.create(number=ModelVersion.next_number(), status="ready")
+    url = f"/api/v1/models/{version.pk}/dlib-tflite/"
+    assert APIClient().get(url).status_code == 401
+    assert client_key_api.get(url).status_code == 403
+    for api in (kiosk_api, staff_api):  # allowed, but a FaceNet version exported no dlib network
+        response = api.get(url)
+        assert response.status_code == 404 and response.json()["error"]["code"] == "no_artifact", response.content
