@@ -249,7 +249,8 @@ def sync_gallery(server: Server, state: State) -> int:
     embeddings = np.stack([rows[i][1] for i in ids]) if len(ids) else np.zeros((0, dim), np.float32)
     state.save_gallery(ids, people, embeddings)
     # names of the people in the gallery now only: an erased person's name leaves the device too
-    names = {k: v for k, v in names.items() if int(k) in set(people.tolist())}
+    present = set(people.tolist())
+    names = {k: v for k, v in names.items() if int(k) in present}
     state.update(gallery_cursor=delta["cursor"], names=names, gallery_embedder=embedder)
     return len(delta["faces"]) + len(before - current)
 
