@@ -495,6 +495,64 @@ def test_a_deleted_photo_leaves_every_model_versions_label_map(
 
 
 @pytest.mark.django_db
+def test_a_deleted_photo_is_not_looked_for_in_versions_finished_before_it_was_added(
+    staff_api, clean_queue, settings, django_capture_on_commit_callbacks, monkeypatch
+):
+    """A label map is tens of MB at a large gallery: a photo's deletion reads only the maps of
+    versions that can hold it (finished after it was added, less the clocks' skew), and still
+    redacts every one of those."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from people.models import FaceImage
+    from training import redaction
+    from training.models import ModelVersion
+
+    capture = django_capture_on_commit_callbacks
+    # the gallery's photos were added two hours ago, the older version finished an hour ago
+    FaceImage.objects.update(created_at=timezone.now() - 2 * redaction.CLOCK_SKEW - timedelta(hours=2))
+    older = train(capture, "nearest_neighbour", settings)
+    ModelVersion.objects.filter(pk=older.pk).update(finished_at=timezone.now() - redaction.CLOCK_SKEW - timedelta(hours=1))
+    obama = person_named("Barack Obama")
+    with capture(execute=True):
+        response = staff_api.post(
+            f"/api/v1/people/{obama.pk}/faces/", {"image": SimpleUploadedFile("obama1.jpg", read(PROBES / "obama1.jpg"))}
+        )
+    assert response.status_code == 201, response.content
+    ModelVersion.objects.queued().delete()  # the debounced retrain it asked for: trained at once below
+    added = FaceImage.objects.get(pk=response.json()["id"])
+    assert added.status == "accepted", added.reason
+    newer = train(capture, "nearest_neighbour", settings)
+    assert added.pk in json.loads(artifact(newer.labels))["gallery"]["faces"]
+    assert added.pk not in json.loads(artifact(older.labels))["gallery"]["faces"]
+
+    read_versions = []
+    redact = redaction.redact_deleted_faces
+
+    def spy(version, face_ids=None):
+        read_versions.append(version.pk)
+        return redact(version, face_ids)
+
+    monkeypatch.setattr(redaction, "redact_deleted_faces", spy)
+    older_map = artifact(ModelVersion.objects.get(pk=older.pk).labels)
+    with capture(execute=True):
+        assert staff_api.delete(f"/api/v1/people/{obama.pk}/faces/{added.pk}/").status_code == 204
+    assert read_versions == [newer.pk]
+    assert added.pk not in json.loads(artifact(ModelVersion.objects.get(pk=newer.pk).labels))["gallery"]["faces"]
+    assert artifact(ModelVersion.objects.get(pk=older.pk).labels) == older_map
+
+    # a photo both versions were trained on is looked for, and taken out, in both
+    read_versions.clear()
+    both = FaceImage.objects.in_gallery().filter(person=obama).exclude(pk=added.pk).first()
+    with capture(execute=True):
+        assert staff_api.delete(f"/api/v1/people/{obama.pk}/faces/{both.pk}/").status_code == 204
+    assert sorted(read_versions) == sorted([older.pk, newer.pk])
+    for version in (older, newer):
+        assert both.pk not in json.loads(artifact(ModelVersion.objects.get(pk=version.pk).labels))["gallery"]["faces"]
+
+
+@pytest.mark.django_db
 def test_a_photo_deleted_while_a_run_trains_is_not_in_its_label_map(
     clean_queue, settings, django_capture_on_commit_callbacks, monkeypatch
 ):

@@ -12,10 +12,12 @@ import logging
 import uuid
 from collections import Counter
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 
 import numpy as np
 from django.core.files.base import ContentFile
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from django_q.tasks import async_task
 
@@ -160,11 +162,16 @@ def gallery_rows(gallery: dict, keep: list[bool], index: dict[int, int] | None =
 FORGET_FACES_TASK = "training.tasks.forget_deleted_faces"
 
 
-def queue_forget_deleted_faces(face_ids) -> None:
-    """Queue the redaction of these deleted photos (their ids only: never an embedding in the broker)."""
-    face_ids = sorted(int(f) for f in face_ids)
+def queue_forget_deleted_faces(deleted) -> None:
+    """Queue the redaction of these deleted photos, ``(id, created_at)`` pairs: their ids and the
+    time the oldest was added (never an embedding in the broker). A version finished before that
+    cannot hold any of them, and its label map is not read."""
+    deleted = list(deleted)
+    face_ids = sorted(int(face) for face, _ in deleted)
+    added = [created for _, created in deleted]
+    since = None if None in added else min(added).isoformat()
     try:
-        async_task(FORGET_FACES_TASK, face_ids, task_name="forget-deleted-faces", group="privacy")
+        async_task(FORGET_FACES_TASK, face_ids, since, task_name="forget-deleted-faces", group="privacy")
     except Exception as err:
         # the broker is down: a one-off schedule row asks again (for every deleted photo) once it is back
         log.warning("could not queue the redaction of deleted photos, scheduled it instead: %s", err)
@@ -179,12 +186,22 @@ def queue_forget_deleted_faces(face_ids) -> None:
         )
 
 
-def forget_deleted_faces(face_ids=None) -> dict[str, int]:
+# How far apart the clocks of the machines that add photos and finish training runs may be.
+CLOCK_SKEW = timedelta(minutes=10)
+
+
+def forget_deleted_faces(face_ids=None, since: str | None = None) -> dict[str, int]:
     """Take deleted photos out of every model version's label map (task ``training.tasks.forget_deleted_faces``,
     queued when a photo is deleted: training.signals). ``face_ids``: the photos just deleted (None:
-    look for every deleted photo)."""
+    look for every deleted photo). ``since``: when the oldest of them was added (ISO 8601); a version
+    finished before then (less the clocks' skew) was trained without them, and its label map, tens
+    of MB at a large gallery, is not read."""
     counts: Counter = Counter()
-    for version in ModelVersion.objects.exclude(labels="").order_by("pk"):
+    versions = ModelVersion.objects.exclude(labels="")
+    if since is not None:
+        added = datetime.fromisoformat(since) - CLOCK_SKEW
+        versions = versions.filter(Q(finished_at__isnull=True) | Q(finished_at__gte=added))
+    for version in versions.order_by("pk"):
         counts.update(redact_deleted_faces(version, face_ids))
     return dict(counts)
 

@@ -59,5 +59,6 @@ def delete_version_files(sender, instance: ModelVersion, **kwargs):
 @receiver(post_delete, sender=FaceImage)
 def forget_deleted_face(sender, instance: FaceImage, **kwargs):
     """Every model version's label map holds the raw embedding of each photo it was trained on: a
-    deleted photo leaves them all (a task, queued once per transaction, after the commit)."""
-    after_commit_once(redaction.queue_forget_deleted_faces, [instance.pk])
+    deleted photo leaves them all (a task, queued once per transaction, after the commit; versions
+    finished before the photo was added are not read)."""
+    after_commit_once(redaction.queue_forget_deleted_faces, [(instance.pk, instance.created_at)])

@@ -14,8 +14,9 @@ def enrollment_changed() -> None:
     services.enrollment_changed()
 
 
-def forget_deleted_faces(face_ids=None) -> dict:
-    """Photos were deleted: take their embeddings out of every model version's label map."""
+def forget_deleted_faces(face_ids=None, since=None) -> dict:
+    """Photos were deleted: take their embeddings out of every model version's label map (``since``:
+    when the oldest was added; versions finished before it are not read)."""
     from . import redaction
 
-    return redaction.forget_deleted_faces(face_ids)
+    return redaction.forget_deleted_faces(face_ids, since)
