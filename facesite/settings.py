@@ -330,6 +330,10 @@ TRAINING_EXPORT_TFLITE = env_bool("TRAINING_EXPORT_TFLITE", True)
 TRAINING_EVAL_MAX_PEOPLE = env_int("TRAINING_EVAL_MAX_PEOPLE", 1000)
 TRAINING_PIXEL_MAX_FACES = env_int("TRAINING_PIXEL_MAX_FACES", 5000)
 TRAINING_EDGE_MAX_FACES = env_int("TRAINING_EDGE_MAX_FACES", 100_000)
+# Model versions kept besides the active one (the newest N staff could roll back to, and the newest N
+# failed ones); older ones and their files (label maps hold every photo's embedding, metrics name
+# people) are deleted after each run and by the daily retention. 0 keeps them all.
+TRAINING_KEEP_VERSIONS = env_int("TRAINING_KEEP_VERSIONS", 10)
 # Converting FaceNet to TFLite takes a minute or more; the result is reused while weights and TF match.
 TRAINING_CACHE_DIR = Path(env_str("TRAINING_CACHE_DIR", str(BASE_DIR / "var" / "cache")))
 

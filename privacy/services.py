@@ -41,6 +41,7 @@ class ErasureReport:
     checkins_deleted: int = 0
     checkins_anonymised: int = 0
     rejected_matches_deleted: int = 0
+    model_versions_deleted: int = 0
     audit_events_redacted: int = 0
     admin_log_entries_deleted: int = 0
     faces_deleted: int = 0
@@ -391,13 +392,14 @@ class RetentionReport:
     checkins_deleted: int = 0
     webhook_deliveries_deleted: int = 0
     rejected_matches_deleted: int = 0
+    model_versions_deleted: int = 0
 
 
 def apply_retention(days: int | None = None, now=None) -> RetentionReport:
     """Delete original photos uploaded more than ``days`` ago, keeping their embeddings (and, by
     setting, the aligned crops); and audit events, check-ins (and rejected ones) and webhook
     deliveries older than AUDIT_LOG_RETENTION_DAYS, CHECKIN_RETENTION_DAYS and
-    WEBHOOK_LOG_RETENTION_DAYS."""
+    WEBHOOK_LOG_RETENTION_DAYS; and the model versions past TRAINING_KEEP_VERSIONS."""
     days = settings.FACE_PHOTO_RETENTION_DAYS if days is None else days
     now = now or timezone.now()
     photos = crops = 0
@@ -426,6 +428,7 @@ def apply_retention(days: int | None = None, now=None) -> RetentionReport:
         _delete_older(Delivery.objects.all(), "created_at", settings.WEBHOOK_LOG_RETENTION_DAYS, now),
         # a rejected check-in is kept as long as the check-in would have been
         _delete_older(RejectedMatch.objects.all(), "checked_in_at", settings.CHECKIN_RETENTION_DAYS, now),
+        training.prune_versions(),
     )
 
 

@@ -700,3 +700,70 @@ def test_a_deleted_photo_is_nowhere_in_files_or_the_database(
     assert not holds(dump.getvalue().encode())
     assert FaceImage.objects.in_gallery().filter(person=obama).exists()
     assert recognize(staff_api, PROBES / "obama1.jpg") == ["Barack Obama"]
+
+
+def stored_version(status: str, names: str = "Someone"):
+    """A model version row with a label map file, as a finished run leaves it (no run needed)."""
+    from training.models import ModelVersion
+
+    version = ModelVersion.objects.create(number=ModelVersion.next_number(), status=status)
+    version.labels.save("labels.json", ContentFile(json.dumps({"people": [{"name": names}]}).encode()), save=True)
+    return version
+
+
+@pytest.mark.django_db
+def test_retention_keeps_the_newest_versions_staff_can_roll_back_to_and_deletes_the_rest_with_their_files(
+    clean_queue, settings, django_capture_on_commit_callbacks
+):
+    from privacy import services as privacy
+    from training.models import ModelVersion
+
+    settings.TRAINING_KEEP_VERSIONS = 2
+    statuses = ["retired", "ready", "active", "retired", "ready", "failed", "failed", "failed", "training", "queued"]
+    versions = [stored_version(status) for status in statuses]
+    files = {v.pk: v.labels.name for v in versions}
+    storage = versions[0].labels.storage
+    with django_capture_on_commit_callbacks(execute=True):
+        report = privacy.apply_retention(days=0)
+    assert report.model_versions_deleted == 3
+    left = dict(ModelVersion.objects.values_list("pk", "status"))
+    # the two oldest rollback candidates and the oldest failure go; active, queued and training stay
+    assert sorted(left) == sorted(v.pk for v in versions[2:3] + versions[3:5] + versions[6:])
+    for v in versions:
+        assert storage.exists(files[v.pk]) == (v.pk in left), v.status
+    with django_capture_on_commit_callbacks(execute=True):
+        assert privacy.apply_retention(days=0).model_versions_deleted == 0  # nothing more to take
+
+    settings.TRAINING_KEEP_VERSIONS = 0  # keep them all
+    stored_version("retired")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert privacy.apply_retention(days=0).model_versions_deleted == 0
+
+
+@pytest.mark.django_db
+def test_a_version_deleted_by_retention_cannot_be_activated_from_a_stale_copy(clean_queue, staff_api):
+    from training.models import ModelVersion
+
+    active = stored_version("active")
+    old = stored_version("retired")
+    stale = ModelVersion.objects.get(pk=old.pk)  # e.g. a rollback asked for just before retention ran
+    ModelVersion.objects.filter(pk=old.pk).delete()
+    with pytest.raises(ModelVersion.DoesNotExist):
+        stale.activate()
+    assert ModelVersion.objects.get(pk=active.pk).status == "active"  # the active one was not retired
+    response = staff_api.post(f"/api/v1/models/{old.pk}/activate/")
+    assert response.status_code == 404 and "error" in response.json()
+
+
+@pytest.mark.django_db
+def test_a_finished_run_deletes_the_versions_past_the_newest_kept(clean_queue, settings, django_capture_on_commit_callbacks):
+    """A site retrains after every enrollment (debounced): the versions would pile up between two
+    daily retentions, each with a label map holding every photo's embedding."""
+    from training.models import ModelVersion
+
+    settings.TRAINING_KEEP_VERSIONS = 1
+    older, newer = stored_version("retired"), stored_version("retired")
+    version = train(django_capture_on_commit_callbacks, "nearest_neighbour", settings)
+    left = set(ModelVersion.objects.values_list("pk", flat=True))
+    assert left == {newer.pk, version.pk}, "the older rollback candidate was kept"
+    assert not older.labels.storage.exists(older.labels.name)

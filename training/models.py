@@ -128,8 +128,11 @@ class ModelVersion(models.Model):
         return self.status in (self.Status.READY, self.Status.ACTIVE, self.Status.RETIRED)
 
     def activate(self) -> None:
-        """Make this the only active version, atomically."""
+        """Make this the only active version, atomically. ModelVersion.DoesNotExist if the version
+        was deleted meanwhile (retention: training.services.prune_versions locks the row too)."""
         with transaction.atomic():
+            if not ModelVersion.objects.select_for_update().filter(pk=self.pk).exists():
+                raise ModelVersion.DoesNotExist(f"Version {self.number} was deleted.")
             ModelVersion.objects.select_for_update().filter(status=self.Status.ACTIVE).exclude(pk=self.pk).update(
                 status=self.Status.RETIRED
             )

@@ -207,7 +207,37 @@ def run_training(version_id: int) -> str:
 
         fail(version_id, f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
         return "failed"
+    try:
+        prune_versions()
+    except Exception:  # the run succeeded; the daily retention tries again
+        log.exception("pruning model versions after run %s failed", version_id)
     return ModelVersion.objects.filter(pk=version_id).values_list("status", flat=True).first() or "deleted"
+
+
+def prune_versions(keep: int | None = None) -> int:
+    """Delete the model versions past the newest ``keep`` (TRAINING_KEEP_VERSIONS; 0 keeps all) of
+    those staff could roll back to (ready, retired), and of the failed ones; never the active, a
+    queued or a training version. Each version's label map holds an embedding of every photo it was
+    trained on and its metrics name people: superseded copies are not kept for ever, and a photo's
+    deletion has fewer maps to rewrite. A version's files go with it (training.signals). Returns
+    how many were deleted."""
+    keep = settings.TRAINING_KEEP_VERSIONS if keep is None else keep
+    if keep <= 0:
+        return 0
+    deleted = 0
+    for statuses in ([ModelVersion.Status.READY, ModelVersion.Status.RETIRED], [ModelVersion.Status.FAILED]):
+        kept = list(ModelVersion.objects.filter(status__in=statuses).order_by("-number").values_list("pk", flat=True)[:keep])
+        old = ModelVersion.objects.filter(status__in=statuses).exclude(pk__in=kept).order_by("number")
+        for pk in old.values_list("pk", flat=True):
+            with transaction.atomic():
+                # locked, and still of those statuses: staff may have activated it meanwhile
+                version = ModelVersion.objects.select_for_update().filter(pk=pk, status__in=statuses).first()
+                if version is not None:
+                    version.delete()
+                    deleted += 1
+    if deleted:
+        log.info("retention: %d model versions deleted (TRAINING_KEEP_VERSIONS=%d)", deleted, keep)
+    return deleted
 
 
 def activate(version: ModelVersion) -> None:

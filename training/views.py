@@ -68,6 +68,8 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
             services.activate(version)
         except ValueError as err:
             raise ApiError("not_finished", str(err), status.HTTP_409_CONFLICT)
+        except ModelVersion.DoesNotExist as err:  # deleted by retention while this request ran
+            raise ApiError("not_found", str(err), status.HTTP_404_NOT_FOUND)
         return Response(self.get_serializer(version).data)
 
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
