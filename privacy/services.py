@@ -420,7 +420,7 @@ def apply_retention(days: int | None = None, now=None) -> RetentionReport:
                 face.save(update_fields=update)
                 transaction.on_commit(lambda files=files: delete_files(files))
             photos += 1
-    return RetentionReport(
+    report = RetentionReport(
         photos,
         crops,
         _delete_older(AuditEvent.objects.all(), "created_at", settings.AUDIT_LOG_RETENTION_DAYS, now),
@@ -430,6 +430,8 @@ def apply_retention(days: int | None = None, now=None) -> RetentionReport:
         _delete_older(RejectedMatch.objects.all(), "checked_in_at", settings.CHECKIN_RETENTION_DAYS, now),
         training.prune_versions(),
     )
+    redaction.redact_pending()  # deleted photos a failed or lost task left in the label maps
+    return report
 
 
 def _delete_older(rows, field: str, days: int, now) -> int:

@@ -767,3 +767,82 @@ def test_a_finished_run_deletes_the_versions_past_the_newest_kept(clean_queue, s
     left = set(ModelVersion.objects.values_list("pk", flat=True))
     assert left == {newer.pk, version.pk}, "the older rollback candidate was kept"
     assert not older.labels.storage.exists(older.labels.name)
+
+
+def in_label_map(version, face_pk: int) -> bool:
+    from training.models import ModelVersion
+
+    return face_pk in json.loads(artifact(ModelVersion.objects.get(pk=version.pk).labels))["gallery"]["faces"]
+
+
+@pytest.mark.django_db
+def test_photos_deleted_one_request_at_a_time_are_redacted_in_one_pass(
+    staff_api, clean_queue, settings, django_capture_on_commit_callbacks, monkeypatch
+):
+    """The API deletes one photo per request; at 100k faces a pass over the label maps costs ~28 s
+    a version: every photo deleted before a task runs is redacted by it, and the others find
+    nothing left to do."""
+    from people.models import FaceImage
+    from training import redaction
+    from training.models import PendingRedaction
+
+    capture = django_capture_on_commit_callbacks
+    version = train(capture, "nearest_neighbour", settings)
+    obama = person_named("Barack Obama")
+    first, second = FaceImage.objects.in_gallery().filter(person=obama).order_by("pk")[:2]
+    passes = []
+    redact = redaction.redact_deleted_faces
+
+    def spy(v, face_ids=None):
+        passes.append((v.pk, sorted(face_ids)))
+        return redact(v, face_ids)
+
+    monkeypatch.setattr(redaction, "redact_deleted_faces", spy)
+    with capture(execute=False):  # its task waits behind a busy worker
+        assert staff_api.delete(f"/api/v1/people/{obama.pk}/faces/{first.pk}/").status_code == 204
+    assert list(PendingRedaction.objects.values_list("face_id", flat=True)) == [first.pk]
+    assert in_label_map(version, first.pk) and passes == []
+    with capture(execute=True):
+        assert staff_api.delete(f"/api/v1/people/{obama.pk}/faces/{second.pk}/").status_code == 204
+    assert passes == [(version.pk, sorted([first.pk, second.pk]))]  # one pass for both
+    assert not in_label_map(version, first.pk) and not in_label_map(version, second.pk)
+    assert not PendingRedaction.objects.exists()
+    passes.clear()
+    assert redaction.redact_pending() == {} and passes == []  # the first deletion's task, run late
+
+
+@pytest.mark.django_db
+def test_a_deletion_rolled_back_notes_nothing_and_a_failed_pass_is_retried_by_the_daily_retention(
+    clean_queue, settings, django_capture_on_commit_callbacks, monkeypatch
+):
+    from django.db import transaction
+
+    from people.models import FaceImage
+    from privacy import services as privacy
+    from training import redaction
+    from training.models import PendingRedaction
+
+    capture = django_capture_on_commit_callbacks
+    version = train(capture, "nearest_neighbour", settings)
+    kept, deleted = FaceImage.objects.in_gallery().filter(person=person_named("Joe Biden")).order_by("pk")[:2]
+    with pytest.raises(RuntimeError), transaction.atomic():
+        FaceImage.objects.get(pk=kept.pk).delete()
+        raise RuntimeError("the request failed after the delete")
+    assert not PendingRedaction.objects.exists() and FaceImage.objects.filter(pk=kept.pk).exists()
+
+    with capture(execute=False):
+        FaceImage.objects.get(pk=deleted.pk).delete()
+    forget = redaction.forget_deleted_faces
+
+    def worker_dies(*args, **kwargs):
+        raise MemoryError("the worker ran out of memory")
+
+    monkeypatch.setattr(redaction, "forget_deleted_faces", worker_dies)
+    with pytest.raises(MemoryError):
+        redaction.redact_pending()
+    assert list(PendingRedaction.objects.values_list("face_id", flat=True)) == [deleted.pk]  # kept for the next pass
+    monkeypatch.setattr(redaction, "forget_deleted_faces", forget)
+    with capture(execute=True):
+        privacy.apply_retention(days=0)
+    assert not in_label_map(version, deleted.pk) and in_label_map(version, kept.pk)
+    assert not PendingRedaction.objects.exists()

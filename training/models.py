@@ -140,3 +140,17 @@ class ModelVersion(models.Model):
             self.activated_at = timezone.now()
             self.save(update_fields=["status", "activated_at"])
             model_activated(self)
+
+
+class PendingRedaction(models.Model):
+    """A deleted photo still to be taken out of the model versions' label maps: its id and when it
+    was added, never an embedding. Written in the transaction that deletes the photo (so a deletion
+    rolled back leaves none, and a crash after the commit loses none), and drained by the task
+    ``training.tasks.redact_pending``, one pass over the label maps for every photo deleted so far."""
+
+    face_id = models.BigIntegerField()
+    added_at = models.DateTimeField(null=True, blank=True, help_text="When the photo was added.")
+    deleted_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"photo {self.face_id}"

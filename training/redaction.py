@@ -1,5 +1,5 @@
 """Taking people and photos out of stored model versions: an erased person (``forget_person``)
-and a deleted photo (``forget_deleted_faces``) leave every version's artifacts, which a version
+and a deleted photo (``redact_pending`` -> ``forget_deleted_faces``) leave every version's artifacts, which a version
 keeps serving without them. The run itself checks once more before it finishes (training.runs),
 since it worked from a snapshot taken before.
 """
@@ -159,31 +159,48 @@ def gallery_rows(gallery: dict, keep: list[bool], index: dict[int, int] | None =
     return redacted
 
 
-FORGET_FACES_TASK = "training.tasks.forget_deleted_faces"
+REDACT_TASK = "training.tasks.redact_pending"
 
 
-def queue_forget_deleted_faces(deleted) -> None:
-    """Queue the redaction of these deleted photos, ``(id, created_at)`` pairs: their ids and the
-    time the oldest was added (never an embedding in the broker). A version finished before that
-    cannot hold any of them, and its label map is not read."""
-    deleted = list(deleted)
-    face_ids = sorted(int(face) for face, _ in deleted)
-    added = [created for _, created in deleted]
-    since = None if None in added else min(added).isoformat()
+def queue_redaction(_=None) -> None:
+    """Queue the redaction of the deleted photos noted so far (``PendingRedaction``: the task carries
+    no argument, so never an embedding in the broker)."""
     try:
-        async_task(FORGET_FACES_TASK, face_ids, since, task_name="forget-deleted-faces", group="privacy")
+        async_task(REDACT_TASK, task_name="redact-deleted-photos", group="privacy")
     except Exception as err:
-        # the broker is down: a one-off schedule row asks again (for every deleted photo) once it is back
+        # the broker is down: a one-off schedule row asks again once it is back (and the daily
+        # retention drains what is left)
         log.warning("could not queue the redaction of deleted photos, scheduled it instead: %s", err)
         from django_q.models import Schedule
         from django_q.tasks import schedule
 
         schedule(
-            FORGET_FACES_TASK,
-            name=f"forget-deleted-faces-{uuid.uuid4().hex[:12]}",
+            REDACT_TASK,
+            name=f"redact-deleted-photos-{uuid.uuid4().hex[:12]}",
             schedule_type=Schedule.ONCE,
             next_run=timezone.now(),
         )
+
+
+def redact_pending() -> dict[str, int]:
+    """Take every deleted photo noted so far out of the model versions' label maps, in one pass,
+    then forget the notes. Photos deleted one request at a time (the API deletes one per request)
+    are redacted together by whichever task runs first; the tasks after it find nothing to do. At
+    100k faces a map holding a photo costs ~28 s to rewrite (BENCHMARKS.md), so this is what keeps
+    a client deleting 100 photos from costing 100 passes. A pass that fails leaves its notes for
+    the next one (or the daily retention)."""
+    from .models import PendingRedaction
+
+    pending = list(PendingRedaction.objects.order_by("pk").values_list("pk", "face_id", "added_at"))
+    if not pending:
+        return {}
+    added = [when for _, _, when in pending]
+    since = None if None in added else min(added).isoformat()
+    counts = forget_deleted_faces(sorted({face for _, face, _ in pending}), since)
+    notes = [pk for pk, _, _ in pending]  # only these: a note committed meanwhile waits for its own task
+    for start in range(0, len(notes), 500):
+        PendingRedaction.objects.filter(pk__in=notes[start : start + 500]).delete()
+    return {**counts, "photos": len(notes)}
 
 
 # How far apart the clocks of the machines that add photos and finish training runs may be.
@@ -191,11 +208,11 @@ CLOCK_SKEW = timedelta(minutes=10)
 
 
 def forget_deleted_faces(face_ids=None, since: str | None = None) -> dict[str, int]:
-    """Take deleted photos out of every model version's label map (task ``training.tasks.forget_deleted_faces``,
-    queued when a photo is deleted: training.signals). ``face_ids``: the photos just deleted (None:
-    look for every deleted photo). ``since``: when the oldest of them was added (ISO 8601); a version
-    finished before then (less the clocks' skew) was trained without them, and its label map, tens
-    of MB at a large gallery, is not read."""
+    """Take deleted photos out of every model version's label map (``redact_pending``, when photos are
+    deleted: training.signals). ``face_ids``: the photos deleted (None: look for every deleted
+    photo). ``since``: when the oldest of them was added (ISO 8601); a version finished before then
+    (less the clocks' skew) was trained without them, and its label map, tens of MB at a large
+    gallery, is not read."""
     counts: Counter = Counter()
     versions = ModelVersion.objects.exclude(labels="")
     if since is not None:

@@ -16,7 +16,7 @@ from facesite.oncommit import after_commit_once
 from people.models import FaceImage, Person
 
 from . import redaction, services
-from .models import ModelVersion
+from .models import ModelVersion, PendingRedaction
 
 
 @receiver(pre_save, sender=Person)
@@ -59,6 +59,8 @@ def delete_version_files(sender, instance: ModelVersion, **kwargs):
 @receiver(post_delete, sender=FaceImage)
 def forget_deleted_face(sender, instance: FaceImage, **kwargs):
     """Every model version's label map holds the raw embedding of each photo it was trained on: a
-    deleted photo leaves them all (a task, queued once per transaction, after the commit; versions
-    finished before the photo was added are not read)."""
-    after_commit_once(redaction.queue_forget_deleted_faces, [(instance.pk, instance.created_at)])
+    deleted photo leaves them all. It is noted in this transaction (``PendingRedaction``: its id,
+    when it was added) and a task, queued once per transaction after the commit, redacts every
+    photo noted so far in one pass (versions finished before the photo was added are not read)."""
+    PendingRedaction.objects.create(face_id=instance.pk, added_at=instance.created_at)
+    after_commit_once(redaction.queue_redaction, [True])

@@ -14,9 +14,17 @@ def enrollment_changed() -> None:
     services.enrollment_changed()
 
 
+def redact_pending() -> dict:
+    """Photos were deleted: take every one noted so far out of the model versions' label maps."""
+    from . import redaction
+
+    return redaction.redact_pending()
+
+
 def forget_deleted_faces(face_ids=None, since=None) -> dict:
     """Photos were deleted: take their embeddings out of every model version's label map (``since``:
-    when the oldest was added; versions finished before it are not read)."""
+    when the oldest was added; versions finished before it are not read). Queued by the code before
+    ``redact_pending``: kept for tasks still in a broker."""
     from . import redaction
 
     return redaction.forget_deleted_faces(face_ids, since)
