@@ -258,7 +258,7 @@ class OutlierFaceAdmin(admin.ModelAdmin):
         if not request.user.has_perm("people.delete_faceimage"):
             raise PermissionDenied
         wanted = request.POST.get("remove_face", "")
-        faces = FaceImage.objects.filter(pk=int(wanted)) if wanted.isdigit() else FaceImage.objects.none()
+        faces = FaceImage.objects.filter(pk=int(wanted)) if wanted.isascii() and wanted.isdigit() else FaceImage.objects.none()
         if person is not None:
             faces = faces.filter(person=person)
         face = faces.select_related("person").first()

@@ -6,7 +6,7 @@ possibly offline, with its own client_id: a retried upload returns the same row 
 GET /api/v1/reports/attendance/: staff see who came on which days, and who did not (JSON or CSV).
 """
 
-from datetime import date, datetime, time
+from datetime import date
 
 from django.conf import settings
 from django.http import HttpResponse
@@ -68,9 +68,11 @@ class CheckInListView(generics.ListCreateAPIView):
             day = date.fromisoformat(wanted)
         except ValueError:
             raise ApiError("invalid", "date must be 'today', 'all' or a day as YYYY-MM-DD.", fields={"date": ["Invalid date."]})
-        start = timezone.make_aware(datetime.combine(day, time.min))
-        end = timezone.make_aware(datetime.combine(day, time.max))
-        return rows.filter(checked_in_at__range=(start, end))
+        try:
+            start, end = reports.local_day_bounds(day, day)
+        except reports.DayOutOfRange:
+            raise ApiError("invalid", "date must be a day this site can store.", fields={"date": ["Out of range."]})
+        return rows.filter(checked_in_at__gte=start, checked_in_at__lt=end)
 
 
 class AttendanceReportView(APIView):
@@ -139,6 +141,10 @@ def _report_range(first: str | None, last: str | None) -> tuple[date, date]:
             raise ApiError("invalid", f"{name} must be a day as YYYY-MM-DD.", fields={name: ["Invalid date."]})
     if days["to"] < days["from"]:
         raise ApiError("invalid", "to is before from.", fields={"to": ["Before from."]})
+    try:
+        reports.local_day_bounds(days["from"], days["to"])
+    except reports.DayOutOfRange:
+        raise ApiError("invalid", "from and to must be days this site can store.", fields={"to": ["Out of range."]})
     longest = settings.REPORT_MAX_DAYS
     if (days["to"] - days["from"]).days + 1 > longest:
         raise ApiError(

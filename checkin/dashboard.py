@@ -62,7 +62,8 @@ def chart_svg(days: list[date], counts: dict[str, list[int]]) -> str:
     positions = range(len(days))
     bottom = [0] * len(days)
     for kiosk, series in counts.items():
-        axes.bar(positions, series, bottom=bottom, label=kiosk, width=0.8)
+        # a kiosk's name is staff's text: "$...$" would be parsed as mathtext (and can raise)
+        axes.bar(positions, series, bottom=bottom, label=kiosk.replace("$", r"\$"), width=0.8)
         bottom = [b + n for b, n in zip(bottom, series)]
     step = max(1, len(days) // 14)
     axes.set_xticks(list(positions)[::step], [d.strftime("%d %b") for d in days][::step], rotation=45, ha="right", fontsize=8)
@@ -98,6 +99,10 @@ def _range(request) -> tuple[date, date, str]:
         return *default, "Dates are YYYY-MM-DD; showing the last 14 days."
     if last < first:
         return *default, "The range ends before it starts; showing the last 14 days."
+    try:
+        reports.local_day_bounds(first, last)
+    except reports.DayOutOfRange:
+        return *default, "Those dates are outside the calendar this site stores; showing the last 14 days."
     if (last - first).days + 1 > settings.REPORT_MAX_DAYS:
         return *default, f"A range covers at most {settings.REPORT_MAX_DAYS} days; showing the last 14 days."
     return first, last, ""

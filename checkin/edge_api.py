@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.template.loader import render_to_string
@@ -161,6 +161,12 @@ class EdgeGalleryView(APIView):
                 raise ApiError("invalid", "since must be a cursor this endpoint returned.", fields={"since": ["Invalid cursor."]})
             if timezone.is_naive(since):
                 raise ApiError("invalid", "since must carry its time zone.", fields={"since": ["Invalid cursor."]})
+            try:
+                since = since.astimezone(UTC)  # years 1-9999 in UTC, or the query overflows
+            except OverflowError:
+                raise ApiError(
+                    "invalid", "since must be a cursor this endpoint returned.", fields={"since": ["Invalid cursor."]}
+                ) from None
             changed = faces.filter(updated_at__gt=since)
         rows = list(changed.select_related("person").order_by("updated_at", "id"))
         latest = faces.order_by("-updated_at").values_list("updated_at", flat=True).first()

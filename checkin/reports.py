@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from django.db.models import Count, Max, Min
 from django.db.models.functions import TruncDate
@@ -51,11 +51,21 @@ class Day:
     anonymous_check_ins: int = 0
 
 
+class DayOutOfRange(ValueError):
+    """A day at the calendar's edge whose bounds cannot be stored (in UTC, the database's zone)."""
+
+
 def local_day_bounds(first_day: date, last_day: date) -> tuple[datetime, datetime]:
-    """The aware instants where local day ``first_day`` starts and the day after ``last_day`` starts."""
+    """The aware instants where local day ``first_day`` starts and the day after ``last_day`` starts.
+    Raises DayOutOfRange for days whose bounds fall outside years 1-9999 in UTC (9999-12-31, or
+    0001-01-01 east of UTC): a query with them would overflow."""
     zone = timezone.get_current_timezone()
-    start = timezone.make_aware(datetime.combine(first_day, time.min), zone)
-    end = timezone.make_aware(datetime.combine(last_day + timedelta(days=1), time.min), zone)
+    try:
+        start = timezone.make_aware(datetime.combine(first_day, time.min), zone)
+        end = timezone.make_aware(datetime.combine(last_day + timedelta(days=1), time.min), zone)
+        start.astimezone(UTC), end.astimezone(UTC)
+    except OverflowError:
+        raise DayOutOfRange(f"{first_day}..{last_day} is outside the calendar this site stores") from None
     return start, end
 
 

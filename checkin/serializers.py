@@ -39,7 +39,9 @@ class EdgeCheckInSerializer(serializers.Serializer):
     similarity = serializers.FloatField(min_value=-1.0, max_value=1.0)
     threshold = serializers.FloatField(min_value=-1.0, max_value=1.0)
     frames = serializers.IntegerField(min_value=1, max_value=32767)
-    model_version = serializers.IntegerField(required=False, allow_null=True, help_text="The version number the kiosk ran.")
+    model_version = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=2**31 - 1, help_text="The version number the kiosk ran."
+    )
     notice_version = serializers.CharField(max_length=20, help_text="The consent notice the kiosk's operator accepted.")
     consent_given_at = serializers.DateTimeField(required=False, allow_null=True)
 

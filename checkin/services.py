@@ -27,16 +27,22 @@ def record_edge_checkin(data: dict, kiosk, user) -> tuple[CheckIn, bool]:
     version = None
     if data.get("model_version") is not None:
         version = ModelVersion.objects.filter(number=data["model_version"]).first()
-    consent, _ = Consent.objects.get_or_create(
-        purpose=Consent.Purpose.CHECKIN,
-        kiosk=kiosk,
-        user=user,
-        notice_version=data["notice_version"],
-        given_at=data.get("consent_given_at") or data["checked_in_at"],
-        defaults={"age_confirmed": True},
-    )
+    given = {
+        "purpose": Consent.Purpose.CHECKIN,
+        "kiosk": kiosk,
+        "user": user,
+        "notice_version": data["notice_version"],
+        "given_at": data.get("consent_given_at") or data["checked_in_at"],
+    }
     try:
         with transaction.atomic():
+            # One device session's consent: two uploads of it racing may both store it (nothing
+            # makes it unique), so the oldest is taken rather than exactly one (get_or_create would
+            # fail every later upload of that session). Created with the check-in, so a check-in
+            # that is not stored leaves no consent behind.
+            consent = Consent.objects.filter(**given).order_by("pk").first()
+            if consent is None:
+                consent = Consent.objects.create(**given, age_confirmed=True)
             checkin = CheckIn.objects.create(
                 client_id=data["client_id"],
                 person_id=data["person_id"],

@@ -255,7 +255,7 @@ class PersonAdmin(admin.ModelAdmin):
         face_pk = request.POST.get("_approve_face")
         if face_pk is None:
             return super().response_change(request, obj)
-        face = obj.faces.filter(pk=face_pk if face_pk.isdigit() else None, status=FaceImage.Status.REVIEW).first()
+        face = obj.faces.filter(pk=face_pk if face_pk.isascii() and face_pk.isdigit() else None, status=FaceImage.Status.REVIEW).first()
         if face is None:
             messages.error(request, "That photo is not held for review any more.")
         else:
@@ -334,7 +334,7 @@ class FaceImageAdmin(admin.ModelAdmin):
         if request.method == "POST":
             index = request.POST.get("face_index", "")
             try:
-                services.choose_face(face, int(index) if index.isdigit() else -1)
+                services.choose_face(face, int(index) if index.isascii() and index.isdigit() else -1)
             except ValueError as err:
                 messages.error(request, f"Not chosen: {err}")
                 return HttpResponseRedirect(request.path)
