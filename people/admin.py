@@ -255,7 +255,9 @@ class PersonAdmin(admin.ModelAdmin):
         face_pk = request.POST.get("_approve_face")
         if face_pk is None:
             return super().response_change(request, obj)
-        face = obj.faces.filter(pk=face_pk if face_pk.isascii() and face_pk.isdigit() else None, status=FaceImage.Status.REVIEW).first()
+        face = obj.faces.filter(
+            pk=face_pk if face_pk.isascii() and face_pk.isdigit() else None, status=FaceImage.Status.REVIEW
+        ).first()
         if face is None:
             messages.error(request, "That photo is not held for review any more.")
         else:
