@@ -1,6 +1,8 @@
 import json
 import math
+from contextlib import contextmanager
 
+from django.db import IntegrityError, transaction
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -52,14 +54,31 @@ class PersonSerializer(serializers.ModelSerializer):
         basis = validated_data.pop("legal_basis")
         person = Person(**validated_data)
         person.record_legal_basis(basis, by=self._recorder())
-        person.save()
+        with self._external_id_race(validated_data, None):
+            person.save()
         return person
 
     def update(self, instance, validated_data):
         basis = validated_data.pop("legal_basis", None)
         if basis and basis != instance.legal_basis:
             instance.record_legal_basis(basis, by=self._recorder())
-        return super().update(instance, validated_data)
+        with self._external_id_race(validated_data, instance):
+            return super().update(instance, validated_data)
+
+    @contextmanager
+    def _external_id_race(self, validated_data, instance):
+        """The unique check above ran before the write: a request storing the same external_id in
+        between (an HR sync retrying, two staff typing one badge number) makes the write fail. That
+        is the same answer as the check's, a 400 on external_id, not a 500."""
+        try:
+            with transaction.atomic():
+                yield
+        except IntegrityError:
+            wanted = validated_data.get("external_id")
+            taken = Person.objects.filter(external_id=wanted).exclude(pk=getattr(instance, "pk", None))
+            if wanted is None or not taken.exists():
+                raise
+            raise serializers.ValidationError({"external_id": ["person with this external id already exists."]}) from None
 
 
 class FaceFoundSerializer(serializers.Serializer):

@@ -105,3 +105,59 @@ def test_non_utf8_file_name_is_stored_safely(staff_api, django_capture_on_commit
     assert response.status_code == 201
     face = FaceImage.objects.get(pk=response.json()["id"])
     assert face.image.name.startswith("faces/") and ".." not in face.image.name
+
+
+# ---- days at the calendar's edge: a 400 (or the default range), never an overflow ---------------
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin", "America/New_York"])
+def test_days_at_the_calendars_edge_are_refused_not_500(staff_api, staff_user, client, settings, zone):
+    settings.TIME_ZONE = zone
+    for day in ("0001-01-01", "9999-12-31"):
+        listed = staff_api.get(f"/api/v1/checkins/?date={day}")
+        report = staff_api.get(f"/api/v1/reports/attendance/?from={day}&to={day}")
+        for response in (listed, report):
+            # 0001-01-01 on UTC can be stored: an empty day; otherwise a 400 naming the field
+            assert response.status_code in (200, 400), (day, response.content)
+            if response.status_code == 400:
+                assert response.json()["error"]["code"] == "invalid" and response.json()["error"]["fields"]
+    assert staff_api.get("/api/v1/checkins/?date=9999-12-31").status_code == 400
+    assert staff_api.get("/api/v1/reports/attendance/?from=9999-12-31&to=9999-12-31").status_code == 400
+    client.force_login(staff_user)
+    page = client.get("/admin/dashboard/?from=9999-12-30&to=9999-12-31")
+    assert page.status_code == 200 and "outside the calendar" in page.content.decode()
+
+
+@pytest.mark.parametrize("since", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"])
+def test_an_edge_cursor_at_the_calendars_edge_is_a_400(staff_api, since):
+    from urllib.parse import quote
+
+    response = staff_api.get(f"/api/v1/edge/gallery/?since={quote(since)}")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["fields"] == {"since": ["Invalid cursor."]}
+
+
+def test_two_people_raced_onto_one_external_id_is_a_400_not_a_500(staff_api, monkeypatch):
+    """The unique check passes, another request stores the id, then this one writes: a 400 on
+    external_id, as if the check had seen it, and the other request's person is untouched."""
+    from rest_framework.validators import UniqueValidator
+
+    checked = UniqueValidator.__call__
+
+    def racing(self, value, field):
+        checked(self, value, field)
+        if not Person.objects.filter(external_id=value).exists():
+            Person.objects.create(name="Other request", external_id=value, legal_basis="explicit_consent")
+
+    monkeypatch.setattr(UniqueValidator, "__call__", racing)
+    created = staff_api.post(
+        "/api/v1/people/", {"name": "Ada", "external_id": "EMP-1", "legal_basis": "explicit_consent"}, format="json"
+    )
+    assert created.status_code == 400, created.content
+    assert created.json()["error"]["fields"] == {"external_id": ["person with this external id already exists."]}
+    ada = Person.objects.create(name="Ada", legal_basis="explicit_consent")
+    renamed = staff_api.patch(f"/api/v1/people/{ada.pk}/", {"external_id": "EMP-2"}, format="json")
+    assert renamed.status_code == 400 and "external_id" in renamed.json()["error"]["fields"]
+    assert Person.objects.get(external_id="EMP-1").name == Person.objects.get(external_id="EMP-2").name == "Other request"
+    ada.refresh_from_db()
+    assert ada.external_id is None

@@ -574,3 +574,52 @@ def test_the_dlib_model_download_is_for_kiosk_keys_and_staff_and_a_facenet_versi
     for api in (kiosk_api, staff_api):  # allowed, but a FaceNet version exported no dlib network
         response = api.get(url)
         assert response.status_code == 404 and response.json()["error"]["code"] == "no_artifact", response.content
+
+
+@pytest.mark.django_db
+def test_two_consents_stored_by_racing_uploads_do_not_block_the_sessions_later_uploads(kiosk_api, kiosk):
+    """Two uploads of one device session racing may both store its consent (nothing makes it
+    unique): the later uploads of that session are still stored, linked to the oldest."""
+    from checkin.models import CheckIn, Consent
+
+    given = "2026-11-30T08:00:00+01:00"
+    first, second = (
+        Consent.objects.create(
+            purpose="checkin", kiosk=kiosk, user=None, notice_version="2026-11-1", given_at=given, age_confirmed=True
+        )
+        for _ in range(2)
+    )
+    response = kiosk_api.post("/api/v1/checkins/", checkin_body(consent_given_at=given), format="json")
+    assert response.status_code == 201, response.content
+    assert CheckIn.objects.get(pk=response.json()["id"]).consent == first
+    assert Consent.objects.filter(given_at=given).count() == 2
+
+
+@pytest.mark.django_db
+def test_a_raced_upload_that_is_not_stored_leaves_no_consent(kiosk_api, kiosk, monkeypatch):
+    """The same upload twice at once: the second's insert fails on client_id and it answers with
+    the first's row; the consent it would have stored for a new session goes with its insert."""
+    from checkin import services
+    from checkin.models import Consent
+
+    body = checkin_body(consent_given_at="2026-11-30T06:00:00+01:00")
+    assert kiosk_api.post("/api/v1/checkins/", body, format="json").status_code == 201
+    Consent.objects.filter(given_at=body["consent_given_at"]).delete()  # as if the first had not stored it yet
+    before = Consent.objects.count()
+    looked = services._existing
+    calls = iter([None])  # the second request looked before the first's row was committed
+    monkeypatch.setattr(services, "_existing", lambda *args: next(calls, looked(*args)))
+    again = kiosk_api.post("/api/v1/checkins/", body, format="json")
+    assert again.status_code == 200, again.content
+    assert Consent.objects.count() == before
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("version", [0, -3, int("9" * 200)])
+def test_a_model_version_out_of_range_is_a_400(kiosk_api, version):
+    from checkin.models import CheckIn
+
+    response = kiosk_api.post("/api/v1/checkins/", checkin_body(model_version=version), format="json")
+    assert response.status_code == 400, response.content
+    assert "model_version" in response.json()["error"]["fields"]
+    assert not CheckIn.objects.filter(time_source="device").exists()
