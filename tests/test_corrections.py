@@ -311,6 +311,17 @@ def test_the_review_pages_are_for_staff_with_the_face_permissions(client, plain_
     assert FaceImage.objects.filter(pk=face.pk).exists()
 
 
+@pytest.mark.parametrize("wanted", ["\u00b2", "\u0663", "x", ""])
+def test_a_face_id_that_is_no_number_removes_nothing_and_says_so(client, staff_user, wanted):
+    """'²' and Arabic-Indic digits pass str.isdigit() but are no database id: a message, not a 500."""
+    obama = person_named("Barack Obama")
+    client.force_login(staff_user)
+    response = client.post(f"/admin/checkin/outlierface/person/{obama.pk}/", {"remove_face": wanted}, follow=True)
+    assert response.status_code == 200
+    assert "not in the gallery any more" in response.content.decode()
+    assert obama.faces.count() == FaceImage.objects.filter(person=obama).count() > 0
+
+
 # ---- erasure, export, retention -------------------------------------------------------------------
 
 

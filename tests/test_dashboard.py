@@ -137,3 +137,14 @@ def test_signed_out_visitors_are_sent_to_sign_in_and_non_staff_are_refused(clien
 
 def test_the_admin_index_links_to_the_dashboard(staff_client):
     assert 'href="/admin/dashboard/"' in staff_client.get("/admin/").content.decode()
+
+
+def test_a_kiosk_name_with_dollar_signs_is_drawn_as_text(staff_client):
+    """Matplotlib reads "$...$" as mathtext: "$x^$" would raise and take the dashboard down."""
+    odd = Kiosk(name="Lobby $x^$")
+    odd.set_new_token()
+    odd.save()
+    check_in(person_named("Barack Obama"), timezone.now(), odd)
+    response = staff_client.get(URL)
+    assert response.status_code == 200
+    assert "Lobby $x^$" in response.content.decode()  # the legend's text, as typed
