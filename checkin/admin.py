@@ -35,14 +35,20 @@ class KioskAdmin(admin.ModelAdmin):
         if token:
             self._show_token(request, obj, token)
 
-    @admin.action(description="Issue a new token (the old one stops working)")
+    @admin.action(description="Issue a new token (the old one stops working)", permissions=["change"])
     def issue_new_token(self, request, queryset):
         for kiosk in queryset:
             token = kiosk.set_new_token()
             kiosk.save(update_fields=["token_hash", "token_prefix"])
             self._show_token(request, kiosk, token)
 
-    @admin.action(description="Issue an API key for this kiosk (a non-browser device streaming as it)")
+    def has_issue_api_key_permission(self, request) -> bool:
+        # The key acts as the kiosk, so it takes changing kiosks and making API keys.
+        return self.has_change_permission(request) and request.user.has_perm("security.add_apikey")
+
+    @admin.action(
+        description="Issue an API key for this kiosk (a non-browser device streaming as it)", permissions=["issue_api_key"]
+    )
     def issue_api_key(self, request, queryset):
         from security.models import ApiKey, Role
 

@@ -76,7 +76,7 @@ class WebhookAdmin(admin.ModelAdmin):
             link,
         )
 
-    @admin.action(description="Send a test event")
+    @admin.action(description="Send a test event", permissions=["change"])
     def send_test_event(self, request, queryset):
         for webhook in queryset:
             delivery = events.send_test(webhook)
@@ -97,7 +97,11 @@ class DeliveryAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
-    @admin.action(description="Retry now")
+    def has_retry_permission(self, request) -> bool:
+        # Deliveries are a read-only log; resending one is work done for its webhook.
+        return request.user.has_perm("integrations.change_webhook")
+
+    @admin.action(description="Retry now", permissions=["retry"])
     def retry(self, request, queryset):
         for delivery in queryset:
             events.retry(delivery)

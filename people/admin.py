@@ -281,11 +281,16 @@ class PersonAdmin(admin.ModelAdmin):
             instance.save()
         formset.save_m2m()
 
-    @admin.action(description="Re-process the photos of the selected people")
+    @admin.action(description="Re-process the photos of the selected people", permissions=["change"])
     def reprocess_photos(self, request, queryset):
         reprocess_faces(request, FaceImage.objects.filter(person__in=queryset))
 
-    @admin.action(description="Export all data held about the selected person (zip)")
+    def has_export_permission(self, request) -> bool:
+        # A person's whole record (photos, crops, embeddings, recognitions) leaves the site: its own
+        # permission, not implied by editing a name or reading the list.
+        return request.user.has_perm("people.export_person")
+
+    @admin.action(description="Export all data held about the selected person (zip)", permissions=["export"])
     def export_data(self, request, queryset):
         if queryset.count() != 1:
             messages.error(request, "Select exactly one person to export.")
@@ -426,11 +431,11 @@ class FaceImageAdmin(admin.ModelAdmin):
             for face in queryset:
                 services.delete_face(face)
 
-    @admin.action(description="Re-process selected photos")
+    @admin.action(description="Re-process selected photos", permissions=["change"])
     def reprocess(self, request, queryset):
         reprocess_faces(request, queryset)
 
-    @admin.action(description="Approve selected photos held for review")
+    @admin.action(description="Approve selected photos held for review", permissions=["change"])
     def approve(self, request, queryset):
         count = 0
         for face in queryset.filter(status=FaceImage.Status.REVIEW):

@@ -41,6 +41,7 @@ class Person(models.Model):
     class Meta:
         ordering = ["name", "id"]
         verbose_name_plural = "people"
+        permissions = [("export_person", "Can export all data held about a person")]
 
     def __str__(self) -> str:
         return self.name

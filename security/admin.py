@@ -1,7 +1,8 @@
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from .models import ApiKey, AuditEvent
+from .models import ApiKey, AuditEvent, Role
 
 
 def _plain(value) -> str:
@@ -51,7 +52,43 @@ class ApiKeyAdmin(admin.ModelAdmin):
     fields = ["name", "user", "role", "kiosk", "prefix", "created_at", "last_used_at", "revoked_at"]
     actions = ["revoke"]
 
-    @admin.action(description="Revoke the selected keys")
+    # A key acts as its user with its role's share of that user's rights. Only a superuser makes
+    # keys for other accounts; anyone else makes them for themselves, with a role within their own
+    # rights. A key's user, role and kiosk are fixed once it exists (a new key is issued instead),
+    # and a revoked key stays revoked.
+
+    def allowed_roles(self, request) -> list[str]:
+        user = request.user
+        if user.is_superuser:
+            return list(Role.values)
+        roles = [Role.CLIENT]
+        if user.is_staff:
+            roles.insert(0, Role.STAFF)
+        if user.has_perm("checkin.change_kiosk"):  # as the kiosk action "Issue an API key" asks
+            roles.append(Role.KIOSK)
+        return roles
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "user" and not request.user.is_superuser:
+            kwargs["queryset"] = get_user_model().objects.filter(pk=request.user.pk)
+            kwargs["initial"] = request.user.pk
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def formfield_for_choice_field(self, db_field, request, **kwargs):
+        if db_field.name == "role":
+            allowed = self.allowed_roles(request)
+            kwargs["choices"] = [(value, label) for value, label in Role.choices if value in allowed]
+        return super().formfield_for_choice_field(db_field, request, **kwargs)
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None:
+            fields += ["user", "role", "kiosk"]
+            if obj.revoked_at is not None:
+                fields.append("revoked_at")
+        return fields
+
+    @admin.action(description="Revoke the selected keys", permissions=["change"])
     def revoke(self, request, queryset):
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"Revoked {count} key(s).")

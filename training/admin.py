@@ -195,7 +195,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         ).exists()
         return super().changelist_view(request, extra_context)
 
-    @admin.action(description="Activate the selected version (rollback)")
+    @admin.action(description="Activate the selected version (rollback)", permissions=["change"])
     def activate_selected(self, request, queryset):
         if queryset.count() != 1:
             messages.error(request, "Select exactly one version to activate.")

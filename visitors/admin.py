@@ -44,7 +44,7 @@ def kiosk_names(visitor: Visitor) -> str:
     return ", ".join(sorted(names)) or "-"
 
 
-@admin.action(description="Discard the selected visitors")
+@admin.action(description="Discard the selected visitors", permissions=["delete"])
 def discard_selected(modeladmin, request, queryset):
     count = 0
     for visitor in queryset:
