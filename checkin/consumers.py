@@ -58,6 +58,9 @@ from .socket_limits import HEARTBEAT_SECONDS, Slots
 log = logging.getLogger(__name__)
 
 KIOSK_SESSION_KEY = "checkin_kiosk_id"
+# The hash of the token the device signed in with: a kiosk given a new token no longer matches it,
+# so the devices signed in with the old one are signed out (pages at once, open sockets at the recheck).
+KIOSK_TOKEN_SESSION_KEY = "checkin_kiosk_token"
 CLOSE_NOT_AUTHENTICATED = 4401
 CLOSE_NOT_STAFF = 4403
 CLOSE_FORBIDDEN = 4403
@@ -67,12 +70,26 @@ MAX_TEXT_CHARS = 4096  # consent and withdraw messages are a few dozen character
 STREAM_SCOPE = "stream"  # the API-key scope (security.models.ROLE_SCOPES) that may use this socket
 
 
-@database_sync_to_async
-def _kiosk_from_session(session) -> Kiosk | None:
-    kiosk_id = session.get(KIOSK_SESSION_KEY) if session is not None else None
-    if kiosk_id is None:
+def sign_in_kiosk(session, kiosk: Kiosk) -> None:
+    """Make a browser's session stand for ``kiosk``, tied to the kiosk's current token."""
+    session[KIOSK_SESSION_KEY] = kiosk.pk
+    session[KIOSK_TOKEN_SESSION_KEY] = kiosk.token_hash
+
+
+def sign_out_kiosk(session) -> None:
+    session.pop(KIOSK_SESSION_KEY, None)
+    session.pop(KIOSK_TOKEN_SESSION_KEY, None)
+
+
+def session_kiosk(session) -> Kiosk | None:
+    """The kiosk a browser's session stands for: still active and still holding the token the
+    session signed in with (see Kiosk.objects.signed_in); None otherwise."""
+    if session is None:
         return None
-    return Kiosk.objects.filter(pk=kiosk_id, is_active=True).first()
+    return Kiosk.objects.signed_in(session.get(KIOSK_SESSION_KEY), session.get(KIOSK_TOKEN_SESSION_KEY))
+
+
+_kiosk_from_session = database_sync_to_async(session_kiosk)
 
 
 @dataclass
@@ -515,9 +532,10 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
 
 def session_access_lost(session, kiosk_id: int | None, user_id: int | None, staff: bool = False) -> tuple[str, str] | None:
     """Why a socket opened with a session may no longer stay open, or None; (code, message) otherwise.
-    A browser's session is read again from its store: a kiosk signed out or deactivated, a user
-    logged out, expired, deactivated or with a changed password (Django resolves the session's user
-    and checks its auth hash, as for a request), or, for ``staff``, no longer staff. A session with
+    A browser's session is read again from its store: a kiosk signed out, deactivated or given a
+    new token since the session signed in; a user logged out, expired, deactivated or with a changed
+    password (Django resolves the session's user and checks its auth hash, as for a request), or,
+    for ``staff``, no longer staff. A session with
     no key (a test's plain dict) is taken as it is and the rows alone are read again."""
     from importlib import import_module
 
@@ -527,8 +545,9 @@ def session_access_lost(session, kiosk_id: int | None, user_id: int | None, staf
     if key:
         session = import_module(settings.SESSION_ENGINE).SessionStore(key)
     if kiosk_id is not None:
-        if (session or {}).get(KIOSK_SESSION_KEY) != kiosk_id or not Kiosk.objects.filter(pk=kiosk_id, is_active=True).exists():
-            return "not_authenticated", "This kiosk was signed out or deactivated."
+        kiosk = session_kiosk(session)
+        if kiosk is None or kiosk.pk != kiosk_id:
+            return "not_authenticated", "This kiosk was signed out, deactivated or given a new token."
         return None
     if key:
         user = get_user(SimpleNamespace(session=session))

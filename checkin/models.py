@@ -28,6 +28,14 @@ class KioskQuerySet(models.QuerySet):
             return None
         return self.filter(token_hash=hash_token(token), is_active=True).first()
 
+    def signed_in(self, kiosk_id: int | None, token_hash: str | None) -> Kiosk | None:
+        """The active kiosk a device signed in as, if the token it signed in with is still the
+        kiosk's: a new token (or deactivation) signs every device out. A sign-in that recorded no
+        token hash (made before hashes were kept) is refused, so such a device enters its token again."""
+        if not kiosk_id or not token_hash:
+            return None
+        return self.filter(pk=kiosk_id, token_hash=token_hash, is_active=True).first()
+
 
 class Kiosk(models.Model):
     """A shared device (a tablet at the door) allowed to run check-in without a user login.

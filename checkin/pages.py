@@ -15,7 +15,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from .consumers import KIOSK_SESSION_KEY
+from .consumers import KIOSK_SESSION_KEY, session_kiosk, sign_in_kiosk, sign_out_kiosk
 from .edge_api import checkin_notice
 from .models import Consent, Kiosk
 
@@ -35,17 +35,17 @@ def _notice_context() -> dict:
     }
 
 
-def _session_kiosk(request) -> Kiosk | None:
-    kiosk_id = request.session.get(KIOSK_SESSION_KEY)
-    return Kiosk.objects.filter(pk=kiosk_id, is_active=True).first() if kiosk_id else None
-
-
 @require_GET
 def checkin(request):
     """The check-in page: sign in or register the kiosk, read the notice, consent, then the camera."""
-    kiosk = _session_kiosk(request)
+    kiosk = session_kiosk(request.session)
     can_stream = kiosk is not None or request.user.is_authenticated
-    return render(request, "checkin.html", {"kiosk": kiosk, "can_stream": can_stream, **_notice_context()})
+    context = {"kiosk": kiosk, "can_stream": can_stream}
+    if kiosk is None and request.session.get(KIOSK_SESSION_KEY):
+        context["kiosk_error"] = (
+            "This device was signed out as a kiosk (a new token, or the kiosk deactivated): enter its token again."
+        )
+    return render(request, "checkin.html", {**context, **_notice_context()})
 
 
 @staff_member_required
@@ -64,13 +64,13 @@ def kiosk_sign_in(request):
         context = {"kiosk": None, "can_stream": request.user.is_authenticated, "kiosk_error": "That kiosk token is not valid."}
         return render(request, "checkin.html", {**context, **_notice_context()}, status=400)
     request.session.cycle_key()
-    request.session[KIOSK_SESSION_KEY] = kiosk.pk
+    sign_in_kiosk(request.session, kiosk)
     return redirect("checkin")
 
 
 @require_POST
 def kiosk_sign_out(request):
-    request.session.pop(KIOSK_SESSION_KEY, None)
+    sign_out_kiosk(request.session)
     return redirect("checkin")
 
 

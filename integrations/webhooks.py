@@ -51,10 +51,35 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+# NAT64's well-known prefix (RFC 6052): the IPv4 address is the last 32 bits. A DNS64 resolver on an
+# IPv6-only network answers public IPv4 hosts with it, so it is decoded, not refused.
+NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+# IPv6 forms that lead to an IPv4 address that cannot be checked from the address alone, or that no
+# resolver should return: refused outright. (Teredo, 2001::/32, is refused too: ``.teredo``.)
+REFUSED_IPV6 = (
+    ipaddress.IPv6Network("64:ff9b:1::/48"),  # local-use NAT64 (RFC 8215): where the IPv4 sits is the network's choice
+    ipaddress.IPv6Network("::/96"),  # IPv4-compatible ::a.b.c.d (deprecated, RFC 4291); also :: and ::1
+)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for (IPv4-mapped, 6to4, NAT64), which is where it leads."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in NAT64_WELL_KNOWN:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def _is_public(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.teredo is not None or any(ip in network for network in REFUSED_IPV6):
+            return False
+        # Judged by the IPv4 address it embeds (Python's is_global for these prefixes varies by version).
+        ip = _embedded_ipv4(ip) or ip
     return ip.is_global and not ip.is_multicast
 
 

@@ -300,6 +300,20 @@ def test_an_endpoint_on_a_private_address_is_refused_at_registration_and_at_send
         "[fd00::1]",
         "[::ffff:127.0.0.1]",
         "224.0.0.1",
+        # IPv6 forms that embed a private IPv4 address, reachable through a NAT64 gateway or a tunnel
+        "[64:ff9b::a9fe:a9fe]",  # NAT64 of 169.254.169.254 (cloud metadata)
+        "[64:ff9b::a00:1]",  # NAT64 of 10.0.0.1
+        "[64:ff9b::7f00:1]",  # NAT64 of 127.0.0.1
+        "[64:ff9b:1::a00:1]",  # local-use NAT64: refused whatever it embeds
+        "[64:ff9b:1:808:8:800::]",  # ... 8.8.8.8 at /48 included
+        "[2002:7f00:1::]",  # 6to4 of 127.0.0.1
+        "[2002:a9fe:a9fe::1]",  # 6to4 of 169.254.169.254
+        "[2002:c0a8:101::1]",  # 6to4 of 192.168.1.1
+        "[::127.0.0.1]",  # IPv4-compatible (deprecated) of 127.0.0.1
+        "[::10.0.0.1]",
+        "[::8.8.8.8]",  # IPv4-compatible: refused whatever it embeds
+        "[2001:0:4136:e378:8000:63bf:3fff:fdd2]",  # Teredo
+        "[2001:0:808:808:0:f5f5:f7f7:f7f7]",  # Teredo, even with a public server and client (both 8.8.8.8)
     ],
 )
 @override_settings(WEBHOOK_ALLOW_PRIVATE=False)
@@ -308,10 +322,20 @@ def test_non_public_addresses_are_refused(address):
         resolve(f"https://{address}/hook")
 
 
+@pytest.mark.parametrize(
+    "address, expected",
+    [
+        ("8.8.8.8", "8.8.8.8"),
+        ("[64:ff9b::808:808]", "64:ff9b::808:808"),  # NAT64 of a public address (a DNS64 network's answer)
+        ("[2002:808:808::1]", "2002:808:808::1"),  # 6to4 of a public address
+        ("[::ffff:8.8.8.8]", "::ffff:8.8.8.8"),
+        ("[2606:4700:4700::1111]", "2606:4700:4700::1111"),
+    ],
+)
 @override_settings(WEBHOOK_ALLOW_PRIVATE=False)
-def test_a_public_address_is_accepted():
-    assert resolve("https://8.8.8.8:8443/hook?x=1").addresses == ("8.8.8.8",)
-    assert resolve("https://8.8.8.8:8443/hook?x=1").path == "/hook?x=1"
+def test_a_public_address_is_accepted(address, expected):
+    assert resolve(f"https://{address}:8443/hook?x=1").addresses == (expected,)
+    assert resolve(f"https://{address}:8443/hook?x=1").path == "/hook?x=1"
 
 
 # ---- the API --------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from PIL import Image
 
-from checkin.consumers import CLOSE_NOT_AUTHENTICATED, KIOSK_SESSION_KEY
+from checkin.consumers import CLOSE_NOT_AUTHENTICATED, KIOSK_SESSION_KEY, KIOSK_TOKEN_SESSION_KEY
 from checkin.models import CheckIn, Consent, Kiosk
 from checkin.routing import websocket_urlpatterns
 from recognition.engine.liveness import HeadTurnChallenge, yaw_cue
@@ -46,7 +46,7 @@ STRANGERS = camera_frame(PROBES / "multiface.jpg")
 def communicator_for(user=None, kiosk=None) -> WebsocketCommunicator:
     communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), "/ws/identify/")
     communicator.scope["user"] = user
-    communicator.scope["session"] = {KIOSK_SESSION_KEY: kiosk.pk} if kiosk else {}
+    communicator.scope["session"] = {KIOSK_SESSION_KEY: kiosk.pk, KIOSK_TOKEN_SESSION_KEY: kiosk.token_hash} if kiosk else {}
     return communicator
 
 
@@ -505,6 +505,53 @@ def test_kiosk_token_signs_the_device_in_and_the_socket_knows_it(client):
     kiosk.is_active = False
     kiosk.save()
     assert b"kiosk-form" in client.get("/checkin/").content  # a deactivated kiosk is signed out
+
+
+@pytest.mark.django_db
+def test_a_new_kiosk_token_signs_out_the_devices_signed_in_with_the_old_one(client, staff_user, kiosk):
+    from django.test import Client
+
+    old = kiosk.set_new_token()
+    kiosk.save()
+    client.post("/checkin/kiosk/", {"token": old})
+    assert client.get("/checkin/").context["kiosk"] == kiosk
+    admin = Client()
+    admin.force_login(staff_user)
+    admin.post("/admin/checkin/kiosk/", {"action": "issue_new_token", "_selected_action": [kiosk.pk], "index": 0})
+    assert Kiosk.objects.by_token(old) is None
+
+    page = client.get("/checkin/")  # the device that signed in with the old token is no longer the kiosk
+    assert page.context["kiosk"] is None and b"kiosk-form" in page.content and b"consent-start" not in page.content
+    assert b"enter its token again" in page.content
+    assert client.post("/checkin/kiosk/", {"token": old}).status_code == 400
+    kiosk.refresh_from_db()
+    current = kiosk.set_new_token()  # staff give the real device the current token: it signs in again
+    kiosk.save()
+    client.post("/checkin/kiosk/", {"token": current})
+    assert client.get("/checkin/").context["kiosk"] == kiosk
+
+
+@pytest.mark.django_db
+def test_a_kiosk_session_that_kept_no_token_hash_must_enter_the_token_again(client, kiosk):
+    """Sessions signed in before the token's hash was kept hold only the kiosk's id: refused."""
+    session = client.session
+    session[KIOSK_SESSION_KEY] = kiosk.pk
+    session.save()
+    page = client.get("/checkin/")
+    assert page.context["kiosk"] is None and b"kiosk-form" in page.content and b"enter its token again" in page.content
+
+    async def scenario():
+        communicator = communicator_for()
+        communicator.scope["session"] = {KIOSK_SESSION_KEY: kiosk.pk}
+        connected, _ = await communicator.connect()
+        error = await receive(communicator, timeout=10)
+        closed = await communicator.receive_output(timeout=10)
+        await communicator.disconnect()
+        return connected, error, closed
+
+    connected, error, closed = async_to_sync(scenario)()
+    assert connected and error["code"] == "not_authenticated"
+    assert closed == {"type": "websocket.close", "code": CLOSE_NOT_AUTHENTICATED}
 
 
 @pytest.mark.django_db

@@ -430,6 +430,47 @@ def test_an_open_stream_is_closed_when_its_credential_is_withdrawn(staff_user, p
     assert closed == {"type": "websocket.close", "code": CLOSE_NOT_AUTHENTICATED}
 
 
+@pytest.mark.django_db
+def test_an_open_kiosk_stream_is_closed_when_the_kiosk_is_given_a_new_token(client, staff_user, kiosk, settings):
+    """A device signed in with a leaked token keeps its socket only until the next recheck after
+    staff issue a new token; until then it streams as before."""
+    from channels.db import database_sync_to_async
+    from django.conf import settings as django_settings
+    from django.test import Client
+
+    from checkin.consumers import CLOSE_NOT_AUTHENTICATED
+    from facesite.asgi import application
+
+    settings.CHECKIN_ACCESS_RECHECK_SECONDS = 0.3
+    old = kiosk.set_new_token()
+    kiosk.save()
+    client.post("/checkin/kiosk/", {"token": old})
+    cookie = f"{django_settings.SESSION_COOKIE_NAME}={client.cookies[django_settings.SESSION_COOKIE_NAME].value}"
+    admin = Client()
+    admin.force_login(staff_user)
+
+    async def scenario():
+        # As a browser opens it: the session comes from the cookie through the site's middleware.
+        communicator = WebsocketCommunicator(
+            application, "/ws/identify/", headers=[(b"origin", b"http://testserver"), (b"cookie", cookie.encode())]
+        )
+        ready = await open_with_consent(communicator)
+        still = await communicator.receive_nothing(timeout=0.8)  # rechecked: the token is unchanged, still open
+        await database_sync_to_async(admin.post)(
+            "/admin/checkin/kiosk/", {"action": "issue_new_token", "_selected_action": [kiosk.pk], "index": 0}
+        )
+        error = await receive(communicator, timeout=10)
+        closed = await communicator.receive_output(timeout=10)
+        await communicator.disconnect()
+        return ready, still, error, closed
+
+    ready, still, error, closed = run(scenario)
+    assert ready["device"] == "kiosk: Front door" and still
+    assert Kiosk.objects.get(pk=kiosk.pk).token_hash != kiosk.token_hash  # the admin action did give a new token
+    assert error["code"] == "not_authenticated" and "new token" in error["message"], error
+    assert closed == {"type": "websocket.close", "code": CLOSE_NOT_AUTHENTICATED}
+
+
 # ---- the staff feed: access checked again while open, a cap per account ---------------------------
 
 
