@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from recognition.engine.images import ImageError
-from security.models import ApiKey
+from security.models import ApiKey, Role
 from security.permissions import required_scope
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,27 @@ log = logging.getLogger(__name__)
 def is_staff(request) -> bool:
     user = request.user
     return bool(user and user.is_authenticated and user.is_active and user.is_staff)
+
+
+def may_read(request, scope: str | None, permissions: str | tuple[str, ...] = ()) -> bool:
+    """Whether the caller has a read role, whatever the request's method: staff; an API key whose
+    role grants ``scope`` (a client key, or a staff-role key of a non-staff account, for "read");
+    or an account given, in the admin, one of the Django ``permissions``. A signed-in user's own
+    session or token has none otherwise."""
+    if is_staff(request):
+        return True
+    user = request.user
+    if not (user and user.is_authenticated):
+        return False
+    key = request.auth
+    if isinstance(key, ApiKey):
+        return key.allows(scope)
+    return any(user.has_perm(name) for name in ((permissions,) if isinstance(permissions, str) else permissions))
+
+
+def may_read_people(request) -> bool:
+    """Whether the caller may read the roster (GET /api/v1/people/): see ``may_read``."""
+    return may_read(request, "read", "people.view_person")
 
 
 class IsStaffOrReadRole(BasePermission):
@@ -47,27 +68,29 @@ class IsStaffOrReadRole(BasePermission):
     def has_permission(self, request, view):
         if is_staff(request):
             return True
-        user = request.user
-        if not (user and user.is_authenticated) or request.method not in SAFE_METHODS:
+        if request.method not in SAFE_METHODS:
             return False
-        key = request.auth
-        if isinstance(key, ApiKey):
-            return key.allows(required_scope(request, view))
-        wanted = getattr(view, "read_permission", ())
-        return any(user.has_perm(name) for name in ((wanted,) if isinstance(wanted, str) else wanted))
+        return may_read(request, required_scope(request, view), getattr(view, "read_permission", ()))
 
 
 class EdgeSyncKey(BasePermission):
-    """A kiosk-role API key bound to a kiosk (scope "edge_sync"), or staff."""
+    """A kiosk-role API key bound to an active kiosk (scope "edge_sync"), or staff.
 
-    message = "Only a kiosk API key (bound to a kiosk) or staff may use the edge sync API."
+    A key never has more rights than its user: any other key with the scope (a staff-role key)
+    passes only if its user is active staff, as the user's own token would. A deactivated kiosk's
+    key is refused here as on /ws/identify/, so that withdrawing a stolen kiosk also stops its edge
+    sync (gallery, label map, model files) and its check-in uploads."""
+
+    message = "Only a kiosk API key (bound to an active kiosk) or staff may use the edge sync API."
 
     def has_permission(self, request, view):
         key = request.auth
-        if isinstance(key, ApiKey):
-            if not key.allows("edge_sync"):
-                return False
-            return key.role != "kiosk" or getattr(key, "kiosk_id", None) is not None
+        if not isinstance(key, ApiKey):
+            return is_staff(request)
+        if not key.allows("edge_sync"):
+            return False
+        if key.role == Role.KIOSK:
+            return key.kiosk_id is not None and key.kiosk.is_active
         return is_staff(request)
 
 

@@ -92,5 +92,13 @@ class VerifyResponseSerializer(serializers.Serializer):
     threshold = serializers.FloatField()
     faces = serializers.ListField(child=serializers.DictField())
     person_id = serializers.IntegerField(required=False, help_text="With image and person_id: the person compared with")
-    name = serializers.CharField(required=False)
-    compared_images = serializers.IntegerField(required=False)
+    name = serializers.CharField(
+        required=False,
+        allow_null=True,
+        help_text="With person_id: the person's name if verified, or always for callers who may read people; else null",
+    )
+    compared_images = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text="With person_id: how many of the person's faces were compared, for callers who may read people; else null",
+    )

@@ -322,26 +322,46 @@ def _face_of(rgb: np.ndarray, field_name: str, flip: bool | None = None) -> tupl
     return face, count
 
 
-def verify(images: dict[str, np.ndarray], person_id: int | None = None, threshold: float | None = None) -> Verification:
+def verify(
+    images: dict[str, np.ndarray],
+    person_id: int | None = None,
+    threshold: float | None = None,
+    reads_people: bool = False,
+) -> Verification:
     """``images`` {"image1": rgb, "image2": rgb} -> are they the same person? Or ``images``
-    {"image": rgb} and ``person_id`` -> is this face that person (best of their accepted faces)?
+    {"image": rgb} and ``person_id`` -> is this face that (active) person (best of their accepted
+    faces)?
 
-    ``threshold`` may only raise FACE_VERIFY_THRESHOLD; ``Refused`` for an unknown or unenrolled
-    person, an image without a face, or a lower threshold."""
+    ``reads_people``: the caller may read the roster (``facesite.api.may_read_people``). Anybody
+    else learns nothing about a person it names by id beyond the answer itself: the name only when
+    the face is verified (as recognition names people at or above the threshold), and not how
+    many faces were compared.
+
+    ``threshold`` may only raise FACE_VERIFY_THRESHOLD; ``Refused`` for a person who is unknown,
+    deactivated or not enrolled, an image without a face, or a lower threshold."""
     from people.models import Person
 
     in_force = threshold_in_force(threshold, verify_threshold())
     if person_id is not None:
-        person = Person.objects.filter(pk=person_id).first()
-        if person is None:
-            raise Refused("unknown_person", f"No person with id {person_id}.", "person_id")
-        # compared with gallery embeddings, which are made without flip
+        # The face first, for any id: an answer must not differ by the id before the comparison.
+        # Compared with gallery embeddings, which are made without flip.
         face, count = _face_of(images["image"], "image")
-        similarity, compared = person_similarity(face.embedding, person.pk)
+        person = Person.objects.filter(pk=person_id, is_active=True).first()
+        similarity, compared = person_similarity(face.embedding, person.pk) if person else (None, 0)
         if similarity is None:
-            raise Refused("person_not_enrolled", f"{person.name} has no accepted face images to compare with.", "person_id")
+            # One refusal, without the name, for an id that is unknown, deactivated or not enrolled:
+            # telling them apart would let an account that may not read the roster find out by
+            # counting which ids are people (and, with the name, who). Only a caller who may read
+            # the roster, and so learns nothing new, is told that an active person has no face yet.
+            if person is not None and reads_people:
+                raise Refused("person_not_enrolled", f"{person.name} has no accepted face images to compare with.", "person_id")
+            raise Refused("unknown_person", f"No enrolled person with id {person_id}.", "person_id")
         analysed = [("image", face, count)]
-        person_fields = {"person_id": person.pk, "name": person.name, "compared_images": compared}
+        person_fields = {
+            "person_id": person.pk,
+            "name": person.name if similarity >= in_force or reads_people else None,
+            "compared_images": compared if reads_people else None,
+        }
     else:
         # two fresh faces: both embedded with flip test-time augmentation (more accurate on LFW)
         analysed = [(name, *_face_of(images[name], name, flip=settings.FACE_VERIFY_FLIP_TTA)) for name in ("image1", "image2")]

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from facesite import lockout
-from facesite.api import ApiError, image_error
+from facesite.api import ApiError, image_error, may_read_people
 from security.audit import AuditedView
 from security.authentication import issue_token
 from security.models import ApiKey, Role
@@ -128,7 +128,8 @@ class RecognizeView(_FaceQuestionView):
 
 @extend_schema_view(post=extend_schema(request=VerifyRequestSerializer, responses=VerifyResponseSerializer))
 class VerifyView(_FaceQuestionView):
-    """Are these two faces the same person? (Or: is this face the given person?)"""
+    """Are these two faces the same person? (Or: is this face the given person? Then the answer
+    names the person only if verified, or to a caller who may read the roster.)"""
 
     token_scope = audit_action = "verify"
     request_serializer = VerifyRequestSerializer
@@ -136,4 +137,10 @@ class VerifyView(_FaceQuestionView):
     def ask(self, request, data: dict):
         fields = ("image",) if "person_id" in data else ("image1", "image2")
         images = {field: _read(data[field], field) for field in fields}
-        return services.verify(images, person_id=data.get("person_id"), threshold=data.get("threshold"))
+        return services.verify(
+            images,
+            person_id=data.get("person_id"),
+            threshold=data.get("threshold"),
+            # who may read the roster is told who a person_id is; anybody else only when verified
+            reads_people="person_id" in data and may_read_people(request),
+        )

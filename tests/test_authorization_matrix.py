@@ -181,3 +181,46 @@ def test_an_account_given_the_view_permission_reads_people_but_not_photos(django
     assert api.get(f"/api/v1/people/{face.person_id}/faces/").status_code == 403  # view_faceimage not given
     assert api.get(f"/api/v1/people/{face.person_id}/faces/{face.pk}/image/").status_code == 403
     assert api.post("/api/v1/people/", {"name": "Eve"}, format="json").status_code == 403
+
+
+def test_a_staff_role_key_has_no_more_rights_than_its_non_staff_user(django_user_model):
+    """A staff member demoted (or a staff-role key issued to a non-staff account): the key reads,
+    as README says, but neither syncs the edge gallery, downloads model files nor writes check-ins,
+    which the user's own token may not do either."""
+    from checkin.models import CheckIn
+    from people.models import Person
+    from training.models import ModelVersion
+
+    demoted = django_user_model.objects.create_user("ex-staff", password="ex-staff-pass-123", is_staff=True)
+    _, raw = ApiKey.issue(demoted, "old staff key", Role.STAFF)
+    ready = ModelVersion.objects.create(number=9302, status=ModelVersion.Status.READY)
+    ready.labels.save("labels.json", ContentFile(b'{"people": []}'))
+    key = APIClient()
+    key.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
+    body = {
+        "client_id": "4b1d8a3e-0000-4000-8000-000000000001",
+        "person_id": Person.objects.first().pk,
+        "checked_in_at": "2026-01-01T09:00:00+00:00",
+        "similarity": 0.9,
+        "threshold": 0.5,
+        "frames": 4,
+        "notice_version": settings.CONSENT_NOTICE_VERSION,
+    }
+    edge_calls = {
+        "labels": lambda api: api.get(f"/api/v1/models/{ready.pk}/labels/"),
+        "gallery": lambda api: api.get("/api/v1/edge/gallery/"),
+        "manifest": lambda api: api.get("/api/v1/edge/manifest/"),
+        "check-in upload": lambda api: api.post("/api/v1/checkins/", body, format="json"),
+    }
+    assert key.get(f"/api/v1/models/{ready.pk}/labels/").status_code == 200  # while its user is staff
+
+    demoted.is_staff = False
+    demoted.save()
+    own = token_client(demoted)
+    for name, call in edge_calls.items():
+        assert call(own).status_code == 403, name
+        response = call(key)
+        assert response.status_code == 403, (name, response.status_code)
+        assert response.json()["error"]["code"] == "permission_denied"
+    assert not CheckIn.objects.filter(client_id=body["client_id"]).exists()
+    assert key.get("/api/v1/people/").status_code == 200  # it still reads (README: "reads but does not write")

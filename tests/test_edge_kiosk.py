@@ -623,3 +623,30 @@ def test_a_model_version_out_of_range_is_a_400(kiosk_api, version):
     assert response.status_code == 400, response.content
     assert "model_version" in response.json()["error"]["fields"]
     assert not CheckIn.objects.filter(time_source="device").exists()
+
+
+@pytest.mark.django_db
+def test_a_deactivated_kiosks_key_is_refused_on_every_edge_endpoint(kiosk_api, kiosk):
+    from django.core.files.base import ContentFile
+
+    from checkin.models import CheckIn
+    from training.models import ModelVersion
+
+    version = ModelVersion.objects.create(number=ModelVersion.next_number(), status="ready")
+    version.labels.save("labels.json", ContentFile(b'{"people": []}'))
+    edge_calls = {
+        "manifest": lambda: kiosk_api.get("/api/v1/edge/manifest/"),
+        "gallery": lambda: kiosk_api.get("/api/v1/edge/gallery/"),
+        "labels": lambda: kiosk_api.get(f"/api/v1/models/{version.pk}/labels/"),
+        "tflite": lambda: kiosk_api.get(f"/api/v1/models/{version.pk}/tflite/"),
+        "dlib-tflite": lambda: kiosk_api.get(f"/api/v1/models/{version.pk}/dlib-tflite/"),
+        "check-in upload": lambda: kiosk_api.post("/api/v1/checkins/", checkin_body(), format="json"),
+    }
+    assert kiosk_api.get(f"/api/v1/models/{version.pk}/labels/").status_code == 200  # while the kiosk is active
+
+    kiosk.is_active = False  # staff withdraw a stolen kiosk
+    kiosk.save()
+    answers = {name: call() for name, call in edge_calls.items()}
+    assert {name: r.status_code for name, r in answers.items()} == dict.fromkeys(edge_calls, 403)
+    assert all(r.json()["error"]["code"] == "permission_denied" for r in answers.values())
+    assert not CheckIn.objects.filter(kiosk=kiosk).exists()

@@ -109,6 +109,74 @@ def test_verify_against_an_unknown_person_is_404(user_api):
     assert response.json()["error"]["code"] == "unknown_person"
 
 
+def test_verify_names_a_person_to_a_plain_account_only_when_the_face_is_verified(user_api, staff_api):
+    from people.models import Person
+
+    obama = Person.objects.get(name="Barack Obama")
+    biden = Person.objects.get(name="Joe Biden")
+    match = verify(user_api, image=PROBES / "obama1.jpg", person_id=obama.pk).json()
+    assert match["verified"] is True and match["name"] == "Barack Obama"
+    other = verify(user_api, image=PROBES / "obama1.jpg", person_id=biden.pk).json()
+    assert other["verified"] is False and other["person_id"] == biden.pk
+    assert other["name"] is None and other["compared_images"] is None  # nothing about who Biden is
+    # staff (who may read the roster) are told whom they compared with
+    told = verify(staff_api, image=PROBES / "obama1.jpg", person_id=biden.pk).json()
+    assert told["verified"] is False and told["name"] == "Joe Biden" and told["compared_images"] >= 1
+
+
+def _sky_jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (320, 240), (120, 160, 200)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_verify_refuses_unknown_deactivated_and_unenrolled_ids_alike_to_a_plain_account(user_api):
+    """A /checkin/ account may not read the roster: counting person_id = 1, 2, ... must not list it."""
+    from people.models import FaceImage, Person
+
+    deactivated = Person.objects.filter(faces__status=FaceImage.Status.ACCEPTED).exclude(name="Barack Obama").first()
+    Person.objects.filter(pk=deactivated.pk).update(is_active=False)
+    unenrolled = Person.objects.create(name="Nobody Photographed", legal_basis="explicit_consent")
+    unknown = Person.objects.order_by("-pk").first().pk + 1000
+    for person_id in (unknown, deactivated.pk, unenrolled.pk):
+        response = verify(user_api, image=PROBES / "obama1.jpg", person_id=person_id)
+        assert response.status_code == 404, response.content
+        error = response.json()["error"]
+        assert error["code"] == "unknown_person"
+        assert error["message"] == f"No enrolled person with id {person_id}."
+        assert deactivated.name not in response.content.decode() and unenrolled.name not in response.content.decode()
+        # without a face, every id gets the same answer too: no id is told apart before comparing
+        faceless = user_api.post(
+            "/api/v1/verify/", {"image": SimpleUploadedFile("sky.jpg", _sky_jpeg()), "person_id": person_id}, format="multipart"
+        )
+        assert faceless.status_code == 422 and faceless.json()["error"]["code"] == "no_face"
+
+
+def test_an_account_that_reads_people_is_told_that_an_active_person_has_no_face_yet(django_user_model):
+    from django.contrib.auth.models import Permission
+
+    from people.models import FaceImage, Person
+
+    from .conftest import token_client
+
+    auditor = django_user_model.objects.create_user("auditor", password="auditor-pass-123")
+    auditor.user_permissions.add(Permission.objects.get(codename="view_person"))
+    api = token_client(auditor)
+    unenrolled = Person.objects.create(name="Nobody Photographed", legal_basis="explicit_consent")
+    response = verify(api, image=PROBES / "obama1.jpg", person_id=unenrolled.pk)
+    assert response.status_code == 422 and response.json()["error"]["code"] == "person_not_enrolled"
+    assert "Nobody Photographed" in response.json()["error"]["message"]
+    # a deactivated person is out of the gallery: nobody verifies against them
+    deactivated = Person.objects.filter(faces__status=FaceImage.Status.ACCEPTED).first()
+    Person.objects.filter(pk=deactivated.pk).update(is_active=False)
+    response = verify(api, image=PROBES / "obama1.jpg", person_id=deactivated.pk)
+    assert response.status_code == 404 and response.json()["error"]["code"] == "unknown_person"
+
+
 def test_verify_needs_two_images_or_an_image_and_a_person(user_api):
     response = verify(user_api, image1=PROBES / "obama1.jpg")
     assert response.status_code == 400
