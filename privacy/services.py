@@ -21,7 +21,7 @@ from checkin.models import CheckIn, RejectedMatch
 from integrations.events import person_erased
 from integrations.models import Delivery
 from people.models import FaceImage, Person
-from people.services import delete_files
+from people.services import delete_files, discard_uncommitted_photos
 from recognition import services as recognition
 from security.models import AuditEvent, person_ids_field
 from training import redaction
@@ -393,13 +393,15 @@ class RetentionReport:
     webhook_deliveries_deleted: int = 0
     rejected_matches_deleted: int = 0
     model_versions_deleted: int = 0
+    uncommitted_photos_deleted: int = 0  # photos whose upload's transaction rolled back
 
 
 def apply_retention(days: int | None = None, now=None) -> RetentionReport:
     """Delete original photos uploaded more than ``days`` ago, keeping their embeddings (and, by
     setting, the aligned crops); and audit events, check-ins (and rejected ones) and webhook
     deliveries older than AUDIT_LOG_RETENTION_DAYS, CHECKIN_RETENTION_DAYS and
-    WEBHOOK_LOG_RETENTION_DAYS; and the model versions past TRAINING_KEEP_VERSIONS."""
+    WEBHOOK_LOG_RETENTION_DAYS; and the model versions past TRAINING_KEEP_VERSIONS; and photos whose
+    upload's transaction rolled back (people.services.discard_uncommitted_photos)."""
     days = settings.FACE_PHOTO_RETENTION_DAYS if days is None else days
     now = now or timezone.now()
     photos = crops = 0
@@ -429,6 +431,7 @@ def apply_retention(days: int | None = None, now=None) -> RetentionReport:
         # a rejected check-in is kept as long as the check-in would have been
         _delete_older(RejectedMatch.objects.all(), "checked_in_at", settings.CHECKIN_RETENTION_DAYS, now),
         training.prune_versions(),
+        discard_uncommitted_photos(now=now),
     )
     redaction.redact_pending()  # deleted photos a failed or lost task left in the label maps
     return report
