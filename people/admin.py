@@ -143,6 +143,29 @@ class FaceImageInline(admin.TabularInline):
         return format_html('<button type="submit" class="button" name="_approve_face" value="{}">Approve</button>', obj.pk)
 
 
+class PhotosOfFailedRequestsDeleted:
+    """The admin saves a form in one transaction, and writes photos inside it (people/services.py
+    ``photo_stored``). A request that fails after writing some (a later photo, the inline formset,
+    the commit, a person erased meanwhile) deletes them at once rather than leaving them to the
+    daily retention's sweep of uncommitted photos."""
+
+    def changeform_view(self, request, *args, **kwargs):
+        request.photos_stored = []
+        try:
+            return super().changeform_view(request, *args, **kwargs)
+        except services.PersonGone as err:
+            services.discard_uncommitted_photos(request.photos_stored)
+            raise Http404("This person was erased meanwhile; nothing was saved.") from err
+        except BaseException:
+            services.discard_uncommitted_photos(request.photos_stored)  # those of committed rows are kept
+            raise
+
+
+def note_photo_stored(request, face: FaceImage) -> None:
+    if face.image and hasattr(request, "photos_stored"):
+        request.photos_stored.append(face.image.name)
+
+
 class HasRejectedFilter(admin.SimpleListFilter):
     title = "photos"
     parameter_name = "photos"
@@ -161,7 +184,7 @@ class HasRejectedFilter(admin.SimpleListFilter):
 
 
 @admin.register(Person)
-class PersonAdmin(admin.ModelAdmin):
+class PersonAdmin(PhotosOfFailedRequestsDeleted, admin.ModelAdmin):
     form = PersonAdminForm
     list_display = [
         "name",
@@ -199,6 +222,10 @@ class PersonAdmin(admin.ModelAdmin):
         return form
 
     def save_model(self, request, obj, form, change):
+        # Locked first so that an erasure waits for this request (and its photos); one that came
+        # first leaves nothing to save: saving would insert the erased person again.
+        if change and not services.lock_person(obj.pk):
+            raise services.PersonGone(f"person {obj.pk} no longer exists")
         if "legal_basis" in form.changed_data and obj.legal_basis:
             obj.record_legal_basis(obj.legal_basis, by=request.user)
         super().save_model(request, obj, form, change)
@@ -242,7 +269,7 @@ class PersonAdmin(admin.ModelAdmin):
         added, refused = 0, []
         for upload in form.cleaned_data.get("new_photos") or []:
             try:
-                services.enroll(form.instance, upload, uploaded_by=request.user)
+                note_photo_stored(request, services.enroll(form.instance, upload, uploaded_by=request.user))
                 added += 1
             except ImageError as err:
                 refused.append(f"{upload.name}: {err.message}")
@@ -299,7 +326,7 @@ class PersonAdmin(admin.ModelAdmin):
 
 
 @admin.register(FaceImage)
-class FaceImageAdmin(admin.ModelAdmin):
+class FaceImageAdmin(PhotosOfFailedRequestsDeleted, admin.ModelAdmin):
     # The embedder is the same on nearly every row (it is a filter and on each photo's page): its
     # column pushed the list past 1280 px.
     list_display = ["thumbnail", "person", "status_label", "reason_label", "score", "sharpness_label", "created_at"]
@@ -418,8 +445,13 @@ class FaceImageAdmin(admin.ModelAdmin):
             # Stored like every other upload: without its text metadata (people/services.py).
             upload.seek(0)
             obj.original_name = obj.original_name or services.safe_name(upload.name or "")
-            obj.image = ContentFile(services.strip_metadata(upload.read()), name=upload.name or "upload")
-        super().save_model(request, obj, form, change)
+            photo = ContentFile(services.strip_metadata(upload.read()))
+            obj.image = None  # not the upload as it came: photo_stored writes the stripped photo
+            with services.photo_stored(obj, upload.name or "upload", photo):
+                super().save_model(request, obj, form, change)
+            note_photo_stored(request, obj)
+        else:
+            super().save_model(request, obj, form, change)
         if "image" in form.changed_data or "person" in form.changed_data:
             services.queue_processing(obj.pk)
 

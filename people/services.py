@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import PurePath
 
 from django.core.files.base import ContentFile
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_q.models import Schedule
 from django_q.tasks import async_task, schedule
@@ -31,21 +35,121 @@ def enroll(person: Person, upload, uploaded_by=None, process: bool = True, chose
     """Store an uploaded photo of ``person`` and queue its processing.
 
     The upload is decoded first so that an unusable file is refused (ImageError) and nothing is
-    written; the row and file are saved in one transaction, and processing is queued after commit.
-    ``chosen_box`` (see ``chosen_face_box``) names the person's face in a photo of several.
+    written; the row and file are saved in one transaction (``photo_stored``: PersonGone if the
+    person was erased meanwhile, and no photo outlives a failed or rolled-back transaction), and
+    processing is queued after commit. ``chosen_box`` (see ``chosen_face_box``) names the person's
+    face in a photo of several.
     """
     read_upload(upload)  # raises ImageError: nothing is stored
     upload.seek(0)
     photo = ContentFile(strip_metadata(upload.read()))
-    with transaction.atomic():
-        face = FaceImage(person=person, uploaded_by=uploaded_by, original_name=safe_name(getattr(upload, "name", "")))
-        if chosen_box is not None:
-            face.chosen_box, face.face_choice = chosen_box, FaceChoice.STAFF
-        face.image.save(upload.name or "upload", photo, save=False)
+    face = FaceImage(person=person, uploaded_by=uploaded_by, original_name=safe_name(getattr(upload, "name", "")))
+    if chosen_box is not None:
+        face.chosen_box, face.face_choice = chosen_box, FaceChoice.STAFF
+    with photo_stored(face, upload.name or "upload", photo):
         face.save()
         if process:
             transaction.on_commit(lambda: queue_processing(face.pk))
     return face
+
+
+class PersonGone(Exception):
+    """The person a photo was being stored for no longer exists (erased by another request
+    meanwhile): nothing was stored."""
+
+
+# Photos are written before their row is inserted, inside its transaction, and Django has no hook
+# for a rollback: each photo written is named by a note in this folder (of the same storage) until
+# its transaction commits. A note left behind is a photo whose transaction rolled back (an enclosing
+# transaction, the admin's request, failed after the photo was stored) or whose process died:
+# ``discard_uncommitted_photos`` deletes it unless a row refers to it.
+UNCOMMITTED_NOTES = "uncommitted"
+# A note younger than this may belong to a transaction still open: its row is not visible yet.
+UNCOMMITTED_GRACE = timedelta(hours=1)
+
+
+@contextmanager
+def photo_stored(face: FaceImage, name: str, content: ContentFile) -> Iterator[None]:
+    """Write ``face``'s photo for the block to save its row, with the person's row locked first.
+
+    The person is locked (SELECT ... FOR UPDATE) before a byte is written, so an erasure and an
+    upload serialise: an upload after the erasure raises PersonGone and writes nothing. If the block
+    or its transaction's commit fails, the photo is deleted at once (PersonGone when the insert
+    failed because the person was erased, on databases without row locks); if an enclosing
+    transaction rolls back later, the photo's note leads ``discard_uncommitted_photos`` to it.
+    """
+    storage, field = face.image.storage, face._meta.get_field("image")
+    written: list[str] = []
+    committed = False
+
+    def forget_note(note: str) -> None:
+        nonlocal committed
+        committed = True  # a later commit hook that raises must not take the photo of a stored row
+        storage.delete(note)
+
+    try:
+        with transaction.atomic():
+            if not lock_person(face.person_id):
+                raise PersonGone(f"person {face.person_id} no longer exists")
+            intended = field.generate_filename(face, name)
+            note = storage.save(f"{UNCOMMITTED_NOTES}/{PurePath(intended).name}", ContentFile(intended.encode()))
+            written.append(note)
+            stored = storage.save(intended, content, max_length=field.max_length)
+            written.append(stored)
+            if stored != intended:  # the storage chose another name: the note must name the file
+                storage.delete(note)
+                storage.save(note, ContentFile(stored.encode()))
+            face.image.name = stored
+            transaction.on_commit(lambda: forget_note(note), robust=True)
+            yield
+    except BaseException as err:
+        if committed:
+            raise
+        for stored_name in reversed(written):  # the photo first, then its note
+            storage.delete(stored_name)
+        face.image.name = None
+        if isinstance(err, IntegrityError) and not Person.objects.filter(pk=face.person_id).exists():
+            raise PersonGone(f"person {face.person_id} was erased while the photo was stored") from err
+        raise
+
+
+def lock_person(person_id: int | None) -> bool:
+    """Lock the person's row until the transaction ends (an erasure waits; SQLite, which has one
+    writer at a time, locks nothing here); False if there is no such person (erased)."""
+    return Person.objects.select_for_update().filter(pk=person_id).exists()
+
+
+def discard_uncommitted_photos(names: list[str] | None = None, now=None) -> int:
+    """Delete the photos whose transaction never committed; return how many.
+
+    ``names``: photos a failed request wrote (the admin), checked at once; None: every note older
+    than UNCOMMITTED_GRACE (the daily retention). A photo a row refers to is kept (its commit hook
+    did not run); its note goes either way."""
+    storage = FaceImage._meta.get_field("image").storage
+    if names is None:
+        try:
+            _, notes = storage.listdir(UNCOMMITTED_NOTES)
+        except FileNotFoundError:
+            return 0
+        cutoff = (now or timezone.now()) - UNCOMMITTED_GRACE
+        notes = [f"{UNCOMMITTED_NOTES}/{n}" for n in notes if storage.get_modified_time(f"{UNCOMMITTED_NOTES}/{n}") < cutoff]
+    else:
+        notes = [f"{UNCOMMITTED_NOTES}/{PurePath(n).name}" for n in names if n]
+    deleted = 0
+    for note in notes:
+        try:
+            with storage.open(note, "rb") as fh:
+                photo = fh.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            continue  # its transaction committed meanwhile
+        if photo and not FaceImage.objects.filter(image=photo).exists():
+            if storage.exists(photo):
+                storage.delete(photo)
+                deleted += 1
+        storage.delete(note)
+    if deleted:
+        log.warning("deleted %s photo(s) whose upload's transaction was rolled back", deleted)
+    return deleted
 
 
 class FaceChoiceError(Exception):

@@ -59,6 +59,9 @@ class FaceImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.
             raise image_error(err, "image")
         except services.FaceChoiceError as err:
             raise ApiError(err.code, err.message)
+        except services.PersonGone:
+            # erased by another request while this photo was checked: nothing was stored
+            raise ApiError("not_found", "This person was erased while the photo was being stored; nothing was stored.", 404)
         face.refresh_from_db()
         return Response(self.get_serializer(face).data, status=status.HTTP_201_CREATED)
 

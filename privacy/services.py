@@ -21,7 +21,7 @@ from checkin.models import CheckIn, RejectedMatch
 from integrations.events import person_erased
 from integrations.models import Delivery
 from people.models import FaceImage, Person
-from people.services import delete_files
+from people.services import delete_files, discard_uncommitted_photos
 from recognition import services as recognition
 from security.models import AuditEvent, person_ids_field
 from training import redaction
@@ -393,33 +393,47 @@ class RetentionReport:
     webhook_deliveries_deleted: int = 0
     rejected_matches_deleted: int = 0
     model_versions_deleted: int = 0
+    uncommitted_photos_deleted: int = 0  # photos whose upload's transaction rolled back
 
 
 def apply_retention(days: int | None = None, now=None) -> RetentionReport:
     """Delete original photos uploaded more than ``days`` ago, keeping their embeddings (and, by
-    setting, the aligned crops); and audit events, check-ins (and rejected ones) and webhook
-    deliveries older than AUDIT_LOG_RETENTION_DAYS, CHECKIN_RETENTION_DAYS and
-    WEBHOOK_LOG_RETENTION_DAYS; and the model versions past TRAINING_KEEP_VERSIONS."""
+    setting, the aligned crops and face regions); and audit events, check-ins (and rejected ones)
+    and webhook deliveries older than AUDIT_LOG_RETENTION_DAYS, CHECKIN_RETENTION_DAYS and
+    WEBHOOK_LOG_RETENTION_DAYS; and the model versions past TRAINING_KEEP_VERSIONS; and photos
+    whose upload's transaction rolled back (people.services.discard_uncommitted_photos)."""
     days = settings.FACE_PHOTO_RETENTION_DAYS if days is None else days
     now = now or timezone.now()
     photos = crops = 0
+    keep_crops = settings.FACE_RETENTION_KEEP_CROPS
     if days > 0:
-        expired = FaceImage.objects.filter(created_at__lt=now - timedelta(days=days)).exclude(image="")
-        for face in expired.iterator():
-            files = [face.image.name]
-            face.image = ""
-            update = ["image", "updated_at"]
-            if not settings.FACE_RETENTION_KEEP_CROPS and (face.crop or face.region):
-                # the region goes with the crop: without either a face can no longer be embedded
-                # again (an embedder switch reports it)
-                files += [f.name for f in (face.crop, face.region) if f]
-                face.crop = face.region = ""
-                update += ["crop", "region"]
-                crops += 1
+        expired = FaceImage.objects.filter(created_at__lt=now - timedelta(days=days))
+        # Without KEEP_CROPS, also the faces whose photo went while crops were kept (the setting
+        # was turned off since): no face past the period keeps a crop or region either.
+        expired = expired.exclude(image="") if keep_crops else expired.filter(~Q(image="") | ~Q(crop="") | ~Q(region=""))
+        for pk in expired.values_list("pk", flat=True).iterator():
             with transaction.atomic():
-                face.save(update_fields=update)
-                transaction.on_commit(lambda files=files: delete_files(files))
-            photos += 1
+                # the files the row names now (a task may have written a crop since the query), or
+                # none if it was deleted meanwhile
+                face = FaceImage.objects.select_for_update().filter(pk=pk).first()
+                if face is None:
+                    continue
+                files, update = [], ["updated_at"]
+                if face.image:
+                    files.append(face.image.name)
+                    face.image = ""
+                    update.append("image")
+                    photos += 1
+                if not keep_crops and (face.crop or face.region):
+                    # the region goes with the crop: without either a face can no longer be embedded
+                    # again (an embedder switch reports it)
+                    files += [f.name for f in (face.crop, face.region) if f]
+                    face.crop = face.region = ""
+                    update += ["crop", "region"]
+                    crops += 1
+                if files:
+                    face.save(update_fields=update)
+                    transaction.on_commit(lambda files=files: delete_files(files))
     report = RetentionReport(
         photos,
         crops,
@@ -429,6 +443,7 @@ def apply_retention(days: int | None = None, now=None) -> RetentionReport:
         # a rejected check-in is kept as long as the check-in would have been
         _delete_older(RejectedMatch.objects.all(), "checked_in_at", settings.CHECKIN_RETENTION_DAYS, now),
         training.prune_versions(),
+        discard_uncommitted_photos(now=now),
     )
     redaction.redact_pending()  # deleted photos a failed or lost task left in the label maps
     return report

@@ -73,7 +73,8 @@ def test_a_photo_deleted_while_it_is_processed_is_not_written_back(staff_api, mo
 
     subject, photo = stranger_photo_subject()
     before = media_files()
-    face = services.enroll(subject, SimpleUploadedFile(photo.name, read(photo)), process=False)
+    with django_capture_on_commit_callbacks(execute=True):  # committed, as outside a test
+        face = services.enroll(subject, SimpleUploadedFile(photo.name, read(photo)), process=False)
     seen: dict = {}
     delete_through_the_api_mid_processing(monkeypatch, staff_api, seen)
     with django_capture_on_commit_callbacks(execute=True):

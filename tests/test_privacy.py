@@ -116,6 +116,35 @@ def test_retention_can_delete_crops_too(settings, django_capture_on_commit_callb
     assert FaceImage.objects.get(pk=face.pk).embedding is not None
 
 
+def test_turning_keep_crops_off_deletes_the_crops_and_regions_of_photos_that_already_expired(
+    settings, django_capture_on_commit_callbacks
+):
+    faces = list(with_own_files(person_named("Joe Biden")).faces.accepted())
+    FaceImage.objects.filter(pk__in=[f.pk for f in faces]).update(created_at=timezone.now() - timedelta(days=400))
+    photos = [Path(f.image.path) for f in faces]
+    kept = [Path(f.path) for face in faces for f in (face.crop, face.region)]
+    assert faces and all(face.crop and face.region for face in faces)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        report = privacy.apply_retention(days=365)  # FACE_RETENTION_KEEP_CROPS is on by default
+    assert (report.photos_deleted, report.crops_deleted) == (len(faces), 0)
+    assert not any(p.exists() for p in photos) and all(p.exists() for p in kept)
+
+    settings.FACE_RETENTION_KEEP_CROPS = False
+    with django_capture_on_commit_callbacks(execute=True):
+        report = privacy.apply_retention(days=365)
+    # no photo was left to delete: only the crops and regions the setting no longer keeps
+    assert (report.photos_deleted, report.crops_deleted) == (0, len(faces))
+    assert not any(p.exists() for p in kept)
+    for face in FaceImage.objects.filter(pk__in=[f.pk for f in faces]):
+        assert not face.image and not face.crop and not face.region
+        assert face.embedding is not None and face.status == FaceImage.Status.ACCEPTED  # still recognised
+
+    with django_capture_on_commit_callbacks(execute=True):
+        report = privacy.apply_retention(days=365)
+    assert (report.photos_deleted, report.crops_deleted) == (0, 0)  # nothing left to delete
+
+
 def test_retention_zero_keeps_photos_and_old_audit_events_go():
     AuditEvent.objects.create(action="recognize", actor="x", status_code=200, created_at=timezone.now() - timedelta(days=800))
     report = privacy.apply_retention(days=0)
