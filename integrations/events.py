@@ -9,13 +9,18 @@ exists; never an image.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
+from collections.abc import Callable, Iterable
 from functools import partial
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
+
+from security.models import person_ids_field
 
 from .models import EVENTS, TEST_EVENT, Delivery, Webhook
 
@@ -24,24 +29,29 @@ log = logging.getLogger(__name__)
 TASK_GROUP = "integrations"
 
 
-def emit(event: str, data: dict) -> None:
+def emit(event: str, data: dict, also_names: Iterable[int | None] = ()) -> None:
     """Send ``event`` with ``data`` (JSON-ready) to webhooks and MQTT once the transaction commits.
 
-    Never raises for a receiver, a broker or a queue outage: those are logged."""
+    ``also_names``: ids of people the data names besides ``data["person"]`` (in a text), recorded on
+    each delivery so that erasing them finds it. Never raises for a receiver, a broker or a queue
+    outage: those are logged."""
     if event not in EVENTS:
         raise ValueError(f"unknown event {event!r}")
     created_at = timezone.now().isoformat()
-    transaction.on_commit(partial(_dispatch, event, data, created_at), robust=True)
+    person = data.get("person")
+    named = [*also_names, person.get("id") if isinstance(person, dict) else None]
+    person_ids = person_ids_field(i for i in named if i is not None)
+    transaction.on_commit(partial(_dispatch, event, data, created_at, person_ids), robust=True)
 
 
 def message(event: str, data: dict, event_id: uuid.UUID, created_at: str) -> dict:
     return {"event": event, "id": str(event_id), "created_at": created_at, "data": data}
 
 
-def _dispatch(event: str, data: dict, created_at: str) -> None:
+def _dispatch(event: str, data: dict, created_at: str, person_ids: str = "") -> None:
     try:
         for webhook in Webhook.objects.subscribed_to(event):
-            queue_delivery(webhook, event, data, created_at)
+            queue_delivery(webhook, event, data, created_at, person_ids)
     except Exception:
         log.exception("could not queue webhook deliveries of %s", event)
     if settings.MQTT_URL:
@@ -51,10 +61,12 @@ def _dispatch(event: str, data: dict, created_at: str) -> None:
         _queue("integrations.tasks.publish", event, message(event, data, uuid.uuid4(), created_at), save=False)
 
 
-def queue_delivery(webhook: Webhook, event: str, data: dict, created_at: str | None = None) -> Delivery:
+def queue_delivery(webhook: Webhook, event: str, data: dict, created_at: str | None = None, person_ids: str = "") -> Delivery:
     delivery_id = uuid.uuid4()
     payload = message(event, data, delivery_id, created_at or timezone.now().isoformat())
-    delivery = Delivery.objects.create(webhook=webhook, event=event, delivery_id=delivery_id, payload=payload)
+    delivery = Delivery.objects.create(
+        webhook=webhook, event=event, delivery_id=delivery_id, payload=payload, person_ids=person_ids
+    )
     _queue("integrations.tasks.deliver", delivery.pk)
     return delivery
 
@@ -133,7 +145,8 @@ FACE_EVENTS = {"accepted": "face.accepted", "rejected": "face.rejected", "review
 
 
 def face_verdict(face) -> None:
-    """A processed (or approved) enrollment photo's verdict; "pending" emits nothing."""
+    """A processed (or approved) enrollment photo's verdict; "pending" emits nothing. Its reason
+    names the photo's person, and may name another (``face.reason_person_id``)."""
     event = FACE_EVENTS.get(face.status)
     if event is None:
         return
@@ -149,6 +162,7 @@ def face_verdict(face) -> None:
             "sharpness": face.sharpness,
             "processed_at": _time(face.processed_at),
         },
+        also_names=[face.reason_person_id],
     )
 
 
@@ -168,9 +182,42 @@ def model_activated(version) -> None:
     )
 
 
-def person_erased(person_id: int) -> None:
-    """Only the id goes out; the name is also struck from delivery logs that still hold it."""
-    for delivery in Delivery.objects.filter(payload__data__person__id=person_id):
-        delivery.payload["data"]["person"] = {"id": person_id, "name": None}
-        delivery.save(update_fields=["payload"])
+def person_erased(person_id: int, name: str, other_reason: Callable[[str, bool], str | None]) -> int:
+    """Tell the world a person was erased (only their id goes out) and strike them from the
+    delivery log, so that no delivery stored, or sent later (a pending or retrying one is sent as it
+    is stored now), names them; returns how many deliveries were rewritten.
+
+    Their own deliveries keep the id with the name blanked, and lose the reason (it names them).
+    Other people's deliveries that name them in the reason (recorded in ``person_ids``; before that
+    was recorded, a review reason naming ``name`` where it says who the photo looks like) get the
+    reason ``other_reason(reason, recorded)`` gives: the reason with only that place rewritten (None:
+    it cannot tell where, and the reason is blanked)."""
+    about = Q(payload__data__person__id=person_id) | Q(person_ids__contains=f",{person_id},")
+    if name.strip():
+        # written before person_ids was: only a review reason (possible_mislabel) names another person
+        about |= Q(
+            person_ids="",
+            event=FACE_EVENTS["review"],
+            payload__data__reason_code="possible_mislabel",
+            payload__data__reason__icontains=name,
+        )
+    rewritten = 0
+    for delivery in list(Delivery.objects.filter(about).only("id", "payload", "person_ids")):
+        data = delivery.payload.get("data") if isinstance(delivery.payload, dict) else None
+        if not isinstance(data, dict):
+            continue
+        before, person_ids = json.dumps(data), delivery.person_ids
+        person = data.get("person")
+        if isinstance(person, dict) and person.get("id") == person_id:
+            data["person"] = {"id": person_id, "name": None}
+            if data.get("reason"):
+                data["reason"] = ""
+        elif isinstance(data.get("reason"), str):
+            recorded = f",{person_id}," in person_ids
+            data["reason"] = other_reason(data["reason"], recorded) or ("" if recorded else data["reason"])
+            person_ids = person_ids_field(i for i in person_ids.strip(",").split(",") if i and int(i) != person_id)
+        if json.dumps(data) != before or person_ids != delivery.person_ids:
+            Delivery.objects.filter(pk=delivery.pk).update(payload=delivery.payload, person_ids=person_ids)
+            rewritten += 1
     emit("person.erased", {"person": {"id": person_id}, "erased_at": timezone.now().isoformat()})
+    return rewritten

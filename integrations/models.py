@@ -61,6 +61,9 @@ class Delivery(models.Model):
     event = models.CharField(max_length=40, db_index=True)
     delivery_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     payload = models.JSONField(help_text="The JSON body sent (ids, times, scores: never images).")
+    # ",3,7,": whom the payload names (its person, and the one a review reason says the photo looks
+    # like), so that an erasure finds every delivery about them by id, not by searching for a name.
+    person_ids = models.CharField(max_length=100, blank=True, editable=False)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     response_code = models.PositiveSmallIntegerField(null=True, blank=True)

@@ -128,6 +128,17 @@ class FaceImage(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
     reason_code = models.CharField(max_length=40, blank=True)
     reason = models.CharField(max_length=500, blank=True, help_text="Why the image was rejected or held for review.")
+    # A reason may name someone other than the photo's person ("Looks more like <them>"): who, so
+    # that erasing them rewrites exactly the reasons about them (privacy.services), whatever their
+    # name was then and whoever else shares it. An id, not a foreign key: the photo's person is the
+    # one Person FK of a photo (the admin's inline relies on it).
+    reason_person_id = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        db_index=True,
+        editable=False,
+        help_text="Id of the other enrolled person the reason names (possible_mislabel: the one the photo looks like).",
+    )
     box = models.JSONField(null=True, blank=True, help_text="[x, y, w, h] in original image pixels.")
     landmarks = models.JSONField(null=True, blank=True)
     faces_found = models.JSONField(

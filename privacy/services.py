@@ -10,6 +10,7 @@ import re
 import zipfile
 from dataclasses import asdict, dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import PurePath
 
 from django.conf import settings
@@ -23,6 +24,7 @@ from integrations.models import Delivery
 from people.models import FaceImage, Person
 from people.services import delete_files, discard_uncommitted_photos
 from recognition import services as recognition
+from recognition.enrollment import without_looks_like
 from security.models import AuditEvent, person_ids_field
 from training import redaction
 from training import services as training
@@ -54,6 +56,7 @@ class ErasureReport:
     plots_redrawn: int = 0
     visitor_links_deleted: int = 0
     task_records_deleted: int = 0
+    deliveries_redacted: int = 0
 
 
 def erase_person(person: Person, by=None) -> ErasureReport:
@@ -61,8 +64,8 @@ def erase_person(person: Person, by=None) -> ErasureReport:
 
     In order: their check-ins (deleted, or kept with the person removed when
     ERASE_CHECKINS_WITH_PERSON is off) and the check-ins rejected as not them; their id in audit events; admin history entries about them
-    or their photos; other people's review reasons that name them; their photos, crops and
-    embeddings; the person; every model version's artifacts and fields (training.redaction.
+    or their rows; other people's review reasons that name them; their photos, crops and
+    embeddings; the person; their name in webhook deliveries; every model version's artifacts and fields (training.redaction.
     forget_person). Files go once the transaction commits, the gallery snapshot is rewritten without
     them (every process drops them on its next request: the change log) and a retrain is requested. The receipt is an AuditEvent "erase": who, when, these counts."""
     report = ErasureReport()
@@ -75,9 +78,9 @@ def erase_person(person: Person, by=None) -> ErasureReport:
         else:
             # the faces a check-in was matched on are the person's: their ids go too
             report.checkins_anonymised = checkins.update(person=None, matched_faces=[])
-        report.rejected_matches_deleted = (
-            RejectedMatch.objects.filter(person_id=pid).delete()[1].get(RejectedMatch._meta.label, 0)
-        )
+        rejected = RejectedMatch.objects.filter(person_id=pid)
+        rejected_ids = list(rejected.values_list("id", flat=True))  # for their admin history, below
+        report.rejected_matches_deleted = rejected.delete()[1].get(RejectedMatch._meta.label, 0)
 
         report.audit_events_redacted = _forget_in_audit_log(pid, name)
         report.task_records_deleted = _forget_in_task_records(pid, name)
@@ -85,7 +88,9 @@ def erase_person(person: Person, by=None) -> ErasureReport:
         faces = list(
             FaceImage.objects.select_for_update().filter(person_id=pid).values_list("id", "image", "crop", "region", "status")
         )
-        report.admin_log_entries_deleted = _forget_in_admin_history(pid, name, [f[0] for f in faces], checkin_ids)
+        report.admin_log_entries_deleted = _forget_in_admin_history(
+            pid, name, {FaceImage: [f[0] for f in faces], CheckIn: checkin_ids, RejectedMatch: rejected_ids}
+        )
 
         report.review_reasons_rewritten = _forget_in_review_reasons(pid, name)
 
@@ -97,7 +102,7 @@ def erase_person(person: Person, by=None) -> ErasureReport:
         # its sightings and crop were deleted when it was enrolled)
         report.visitor_links_deleted, _ = VisitorEnrollment.objects.filter(person_id=pid).delete()
         person.delete()
-        person_erased(pid)
+        report.deliveries_redacted = person_erased(pid, name, partial(_reason_without, name))
         transaction.on_commit(lambda: delete_files(files))
 
         redacted = redaction.forget_person(pid)
@@ -210,33 +215,68 @@ def _without_person(value, pid: int, name: str):
     return value
 
 
-def _forget_in_admin_history(pid: int, name: str, face_ids: list[int], checkin_ids: list[int]) -> int:
-    """Admin history entries about the person, their photos or check-ins carry their name
-    (``object_repr``): they are deleted (the erasure receipt records the erasure itself)."""
+# Where admin history names a person: the object_repr (str(obj), cut at 200 characters) of the
+# models whose __str__ holds their name, as (text before the name, regular expression after it).
+# Nothing else in the admin's history holds a person's name (change messages list field names).
+_LOCAL_MINUTE = r" at \d{4}-\d\d-\d\d \d\d:\d\d"
+_ADMIN_REPRS = {
+    Person: ("", ""),  # the name
+    FaceImage: ("", r" #\d+"),  # "<name> #<id>"
+    CheckIn: ("", _LOCAL_MINUTE),  # "<name> at <local time>"
+    RejectedMatch: ("not ", _LOCAL_MINUTE),  # "not <name> at <local time>"
+}
+
+
+def _forget_in_admin_history(pid: int, name: str, rows: dict[type, list[int]]) -> int:
+    """Admin history entries about the person or their rows (``rows``: ids by model, read before
+    they are deleted) carry their name (``object_repr``): they are deleted (the erasure receipt
+    records the erasure itself). So are entries about such rows deleted earlier, found by an
+    ``object_repr`` that is exactly what the model's ``__str__`` makes of the name: another person
+    whose name merely contains it ("Ann" in "Ann Smith") keeps their history."""
     from django.contrib.admin.models import LogEntry
     from django.contrib.contenttypes.models import ContentType
 
+    cut = LogEntry._meta.get_field("object_repr").max_length
     about = Q()
-    for model, ids in ((Person, [pid]), (FaceImage, face_ids), (CheckIn, checkin_ids)):
+    for model, (before, after) in _ADMIN_REPRS.items():
         kind = ContentType.objects.get_for_model(model)
+        ids = [pid] if model is Person else rows.get(model, [])
         about |= Q(content_type=kind, object_id__in=[str(i) for i in ids])
-        if name.strip():
-            about |= Q(content_type=kind, object_repr__contains=name)
+        if not name.strip():
+            continue
+        about |= Q(content_type=kind, object_repr__regex=f"^{re.escape(before + name)}{after}$")
+        if len(before + name) > cut - 25:  # the text after the name may have been cut off
+            about |= Q(content_type=kind, object_repr__startswith=(before + name)[:cut])
     deleted, _ = LogEntry.objects.filter(about).delete()
     return deleted
 
 
+def _reason_without(name: str, reason: str, recorded: bool) -> str | None:
+    """``reason`` (a review reason about someone else's photo: "Looks more like <them> ...") with
+    the erased person replaced where it says whom the photo looks like; None when it does not name
+    them there. ``recorded``: the row records that it is about them (FaceImage.reason_person_id,
+    Delivery.person_ids), whatever their name was then; otherwise (written before that was
+    recorded) only a reason naming exactly ``name`` there is theirs."""
+    return without_looks_like(reason, ERASED_REVIEW_TEXT, None if recorded else name)
+
+
 def _forget_in_review_reasons(pid: int, name: str) -> int:
-    """Other people's photos held for review say "Looks more like <name> ...": drop the name."""
-    if not name.strip():
-        return 0
+    """Other people's photos held for review because they look like the erased person say so by
+    name: the name goes, the rest of the reason stays (the other similarity, the photo's own person,
+    the advice)."""
     count = 0
-    for face in FaceImage.objects.exclude(person_id=pid).filter(reason__contains=name):
-        reason = face.reason.replace(f"Looks more like {name} ", f"Looks more like {ERASED_REVIEW_TEXT} ")
-        reason = re.sub(rf"(?<!\w){re.escape(name)}(?!\w)", ERASED_REVIEW_TEXT, reason)
-        if reason != face.reason:
-            FaceImage.objects.filter(pk=face.pk).update(reason=reason[:500])
+    faces = FaceImage.objects.exclude(person_id=pid).filter(reason_person_id=pid)
+    if name.strip():
+        faces = faces | FaceImage.objects.exclude(person_id=pid).filter(
+            reason_person_id__isnull=True, reason_code="possible_mislabel", reason__contains=name
+        )
+    for face in faces.only("id", "reason", "reason_person_id"):
+        reason = _reason_without(name, face.reason, recorded=face.reason_person_id == pid)
+        if reason is not None and reason != face.reason:
+            FaceImage.objects.filter(pk=face.pk).update(reason=reason[:500], reason_person_id=None)
             count += 1
+        elif face.reason_person_id == pid:
+            FaceImage.objects.filter(pk=face.pk).update(reason_person_id=None)
     return count
 
 

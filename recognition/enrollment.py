@@ -7,6 +7,7 @@ here because the mislabel check asks what recognition serves (threshold, gallery
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ class Verdict:
     status: str
     code: str = ""
     reason: str = ""
+    reason_person_id: int | None = None  # the other person the reason names (FaceImage.reason_person)
 
 
 def process_face_image(face: FaceImage, central_subject: bool | None = None) -> FaceImage | None:
@@ -211,9 +213,32 @@ def _mislabel_check(face: FaceImage, embedding) -> Verdict:
     return Verdict(
         FaceImage.Status.REVIEW,
         "possible_mislabel",
-        f"Looks more like {other} (similarity {others[0].similarity:.2f}) than {face.person.name} ({own_text}). "
+        f"{LOOKS_LIKE}{other} (similarity {others[0].similarity:.2f}) than {face.person.name} ({own_text}). "
         "Check the photo is filed under the right person, then approve it.",
+        reason_person_id=None if other is None else other.pk,
     )
+
+
+LOOKS_LIKE = "Looks more like "
+# The possible_mislabel reason up to the other person's name and just past it (see _mislabel_check).
+_LOOKS_LIKE_REASON = re.compile(rf"{re.escape(LOOKS_LIKE)}(?P<other>.+?) \(similarity -?\d+\.\d\d\) than ", re.DOTALL)
+
+
+def without_looks_like(reason: str, replacement: str, name: str | None = None) -> str | None:
+    """A possible_mislabel ``reason`` with the person it says the photo looks like replaced by
+    ``replacement``: only that place, never the photo's own person nor the fixed wording. None when
+    ``reason`` is not such a reason, or, given ``name``, the person it names there is not ``name``
+    (for reasons written before FaceImage.reason_person recorded who it is)."""
+    found = _LOOKS_LIKE_REASON.match(reason)
+    if found is None:
+        return None
+    if name is not None:
+        if not reason.startswith(f"{LOOKS_LIKE}{name} (similarity "):
+            return None
+        start, end = len(LOOKS_LIKE), len(LOOKS_LIKE) + len(name)
+    else:
+        start, end = found.span("other")
+    return reason[:start] + replacement + reason[end:]
 
 
 def _central_pick_check(face: FaceImage, embedding) -> Verdict:
@@ -242,6 +267,7 @@ RESULT_FIELDS = (
     "status",
     "reason_code",
     "reason",
+    "reason_person_id",
     "processed_at",
     "box",
     "landmarks",
@@ -264,6 +290,7 @@ def _finish(face: FaceImage, verdict: Verdict) -> FaceImage | None:
     face.status = verdict.status
     face.reason_code = verdict.code
     face.reason = verdict.reason[: FaceImage._meta.get_field("reason").max_length]
+    face.reason_person_id = verdict.reason_person_id
     face.face_choice_reason = face.face_choice_reason[: FaceImage._meta.get_field("face_choice_reason").max_length]
     face.processed_at = face.updated_at = timezone.now()
     new_crop, old_crop = (face.crop.name if face.crop else ""), getattr(face, "_previous_crop", "")

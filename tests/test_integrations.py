@@ -423,13 +423,112 @@ def test_person_erased_carries_only_the_id_and_strikes_the_name_from_the_deliver
         with django_capture_on_commit_callbacks(execute=True):
             events.emit("checkin.created", {"checkin_id": 1, "person": {"id": obama.pk, "name": obama.name}})
         with django_capture_on_commit_callbacks(execute=True):
-            events.person_erased(obama.pk)
+            events.person_erased(obama.pk, obama.name, lambda reason, recorded: None)
     checkin_sent, erased_sent = receiver.payloads()
     assert checkin_sent["data"]["person"]["name"] == "Barack Obama"  # sent while he existed
     assert erased_sent["event"] == "person.erased" and erased_sent["data"]["person"] == {"id": obama.pk}
     assert "Barack" not in json.dumps(erased_sent)
     logged = Delivery.objects.get(event="checkin.created").payload
     assert logged["data"]["person"] == {"id": obama.pk, "name": None}
+
+
+def review_reason(looks_like: str, own: str, similarity: str = "0.71") -> str:
+    """A possible_mislabel reason as recognition.enrollment words it."""
+    return (
+        f"Looks more like {looks_like} (similarity {similarity}) than {own} (0.40 to {own}'s other photos). "
+        "Check the photo is filed under the right person, then approve it."
+    )
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE=True, WEBHOOK_RETRY_BASE_SECONDS=0)
+def test_an_erasure_strikes_the_name_from_every_reason_in_the_delivery_log_and_a_retried_delivery_carries_none(
+    django_capture_on_commit_callbacks,
+):
+    from people.models import FaceImage, Person
+    from privacy.services import erase_person
+
+    ada = Person.objects.create(name="Ada Lovelace", legal_basis="explicit_consent")
+    bob = Person.objects.create(name="Bob Builder", legal_basis="explicit_consent")
+    with Receiver(500, 500) as receiver:  # both first attempts fail: both are sent again after the erasure
+        webhook_to(receiver, "face.needs_review", "face.rejected")
+        with django_capture_on_commit_callbacks(execute=True):
+            bobs = FaceImage.objects.create(
+                person=bob,
+                image="",
+                status="review",
+                reason_code="possible_mislabel",
+                reason=review_reason("Ada Lovelace", "Bob Builder"),
+                reason_person_id=ada.pk,
+            )
+            events.face_verdict(bobs)
+            adas = FaceImage.objects.create(
+                person=ada,
+                image="",
+                status="rejected",
+                reason_code="several_faces",
+                reason="2 faces were found (#0 [1, 2, 3, 4], #1 [5, 6, 7, 8], numbered left to right) and none is clearly "
+                "the photo's subject; choose the one that is Ada Lovelace, or use a photo of Ada Lovelace alone.",
+            )
+            events.face_verdict(adas)
+        assert len(receiver.requests) == 2 and all(b"Ada Lovelace" in body for _, body in receiver.requests)
+        assert {d.status for d in Delivery.objects.all()} == {"retrying"}
+
+        with django_capture_on_commit_callbacks(execute=True):
+            report = erase_person(ada)
+        assert report.deliveries_redacted == 2
+        for delivery in Delivery.objects.all():  # the log, before anything is sent again
+            assert "Ada" not in json.dumps(delivery.payload), delivery.payload
+        run_due_retries()
+
+    resent = receiver.requests[2:]
+    assert len(resent) == 2 and {d.status for d in Delivery.objects.all()} == {"delivered"}
+    for headers, body in resent:
+        assert b"Ada" not in body and verified(headers, body)
+    sent = {p["data"]["face_id"]: p["data"] for p in map(json.loads, (body for _, body in resent))}
+    # Bob's photo: only the place that named her changed; his name and the advice are his reason still
+    assert sent[bobs.pk]["reason"] == review_reason("another enrolled person (erased)", "Bob Builder")
+    assert sent[bobs.pk]["person"] == {"id": bob.pk, "name": "Bob Builder"}
+    # her own photo: the id, no name, and no reason (it named her); the code says why
+    assert sent[adas.pk]["person"] == {"id": adas.person_id, "name": None}
+    assert sent[adas.pk]["reason"] == "" and sent[adas.pk]["reason_code"] == "several_faces"
+
+
+def test_an_erasure_rewrites_only_the_deliveries_about_that_person_not_a_namesakes_or_a_longer_names(
+    django_capture_on_commit_callbacks,
+):
+    from people.models import Person
+    from privacy.services import erase_person
+
+    ann, other_ann, bob = (Person.objects.create(name=n, legal_basis="explicit_consent") for n in ("Ann", "Ann", "Bob"))
+    hook = Webhook.objects.create(url="https://example.com/hook", events=["face.needs_review"], secret=SECRET)
+
+    def delivery(reason: str, person_ids: str) -> Delivery:
+        data = {"face_id": 1, "person": {"id": bob.pk, "name": "Bob"}, "reason_code": "possible_mislabel", "reason": reason}
+        return Delivery.objects.create(
+            webhook=hook,
+            event="face.needs_review",
+            payload=events.message("face.needs_review", data, uuid.uuid4(), ""),
+            person_ids=person_ids,
+        )
+
+    about_ann = delivery(review_reason("Ann", "Bob"), f",{ann.pk},{bob.pk},")
+    about_the_other_ann = delivery(review_reason("Ann", "Bob"), f",{other_ann.pk},{bob.pk},")
+    # written before deliveries recorded whom they name: judged by the reason's wording
+    old_about_ann = delivery(review_reason("Ann", "Bob"), "")
+    old_about_ann_smith = delivery(review_reason("Ann Smith", "Bob"), "")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        erase_person(ann)
+    erased = review_reason("another enrolled person (erased)", "Bob")
+    for row, reason in (
+        (about_ann, erased),
+        (about_the_other_ann, review_reason("Ann", "Bob")),
+        (old_about_ann, erased),
+        (old_about_ann_smith, review_reason("Ann Smith", "Bob")),
+    ):
+        row.refresh_from_db()
+        assert row.payload["data"]["reason"] == reason
+    assert about_ann.person_ids == f",{bob.pk},"
 
 
 # ---- MQTT availability -----------------------------------------------------------------------------

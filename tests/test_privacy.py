@@ -297,3 +297,101 @@ def test_a_photo_is_stored_without_its_caption_but_keeps_its_orientation(
         assert img.getexif().get(0x0112) == 6  # decoding still turns it upright
     face.refresh_from_db()
     assert face.status == FaceImage.Status.ACCEPTED, face.reason  # found upright, embedded
+
+
+def review_reason(looks_like: str, own: str) -> str:
+    """A possible_mislabel reason as recognition.enrollment words it."""
+    return (
+        f"Looks more like {looks_like} (similarity 0.71) than {own} (0.40 to {own}'s other photos). "
+        "Check the photo is filed under the right person, then approve it."
+    )
+
+
+def held_for_review(person, reason: str, looks_like=None) -> FaceImage:
+    return FaceImage.objects.create(
+        person=person,
+        image="",
+        status="review",
+        reason_code="possible_mislabel",
+        reason=reason,
+        reason_person_id=None if looks_like is None else looks_like.pk,
+    )
+
+
+def test_erasure_rewrites_only_the_reasons_about_the_person_not_names_that_contain_theirs_nor_the_advice(
+    django_capture_on_commit_callbacks,
+):
+    from people.models import Person
+
+    ann, ann_smith, bob, check = (
+        Person.objects.create(name=n, legal_basis="explicit_consent") for n in ("Ann", "Ann Smith", "Bob", "Check")
+    )
+    about_bob = held_for_review(ann_smith, review_reason("Bob", "Ann Smith"), looks_like=bob)
+    about_ann = held_for_review(bob, review_reason("Ann Jones", "Bob"), looks_like=ann)  # she was renamed since
+    about_another_ann = held_for_review(bob, review_reason("Ann", "Bob"), looks_like=Person.objects.create(name="Ann"))
+    # written before photos recorded whom their reason names: judged by the reason's wording alone
+    old_about_ann = held_for_review(bob, review_reason("Ann", "Bob"))
+    old_about_ann_smith = held_for_review(bob, review_reason("Ann Smith", "Bob"))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert privacy.erase_person(ann).review_reasons_rewritten == 2
+        assert privacy.erase_person(check).review_reasons_rewritten == 0
+    erased = review_reason("another enrolled person (erased)", "Bob")
+    for face, reason in (
+        (about_bob, review_reason("Bob", "Ann Smith")),
+        (about_ann, erased),
+        (about_another_ann, review_reason("Ann", "Bob")),
+        (old_about_ann, erased),
+        (old_about_ann_smith, review_reason("Ann Smith", "Bob")),
+    ):
+        face.refresh_from_db()
+        assert face.reason == reason
+    assert about_ann.reason_person_id is None and about_bob.reason_person_id == bob.pk
+
+
+def test_the_real_mislabel_check_records_whom_the_photo_looks_like(staff_api, django_capture_on_commit_callbacks):
+    from people.models import Person
+
+    obama = person_named("Barack Obama")
+    other = Person.objects.create(name="Filed Under Someone Else", legal_basis="explicit_consent")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff_api.post(
+            f"/api/v1/people/{other.pk}/faces/", {"image": SimpleUploadedFile("p.jpg", OBAMA)}, format="multipart"
+        )
+    face = FaceImage.objects.get(pk=response.json()["id"])
+    assert face.status == "review" and face.reason.startswith("Looks more like Barack Obama ("), face.reason
+    assert face.reason_person_id == obama.pk
+    with django_capture_on_commit_callbacks(execute=True):
+        privacy.erase_person(obama)
+    face.refresh_from_db()
+    assert "Obama" not in face.reason and "Filed Under Someone Else" in face.reason and face.reason_person_id is None
+
+
+def test_erasure_removes_the_admin_history_of_rejected_matches_deleted_before_and_keeps_a_longer_names(
+    client, staff_user, django_capture_on_commit_callbacks
+):
+    from django.contrib.admin.models import CHANGE, LogEntry
+
+    from checkin.models import RejectedMatch
+    from people.models import Person
+
+    staff_user.is_superuser = True  # deleting rejected matches in the admin
+    staff_user.save()
+    client.force_login(staff_user)
+    grace, grace_hopper = (Person.objects.create(name=n, legal_basis="explicit_consent") for n in ("Grace", "Grace Hopper"))
+
+    def rejected(person) -> RejectedMatch:
+        return RejectedMatch.objects.create(
+            person=person, checkin_id=999, checked_in_at=timezone.now(), similarity=0.7, threshold=0.55
+        )
+
+    gone, kept, hers = rejected(grace), rejected(grace_hopper), rejected(grace)
+    for match in (gone, kept):
+        assert client.post(f"/admin/checkin/rejectedmatch/{match.pk}/delete/", {"post": "yes"}).status_code == 302
+    LogEntry.objects.log_actions(staff_user.pk, [hers], CHANGE, change_message="[]", single_object=True)  # a row of hers
+    assert LogEntry.objects.filter(object_repr__startswith="not Grace at ").count() == 2
+    with django_capture_on_commit_callbacks(execute=True):
+        privacy.erase_person(grace)
+    left = list(LogEntry.objects.values_list("object_repr", flat=True))
+    assert not [r for r in left if r.startswith("not Grace at ")], left
+    assert any(r.startswith("not Grace Hopper at ") for r in left), left

@@ -266,6 +266,7 @@ def _move_into_gallery(visitor: Visitor, sightings: list[Sighting], person: Pers
         face.set_vector(vector)
         verdict = mislabel_review(face, vector)
         face.status, face.reason_code, face.reason = verdict.status, verdict.code, verdict.reason
+        face.reason_person_id = verdict.reason_person_id
         face.save()
         face_verdict(face)
         result.faces.append(face)
