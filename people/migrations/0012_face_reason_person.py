@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('people', '0010_face_choice_reason'),
+        ('people', '0011_person_export_permission'),
     ]
 
     operations = [
