@@ -362,8 +362,9 @@ def approve(face: FaceImage) -> None:
         face.status = FaceImage.Status.ACCEPTED
         face.reason_code = ""
         face.reason = ""
+        face.reason_person_id = None
         with transaction.atomic():
-            face.save(update_fields=["status", "reason_code", "reason", "updated_at"])
+            face.save(update_fields=["status", "reason_code", "reason", "reason_person_id", "updated_at"])
             face_verdict(face)
             gallery_changed()
 
