@@ -71,6 +71,10 @@ def erase_person(person: Person, by=None) -> ErasureReport:
     report = ErasureReport()
     pid, name = person.pk, person.name
     with transaction.atomic():
+        # The person's row first: an upload holding it (people.services.photo_stored) commits its
+        # photo before the erasure lists their photos, and one starting later waits, then finds
+        # them gone and stores nothing (on PostgreSQL; SQLite has one writer at a time).
+        Person.objects.select_for_update().filter(pk=pid).exists()
         checkins = CheckIn.objects.filter(person_id=pid)
         checkin_ids = list(checkins.values_list("id", flat=True))
         if settings.ERASE_CHECKINS_WITH_PERSON:
