@@ -68,6 +68,11 @@ def erase_person(person: Person, by=None) -> ErasureReport:
     report = ErasureReport()
     pid, name = person.pk, person.name
     with transaction.atomic():
+        # The person's row is locked first: an audit event being written about them meanwhile
+        # (AuditEvent.save reads the rows it names FOR SHARE) either commits before this goes on,
+        # and is cleaned below, or waits for this to commit and is written without them. NO KEY:
+        # foreign key checks (a check-in, a rejection) still pass as before, so no new deadlock.
+        list(Person.objects.select_for_update(no_key=True).filter(pk=pid).values_list("pk", flat=True))
         checkins = CheckIn.objects.filter(person_id=pid)
         checkin_ids = list(checkins.values_list("id", flat=True))
         if settings.ERASE_CHECKINS_WITH_PERSON:
