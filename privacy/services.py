@@ -71,10 +71,14 @@ def erase_person(person: Person, by=None) -> ErasureReport:
     report = ErasureReport()
     pid, name = person.pk, person.name
     with transaction.atomic():
-        # The person's row first: an upload holding it (people.services.photo_stored) commits its
-        # photo before the erasure lists their photos, and one starting later waits, then finds
-        # them gone and stores nothing (on PostgreSQL; SQLite has one writer at a time).
-        Person.objects.select_for_update().filter(pk=pid).exists()
+        # The person's row is locked first, so what is being written about them meanwhile either
+        # commits before this goes on (and is erased below) or waits and finds them gone:
+        # - an upload of their photo (people.services.photo_stored locks the row FOR UPDATE) stores
+        #   nothing once they are gone;
+        # - an audit event (AuditEvent.save reads the rows it names FOR SHARE) is written without them.
+        # NO KEY: foreign key checks (a check-in, a rejection) still pass as before, so no new
+        # deadlock. SQLite has one writer at a time and needs none of this.
+        list(Person.objects.select_for_update(no_key=True).filter(pk=pid).values_list("pk", flat=True))
         checkins = CheckIn.objects.filter(person_id=pid)
         checkin_ids = list(checkins.values_list("id", flat=True))
         if settings.ERASE_CHECKINS_WITH_PERSON:

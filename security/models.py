@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 
+from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import connections, models, router, transaction
 from django.utils import timezone
 
 
@@ -109,8 +110,71 @@ def person_ids_field(ids) -> str:
     return "," + ",".join(map(str, ids)) + "," if ids else ""
 
 
+def people_named_in(result, person_ids: str = "") -> set[int]:
+    """Every person id an event carries: ``person_ids`` (",3,17,") and, in ``result``, any
+    ``person_id`` value and the ``matched`` list (the fields that hold people's ids)."""
+    found = {int(i) for i in person_ids.strip(",").split(",") if i}
+    if isinstance(result, dict):
+        for key, value in result.items():
+            if key == "person_id" and isinstance(value, int) and not isinstance(value, bool):
+                found.add(value)
+            elif key == "matched" and isinstance(value, list):
+                found.update(v for v in value if isinstance(v, int) and not isinstance(v, bool))
+            else:
+                found |= people_named_in(value)
+    elif isinstance(result, list):
+        for value in result:
+            found |= people_named_in(value)
+    return found
+
+
+def without_people(result, gone: set[int]):
+    """``result`` with the people ``gone`` taken out as an erasure takes them out of existing events
+    (privacy.services): ``person_id`` set to None, their entries dropped from lists (``matches``
+    entries, ``matched`` ids)."""
+    if isinstance(result, dict):
+        kept = {}
+        for key, value in result.items():
+            if key == "person_id" and value in gone:
+                kept[key] = None
+            elif key == "matched" and isinstance(value, list):
+                kept[key] = [v for v in value if v not in gone]
+            else:
+                kept[key] = without_people(value, gone)
+        return kept
+    if isinstance(result, list):
+        return [without_people(v, gone) for v in result if not (isinstance(v, dict) and v.get("person_id") in gone)]
+    return result
+
+
+def existing_people(ids: set[int], using: str) -> set[int]:
+    """Which of these person ids still have a Person row, read so that an erasure cannot commit
+    between this read and the end of the caller's transaction (see AuditEvent.save).
+
+    The people app sits above this one, so its model is looked up by label, as ApiKey.kiosk names
+    "checkin.Kiosk"."""
+    if not ids:
+        return set()
+    person = apps.get_model("people", "Person")
+    connection = connections[using]
+    if connection.vendor == "postgresql":
+        # FOR SHARE waits for a transaction that holds the row FOR NO KEY UPDATE (erase_person,
+        # from its start) or is deleting it, then skips the row if it is gone. Other audit writers
+        # (FOR SHARE too) and foreign key checks (FOR KEY SHARE: a check-in, an upload) are not
+        # held up by it; an edit of the person waits for the INSERT below to commit.
+        quote = connection.ops.quote_name
+        table, pk = quote(person._meta.db_table), quote(person._meta.pk.column)
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {pk} FROM {table} WHERE {pk} = ANY(%s) FOR SHARE", [sorted(ids)])
+            return {row[0] for row in cursor.fetchall()}
+    # SQLite: transactions begin IMMEDIATE (settings.SQLITE_OPTIONS), so the caller's transaction
+    # holds the database's write lock from its start and no erasure commits inside it.
+    return set(person.objects.using(using).filter(pk__in=ids).values_list("pk", flat=True))
+
+
 class AuditEventQuerySet(models.QuerySet):
     def about(self, person_id: int):
+        # LIKE '%,17,%': on PostgreSQL served by the trigram index of migration 0005.
         return self.filter(person_ids__contains=f",{int(person_id)},")
 
 
@@ -127,7 +191,9 @@ class AuditEvent(models.Model):
     result = models.JSONField(default=dict, help_text="Faces found, matched person ids, similarities, or the error code.")
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
     # ",3,17," -- the people matched or compared, so one person's events can be found (export, erasure).
-    person_ids = models.CharField(max_length=1000, blank=True, editable=False)
+    # Unbounded: a kiosk socket open all day names everybody it saw in its closing "stream" event,
+    # and a length cap would either lose that event or drop people from their own data export.
+    person_ids = models.TextField(blank=True, editable=False)
 
     objects = AuditEventQuerySet.as_manager()
 
@@ -136,3 +202,27 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} by {self.actor}: {self.status_code}"
+
+    def save(self, *args, **kwargs):
+        """A new event is written without the people erased by the time it is written.
+
+        Events are often written after the fact (a check-in socket's summary when it closes, hours
+        after an erasure that cleaned the log of its person), and privacy.services.erase_person only
+        cleans the events that exist while it runs. So every new event is checked here, the one
+        place all writers pass through, in one transaction with its INSERT: the Person rows it
+        names are read with a lock that an erasure's lock on its person conflicts with, so either
+        this commits first (and the erasure, which locks its person before cleaning the log, then
+        finds and cleans this event) or the erasure commits first (and its person is dropped here).
+        """
+        named = people_named_in(self.result, self.person_ids) if self._state.adding else set()
+        if not named:
+            return super().save(*args, **kwargs)
+        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using):
+            gone = named - existing_people(named, using)
+            if gone:
+                self.person_ids = person_ids_field(people_named_in(None, self.person_ids) - gone)
+                self.result = without_people(self.result, gone)
+                if isinstance(self.result, dict):
+                    self.result["erased_people"] = self.result.get("erased_people", 0) + len(gone)
+            return super().save(*args, **kwargs)
