@@ -94,6 +94,34 @@ class EdgeSyncKey(BasePermission):
         return is_staff(request)
 
 
+class StaffHoldsPermission(BasePermission):
+    """What the admin asks of staff, asked over the API too where a request erases a person, exports
+    a whole record or sends recognitions elsewhere: the Django permission the view names for the
+    request's method (``staff_permissions``, e.g. ``{"DELETE": "people.delete_person"}``). A
+    superuser holds every permission; a key acts with its user's. Staff status alone is what a
+    reception account needs for the live feed and the dashboard; it erases and exports nobody."""
+
+    def has_permission(self, request, view):
+        needed = getattr(view, "staff_permissions", {}).get(request.method)
+        if needed is None:
+            return True
+        if request.user and request.user.has_perm(needed):
+            return True
+        self.message = f"This needs the permission {needed!r}, given in the admin (a superuser has it)."
+        return False
+
+
+WEBHOOK_PERMISSIONS = {
+    "GET": "integrations.view_webhook",
+    "HEAD": "integrations.view_webhook",
+    "OPTIONS": "integrations.view_webhook",
+    "POST": "integrations.add_webhook",
+    "PUT": "integrations.change_webhook",
+    "PATCH": "integrations.change_webhook",
+    "DELETE": "integrations.delete_webhook",
+}
+
+
 # ---- one error shape -------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from rest_framework import viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import IsAdminUser
 
+from facesite.api import WEBHOOK_PERMISSIONS, StaffHoldsPermission
 from security.permissions import TokenScope
 
 from .models import Webhook
@@ -16,7 +17,8 @@ class WebhookViewSet(viewsets.ModelViewSet):
 
     queryset = Webhook.objects.select_related("created_by")
     serializer_class = WebhookSerializer
-    permission_classes = [IsAdminUser, TokenScope]
+    permission_classes = [IsAdminUser, StaffHoldsPermission, TokenScope]
+    staff_permissions = WEBHOOK_PERMISSIONS  # recognitions with names leave the site: as in the admin
     token_scope = "webhooks"  # in no limited role's scopes: staff keys only
     lookup_value_regex = r"\d+"
 

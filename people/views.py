@@ -7,7 +7,7 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
-from facesite.api import ApiError, IsStaffOrReadRole, image_error
+from facesite.api import ApiError, IsStaffOrReadRole, StaffHoldsPermission, image_error
 from privacy.services import erase_person
 from recognition.engine.images import ImageError
 from security.permissions import TokenScope
@@ -19,7 +19,8 @@ from .serializers import FaceImageSerializer, FaceUploadSerializer, PersonSerial
 
 class PersonViewSet(viewsets.ModelViewSet):
     serializer_class = PersonSerializer
-    permission_classes = [IsStaffOrReadRole, TokenScope]
+    permission_classes = [IsStaffOrReadRole, StaffHoldsPermission, TokenScope]
+    staff_permissions = {"DELETE": "people.delete_person"}  # an erasure, as in the admin
     token_scope_read, token_scope_write = "read", "enroll"
     read_permission = "people.view_person"
     parser_classes = [JSONParser, FormParser, MultiPartParser]

@@ -7,6 +7,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.permissions import IsAdminUser
 from rest_framework.views import APIView
 
+from facesite.api import StaffHoldsPermission
 from people.models import Person
 from security.permissions import TokenScope
 from visitors.models import Visitor
@@ -23,7 +24,8 @@ def zip_response(person: Person) -> HttpResponse:
 class PersonExportView(APIView):
     """Everything held about one person: details, photos, crops, embeddings and when they were recognized."""
 
-    permission_classes = [IsAdminUser, TokenScope]
+    permission_classes = [IsAdminUser, StaffHoldsPermission, TokenScope]
+    staff_permissions = {"GET": "people.export_person"}  # as the admin's export action
     token_scope = "export"
 
     @extend_schema(responses={(200, "application/zip"): OpenApiResponse(description="person.json, photos/, crops/")})
@@ -34,7 +36,8 @@ class PersonExportView(APIView):
 class VisitorExportView(APIView):
     """Everything held about one unknown visitor: sightings, their embeddings, and the crop if kept."""
 
-    permission_classes = [IsAdminUser, TokenScope]
+    permission_classes = [IsAdminUser, StaffHoldsPermission, TokenScope]
+    staff_permissions = {"GET": "visitors.view_visitor"}
     token_scope = "export"
 
     @extend_schema(responses={(200, "application/zip"): OpenApiResponse(description="visitor.json, crops/")})

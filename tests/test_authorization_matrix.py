@@ -224,3 +224,44 @@ def test_a_staff_role_key_has_no_more_rights_than_its_non_staff_user(django_user
         assert response.json()["error"]["code"] == "permission_denied"
     assert not CheckIn.objects.filter(client_id=body["client_id"]).exists()
     assert key.get("/api/v1/people/").status_code == 200  # it still reads (README: "reads but does not write")
+
+
+def test_staff_erase_export_and_register_webhooks_over_the_api_only_with_the_admins_permissions(django_user_model, settings):
+    """Staff status alone (a reception account for the live feed) neither erases nor exports a
+    person, nor sends recognitions elsewhere through a webhook: the Django permission the admin asks
+    for the same thing is asked here too, of the user's token and of a staff-role key alike."""
+    from django.contrib.auth.models import Permission
+
+    from integrations.models import Webhook
+    from people.models import Person
+
+    reception = django_user_model.objects.create_user("reception", password="reception-pass-123", is_staff=True)
+    _, raw = ApiKey.issue(reception, "reception key", Role.STAFF)
+    key = APIClient()
+    key.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
+    person = Person.objects.create(name="Somebody Erasable", legal_basis="explicit_consent")
+    hook = Webhook.objects.create(url="https://hooks.example.com/in", events=["checkin.created"], secret="s" * 20)
+    settings.WEBHOOK_ALLOW_PRIVATE = True  # the new endpoint is on loopback: no name to resolve
+    new_hook = {"url": "http://127.0.0.1:9/other", "events": ["checkin.created"], "secret": "t" * 20}
+    calls = {
+        "export": ("people.export_person", lambda api: api.get(f"/api/v1/people/{person.pk}/export/"), 200),
+        "webhooks list": ("integrations.view_webhook", lambda api: api.get("/api/v1/webhooks/"), 200),
+        "webhook log": ("integrations.view_webhook", lambda api: api.get(f"/api/v1/webhooks/{hook.pk}/deliveries/"), 200),
+        "webhook add": ("integrations.add_webhook", lambda api: api.post("/api/v1/webhooks/", new_hook, format="json"), 201),
+        "erase": ("people.delete_person", lambda api: api.delete(f"/api/v1/people/{person.pk}/"), 204),  # last
+    }
+    for api in (token_client(reception), key):
+        for name, (needed, call, _) in calls.items():
+            response = call(api)
+            assert response.status_code == 403, (name, response.status_code)
+            assert needed in response.json()["error"]["message"]
+    assert Person.objects.filter(pk=person.pk).exists() and Webhook.objects.count() == 1
+    assert token_client(reception).get("/api/v1/people/").status_code == 200  # staff still read and enroll
+
+    for name, (needed, call, allowed) in calls.items():
+        app, codename = needed.split(".")
+        reception.user_permissions.add(Permission.objects.get(content_type__app_label=app, codename=codename))
+        reception = django_user_model.objects.get(pk=reception.pk)  # permissions are cached per instance
+        response = call(key if name == "export" else token_client(reception))
+        assert response.status_code == allowed, (name, response.content)
+    assert not Person.objects.filter(pk=person.pk).exists() and Webhook.objects.count() == 2
