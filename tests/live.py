@@ -153,6 +153,18 @@ class Site:
             check=True,
         )
 
+    def shell(self, code: str) -> subprocess.Popen:
+        """``manage.py shell -c code`` running beside the test, its output piped (a step paused
+        mid-transaction, for a race with what the test does meanwhile)."""
+        return subprocess.Popen(
+            [PYTHON, "manage.py", "shell", "-v", "0", "-c", code],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def start(self, args: list[str], name: str, env: dict | None = None) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
         proc = subprocess.Popen(args, cwd=ROOT, env=env or self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -5,7 +5,6 @@ each of them (their data export, their erasure)."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 from channels.db import database_sync_to_async
@@ -17,7 +16,6 @@ from security.audit import record_stream_event
 from security.models import ApiKey, AuditEvent, Role
 
 from .conftest import person_named
-from .live import PYTHON, ROOT
 from .test_checkin_feed import stream_until_checked_in
 from .test_live_stream import open_with_consent
 from .test_ws_limits import LACAMOIRE, keyed, run
@@ -161,14 +159,7 @@ print(AuditEvent.objects.about({erased}).count())
 @pytest.mark.django_db
 def test_an_event_written_while_an_erasure_commits_waits_and_leaves_the_person_out(live_site):
     made = json.loads(live_site.manage("shell", "-v", "0", "-c", SETUP).stdout.strip().splitlines()[-1])
-    erasure = subprocess.Popen(
-        [PYTHON, "manage.py", "shell", "-v", "0", "-c", SLOW_ERASURE.format(**made)],
-        cwd=ROOT,
-        env=live_site.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    erasure = live_site.shell(SLOW_ERASURE.format(**made))
     try:
         assert erasure.stdout.readline().strip() == "audit log cleaned", erasure.stderr.read()
         written = live_site.manage("shell", "-v", "0", "-c", WRITE_EVENT.format(**made), timeout=120)

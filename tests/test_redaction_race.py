@@ -5,12 +5,9 @@ row's lock, after the other committed. Real processes on the live site's databas
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
 import pytest
-
-from .live import PYTHON, ROOT
 
 SETUP = """
 import json
@@ -63,22 +60,7 @@ with ModelVersion.objects.get(pk={version}).labels.open("rb") as fh:
 @pytest.mark.django_db
 def test_an_erasure_and_a_photos_redaction_at_once_both_hold(live_site):
     made = json.loads(live_site.manage("shell", "-v", "0", "-c", SETUP).stdout.strip().splitlines()[-1])
-    slow = subprocess.Popen(
-        [
-            PYTHON,
-            "manage.py",
-            "shell",
-            "-v",
-            "0",
-            "-c",
-            SLOW_PHOTO_REDACTION.format(face=made["deleted_face"], version=made["version"]),
-        ],
-        cwd=ROOT,
-        env=live_site.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    slow = live_site.shell(SLOW_PHOTO_REDACTION.format(face=made["deleted_face"], version=made["version"]))
     try:
         assert slow.stdout.readline().strip() == "read", slow.stderr.read()  # it holds the version's lock now
         started = time.monotonic()
