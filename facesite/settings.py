@@ -595,7 +595,9 @@ VISITOR_MAX_EMBEDDINGS = env_int("VISITOR_MAX_EMBEDDINGS", 10)
 # Webhook URLs on private, loopback or reserved addresses are refused (at registration and at every
 # send) unless this is on (tests; a trusted LAN).
 WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)
-WEBHOOK_TIMEOUT_SECONDS = env_float("WEBHOOK_TIMEOUT_SECONDS", 5.0)
+WEBHOOK_TIMEOUT_SECONDS = env_float("WEBHOOK_TIMEOUT_SECONDS", 5.0)  # each connect, send or read
+# One delivery attempt in all (every address tried): a receiver answering a byte at a time is cut off.
+WEBHOOK_DEADLINE_SECONDS = env_float("WEBHOOK_DEADLINE_SECONDS", 15.0)
 # A failed delivery is retried after base, 6x base, 36x base ... seconds (10 s, 60 s, 6 min, ...).
 WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 6)
 WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 10.0)

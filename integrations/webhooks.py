@@ -14,6 +14,8 @@ import http.client
 import ipaddress
 import socket
 import ssl
+import threading
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -138,6 +140,29 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
+class _Deadline:
+    """Shuts ``connection``'s socket down after ``seconds`` (at once if none are left)."""
+
+    def __init__(self, connection: http.client.HTTPConnection, seconds: float):
+        self.passed = False
+        self._connection = connection
+        self._timer = threading.Timer(max(seconds, 0.0), self._cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _cut(self) -> None:
+        self.passed = True
+        sock = self._connection.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
     """POST ``body`` to ``url`` once. Never raises for network or receiver trouble: it is in the Answer."""
     try:
@@ -148,8 +173,13 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
     connection_class = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers}
     error = ""
+    deadline = time.monotonic() + settings.WEBHOOK_DEADLINE_SECONDS
     for address in target.addresses:
         connection = connection_class(address, target.host, target.port, timeout=timeout)
+        # WEBHOOK_TIMEOUT_SECONDS bounds each socket operation; a receiver trickling a byte at a
+        # time would keep one delivery (and the worker running it) for as long as it likes. At
+        # the deadline the socket is shut down under whatever read or write is waiting.
+        cut = _Deadline(connection, deadline - time.monotonic())
         try:
             connection.request("POST", target.path, body=body, headers=headers)
             response = connection.getresponse()
@@ -158,8 +188,11 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
             error = f"{address}: {err}"
             continue  # the next address may answer
         except (OSError, ValueError, http.client.HTTPException) as err:  # ValueError: InvalidURL
+            if cut.passed:
+                return Answer(None, f"The receiver took more than {settings.WEBHOOK_DEADLINE_SECONDS:g} s in all: cut off.")
             return Answer(None, f"{type(err).__name__}: {err}"[:500])
         finally:
+            cut.cancel()
             connection.close()
         if 300 <= response.status < 400:
             return Answer(response.status, f"Redirect to {response.getheader('Location', '?')[:200]} not followed.")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
 import threading
 import time
 import uuid
@@ -251,6 +252,42 @@ def test_a_slow_receiver_times_out(django_capture_on_commit_callbacks):
         assert time.monotonic() - started < 2.5
     delivery = Delivery.objects.get()
     assert delivery.status == "retrying" and "timed out" in delivery.last_error
+
+
+@override_settings(WEBHOOK_ALLOW_PRIVATE=True, WEBHOOK_TIMEOUT_SECONDS=1.0, WEBHOOK_DEADLINE_SECONDS=2.0)
+def test_a_receiver_trickling_its_answer_is_cut_off_at_the_deadline(django_capture_on_commit_callbacks):
+    """Each byte comes within the per-read timeout, so only a deadline on the whole attempt stops
+    it from holding the worker: cut off at 2 s, retried later like any failure."""
+    stop = threading.Event()
+
+    def trickle(server: socket.socket) -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 200:
+                if stop.is_set():
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+                time.sleep(0.25)
+
+    server = socket.create_server(("127.0.0.1", 0))
+    thread = threading.Thread(target=trickle, args=(server,), daemon=True)
+    thread.start()
+    try:
+        Webhook.objects.create(url=f"http://127.0.0.1:{server.getsockname()[1]}/hook", events=["face.rejected"], secret=SECRET)
+        started = time.monotonic()
+        with django_capture_on_commit_callbacks(execute=True):
+            events.emit("face.rejected", {"face_id": 1})
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        server.close()
+    assert took < 4, took  # without the deadline: 200+ bytes at 0.25 s, about 50 s
+    delivery = Delivery.objects.get()
+    assert delivery.status == "retrying" and "2 s in all" in delivery.last_error, delivery.last_error
 
 
 @override_settings(WEBHOOK_ALLOW_PRIVATE=True)
