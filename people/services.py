@@ -116,7 +116,9 @@ def photo_stored(face: FaceImage, name: str, content: ContentFile) -> Iterator[N
 def lock_person(person_id: int | None) -> bool:
     """Lock the person's row until the transaction ends (an erasure waits; SQLite, which has one
     writer at a time, locks nothing here); False if there is no such person (erased)."""
-    return Person.objects.select_for_update().filter(pk=person_id).exists()
+    # NO KEY: a check-in or a rejected match referring to the person (a foreign key check) does not
+    # wait for an upload; an erasure (FOR NO KEY UPDATE too) still does.
+    return Person.objects.select_for_update(no_key=True).filter(pk=person_id).exists()
 
 
 def discard_uncommitted_photos(names: list[str] | None = None, now=None) -> int:

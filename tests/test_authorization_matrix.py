@@ -245,6 +245,7 @@ def test_staff_erase_export_and_register_webhooks_over_the_api_only_with_the_adm
     new_hook = {"url": "http://127.0.0.1:9/other", "events": ["checkin.created"], "secret": "t" * 20}
     calls = {
         "export": ("people.export_person", lambda api: api.get(f"/api/v1/people/{person.pk}/export/"), 200),
+        "export by HEAD": ("people.export_person", lambda api: api.head(f"/api/v1/people/{person.pk}/export/"), 200),
         "webhooks list": ("integrations.view_webhook", lambda api: api.get("/api/v1/webhooks/"), 200),
         "webhook log": ("integrations.view_webhook", lambda api: api.get(f"/api/v1/webhooks/{hook.pk}/deliveries/"), 200),
         "webhook add": ("integrations.add_webhook", lambda api: api.post("/api/v1/webhooks/", new_hook, format="json"), 201),
@@ -254,7 +255,7 @@ def test_staff_erase_export_and_register_webhooks_over_the_api_only_with_the_adm
         for name, (needed, call, _) in calls.items():
             response = call(api)
             assert response.status_code == 403, (name, response.status_code)
-            assert needed in response.json()["error"]["message"]
+            assert response.request["REQUEST_METHOD"] == "HEAD" or needed in response.json()["error"]["message"]
     assert Person.objects.filter(pk=person.pk).exists() and Webhook.objects.count() == 1
     assert token_client(reception).get("/api/v1/people/").status_code == 200  # staff still read and enroll
 

@@ -352,7 +352,7 @@ def test_erasure_rewrites_only_the_reasons_about_the_person_not_names_that_conta
 def test_the_real_mislabel_check_records_whom_the_photo_looks_like(staff_api, django_capture_on_commit_callbacks):
     from people.models import Person
 
-    obama = person_named("Barack Obama")
+    obama = with_own_files(person_named("Barack Obama"))  # his erasure below deletes the files its rows name
     other = Person.objects.create(name="Filed Under Someone Else", legal_basis="explicit_consent")
     with django_capture_on_commit_callbacks(execute=True):
         response = staff_api.post(
