@@ -21,9 +21,11 @@ a non-browser client sending ``Authorization: Token <key>`` (a kiosk-role API ke
 kiosk it is bound to; a staff-role key; or a user's token) and an ``Origin`` header from ALLOWED_HOSTS.
 ``ready`` names the device (the kiosk, "api key", or a signed-in user's own name), never a key's owner.
 
-Audit (security.audit.record_stream_event; person ids, never images): ``stream_identify`` the first
-time each person is named on a socket, ``checkin`` for each check-in made or found, and ``stream``
-when the socket closes (frames analysed, faces tracked, every person id matched, close code).
+Audit (security.audit.record_stream_event; never images): ``checkin`` for each check-in made (naming
+the person) or found again within the repeat window (the check-in's id only), and ``stream`` when the
+socket closes (frames analysed, faces tracked, how many people were named, check-ins, close code:
+counts, nobody named). A person who is only seen, never checked in, is named in no audit row; the rows
+that name someone expire with the check-ins (privacy.services.apply_retention), as the notice says.
 
 The consumer keeps up with the camera instead of queueing: it processes the newest frame and drops
 any that arrived while the previous one was being analysed (each ``faces`` reply says how many were
@@ -207,7 +209,7 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
         self.opened = time.monotonic()
         self.analysed = 0
         self.tracks_seen: set[int] = set()
-        self.identified: set[int] = set()  # person ids already audited on this socket
+        self.identified: set[int] = set()  # person ids named on this socket: counted in the audit, never listed
         self.checkins = 0
         self.visitor_sightings = 0
         self.watcher = asyncio.create_task(self.watch())
@@ -318,13 +320,13 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
                 {
                     "frames": self.analysed,
                     "faces": len(self.tracks_seen),
-                    "matched": sorted(self.identified),
+                    "identified": len(self.identified),
                     "checkins": self.checkins,
                     "visitor_sightings": self.visitor_sightings,
                     "seconds": round(time.monotonic() - self.opened, 1),
                     "close_code": code,
                 },
-                self.identified,
+                (),
                 status_code=code if isinstance(code, int) and 0 < code < 32768 else 1000,
             )
 
@@ -461,32 +463,20 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
             return  # withdrawn while the frame was analysed: say nothing about it
         self.analysed += 1
         self.tracks_seen.update(t.id for t in analysis.tracks)
-        for track in analysis.tracks:
-            if track.person_id is not None and track.person_id not in self.identified:
-                self.identified.add(track.person_id)
-                similarity = None if track.similarity is None else round(track.similarity, 4)
-                await self.audit(
-                    "stream_identify",
-                    {"person_id": track.person_id, "similarity": similarity, "track": track.id, "frame": frame},
-                    [track.person_id],
-                )
+        # Counted for the socket's summary only: someone named but never checked in is not logged.
+        self.identified.update(t.person_id for t in analysis.tracks if t.person_id is not None)
         greetings = []
         for track in analysis.tracks:
             if session.ready_to_check_in(track):
                 checkin, created = await database_sync_to_async(session.check_in)(track, context.threshold)
                 greetings.append((track, checkin, created))
                 self.checkins += 1
-                await self.audit(
-                    "checkin",
-                    {
-                        "checkin_id": checkin.pk,
-                        "person_id": checkin.person_id,
-                        "similarity": round(checkin.similarity, 4),
-                        "already": not created,
-                        "liveness_checked": checkin.liveness_checked,
-                    },
-                    [checkin.person_id],
-                )
+                # A new check-in names its person (it expires with the check-in); a repeat within the
+                # window names only the check-in it found, so it names nobody once that one is gone.
+                result = {"checkin_id": checkin.pk, "already": not created, "liveness_checked": checkin.liveness_checked}
+                if created:
+                    result |= {"person_id": checkin.person_id, "similarity": round(checkin.similarity, 4)}
+                await self.audit("checkin", result, [checkin.person_id] if created else ())
         person_ids = {t.person_id for t in analysis.tracks if t.person_id is not None}
         if person_ids - session.names.keys():
             await database_sync_to_async(session.load_names)(person_ids)

@@ -4,7 +4,7 @@
 all call it): the check-in is deleted, so it leaves the attendance report, the check-in list and,
 through an event on the feed group, the staff screens that show it; the wrong pair is kept as a
 ``RejectedMatch`` with the gallery faces the match was made on; ``checkin.rejected`` goes to
-webhooks and MQTT. The faces that made the match are then judged against the rest of the gallery
+webhooks and MQTT; the check-in's audit row no longer names the person. The faces that made the match are then judged against the rest of the gallery
 (recognition.outliers): those that are outliers of their person are listed for review.
 
 ``review(person)`` is what the outlier review shows of one person: their outlier faces, each with
@@ -21,6 +21,7 @@ from django.db import transaction
 from integrations.events import checkin_rejected
 from recognition import outliers
 from recognition.outliers import FaceEvidence
+from security.models import AuditEvent
 
 from . import feed
 from .models import CheckIn, RejectedMatch
@@ -68,6 +69,7 @@ def reject_checkin(checkin_id: int, by=None) -> Rejection:
         faces = checkin.person.faces.filter(pk__in=[int(pk) for pk in checkin.matched_faces or []])
         match.faces.set(faces)
         checkin_rejected(checkin, by=by)  # sent once this commits
+        AuditEvent.objects.forget_checkin_person(checkin.pk)  # the audit row no longer names them
         checkin.delete()
         transaction.on_commit(partial(feed.announce_removed, checkin_id))
     matched = set(match.faces.values_list("pk", flat=True))

@@ -26,21 +26,41 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from facesite.api import ApiError, EdgeSyncKey
+from integrations.models import Webhook
+from security.audit import checkin_audit_retention_days
 from security.models import ApiKey
 
 
 def checkin_notice() -> dict:
-    """What the check-in notice says is processed, why, and what is kept for how long: the same
-    words on the browser page and the edge kiosk. The period is the one apply_retention enforces."""
-    days = settings.CHECKIN_RETENTION_DAYS
-    period = f"for {days} days, then deleted" if days > 0 else "until staff delete it"
+    """What the check-in notice says is processed, why, what is kept for how long and who else
+    receives it: the same words on the browser page and the edge kiosk. The periods are the ones
+    apply_retention enforces; the audit entries are those checkin.consumers writes."""
     return {
         "what": "pictures of the face in front of the camera, a few per second, and the identity they match "
         "among the people enrolled here.",
         "why": "to recognize enrolled people and record that they checked in.",
-        "kept": f"Only a check-in record is kept ({period}): the name, the time, how sure the match was and this device."
-        + visitor_notice(),
+        "kept": f"A check-in record is kept ({_period(settings.CHECKIN_RETENTION_DAYS)}): the name, the time, how sure "
+        "the match was and this device. The site's security log notes the same check-in with this device's network "
+        f"address ({_period(checkin_audit_retention_days())}); a check-in staff reject as the wrong person is no "
+        "longer named there. Someone recognized but not checked in is not recorded: when the camera stops, the "
+        "log counts the faces seen, never whose." + recipients_notice() + visitor_notice(),
     }
+
+
+def _period(days: int) -> str:
+    return f"for {days} days, then deleted" if days > 0 else "until staff delete it"
+
+
+def recipients_notice() -> str:
+    """Who else receives a check-in: the systems staff connected (a webhook subscribed to check-in
+    events, the MQTT broker; integrations.events). The sentence is there exactly while one is."""
+    webhooks = any(Webhook.objects.subscribed_to(event) for event in ("checkin.created", "checkin.rejected"))
+    if not (webhooks or settings.MQTT_URL):
+        return ""
+    return (
+        " Each check-in (the name, the time, how sure the match was and this device) is also sent at once to "
+        "the other systems this site is connected to; staff can tell you which."
+    )
 
 
 def visitor_notice() -> str:

@@ -77,8 +77,16 @@ def kiosk_sign_out(request):
 @login_required
 @require_GET
 def verify(request):
-    """Compare two faces: the page posts both photos to /api/v1/verify/ after consent; nothing is stored."""
-    return render(request, "verify.html", _notice_context())
+    """Compare two faces: the page posts both photos to /api/v1/verify/ after consent. Neither the
+    photos nor the result are stored; the notice says what is (recognition.answers.Verification)."""
+    days = settings.AUDIT_LOG_RETENTION_DAYS
+    period = f"for {days} days, then deleted" if days > 0 else "until staff delete it"
+    kept = (
+        "The photos, the faces found in them and the result are not kept. The site's security log notes that "
+        f"your account compared two photos, when, from which network address and whether it worked ({period}), "
+        "and the record of this consent (your account, the time, this notice's version) is kept."
+    )
+    return render(request, "verify.html", {**_notice_context(), "verify_kept": kept})
 
 
 @login_required

@@ -536,7 +536,7 @@ STORAGES = {
 # ---- live check-in (checkin.consumers) --------------------------------------------------------
 # The consent notice's version: a change to the notice's wording gets a new version, and each
 # Consent row records which one the person agreed to.
-CONSENT_NOTICE_VERSION = env_str("CONSENT_NOTICE_VERSION", "2026-12-1")
+CONSENT_NOTICE_VERSION = env_str("CONSENT_NOTICE_VERSION", "2026-12-2")
 CONSENT_MIN_AGE = env_int("CONSENT_MIN_AGE", 16)
 # A frame over either limit is refused with an error on the socket (the connection stays open).
 CHECKIN_MAX_FRAME_BYTES = env_int("CHECKIN_MAX_FRAME_BYTES", 512 * 1024)

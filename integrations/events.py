@@ -58,7 +58,10 @@ def _dispatch(event: str, data: dict, created_at: str, person_ids: str = "") -> 
         # The message (a person's name, for some events) is the task's argument: django-q would keep
         # it in its task table once published, so a published message is not kept (save=False);
         # a failed one is, until an erasure about its person deletes it (privacy.services).
-        _queue("integrations.tasks.publish", event, message(event, data, uuid.uuid4(), created_at), save=False)
+        event_id = uuid.uuid4()
+        _queue(
+            "integrations.tasks.publish", event, message(event, data, event_id, created_at), event=event, ref=event_id, save=False
+        )
 
 
 def queue_delivery(webhook: Webhook, event: str, data: dict, created_at: str | None = None, person_ids: str = "") -> Delivery:
@@ -67,18 +70,20 @@ def queue_delivery(webhook: Webhook, event: str, data: dict, created_at: str | N
     delivery = Delivery.objects.create(
         webhook=webhook, event=event, delivery_id=delivery_id, payload=payload, person_ids=person_ids
     )
-    _queue("integrations.tasks.deliver", delivery.pk)
+    _queue("integrations.tasks.deliver", delivery.pk, event=event, ref=delivery.pk)
     return delivery
 
 
-def _queue(func: str, *args, save: bool = True) -> None:
+def _queue(func: str, *args, event: str, ref, save: bool = True) -> None:
+    """Queue ``func(*args)``; ``event`` and ``ref`` (the delivery's or the message's id) are what a
+    failure logs: never ``args``, which can hold a whole message (a person's name, a time, a kiosk)."""
     from django_q.tasks import async_task
 
     try:
         async_task(func, *args, group=TASK_GROUP, save=save)
     except Exception:
         # The broker is down: the delivery stays "pending" in the admin, where staff can retry it.
-        log.exception("could not queue %s%r", func, args)
+        log.exception("could not queue %s for %s %s", func, event, ref)
 
 
 def send_test(webhook: Webhook) -> Delivery:
@@ -89,7 +94,7 @@ def send_test(webhook: Webhook) -> Delivery:
 def retry(delivery: Delivery) -> None:
     """Send a delivery again now (admin action), whatever its state."""
     Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.PENDING, next_attempt_at=None)
-    _queue("integrations.tasks.deliver", delivery.pk)
+    _queue("integrations.tasks.deliver", delivery.pk, event=delivery.event, ref=delivery.pk)
 
 
 # ---- payloads -------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from people.models import FaceImage, Person
 from people.services import delete_files, discard_uncommitted_photos
 from recognition import services as recognition
 from recognition.enrollment import without_looks_like
+from security.audit import checkin_audit_retention_days
 from security.models import AuditEvent, person_ids_field
 from training import redaction
 from training import services as training
@@ -448,7 +449,8 @@ def apply_retention(days: int | None = None, now=None) -> RetentionReport:
     """Delete original photos uploaded more than ``days`` ago, keeping their embeddings (and, by
     setting, the aligned crops and face regions); and audit events, check-ins (and rejected ones)
     and webhook deliveries older than AUDIT_LOG_RETENTION_DAYS, CHECKIN_RETENTION_DAYS and
-    WEBHOOK_LOG_RETENTION_DAYS; and the model versions past TRAINING_KEEP_VERSIONS; and photos
+    WEBHOOK_LOG_RETENTION_DAYS (the live check-in's audit rows that name a person no later than the
+    check-ins: security.audit.checkin_audit_retention_days); and the model versions past TRAINING_KEEP_VERSIONS; and photos
     whose upload's transaction rolled back (people.services.discard_uncommitted_photos)."""
     days = settings.FACE_PHOTO_RETENTION_DAYS if days is None else days
     now = now or timezone.now()
@@ -485,7 +487,9 @@ def apply_retention(days: int | None = None, now=None) -> RetentionReport:
     report = RetentionReport(
         photos,
         crops,
-        _delete_older(AuditEvent.objects.all(), "created_at", settings.AUDIT_LOG_RETENTION_DAYS, now),
+        _delete_older(AuditEvent.objects.all(), "created_at", settings.AUDIT_LOG_RETENTION_DAYS, now)
+        # the live check-in's rows that name someone go with the check-ins they document (the notice says so)
+        + _delete_older(AuditEvent.objects.naming_people_at_checkin(), "created_at", checkin_audit_retention_days(), now),
         _delete_older(CheckIn.objects.all(), "checked_in_at", settings.CHECKIN_RETENTION_DAYS, now),
         _delete_older(Delivery.objects.all(), "created_at", settings.WEBHOOK_LOG_RETENTION_DAYS, now),
         # a rejected check-in is kept as long as the check-in would have been

@@ -83,6 +83,11 @@ class Verification:
         return data
 
     def audit_summary(self) -> AuditSummary:
-        keys = ("verified", "similarity", "threshold") + (("person_id", "compared_images") if self.person_id is not None else ())
-        people = (self.person_id,) if self.person_id is not None else ()
-        return AuditSummary({key: getattr(self, key) for key in keys}, people)
+        """A comparison of two images (the /verify/ page's) is logged without its result: who, when
+        and the status are enough to account for the call, and the page promises the result is not
+        kept. A face checked against a person is a decision about that person: it keeps the outcome
+        and is logged against them (their export and erasure find it)."""
+        if self.person_id is None:
+            return AuditSummary({})
+        keys = ("verified", "similarity", "threshold", "person_id", "compared_images")
+        return AuditSummary({key: getattr(self, key) for key in keys}, (self.person_id,))

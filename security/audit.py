@@ -12,6 +12,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+from django.conf import settings
+
 from .models import ApiKey, AuditEvent, person_ids_field
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,15 @@ class AuditedView:
 # ---- live check-in websockets (checkin.consumers) ---------------------------------------------
 
 
+def checkin_audit_retention_days() -> int:
+    """How long a live check-in's audit rows that name a person are kept: no longer than the
+    check-in they document, nor than any audit event (the shorter of CHECKIN_RETENTION_DAYS and
+    AUDIT_LOG_RETENTION_DAYS, 0 meaning "kept"; 0 only when both keep). The check-in notice states
+    it and privacy.services.apply_retention enforces it."""
+    periods = [d for d in (settings.CHECKIN_RETENTION_DAYS, settings.AUDIT_LOG_RETENTION_DAYS) if d > 0]
+    return min(periods, default=0)
+
+
 def stream_actor(user=None, api_key: ApiKey | None = None, kiosk=None) -> str:
     """Who a socket acts for, in the audit log's words: the kiosk, the key, the user."""
     parts = []
@@ -116,8 +127,9 @@ def record_stream_event(
 ) -> None:
     """One audit row for a live identification decision over a websocket (never an image or frame).
 
-    Used by /ws/identify/ for: ``stream_identify`` (a person first named on a socket),
-    ``checkin`` (a check-in made or found), ``stream`` (a socket's summary when it closes).
+    Used by /ws/identify/ for: ``checkin`` (a check-in made, naming its person, or found again,
+    naming only the check-in) and ``stream`` (a socket's summary when it closes: counts, nobody
+    named). Rows naming someone expire with the check-ins (AuditEvent.objects.naming_people_at_checkin).
     A failure to write the log never breaks the stream.
     """
     try:

@@ -172,10 +172,33 @@ def existing_people(ids: set[int], using: str) -> set[int]:
     return set(person.objects.using(using).filter(pk__in=ids).values_list("pk", flat=True))
 
 
+# The rows /ws/identify/ writes (checkin.consumers). ``stream_identify`` is no longer written (a person
+# seen but not checked in is not logged) but rows of it written before may remain until they expire.
+LIVE_CHECKIN_ACTIONS = ("checkin", "stream", "stream_identify")
+
+
 class AuditEventQuerySet(models.QuerySet):
     def about(self, person_id: int):
         # LIKE '%,17,%': on PostgreSQL served by the trigram index of migration 0005.
         return self.filter(person_ids__contains=f",{int(person_id)},")
+
+    def naming_people_at_checkin(self):
+        """Live check-in rows that name somebody: they expire with the check-ins they document
+        (privacy.services.apply_retention), as the check-in notice says."""
+        return self.filter(action__in=LIVE_CHECKIN_ACTIONS).exclude(person_ids="")
+
+    def forget_checkin_person(self, checkin_id: int) -> int:
+        """Take the person out of the ``checkin`` rows of a check-in rejected as "not this person"
+        (checkin.corrections): the row still says a check-in was made there and then, naming nobody
+        (the wrong pair is kept, for the check-in period, as the RejectedMatch). Returns the rows changed."""
+        changed = 0
+        for event in self.filter(action="checkin", result__checkin_id=int(checkin_id)):
+            gone = people_named_in(event.result, event.person_ids)
+            event.result = {**without_people(event.result, gone), "rejected": True}
+            event.person_ids = ""
+            event.save(update_fields=["result", "person_ids"])
+            changed += 1
+        return changed
 
 
 class AuditEvent(models.Model):

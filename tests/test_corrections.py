@@ -406,3 +406,28 @@ def test_a_match_names_the_gallery_face_it_was_made_on():
     assert track.agreeing_faces == [11, 10]
     track.record_match(2, 0.9, 12)  # another identity starts a new streak, with its own faces
     assert track.agreeing_faces == [12]
+
+
+def test_a_rejected_check_in_leaves_its_audit_row_naming_nobody(staff_api, django_capture_on_commit_callbacks):
+    from security.audit import record_stream_event
+    from security.models import AuditEvent
+
+    obama, biden = person_named("Barack Obama"), person_named("Joe Biden")
+    wrong, right = check_in(obama), check_in(biden)
+    for checkin in (wrong, right):  # as /ws/identify/ writes them
+        result = {"checkin_id": checkin.pk, "already": False, "person_id": checkin.person_id, "similarity": 0.61}
+        record_stream_event("checkin", result=result, person_ids=[checkin.person_id])
+    record_stream_event("checkin", result={"checkin_id": wrong.pk, "already": True})  # a repeat: no name
+    assert reject(staff_api, wrong.pk, django_capture_on_commit_callbacks).status_code == 200
+    assert not AuditEvent.objects.about(obama.pk).exists()
+    made, kept, repeat = AuditEvent.objects.order_by("id")
+    assert made.person_ids == "" and made.result == {
+        "checkin_id": wrong.pk,
+        "already": False,
+        "person_id": None,
+        "similarity": 0.61,
+        "rejected": True,
+    }
+    assert kept.person_ids == f",{biden.pk}," and kept.result["person_id"] == biden.pk  # another check-in: untouched
+    assert repeat.result == {"checkin_id": wrong.pk, "already": True, "rejected": True}
+    assert RejectedMatch.objects.get().person == obama  # the wrong pair is kept where the notice says

@@ -601,6 +601,46 @@ def test_a_broker_outage_does_not_fail_the_caller(caplog):
     assert "could not publish checkin.created" in caplog.text
 
 
+def test_a_queue_outage_logs_the_task_the_event_and_an_id_never_the_message(
+    caplog, monkeypatch, django_capture_on_commit_callbacks
+):
+    import django_q.tasks
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("the broker is down")
+
+    monkeypatch.setattr(django_q.tasks, "async_task", broker_down)
+    hook = Webhook.objects.create(url="https://example.org/hook", events=["checkin.created"], secret=SECRET)
+    data = {"checkin_id": 7, "person": {"id": 3, "name": "Barack Obama"}, "kiosk": {"id": 1, "name": "Front door"}}
+    with override_settings(MQTT_URL=BROKER), django_capture_on_commit_callbacks(execute=True):
+        events.emit("checkin.created", data)
+    delivery = Delivery.objects.get(webhook=hook)
+    assert delivery.status == Delivery.Status.PENDING  # staff can retry it from the admin
+    lines = [r.getMessage() for r in caplog.records]
+    assert f"could not queue integrations.tasks.deliver for checkin.created {delivery.pk}" in lines
+    published = [line for line in lines if line.startswith("could not queue integrations.tasks.publish for checkin.created ")]
+    assert len(published) == 1 and uuid.UUID(published[0].rsplit(" ", 1)[1])  # the message's id
+    assert not [line for line in lines if "Obama" in line or "Front door" in line or "checked_in" in line], lines
+
+
+def test_the_check_in_notice_names_connected_systems_exactly_while_check_ins_are_sent_to_them(settings):
+    from checkin.edge_api import checkin_notice
+
+    said = "also sent at once to the other systems this site is connected to"
+    settings.MQTT_URL = ""
+    assert said not in checkin_notice()["kept"]
+    hook = Webhook.objects.create(url="https://example.org/hook", events=["person.erased"], secret=SECRET)
+    assert said not in checkin_notice()["kept"]  # receives no check-ins
+    hook.events = ["model.activated", "checkin.created"]
+    hook.save()
+    assert said in checkin_notice()["kept"]
+    hook.is_active = False
+    hook.save()
+    assert said not in checkin_notice()["kept"]
+    settings.MQTT_URL = BROKER  # every event goes to the broker
+    assert said in checkin_notice()["kept"]
+
+
 # ---- the admin ------------------------------------------------------------------------------------
 
 

@@ -238,6 +238,33 @@ def test_enrolled_person_is_named_then_checked_in_once(plain_user, settings):
 
 
 @pytest.mark.django_db
+def test_a_person_named_but_not_checked_in_is_counted_in_the_audit_log_never_named(kiosk, settings):
+    from security.models import AuditEvent
+
+    settings.CHECKIN_STABLE_FRAMES = 10  # more frames than are sent: named on every frame, never checked in
+    obama = person_named("Barack Obama")
+
+    async def scenario():
+        communicator = communicator_for(kiosk=kiosk)
+        await open_with_consent(communicator)
+        replies = []
+        for _ in range(2):
+            await communicator.send_to(bytes_data=OBAMA)
+            replies.extend(await answers_until(communicator, "faces"))
+        await communicator.disconnect()
+        return replies
+
+    replies = run(scenario)
+    assert {f["name"] for m in replies if m["type"] == "faces" for f in m["faces"]} == {"Barack Obama"}
+    assert not CheckIn.objects.exists()
+    summary = AuditEvent.objects.get()  # the socket's summary only: no row per person seen
+    assert summary.action == "stream" and summary.actor == "kiosk 'Front door'"
+    assert summary.person_ids == "" and not AuditEvent.objects.about(obama.pk).exists()
+    assert summary.result["identified"] == 1 and summary.result["checkins"] == 0 and summary.result["frames"] == 2
+    assert not {"matched", "person_id"} & set(summary.result)
+
+
+@pytest.mark.django_db
 def test_people_not_enrolled_show_as_unknown_and_are_not_checked_in(kiosk, settings):
     settings.CHECKIN_STABLE_FRAMES = 2
     settings.CHECKIN_REEMBED_EVERY = 1
@@ -560,7 +587,13 @@ def test_verify_page_needs_a_login_and_records_consent(client, plain_user):
 
     assert client.get("/verify/")["Location"].startswith("/accounts/login/")
     client.force_login(plain_user)
-    assert client.get("/verify/").status_code == 200
+    page = client.get("/verify/")
+    assert page.status_code == 200
+    # the notice says what is kept, and that the result is not (recognition.answers.Verification)
+    text = page.content.decode()
+    assert "Nothing is kept" not in text
+    assert "the result are not kept" in text
+    assert f"whether it worked (for {settings.AUDIT_LOG_RETENTION_DAYS} days, then deleted)" in text
     stale = client.post("/verify/consent/", {"notice_version": "old", "age_confirmed": "yes"})
     assert stale.status_code == 400 and stale.json()["error"]["code"] == "stale_notice"
     no_age = client.post("/verify/consent/", {"notice_version": settings.CONSENT_NOTICE_VERSION})

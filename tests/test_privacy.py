@@ -169,9 +169,37 @@ def test_old_check_ins_and_webhook_deliveries_go_and_the_notice_states_the_perio
     assert list(CheckIn.objects.values_list("checked_in_at", flat=True)) == [recent]
     assert Delivery.objects.count() == 1
     client.force_login(get_user_model().objects.create_user("walk-in", password="x" * 12))
-    assert "Only a check-in record is kept (for 90 days, then deleted)" in client.get("/checkin/").content.decode()
+    assert "A check-in record is kept (for 90 days, then deleted)" in client.get("/checkin/").content.decode()
     settings.CHECKIN_RETENTION_DAYS = 0
     assert privacy.apply_retention().checkins_deleted == 0 and CheckIn.objects.count() == 1
+
+
+def test_the_live_check_ins_audit_rows_that_name_someone_go_with_the_check_ins_as_the_notice_says(settings, kiosk):
+    from checkin.edge_api import checkin_notice
+    from security.audit import record_stream_event
+
+    settings.CHECKIN_RETENTION_DAYS, settings.AUDIT_LOG_RETENTION_DAYS = 30, 365
+    obama, biden = person_named("Barack Obama"), person_named("Joe Biden")
+    record_stream_event("checkin", kiosk=kiosk, result={"checkin_id": 1, "person_id": obama.pk}, person_ids=[obama.pk])
+    record_stream_event("stream_identify", kiosk=kiosk, result={"person_id": biden.pk}, person_ids=[biden.pk])  # older rows
+    record_stream_event("stream", kiosk=kiosk, result={"frames": 40, "identified": 2, "checkins": 1})  # names nobody
+    record_stream_event("checkin", kiosk=kiosk, result={"checkin_id": 1, "already": True})  # a repeat names nobody
+    AuditEvent.objects.create(action="recognize", actor="x", status_code=200, person_ids=f",{obama.pk},")
+    AuditEvent.objects.update(created_at=timezone.now() - timedelta(days=31))
+    named_recently = AuditEvent.objects.create(action="checkin", actor="y", status_code=200, person_ids=f",{obama.pk},")
+
+    assert privacy.apply_retention(days=0).audit_events_deleted == 2
+    assert not AuditEvent.objects.filter(action="stream_identify").exists()
+    assert sorted(AuditEvent.objects.values_list("action", flat=True)) == ["checkin", "checkin", "recognize", "stream"]
+    assert set(AuditEvent.objects.about(obama.pk)) == {named_recently, AuditEvent.objects.get(action="recognize")}
+    kept = checkin_notice()["kept"]
+    assert "A check-in record is kept (for 30 days, then deleted)" in kept
+    assert "security log notes the same check-in with this device's network address (for 30 days, then deleted)" in kept
+    settings.AUDIT_LOG_RETENTION_DAYS = 10  # the shorter period applies
+    assert "network address (for 10 days, then deleted)" in checkin_notice()["kept"]
+    settings.CHECKIN_RETENTION_DAYS = settings.AUDIT_LOG_RETENTION_DAYS = 0
+    assert "network address (until staff delete it)" in checkin_notice()["kept"]
+    assert privacy.apply_retention(days=0).audit_events_deleted == 0
 
 
 def test_retention_command_and_daily_schedule_exist(capsys):

@@ -94,6 +94,23 @@ def test_obama_and_biden_are_not_the_same_person(user_api):
     assert body["similarity"] < body["threshold"]
 
 
+def test_the_verify_pages_comparison_is_audited_without_its_result(client, plain_user):
+    from people.models import Person
+    from security.models import AuditEvent
+
+    client.force_login(plain_user)  # as the /verify/ page calls it: the session
+    files = {"image1": PEOPLE / "barack_obama/obama.jpg", "image2": PEOPLE / "barack_obama/obama2.jpg"}
+    response = client.post("/api/v1/verify/", {k: SimpleUploadedFile(v.name, read(v)) for k, v in files.items()})
+    assert response.status_code == 200 and response.json()["verified"] is True
+    event = AuditEvent.objects.get(action="verify")
+    assert (event.user, event.status_code, event.person_ids, event.result) == (plain_user, 200, "", {})
+    # checked against a person, the outcome is a decision about them: kept, and logged against them
+    obama = Person.objects.get(name="Barack Obama")
+    client.post("/api/v1/verify/", {"image": SimpleUploadedFile("p.jpg", read(PROBES / "obama1.jpg")), "person_id": obama.pk})
+    about = AuditEvent.objects.about(obama.pk).get()
+    assert about.result["verified"] is True and about.result["person_id"] == obama.pk
+
+
 def test_a_photo_is_verified_against_an_enrolled_person(user_api):
     from people.models import Person
 

@@ -292,18 +292,19 @@ def test_a_check_in_over_a_kiosk_key_is_audited_with_person_ids_and_no_images(st
     greeting = run(scenario)
     assert greeting["person_id"] == lacamoire.pk
     events = {e.action: e for e in AuditEvent.objects.all()}
-    assert set(events) == {"stream_identify", "checkin", "stream"}, list(AuditEvent.objects.values("action"))
+    assert set(events) == {"checkin", "stream"}, list(AuditEvent.objects.values("action"))
     for event in events.values():
         assert event.api_key == key and event.user == staff_user
         assert event.actor == "kiosk 'Front door' / staff / key 'door pi'"
         assert event.client_address == "192.0.2.7"
-        assert list(AuditEvent.objects.about(lacamoire.pk).filter(pk=event.pk))  # findable for export/erasure
         assert not {"image", "frame_bytes", "crop", "embedding"} & set(event.result)
-    assert events["stream_identify"].result["person_id"] == lacamoire.pk
+    # the check-in names its person (findable for export and erasure); the summary counts, names nobody
+    assert list(AuditEvent.objects.about(lacamoire.pk)) == [events["checkin"]]
     assert events["checkin"].result["checkin_id"] == lacamoire.checkins.get().pk
-    assert events["checkin"].result["already"] is False
+    assert events["checkin"].result["already"] is False and events["checkin"].result["person_id"] == lacamoire.pk
     summary = events["stream"].result
-    assert summary["matched"] == [lacamoire.pk] and summary["checkins"] == 1 and summary["frames"] >= 4
+    assert events["stream"].person_ids == "" and "matched" not in summary
+    assert summary["identified"] == 1 and summary["checkins"] == 1 and summary["frames"] >= 4
 
 
 @pytest.mark.django_db
@@ -323,7 +324,7 @@ def test_a_socket_is_audited_when_it_closes_from_the_address_the_proxy_rule_give
     assert event.result == {
         "frames": 0,
         "faces": 0,
-        "matched": [],
+        "identified": 0,
         "checkins": 0,
         "visitor_sightings": 0,
         "seconds": event.result["seconds"],
