@@ -1,8 +1,9 @@
 """/api/v1/edge/: what an offline edge kiosk (edge/ in the repo) syncs with a kiosk API key.
 
 ``manifest/`` names the active model version's files and their sha256 sums (on a fused site also
-dlib's network, the second .tflite), the consent notice and the check-in rule (stable frames,
-re-embedding, repeat window), so the kiosk applies the server's rules. ``gallery/`` is the gallery
+dlib's network, the second .tflite), the consent notice, the check-in rule (stable frames,
+re-embedding, repeat window) and the ids of the people deactivated (the kiosk masks them in its
+label map until the next retrain drops them), so the kiosk applies the server's rules. ``gallery/`` is the gallery
 delta for nearest-neighbour serving: the faces added or changed since a cursor, with the served
 embedder's templates (FaceNet's 128-d or the fused 256-d), and the ids of every face in the gallery
 now (the client drops the others).
@@ -92,7 +93,8 @@ def notice_text() -> str:
 
 
 class EdgeManifestView(APIView):
-    """The active version's files (URLs, sha256), the consent notice and the check-in rule."""
+    """The active version's files (URLs, sha256), the consent notice, the check-in rule and the
+    ids of deactivated people."""
 
     permission_classes = [EdgeSyncKey]
     token_scope = "edge_sync"
@@ -101,8 +103,12 @@ class EdgeManifestView(APIView):
         responses={200: OpenApiTypes.OBJECT}, summary="The active model's files, the consent notice and the check-in rule"
     )
     def get(self, request):
+        from people.models import Person
         from training.models import ModelVersion
 
+        from .services import current_notice
+
+        current_notice()  # the notice history starts when a version is first served
         version = ModelVersion.objects.active()
         model = None
         if version is not None and version.tflite and version.labels:
@@ -129,6 +135,9 @@ class EdgeManifestView(APIView):
                     "min_age": settings.CONSENT_MIN_AGE,
                     "text": notice_text(),
                 },
+                # the people never to name (deactivated): inactive people are few where faces are
+                # many, so the whole list stays small; the active ones would not
+                "inactive_people": sorted(Person.objects.filter(is_active=False).values_list("pk", flat=True)),
                 "checkin": {
                     "stable_frames": settings.CHECKIN_STABLE_FRAMES,
                     "reembed_every": settings.CHECKIN_REEMBED_EVERY,

@@ -81,8 +81,19 @@ class Consent(models.Model):
     purpose = models.CharField(max_length=10, choices=Purpose.choices)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     kiosk = models.ForeignKey(Kiosk, null=True, blank=True, on_delete=models.SET_NULL, related_name="consents")
+
+    class Method(models.TextChoices):
+        PAGE = "page", "Given on the page by the person"
+        # an edge kiosk's (edge/kiosk.py): the operator's, for the people using the device
+        INTERACTIVE = "interactive", "Edge: the operator was shown the notice on the device and agreed"
+        OPERATOR_FLAG = "operator_flag", "Edge: the operator passed --consent (notice shown by other means)"
+        UNRECORDED = "unrecorded", "Edge: the device did not say how"
+
     notice_version = models.CharField(max_length=20)
     age_confirmed = models.BooleanField(default=False)
+    method = models.CharField(
+        max_length=16, choices=Method.choices, default=Method.PAGE, help_text="How the consent was obtained."
+    )
     given_at = models.DateTimeField(default=timezone.now)
     withdrawn_at = models.DateTimeField(null=True, blank=True)
 
@@ -102,6 +113,21 @@ class Consent(models.Model):
         if self.withdrawn_at is None:
             self.withdrawn_at = timezone.now()
             self.save(update_fields=["withdrawn_at"])
+
+
+class NoticeVersion(models.Model):
+    """When each CONSENT_NOTICE_VERSION came into force here (first served by this server): the
+    history by which an edge kiosk's check-in, queued under the notice in force when it was made,
+    is accepted after the notice changed (checkin.services.notice_in_force)."""
+
+    version = models.CharField(max_length=20)
+    since = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["since", "id"]
+
+    def __str__(self) -> str:
+        return f"notice {self.version} since {self.since:%Y-%m-%d %H:%M}"
 
 
 class CheckInQuerySet(models.QuerySet):

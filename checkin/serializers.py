@@ -42,8 +42,22 @@ class EdgeCheckInSerializer(serializers.Serializer):
     model_version = serializers.IntegerField(
         required=False, allow_null=True, min_value=1, max_value=2**31 - 1, help_text="The version number the kiosk ran."
     )
-    notice_version = serializers.CharField(max_length=20, help_text="The consent notice the kiosk's operator accepted.")
+    notice_version = serializers.CharField(
+        max_length=20,
+        help_text="The consent notice the kiosk's operator accepted: the one in force when the check-in was made "
+        "(else 409 stale_notice).",
+    )
     consent_given_at = serializers.DateTimeField(required=False, allow_null=True)
+    consent_method = serializers.ChoiceField(
+        choices=["interactive", "operator_flag"],
+        required=False,
+        allow_null=True,
+        help_text="How the device obtained consent: the notice shown and answered on it (interactive), or the "
+        "operator's --consent flag. Not sent: stored as unrecorded.",
+    )
+    age_confirmed = serializers.BooleanField(
+        required=False, default=False, help_text="Whether the device asked and the minimum age was confirmed."
+    )
 
 
 # ---- corrections and the outlier review (checkin/corrections.py) ----------------------------------

@@ -49,12 +49,17 @@ def now_iso() -> str:
 def ensure_consent(state: State, given_by_flag: bool, interactive: bool) -> dict:
     """The consent in force for the notice version last fetched from the server; asks or records it.
 
-    Raises SystemExit when there is none: the camera is not opened without it."""
+    It says how it was obtained, and the server stores exactly that: ``method`` "operator_flag"
+    (``--consent``: the operator says the notice was shown by other means; no age was asked, so
+    ``age_confirmed`` is False) or "interactive" (the notice shown here and the operator answered
+    yes to a question that includes the minimum age). A consent recorded before the device said
+    how (no ``method``) is asked again. Raises SystemExit when there is none: the camera is not
+    opened without it."""
     notice = state.manifest.get("consent")
     if not notice:
         raise SystemExit("No consent notice cached: run `python -m edge sync` while the server is reachable first.")
     consent = state.read().get("consent") or {}
-    if consent.get("notice_version") == notice["notice_version"]:
+    if consent.get("notice_version") == notice["notice_version"] and consent.get("method"):
         return consent
     if not given_by_flag:
         if not interactive:
@@ -68,9 +73,20 @@ def ensure_consent(state: State, given_by_flag: bool, interactive: bool) -> dict
         )
         if answer.strip().lower() not in ("y", "yes"):
             raise SystemExit("Consent not given: the camera stays off.")
-    consent = {"notice_version": notice["notice_version"], "given_at": now_iso()}
+    consent = {
+        "notice_version": notice["notice_version"],
+        "given_at": now_iso(),
+        "method": "operator_flag" if given_by_flag else "interactive",
+        "age_confirmed": not given_by_flag,
+    }
     state.update(consent=consent)
     return consent
+
+
+def notice_changed(state: State, consent: dict) -> str | None:
+    """The notice version the last sync brought, when it is not the one ``consent`` was given to."""
+    version = (state.manifest.get("consent") or {}).get("notice_version")
+    return version if version and version != consent.get("notice_version") else None
 
 
 # ---- the run loop ----------------------------------------------------------------------------------
@@ -129,7 +145,12 @@ class Kiosk:
         rule = self.state.manifest.get("checkin", {})
         state = self.state.read()
         return EdgeRecognizer(
-            self.state.pair_dir, self.state.gallery(), state.get("names", {}), rule, state.get("gallery_embedder")
+            self.state.pair_dir,
+            self.state.gallery(),
+            state.get("names", {}),
+            rule,
+            state.get("gallery_embedder"),
+            inactive=self.state.manifest.get("inactive_people", ()),
         )
 
     def maybe_sync(self, force: bool = False) -> None:
@@ -141,11 +162,13 @@ class Kiosk:
             for report in self.outbox.upload(self.server):
                 emit(report)
             before = (self.state.version, self.state.read().get("gallery_cursor"))
+            inactive = self.state.manifest.get("inactive_people")
             report = sync(self.server, self.state)
             if self.online is not True:
                 emit({"type": "online"})
             self.online = True
-            if report["model_changed"] or report["gallery_changes"] or before[0] != self.state.version:
+            masked = inactive != self.state.manifest.get("inactive_people")  # someone (re)activated on the server
+            if report["model_changed"] or report["gallery_changes"] or before[0] != self.state.version or masked:
                 self.recognizer = self.load()
                 emit({**report, "reloaded": True})
             for upload in self.outbox.upload(self.server):
@@ -157,7 +180,11 @@ class Kiosk:
         except SyncError as err:
             emit({"type": "sync_error", "error": str(err), "version": self.state.version})
 
-    def run(self, source, headless: bool, every: int, consent: dict) -> int:
+    def run(self, source, headless: bool, every: int, consent: dict, interactive: bool = False) -> int:
+        """Recognize and check in until the source ends (0), or until a sync brings a notice version
+        ``consent`` was not given to and it is not given again here (2): interactively the new
+        notice is asked at once; otherwise (``--consent``, headless) the kiosk stops, and the next
+        ``run`` asks (or needs ``--consent`` again, after the operator showed the new notice)."""
         import cv2
 
         rule = self.state.manifest.get("checkin", {})
@@ -165,6 +192,14 @@ class Kiosk:
         index = 0
         self.maybe_sync(force=True)
         while True:
+            if new_notice := notice_changed(self.state, consent):
+                emit({"type": "consent_required", "notice_version": new_notice, "given": consent["notice_version"]})
+                try:
+                    consent = ensure_consent(self.state, False, interactive)
+                except SystemExit as stop:
+                    print(stop, file=sys.stderr)
+                    emit({"type": "end", "frames": index, "pending": len(self.outbox.pending()), "version": self.state.version})
+                    return 2
             ok, bgr = source.read()
             if not ok:
                 break
@@ -187,6 +222,8 @@ class Kiosk:
                     "model_version": self.state.version,
                     "notice_version": consent["notice_version"],
                     "consent_given_at": consent["given_at"],
+                    "consent_method": consent["method"],
+                    "age_confirmed": consent["age_confirmed"],
                 }
                 self.outbox.add(checkin)
                 emit({"type": "checkin", "name": self.recognizer.name(track.person_id), "queued": True, **checkin})
@@ -246,11 +283,12 @@ def main(argv: list[str] | None = None) -> int:
             for report in reports:
                 emit(report)
             return 0 if all(r["status"] in (200, 201) for r in reports) else 1
-        consent = ensure_consent(state, args.consent, sys.stdin.isatty())  # before any camera is opened
+        interactive = sys.stdin.isatty()
+        consent = ensure_consent(state, args.consent, interactive)  # before any camera is opened
         if not args.headless:
             check_window_support()
         kiosk = Kiosk(state, server, outbox, args.sync_every)
-        return kiosk.run(open_source(args), args.headless, max(1, args.every), consent)
+        return kiosk.run(open_source(args), args.headless, max(1, args.every), consent, interactive)
     finally:
         outbox.close()
 

@@ -10,6 +10,11 @@ Matching is what the version serves: with its softmax head in production, the he
 layer from the label map, in numpy) with its probability threshold; otherwise cosine nearest
 neighbour with the label map's threshold, over the gallery delta when one was synced (it follows
 enrollments made after training) or else the label map's own gallery.
+
+People deactivated on the server since the version was trained (the manifest's ``inactive_people``)
+are masked as the server does live: their head columns are dropped (the probabilities are not
+renormalised, so their face is not handed to the next-likeliest person) and their gallery rows
+removed, until the next retrain leaves them out.
 """
 
 from __future__ import annotations
@@ -60,25 +65,38 @@ class TFLitePipeline:
 class HeadMatcher:
     """The label map's softmax head, searched like a Gallery: the probability is the score."""
 
-    def __init__(self, head: dict, person_ids: dict[int, int], dim: int):
+    def __init__(self, head: dict, person_ids: dict[int, int], dim: int, masked: frozenset[int] = frozenset()):
+        """``masked``: person ids whose columns are never answered (deactivated since training)."""
         self.kernel = np.asarray(head["kernel"], np.float32).reshape(dim, -1)
         self.bias = np.asarray(head["bias"], np.float32)
         self.columns = [person_ids[int(i)] for i in head["people"]]
+        self.served = np.asarray([p not in masked for p in self.columns], bool)
 
     def search(self, embeddings: np.ndarray, top_k: int = 1, threshold: float = 0.0) -> list[MatchResult]:
-        if self.kernel.shape[1] == 0:
+        if not self.served.any():
             return [MatchResult([], threshold) for _ in embeddings]
         logits = np.asarray(embeddings, np.float32) @ self.kernel + self.bias
         logits -= logits.max(axis=1, keepdims=True)
+        # the softmax over every column, as trained; a masked column's share is dropped, not spread
         probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-        best = probabilities.argmax(axis=1)
+        best = np.where(self.served, probabilities, -1.0).argmax(axis=1)
         return [MatchResult([Candidate(self.columns[b], float(row[b]))], threshold) for b, row in zip(best, probabilities)]
 
 
 class EdgeRecognizer:
-    def __init__(self, pair_dir: Path, gallery, names: dict[str, str], rule: dict, gallery_embedder: str | None = None):
+    def __init__(
+        self,
+        pair_dir: Path,
+        gallery,
+        names: dict[str, str],
+        rule: dict,
+        gallery_embedder: str | None = None,
+        inactive=(),
+    ):
         """``gallery``: the synced gallery delta (``State.gallery()``) or None; it is matched only
-        when made by the label map's embedder (``gallery_embedder``, None: not said, assumed so)."""
+        when made by the label map's embedder (``gallery_embedder``, None: not said, assumed so).
+        ``inactive``: person ids never to name (the manifest's ``inactive_people``)."""
+        self.inactive = frozenset(int(p) for p in inactive)
         labels = json.loads((Path(pair_dir) / LABELS_FILE).read_text())
         dim = int((labels.get("template") or {}).get("dim", FACENET_DIM))
         if gallery_embedder not in (None, labels.get("embedder")):
@@ -86,20 +104,23 @@ class EdgeRecognizer:
         person_of_index = {int(p["index"]): int(p["person_id"]) for p in labels["people"]}
         self.names = {int(p["person_id"]): p["name"] for p in labels["people"]}
         self.names.update({int(k): v for k, v in names.items()})
+        self.names = {p: name for p, name in self.names.items() if p not in self.inactive}
         self.version = labels.get("version")
         self.stable_frames = int(rule.get("stable_frames", 4))
         if labels.get("matching") == "softmax_head" and labels.get("head"):
-            self.matcher = HeadMatcher(labels["head"], person_of_index, dim)
+            self.matcher = HeadMatcher(labels["head"], person_of_index, dim, self.inactive)
             self.threshold = float(labels["head"]["threshold"])
         else:
             self.matcher = Gallery(dim=dim)
             if gallery is not None:
                 ids, people, embeddings = gallery
-                self.matcher.replace(embeddings, people, ids)
             else:
                 index = np.asarray(labels["gallery"]["labels"], np.int64)
                 embeddings = np.asarray(labels["gallery"]["embeddings"], np.float32).reshape(-1, dim)
-                self.matcher.replace(embeddings, np.asarray([person_of_index[int(i)] for i in index], np.int64))
+                people = np.asarray([person_of_index[int(i)] for i in index], np.int64)
+                ids = None
+            keep = np.asarray([int(p) not in self.inactive for p in people], bool)
+            self.matcher.replace(embeddings[keep], np.asarray(people)[keep], None if ids is None else np.asarray(ids)[keep])
             self.threshold = float(labels["threshold"])
         self.pipeline = TFLitePipeline(Path(pair_dir), labels)
         self.stream = FaceStream(

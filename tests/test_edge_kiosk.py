@@ -65,6 +65,8 @@ def client_key_api(plain_user):
 
 
 def checkin_body(**overrides) -> dict:
+    from django.conf import settings
+
     body = {
         "client_id": str(uuid.uuid4()),
         "person_id": person_named("Barack Obama").pk,
@@ -73,7 +75,7 @@ def checkin_body(**overrides) -> dict:
         "threshold": 0.55,
         "frames": 4,
         "model_version": None,
-        "notice_version": "2026-11-1",
+        "notice_version": settings.CONSENT_NOTICE_VERSION,
     }
     body.update(overrides)
     return body
@@ -96,7 +98,7 @@ def test_a_kiosk_key_uploads_a_check_in_once_however_often_it_retries(kiosk_api,
     row = rows.get()
     assert row.time_source == "device" and row.kiosk == kiosk and row.person.name == "Barack Obama"
     assert row.checked_in_at == datetime.fromisoformat(body["checked_in_at"])  # the device's time, kept
-    assert row.consent.notice_version == "2026-11-1" and row.consent.kiosk == kiosk
+    assert row.consent.notice_version == body["notice_version"] and row.consent.kiosk == kiosk
     assert first.json()["time_source"] == "device" and first.json()["device"] == "kiosk: Front door"
 
 
@@ -226,6 +228,7 @@ def test_a_new_notice_version_asks_for_consent_again_before_the_camera(tmp_path)
         ensure_consent(state, given_by_flag=False, interactive=False)
     consent = ensure_consent(state, given_by_flag=True, interactive=False)
     assert consent["notice_version"] == "v2" and state.read()["consent"] == consent
+    assert consent["method"] == "operator_flag" and consent["age_confirmed"] is False  # nobody was asked
     assert ensure_consent(state, given_by_flag=False, interactive=False) == consent  # remembered
 
 
@@ -577,7 +580,7 @@ def test_the_dlib_model_download_is_for_kiosk_keys_and_staff_and_a_facenet_versi
 
 
 @pytest.mark.django_db
-def test_two_consents_stored_by_racing_uploads_do_not_block_the_sessions_later_uploads(kiosk_api, kiosk):
+def test_two_consents_stored_by_racing_uploads_do_not_block_the_sessions_later_uploads(kiosk_api, kiosk, settings):
     """Two uploads of one device session racing may both store its consent (nothing makes it
     unique): the later uploads of that session are still stored, linked to the oldest."""
     from checkin.models import CheckIn, Consent
@@ -585,11 +588,18 @@ def test_two_consents_stored_by_racing_uploads_do_not_block_the_sessions_later_u
     given = "2026-11-30T08:00:00+01:00"
     first, second = (
         Consent.objects.create(
-            purpose="checkin", kiosk=kiosk, user=None, notice_version="2026-11-1", given_at=given, age_confirmed=True
+            purpose="checkin",
+            kiosk=kiosk,
+            user=None,
+            notice_version=settings.CONSENT_NOTICE_VERSION,
+            given_at=given,
+            method="operator_flag",
+            age_confirmed=False,
         )
         for _ in range(2)
     )
-    response = kiosk_api.post("/api/v1/checkins/", checkin_body(consent_given_at=given), format="json")
+    body = checkin_body(consent_given_at=given, consent_method="operator_flag", age_confirmed=False)
+    response = kiosk_api.post("/api/v1/checkins/", body, format="json")
     assert response.status_code == 201, response.content
     assert CheckIn.objects.get(pk=response.json()["id"]).consent == first
     assert Consent.objects.filter(given_at=given).count() == 2
@@ -650,3 +660,221 @@ def test_a_deactivated_kiosks_key_is_refused_on_every_edge_endpoint(kiosk_api, k
     assert {name: r.status_code for name, r in answers.items()} == dict.fromkeys(edge_calls, 403)
     assert all(r.json()["error"]["code"] == "permission_denied" for r in answers.values())
     assert not CheckIn.objects.filter(kiosk=kiosk).exists()
+
+
+# ---- a deactivated person (DPO audit gap 5) -------------------------------------------------------
+
+
+def deactivate(person) -> None:
+    from people.models import Person
+
+    Person.objects.filter(pk=person.pk).update(is_active=False)  # no signal: the retrain it queues is not this test's
+
+
+@pytest.mark.django_db
+def test_a_deactivated_persons_check_in_is_refused_and_the_kiosk_drops_it(kiosk_api, tmp_path):
+    from checkin.models import CheckIn
+    from edge.outbox import Outbox
+
+    obama, biden = person_named("Barack Obama"), person_named("Joe Biden")
+    deactivate(obama)
+    response = kiosk_api.post("/api/v1/checkins/", checkin_body(person_id=obama.pk), format="json")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "unknown_person", response.content
+
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    now = datetime.now().astimezone().isoformat()
+    for person in (obama, biden):  # queued offline, before the kiosk knew
+        outbox.add(checkin_body(person_id=person.pk, checked_in_at=now))
+    reports = outbox.upload(through_test_client(kiosk_api))
+    assert sorted(str(r.get("dropped", r["status"])) for r in reports) == ["201", "unknown_person"]
+    assert outbox.pending() == [] and not outbox.checked_in_recently(obama.pk, timedelta(days=1))
+    outbox.close()
+    assert not CheckIn.objects.filter(person=obama).exists() and CheckIn.objects.filter(person=biden).count() == 1
+
+
+def softmax_head(vectors: dict[int, list], scale: float = 30.0) -> dict:
+    """A head whose column per label-map index is the person's mean gallery embedding (scaled)."""
+    import numpy as np
+
+    means = [np.mean(v, axis=0) / np.linalg.norm(np.mean(v, axis=0)) for v in vectors.values()]
+    return {
+        "kernel": (np.stack(means, axis=1) * scale).ravel().tolist(),
+        "bias": [0.0] * len(means),
+        "people": list(vectors),
+        "threshold": 0.5,
+    }
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("matching", ["nearest_neighbour", "softmax_head"])
+def test_the_kiosk_stops_naming_a_person_deactivated_on_the_server_before_the_next_retrain(
+    kiosk_api, settings, tmp_path, matching
+):
+    """The label map (trained with both) still has Barack Obama; once he is deactivated the
+    manifest lists him and the kiosk masks his head column and his gallery rows: Joe Biden, in the
+    same photo, is still checked in, and Obama's face is not handed to him."""
+    import os
+
+    import numpy as np
+
+    from edge.kiosk import Kiosk
+    from edge.sync import State, sync_manifest
+    from people.models import FaceImage
+    from recognition import services as recognition
+    from recognition.engine.facenet import WEIGHTS_SHA256
+    from recognition.engine.images import decode_image
+    from training.engine.export import cached_embedder_tflite
+
+    state = State(tmp_path / "state")
+    pair = state.root / "pairs" / "v7-test"
+    pair.mkdir()
+    pipe = recognition.pipeline()
+    model = cached_embedder_tflite(pipe.embedder.model, WEIGHTS_SHA256, settings.TRAINING_CACHE_DIR, flip=pipe.embedder.flip)
+    os.symlink(model, pair / "model.tflite")
+    obama, biden = person_named("Barack Obama"), person_named("Joe Biden")
+    vectors = {
+        index: [np.frombuffer(bytes(f.embedding), np.float32) for f in FaceImage.objects.in_gallery().filter(person=person)]
+        for index, person in enumerate((obama, biden))
+    }
+    labels = {
+        "version": 7,
+        "matching": matching,
+        "threshold": settings.FACE_MATCH_THRESHOLD,
+        "alignment": {"method": pipe.config.align_method, "margin": pipe.config.align_margin, "size": 160},
+        "people": [{"index": i, "person_id": p.pk, "name": p.name} for i, p in enumerate((obama, biden))],
+        "gallery": {
+            "labels": [i for i, v in vectors.items() for _ in v],
+            "embeddings": np.concatenate(list(vectors.values())).tolist(),
+        },
+    }
+    if matching == "softmax_head":
+        labels["head"] = softmax_head(vectors)
+    (pair / "labels.json").write_text(json.dumps(labels))
+    state.update(pair=pair.name, version=7)
+    rgb = decode_image((PROBES / "obama_and_biden.jpg").read_bytes())
+
+    def checked_in() -> set[str]:
+        kiosk = Kiosk.__new__(Kiosk)  # its recognizer as `run` loads it, without a camera or server
+        kiosk.state = state
+        recognizer = kiosk.load()
+        names = set()
+        for _ in range(8):
+            _, ready = recognizer.process(rgb)
+            for track in ready:
+                track.checked_in = True
+                names.add(recognizer.name(track.person_id))
+        return names
+
+    server = through_test_client(kiosk_api)
+    assert sync_manifest(server, state)["inactive_people"] == []
+    assert checked_in() == {"Barack Obama", "Joe Biden"}
+    deactivate(obama)
+    assert sync_manifest(server, state)["inactive_people"] == [obama.pk]
+    assert checked_in() == {"Joe Biden"}
+
+
+def test_a_masked_head_column_is_dropped_not_renormalised():
+    import numpy as np
+
+    from edge.recognizer import HeadMatcher
+
+    head = {"kernel": np.eye(3, dtype=np.float32).ravel().tolist(), "bias": [0.0, 0.0, 0.0], "people": [0, 1, 2]}
+    matcher = HeadMatcher(head, {0: 10, 1: 11, 2: 12}, dim=3, masked=frozenset({10}))
+    query = np.asarray([[5.0, 1.0, 0.0]], np.float32)
+    (result,) = matcher.search(query, threshold=0.5)
+    (candidate,) = result.candidates
+    probabilities = np.exp(query[0]) / np.exp(query[0]).sum()
+    assert candidate.person_id == 11 and candidate.similarity == pytest.approx(probabilities[1])  # below 0.5: unknown
+    everyone_masked = HeadMatcher(head, {0: 10, 1: 11, 2: 12}, dim=3, masked=frozenset({10, 11, 12}))
+    assert everyone_masked.search(query)[0].candidates == []
+
+
+# ---- edge consent (DPO audit gap 6) ---------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "sent, stored",
+    [
+        ({"consent_method": "operator_flag", "age_confirmed": False}, ("operator_flag", False)),
+        ({"consent_method": "interactive", "age_confirmed": True}, ("interactive", True)),
+        ({}, ("unrecorded", False)),  # an older device that does not say: no age was confirmed
+    ],
+)
+def test_an_edge_consent_is_stored_as_the_device_obtained_it(kiosk_api, sent, stored):
+    from checkin.models import CheckIn
+
+    response = kiosk_api.post("/api/v1/checkins/", checkin_body(**sent), format="json")
+    assert response.status_code == 201, response.content
+    consent = CheckIn.objects.get(pk=response.json()["id"]).consent
+    assert (consent.method, consent.age_confirmed) == stored
+
+
+@pytest.mark.django_db
+def test_a_notice_is_accepted_only_for_check_ins_made_while_it_was_in_force(kiosk_api, settings):
+    """v1 served, then v2: a check-in queued under v1 before the change is stored, one made under
+    v1 after it is refused (409 stale_notice), as is a version never in force here."""
+    from django.utils import timezone
+
+    from checkin.models import CheckIn
+
+    settings.CONSENT_NOTICE_VERSION = "2026-v1"
+    assert kiosk_api.get("/api/v1/edge/manifest/").json()["consent"]["notice_version"] == "2026-v1"
+    before_change = (timezone.now() - timedelta(minutes=5)).isoformat()
+    settings.CONSENT_NOTICE_VERSION = "2026-v2"
+    assert kiosk_api.get("/api/v1/edge/manifest/").json()["consent"]["notice_version"] == "2026-v2"
+    after_change = (timezone.now() + timedelta(seconds=1)).isoformat()
+
+    def upload(version: str, at: str):
+        return kiosk_api.post("/api/v1/checkins/", checkin_body(notice_version=version, checked_in_at=at), format="json")
+
+    assert upload("2026-v1", before_change).status_code == 201
+    assert upload("2026-v2", after_change).status_code == 201
+    for version, at in (("2026-v1", after_change), ("2026-11-1", before_change), ("anything", after_change)):
+        refused = upload(version, at)
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "stale_notice", (version, refused.content)
+    assert CheckIn.objects.filter(time_source="device").count() == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("interactive", [False, True])
+def test_a_running_kiosk_asks_again_when_a_sync_brings_a_new_notice(
+    kiosk_api, settings, tmp_path, monkeypatch, capsys, interactive
+):
+    """Headless with --consent the kiosk stops before the next frame (the next run asks again);
+    interactively it shows the new notice and goes on only once it is accepted."""
+    from edge.kiosk import Kiosk, ensure_consent
+    from edge.outbox import Outbox
+    from edge.sync import State, sync_manifest
+
+    settings.CONSENT_NOTICE_VERSION = "2026-v1"
+    server = through_test_client(kiosk_api)
+    state = State(tmp_path / "state")
+    sync_manifest(server, state)
+    monkeypatch.setattr("builtins.input", lambda prompt: "y")  # the operator, when asked
+    consent = ensure_consent(state, given_by_flag=not interactive, interactive=interactive)
+    settings.CONSENT_NOTICE_VERSION = "2026-v2"  # changed on the server while the kiosk runs
+
+    class Source:
+        frames = 0
+
+        def read(self):
+            self.frames += 1
+            return False, None
+
+    kiosk = Kiosk.__new__(Kiosk)  # no model needed: the sync refreshes the manifest, then finds no model
+    kiosk.state, kiosk.server, kiosk.sync_every, kiosk.last_sync, kiosk.online = state, server, 0.0, 0.0, None
+    kiosk.outbox = Outbox(tmp_path / "outbox.sqlite3")
+    source = Source()
+    try:
+        code = kiosk.run(source, headless=True, every=1, consent=consent, interactive=interactive)
+    finally:
+        kiosk.outbox.close()
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {"type": "consent_required", "notice_version": "2026-v2", "given": "2026-v1"} in events
+    if interactive:  # asked and accepted: it goes on under the new notice
+        assert code == 0 and source.frames == 1
+        assert state.read()["consent"]["notice_version"] == "2026-v2" and state.read()["consent"]["method"] == "interactive"
+    else:  # stopped before reading another frame
+        assert code == 2 and source.frames == 0
+        assert state.read()["consent"]["notice_version"] == "2026-v1"
