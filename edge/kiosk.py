@@ -6,10 +6,13 @@
     python -m edge run    --video clip.mp4 --headless     # JSON lines on stdout
     python -m edge upload                                  # send queued check-ins now
     python -m edge status
+    python -m edge wipe                                    # erase the device's copy by hand
 
 Frames are analysed in memory and never written anywhere. Check-ins follow the server's rule (the
 same identity over CHECKIN_STABLE_FRAMES tracked frames, backed by two embeddings; one per person
 per repeat window), are queued in the state directory and uploaded when the server answers.
+When the server refuses the device's key for good (kiosk deactivated, key revoked), the kiosk stops
+and erases its copy (``wipe``); after ``--max-offline-hours`` without a sync it stops recognising.
 """
 
 from __future__ import annotations
@@ -32,7 +35,13 @@ import numpy as np  # noqa: E402
 
 from edge.outbox import Outbox  # noqa: E402
 from edge.recognizer import EdgeRecognizer  # noqa: E402
-from edge.sync import Offline, Server, State, SyncError, sync  # noqa: E402
+from edge.sync import Offline, Refused, Server, State, SyncError, sync  # noqa: E402
+
+# Exit status of a device that erased its copy because the server refused its key, and of one that
+# stopped recognising because its copy is older than --max-offline-hours.
+EXIT_WIPED = 3
+EXIT_STALE = 4
+MAX_OFFLINE_HOURS = 72.0
 
 
 def emit(event: dict) -> None:
@@ -41,6 +50,36 @@ def emit(event: dict) -> None:
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def wipe(state: State, outbox: Outbox, reason: str) -> dict:
+    """Erase the device's copy: model pairs and label maps, gallery, names, manifest, queued
+    check-ins and the repeat window's rows. Returns the event saying so."""
+    outbox.erase()
+    state.wipe(reason)
+    return {
+        "type": "wiped",
+        "reason": reason,
+        "message": "This device's copy of the gallery, model and check-ins was erased; it no longer recognises anyone.",
+    }
+
+
+def prune_recent(state: State, outbox: Outbox) -> None:
+    """The repeat window's rows of the window only, and of people the device still knows only."""
+    minutes = state.manifest.get("checkin", {}).get("repeat_window_minutes", 30)
+    outbox.prune(timedelta(minutes=minutes), state.known_people())
+
+
+def too_old(state: State, max_offline_hours: float) -> str | None:
+    """Why the device's copy is too old to recognise with (None if it is not, or there is no limit)."""
+    if max_offline_hours <= 0:
+        return None
+    age = state.offline_for()
+    if age is None:
+        return "no successful sync recorded on this device"
+    if age > max_offline_hours * 3600:
+        return f"last successful sync {age / 3600:.1f} hours ago, more than --max-offline-hours {max_offline_hours:g}"
+    return None
 
 
 # ---- consent ---------------------------------------------------------------------------------------
@@ -130,14 +169,19 @@ def draw(bgr, faces: list[dict]):
 
 
 class Kiosk:
-    def __init__(self, state: State, server: Server | None, outbox: Outbox, sync_every: float):
+    def __init__(
+        self, state: State, server: Server | None, outbox: Outbox, sync_every: float, max_offline_hours: float = MAX_OFFLINE_HOURS
+    ):
         self.state = state
         self.server = server
         self.outbox = outbox
         self.sync_every = sync_every
+        self.max_offline_hours = max_offline_hours
         self.last_sync = 0.0
         self.online: bool | None = None
+        self.stopped: int | None = None  # EXIT_WIPED or EXIT_STALE once the kiosk must stop recognising
         self.recognizer = self.load()
+        prune_recent(state, outbox)
 
     def load(self) -> EdgeRecognizer:
         if self.state.pair_dir is None:
@@ -171,14 +215,24 @@ class Kiosk:
             if report["model_changed"] or report["gallery_changes"] or before[0] != self.state.version or masked:
                 self.recognizer = self.load()
                 emit({**report, "reloaded": True})
+            prune_recent(self.state, self.outbox)
             for upload in self.outbox.upload(self.server):
                 emit(upload)
+        except Refused as err:  # deactivated or revoked: forget everything, stop
+            self.recognizer = None
+            self.stopped = EXIT_WIPED
+            emit(wipe(self.state, self.outbox, str(err)))
+            return
         except Offline as err:
             if self.online is not False:
                 emit({"type": "offline", "error": str(err)})
             self.online = False
         except SyncError as err:
             emit({"type": "sync_error", "error": str(err), "version": self.state.version})
+        if (reason := too_old(self.state, self.max_offline_hours)) is not None:
+            self.recognizer = None
+            self.stopped = EXIT_STALE
+            emit({"type": "stale", "reason": reason, "message": "This device stopped recognising: sync it with the server."})
 
     def run(self, source, headless: bool, every: int, consent: dict, interactive: bool = False) -> int:
         """Recognize and check in until the source ends (0), or until a sync brings a notice version
@@ -191,7 +245,7 @@ class Kiosk:
         window = timedelta(minutes=rule.get("repeat_window_minutes", 30))
         index = 0
         self.maybe_sync(force=True)
-        while True:
+        while self.stopped is None:
             if new_notice := notice_changed(self.state, consent):
                 emit({"type": "consent_required", "notice_version": new_notice, "given": consent["notice_version"]})
                 try:
@@ -235,15 +289,17 @@ class Kiosk:
                 break
             index += 1
             self.maybe_sync()
-        self.maybe_sync(force=True)
+        if self.stopped is None:
+            self.maybe_sync(force=True)
         emit({"type": "end", "frames": index, "pending": len(self.outbox.pending()), "version": self.state.version})
-        return 0
+        return self.stopped or 0
 
 
 # ---- command line ----------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.umask(0o077)  # state files and folders: the owner's only (sync.py sets their modes as well)
     parser = argparse.ArgumentParser(prog="python -m edge", description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", default=os.environ.get("FACESITE_SERVER", "http://127.0.0.1:8000"))
     parser.add_argument("--key", default=os.environ.get("FACESITE_KIOSK_KEY"), help="kiosk API key (or FACESITE_KIOSK_KEY)")
@@ -258,8 +314,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--consent", action="store_true", help="record consent to the cached notice without asking")
     run.add_argument("--every", type=int, default=1, help="analyse every n-th frame")
     run.add_argument("--sync-every", type=float, default=60.0, help="seconds between syncs and uploads while running")
+    run.add_argument(
+        "--max-offline-hours",
+        type=float,
+        default=float(os.environ.get("FACESITE_EDGE_MAX_OFFLINE_HOURS", MAX_OFFLINE_HOURS)),
+        help="stop recognising when the last successful sync is older than this (0: no limit; "
+        f"or FACESITE_EDGE_MAX_OFFLINE_HOURS; default {MAX_OFFLINE_HOURS:g})",
+    )
     commands.add_parser("upload", help="upload queued check-ins now")
     commands.add_parser("status", help="print the state: version, pending check-ins, consent")
+    commands.add_parser("wipe", help="erase the model, gallery, names and queued check-ins from this device")
     args = parser.parse_args(argv)
 
     state = State(args.state_dir)
@@ -269,25 +333,38 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             emit({**{k: v for k, v in state.read().items() if k != "names"}, "pending": len(outbox.pending())})
             return 0
+        if args.command == "wipe":
+            emit(wipe(state, outbox, "wiped by hand (python -m edge wipe)"))
+            return 0
         if server is None:
             parser.error("--key (or FACESITE_KIOSK_KEY) is required")
         if args.command == "sync":
             try:
                 emit(sync(server, state))
+            except Refused as err:
+                emit(wipe(state, outbox, str(err)))
+                return EXIT_WIPED
             except (Offline, SyncError) as err:
                 emit({"type": "sync_error", "error": str(err), "version": state.version})
                 return 1
+            prune_recent(state, outbox)
             return 0
         if args.command == "upload":
-            reports = outbox.upload(server)
+            try:
+                reports = outbox.upload(server)
+            except Refused as err:
+                emit(wipe(state, outbox, str(err)))
+                return EXIT_WIPED
             for report in reports:
                 emit(report)
             return 0 if all(r["status"] in (200, 201) for r in reports) else 1
+        if wiped := state.read().get("wiped"):
+            raise SystemExit(f"This device's copy was erased at {wiped['at']} ({wiped['reason']}): it recognises nobody.")
         interactive = sys.stdin.isatty()
         consent = ensure_consent(state, args.consent, interactive)  # before any camera is opened
         if not args.headless:
             check_window_support()
-        kiosk = Kiosk(state, server, outbox, args.sync_every)
+        kiosk = Kiosk(state, server, outbox, args.sync_every, args.max_offline_hours)
         return kiosk.run(open_source(args), args.headless, max(1, args.every), consent, interactive)
     finally:
         outbox.close()

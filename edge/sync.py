@@ -8,6 +8,13 @@ State directory layout (``--state-dir``, default var/edge-kiosk)::
     gallery.npz       the gallery delta's faces (ids, person ids, embeddings), names in state.json
     outbox.sqlite3    check-ins waiting for upload (outbox.py)
 
+Everything here is the owner's only: the directories are 0700 and the files 0600 (``private_dir``,
+``private_file``, and the entry points' umask), SQLite's -journal/-wal files included.
+
+When the server refuses this device's key for good (``Refused``: the kiosk was deactivated, or its key
+revoked), ``State.wipe`` erases the pairs, the gallery, the names and the manifest; the kiosk empties
+its outbox too and stops recognising (kiosk.py). ``state.json`` then holds only ``wiped``: when and why.
+
 A new pair is downloaded into ``pairs/.partial-*``, every file's sha256 is checked against the
 manifest, and only then is the folder renamed and state.json (written to a temporary name, then
 ``os.replace``) pointed at it: a failed or tampered download leaves the previous pair in use. On a
@@ -27,6 +34,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +51,44 @@ class SyncError(Exception):
     """The server answered, but what it sent cannot be used (bad sha256, no model, refused key)."""
 
 
+class Refused(SyncError):
+    """The server refused this device's key for good: the kiosk was deactivated (403
+    ``permission_denied``) or its key revoked or unknown (401 ``authentication_failed`` /
+    ``not_authenticated``). The device must forget what it holds. Only the API's own error answer
+    counts: a proxy's or captive portal's 401/403 page, a 5xx or no answer leave the device working."""
+
+
 class Offline(Exception):
     """The server could not be reached."""
+
+
+REFUSAL_CODES = {401: {"not_authenticated", "authentication_failed"}, 403: {"permission_denied"}}
+
+
+def check_refused(code: int, body: bytes, what: str) -> None:
+    """Raise ``Refused`` if ``code`` and the API's error code in ``body`` refuse this key for good."""
+    if code not in REFUSAL_CODES:
+        return
+    try:
+        error = json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return
+    if error in REFUSAL_CODES[code]:
+        raise Refused(f"{what}: HTTP {code} {error}: the server refuses this device's key")
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` made if missing, and readable by the owner only (0700), even if made before."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def private_file(path: Path) -> int:
+    """An fd of ``path`` opened for writing (created or truncated), 0600 even if it existed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
 
 
 @dataclass
@@ -72,6 +116,7 @@ class Server:
 
     def json(self, path: str) -> dict:
         code, data = self.request(path)
+        check_refused(code, data, path)
         if code != 200:
             raise SyncError(f"{path}: HTTP {code}: {data[:300].decode(errors='replace')}")
         return json.loads(data)
@@ -81,11 +126,15 @@ class Server:
         digest = hashlib.sha256()
         request = urllib.request.Request(url, headers={"Authorization": f"Token {self.key}"})
         try:
-            with urllib.request.urlopen(request, timeout=max(self.timeout, 300)) as response, open(target, "wb") as out:
+            with (
+                urllib.request.urlopen(request, timeout=max(self.timeout, 300)) as response,
+                os.fdopen(private_file(target), "wb") as out,
+            ):
                 while chunk := response.read(1 << 20):
                     digest.update(chunk)
                     out.write(chunk)
         except urllib.error.HTTPError as err:
+            check_refused(err.code, err.read(), url)
             raise SyncError(f"{url}: HTTP {err.code}") from err
         except (urllib.error.URLError, OSError) as err:
             raise Offline(f"{url}: {getattr(err, 'reason', err)}") from err
@@ -96,9 +145,8 @@ class State:
     """The kiosk's state directory (see the module docstring)."""
 
     def __init__(self, root: Path):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "pairs").mkdir(exist_ok=True)
+        self.root = private_dir(Path(root))
+        private_dir(self.root / "pairs")
 
     # ---- small JSON files, replaced atomically ------------------------------------------------------
 
@@ -132,6 +180,35 @@ class State:
     @property
     def manifest(self) -> dict:
         return self.read("manifest.json")
+
+    def pair_people(self) -> set[int]:
+        """Person ids of the label map in use (empty without one)."""
+        if "pair_people" in self.read():
+            return set(self.read()["pair_people"])
+        pair = self.pair_dir
+        if pair is None or not (pair / LABELS_FILE).exists():
+            return set()
+        return {int(p["person_id"]) for p in json.loads((pair / LABELS_FILE).read_text()).get("people", [])}
+
+    def known_people(self) -> set[int]:
+        """Person ids the device may still recognise: the label map's and the synced gallery's."""
+        gallery = self.gallery()
+        return self.pair_people() | (set(gallery[1].tolist()) if gallery is not None else set())
+
+    def offline_for(self) -> float | None:
+        """Seconds since the last complete sync; None if this device never recorded one."""
+        last = self.read().get("last_sync_at")
+        return (datetime.now(UTC) - datetime.fromisoformat(last)).total_seconds() if last else None
+
+    def wipe(self, reason: str) -> None:
+        """Erase the model pairs (label maps: names and embeddings), the gallery, the names and the
+        manifest; ``state.json`` keeps only when and why. The outbox is the caller's (Outbox.erase)."""
+        shutil.rmtree(self.root / "pairs", ignore_errors=True)
+        private_dir(self.root / "pairs")
+        for path in self.root.iterdir():
+            if path.is_file() and not path.name.startswith("outbox.sqlite3"):
+                path.unlink(missing_ok=True)
+        self.write({"wiped": {"at": datetime.now(UTC).isoformat(), "reason": reason}})
 
     # ---- the gallery delta --------------------------------------------------------------------------
 
@@ -193,6 +270,7 @@ def sync_model(server: Server, state: State, manifest: dict) -> bool:
         target = state.root / "pairs" / name
         if target.exists():
             shutil.rmtree(target)
+        people = sorted({int(p["person_id"]) for p in labels.get("people", []) if "person_id" in p})
         partial.rename(target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -203,6 +281,7 @@ def sync_model(server: Server, state: State, manifest: dict) -> bool:
         tflite_sha256=model["tflite_sha256"],
         labels_sha256=model["labels_sha256"],
         dlib_tflite_sha256=model.get("dlib_tflite_sha256"),
+        pair_people=people,
     )
     # The pair replaced is deleted, not kept: its label map names people and holds their embeddings,
     # and the server replaces a map when someone is erased or a photo deleted (same version, new map).
@@ -260,4 +339,5 @@ def sync(server: Server, state: State) -> dict:
     manifest = sync_manifest(server, state)
     changed = sync_model(server, state, manifest)
     gallery = sync_gallery(server, state)
+    state.update(last_sync_at=datetime.now(UTC).isoformat())
     return {"type": "sync", "version": state.version, "model_changed": changed, "gallery_changes": gallery}

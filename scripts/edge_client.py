@@ -8,7 +8,8 @@
     python scripts/edge_client.py recognize clip.mp4 --model-dir var/edge --every 5
 
 The token's account needs staff status or the "Can download model files" permission: the label map
-holds names and face embeddings of the enrolled people, so keep the downloaded folder private.
+holds names and face embeddings of the enrolled people: the folder is made 0700 and the files 0600
+(the owner's only), and should stay so.
 Detection and alignment are the repository's MTCNN code (plain Python, no Django); the embedding
 runs in tf.lite.Interpreter; matching is what the version serves: cosine nearest neighbour with
 its threshold, or, when its softmax head is in production, the head (one dense layer whose weights
@@ -39,8 +40,9 @@ LABELS_FILE = "labels.json"
 
 
 def download(server: str, token: str, out: Path) -> dict:
-    """Fetch the active version's .tflite and label map into ``out``; check both sha256 sums."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Fetch the active version's .tflite and label map into ``out`` (0700, files 0600); check both sha256 sums."""
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(out, 0o700)  # the label map names people and holds their embeddings
     api = server.rstrip("/") + "/api/v1/models"
     headers = {"Authorization": f"Token {token}"}
 
@@ -55,7 +57,10 @@ def download(server: str, token: str, out: Path) -> dict:
         data, _ = get(active[url_key])
         if hashlib.sha256(data).hexdigest() != active[sha_key]:
             raise SystemExit(f"{name}: sha256 does not match the server's; not saved")
-        (out / name).write_bytes(data)
+        fd = os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a file left by an older client may have been readable by all
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
     return active
 
 
@@ -156,6 +161,7 @@ def frames(path: Path, every: int):
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.umask(0o077)  # what this writes (the model folder, the label map) is the owner's only
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     get = commands.add_parser("download", help="fetch the active model and label map")

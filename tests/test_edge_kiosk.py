@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import subprocess
 import uuid
@@ -30,7 +31,7 @@ def key_client(raw: str):
 def through_test_client(api):
     """The edge client's ``Server`` with requests and downloads sent through a DRF test client: the
     transport only, the views and the client code are real."""
-    from edge.sync import Server, SyncError
+    from edge.sync import Server, SyncError, check_refused, private_file
 
     class ThroughTestClient(Server):
         def request(self, path_or_url: str, method: str = "GET", body: dict | None = None) -> tuple[int, bytes]:
@@ -40,9 +41,11 @@ def through_test_client(api):
 
         def download(self, url: str, target: Path) -> str:
             code, data = self.request(url)
+            check_refused(code, data, url)
             if code != 200:
                 raise SyncError(f"{url}: HTTP {code}")
-            target.write_bytes(data)
+            with os.fdopen(private_file(target), "wb") as out:  # made as Server.download makes it
+                out.write(data)
             return hashlib.sha256(data).hexdigest()
 
     return ThroughTestClient("http://testserver", "unused")
@@ -864,6 +867,7 @@ def test_a_running_kiosk_asks_again_when_a_sync_brings_a_new_notice(
 
     kiosk = Kiosk.__new__(Kiosk)  # no model needed: the sync refreshes the manifest, then finds no model
     kiosk.state, kiosk.server, kiosk.sync_every, kiosk.last_sync, kiosk.online = state, server, 0.0, 0.0, None
+    kiosk.max_offline_hours, kiosk.stopped = 0, None  # no offline limit: the notice is under test
     kiosk.outbox = Outbox(tmp_path / "outbox.sqlite3")
     source = Source()
     try:
@@ -878,3 +882,310 @@ def test_a_running_kiosk_asks_again_when_a_sync_brings_a_new_notice(
     else:  # stopped before reading another frame
         assert code == 2 and source.frames == 0
         assert state.read()["consent"]["notice_version"] == "2026-v1"
+
+
+# ---- a device the server no longer trusts forgets; its files are the owner's only -------------------
+
+
+def serve_a_version(people) -> None:
+    """An active version whose label map names ``people`` (its .tflite is bytes the kiosk only
+    stores: these tests never run it)."""
+    from django.core.files.base import ContentFile
+
+    from training.models import ModelVersion
+
+    ModelVersion.objects.all().delete()
+    labels = json.dumps({"people": [{"index": i, "person_id": p.pk, "name": p.name} for i, p in enumerate(people)]}).encode()
+    version = ModelVersion.objects.create(
+        number=ModelVersion.next_number(),
+        status="active",
+        tflite_sha256=hashlib.sha256(b"tflite").hexdigest(),
+        labels_sha256=hashlib.sha256(labels).hexdigest(),
+    )
+    version.tflite.save("model.tflite", ContentFile(b"tflite"), save=False)
+    version.labels.save("labels.json", ContentFile(labels))
+
+
+def synced_device(api, tmp_path: Path):
+    """A device synced through the real API (pair, gallery, names, manifest), with a check-in
+    queued for Barack Obama and the repeat window's row of it."""
+    from edge.outbox import Outbox
+    from edge.sync import State, sync
+
+    serve_a_version([person_named("Barack Obama"), person_named("Joe Biden")])
+    state = State(tmp_path / "kiosk")
+    sync(through_test_client(api), state)
+    outbox = Outbox(state.root / "outbox.sqlite3")
+    outbox.add(checkin_body(checked_in_at=datetime.now().astimezone().isoformat()))
+    return state, outbox
+
+
+def holds_biometric_data(state, outbox) -> list[str]:
+    held = [str(p.relative_to(state.root)) for p in state.root.rglob("*") if p.is_file() and not p.name.startswith("outbox")]
+    held += ["state.json names"] if state.read().get("names") else []
+    held += ["pending check-ins"] if outbox.pending() else []
+    held += ["repeat-window rows"] if outbox.db.execute("SELECT 1 FROM recent").fetchone() else []
+    return held
+
+
+def edge_main(monkeypatch, api, state, *args: str) -> tuple[int, list[dict]]:
+    """``python -m edge`` in this process, its Server sent through ``api`` (the transport only)."""
+    import edge.kiosk
+
+    monkeypatch.setattr(edge.kiosk, "Server", lambda url, key: through_test_client(api))
+    lines = []
+    monkeypatch.setattr(edge.kiosk, "emit", lines.append)
+    code = edge.kiosk.main(["--key", "k", "--state-dir", str(state.root), *args])
+    return code, lines
+
+
+class Camera:
+    """A video source that counts the frames asked of it."""
+
+    def __init__(self):
+        self.reads = 0
+
+    def read(self):
+        self.reads += 1
+        return False, None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("withdrawn", ["kiosk deactivated", "key revoked"])
+def test_a_withdrawn_kiosk_stops_recognising_and_erases_its_copy(withdrawn, kiosk, staff_user, tmp_path, monkeypatch):
+    """The server's own answers (403 permission_denied for a deactivated kiosk, 401 for a revoked
+    key): the running kiosk erases pair, gallery, names, queued check-in and repeat window, and stops
+    before reading a frame."""
+    from edge.kiosk import EXIT_WIPED, Kiosk
+    from security.models import ApiKey
+
+    key, raw = ApiKey.issue(staff_user, "front door edge", role="kiosk", kiosk=kiosk)
+    api = key_client(raw)
+    state, outbox = synced_device(api, tmp_path)
+    assert {"gallery.npz", "manifest.json", "state.json"} <= set(holds_biometric_data(state, outbox))
+    assert any(p.endswith("labels.json") for p in holds_biometric_data(state, outbox))
+    monkeypatch.setattr(Kiosk, "load", lambda self: "recognizer")  # the refusal, not the model, is under test
+    device = Kiosk(state, through_test_client(api), outbox, sync_every=60)
+
+    if withdrawn == "kiosk deactivated":
+        kiosk.is_active = False
+        kiosk.save()
+    else:
+        key.revoke()
+    events = []
+    monkeypatch.setattr("edge.kiosk.emit", events.append)
+    camera = Camera()
+    assert device.run(camera, headless=True, every=1, consent={}) == EXIT_WIPED
+    assert camera.reads == 0 and device.recognizer is None
+    wiped = next(e for e in events if e["type"] == "wiped")
+    assert ("403 permission_denied" if withdrawn == "kiosk deactivated" else "401") in wiped["reason"]
+    assert "no longer recognises" in wiped["message"]
+    assert holds_biometric_data(state, outbox) == ["state.json"] and list(state.read()) == ["wiped"]
+    outbox.close()
+    assert b"Barack Obama" not in (state.root / "outbox.sqlite3").read_bytes()
+
+
+@pytest.mark.django_db
+def test_the_command_line_erases_the_device_when_refused_and_by_hand(kiosk_api, kiosk, tmp_path, monkeypatch):
+    state, outbox = synced_device(kiosk_api, tmp_path)
+    outbox.close()
+    kiosk.is_active = False
+    kiosk.save()
+    code, lines = edge_main(monkeypatch, kiosk_api, state, "upload")  # the upload is refused first
+    assert code == 3 and lines[-1]["type"] == "wiped" and "permission_denied" in lines[-1]["reason"]
+    with pytest.raises(SystemExit, match="copy was erased at .* permission_denied"):  # no camera opened
+        edge_main(monkeypatch, kiosk_api, state, "run", "--video", "clip.mp4", "--headless", "--consent")
+
+    kiosk.is_active = True  # made again, then erased by hand
+    kiosk.save()
+    state, outbox = synced_device(kiosk_api, tmp_path)
+    outbox.close()
+    code, lines = edge_main(monkeypatch, kiosk_api, state, "wipe")
+    assert code == 0 and lines == [{**lines[0], "type": "wiped"}]
+    from edge.outbox import Outbox
+
+    outbox = Outbox(state.root / "outbox.sqlite3")
+    assert holds_biometric_data(state, outbox) == ["state.json"]
+    outbox.close()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "answer",
+    [(503, b'{"error": {"code": "unavailable"}}'), (403, b"<html>Forbidden by the proxy</html>"), (401, b""), "offline"],
+)
+def test_an_outage_or_a_proxys_refusal_keeps_the_device_working_offline(answer, kiosk_api, tmp_path, monkeypatch):
+    from edge.sync import Offline
+
+    state, outbox = synced_device(kiosk_api, tmp_path)
+    before = holds_biometric_data(state, outbox)
+    outbox.close()
+
+    class Unwell:
+        def request(self, path_or_url, method="GET", body=None):
+            if answer == "offline":
+                raise Offline("connection refused")
+            return answer
+
+        def json(self, path):
+            return through_test_client(kiosk_api).__class__.json(self, path)
+
+    import edge.kiosk
+
+    monkeypatch.setattr(edge.kiosk, "Server", lambda url, key: Unwell())
+    monkeypatch.setattr(edge.kiosk, "emit", lambda event: None)
+    for command in ("sync", "upload"):
+        assert edge.kiosk.main(["--key", "k", "--state-dir", str(state.root), command]) == 1
+    from edge.outbox import Outbox
+
+    outbox = Outbox(state.root / "outbox.sqlite3")
+    assert holds_biometric_data(state, outbox) == before and "wiped" not in state.read()
+    outbox.close()
+
+
+@pytest.mark.django_db
+def test_a_kiosk_offline_longer_than_the_maximum_stops_recognising(kiosk_api, tmp_path, monkeypatch):
+    from datetime import UTC
+
+    from edge.kiosk import EXIT_STALE, Kiosk
+    from edge.sync import Offline
+
+    state, outbox = synced_device(kiosk_api, tmp_path)
+    monkeypatch.setattr(Kiosk, "load", lambda self: "recognizer")
+
+    class Away:
+        def request(self, *args, **kwargs):
+            raise Offline("no route to host")
+
+        json = download = request
+
+    events = []
+    monkeypatch.setattr("edge.kiosk.emit", events.append)
+    consent = {"notice_version": state.manifest["consent"]["notice_version"]}  # the notice in force
+    state.update(last_sync_at=(datetime.now(UTC) - timedelta(hours=5)).isoformat())
+    camera = Camera()
+    assert Kiosk(state, Away(), outbox, 60, max_offline_hours=24).run(camera, True, 1, consent) == 0
+    assert camera.reads == 1  # recognising offline, as before
+    state.update(last_sync_at=(datetime.now(UTC) - timedelta(hours=25)).isoformat())
+    camera = Camera()
+    assert Kiosk(state, Away(), outbox, 60, max_offline_hours=24).run(camera, True, 1, consent) == EXIT_STALE
+    assert camera.reads == 0 and events[-2]["type"] == "stale" and "25.0 hours" in events[-2]["reason"]
+    assert Kiosk(state, Away(), outbox, 60, max_offline_hours=0).run(Camera(), True, 1, consent) == 0  # 0: no limit
+    assert state.read()["names"]  # stopped, not erased: a sync brings it back
+    outbox.close()
+
+
+@pytest.mark.django_db
+def test_the_repeat_window_keeps_only_recent_rows_of_people_still_on_the_device(
+    kiosk_api, staff_api, django_capture_on_commit_callbacks, tmp_path, monkeypatch
+):
+    """Rows of an erased person (uploaded before the erasure: no ``unknown_person`` answer to drop
+    them) and rows older than the window go at the next sync, and when the kiosk opens."""
+    from datetime import UTC
+
+    from edge.kiosk import Kiosk
+    from edge.outbox import Outbox
+
+    obama, biden = person_named("Barack Obama"), person_named("Joe Biden")
+    state, outbox = synced_device(kiosk_api, tmp_path)
+    outbox.erase()
+    now = datetime.now(UTC)
+    for person, at in ((obama, now), (biden, now), (biden, now - timedelta(hours=2))):
+        outbox.db.execute("INSERT INTO recent (person_id, at) VALUES (?, ?)", (person.pk, at.isoformat()))
+    outbox.db.commit()
+    outbox.close()
+
+    def rows() -> list[tuple[int, str]]:
+        box = Outbox(state.root / "outbox.sqlite3")
+        found = box.db.execute("SELECT person_id, at FROM recent ORDER BY person_id").fetchall()
+        box.close()
+        return found
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert staff_api.delete(f"/api/v1/people/{obama.pk}/").status_code == 204
+    serve_a_version([biden])  # the server's label map without him, as an erasure leaves it
+    assert edge_main(monkeypatch, kiosk_api, state, "sync")[0] == 0
+    assert rows() == [(biden.pk, now.isoformat())]
+
+    outbox = Outbox(state.root / "outbox.sqlite3")  # opening the kiosk prunes too
+    outbox.db.execute("INSERT INTO recent (person_id, at) VALUES (?, ?)", (424242, now.isoformat()))
+    outbox.db.commit()
+    monkeypatch.setattr(Kiosk, "load", lambda self: "recognizer")
+    Kiosk(state, None, outbox, 60)
+    outbox.close()
+    assert rows() == [(biden.pk, now.isoformat())]
+
+
+@pytest.mark.django_db
+def test_the_devices_files_and_folders_are_the_owners_only(kiosk_api, tmp_path, monkeypatch):
+    """With a permissive umask, and over a state directory an older version left readable."""
+    import io
+    import os
+    import stat
+
+    from edge.outbox import Outbox
+    from edge.sync import Server
+
+    from .test_edge_export import load_edge_client
+
+    old = os.umask(0o022)
+    try:
+        (tmp_path / "kiosk" / "pairs").mkdir(parents=True, mode=0o755)
+        sqlite3.connect(tmp_path / "kiosk" / "outbox.sqlite3").execute("CREATE TABLE t (x)").connection.close()  # 0644
+        state, outbox = synced_device(kiosk_api, tmp_path)
+        outbox.db.execute("BEGIN IMMEDIATE")
+        outbox.db.execute("INSERT INTO recent (person_id, at) VALUES (1, 'now')")  # the journal is open now
+
+        class Response(io.BytesIO):
+            status = 200
+            headers = {}
+
+        monkeypatch.setattr("urllib.request.urlopen", lambda request, timeout=None: Response(b"model bytes"))
+        Server("http://testserver", "k").download("http://testserver/m", state.root / "pairs" / "download")
+        files = {p: stat.S_IMODE(p.stat().st_mode) for p in [state.root, *state.root.rglob("*")]}
+        assert (state.root / "outbox.sqlite3-journal") in files and any(p.name == "labels.json" for p in files)
+        assert {str(p.relative_to(tmp_path)): m for p, m in files.items() if m != (0o700 if p.is_dir() else 0o600)} == {}
+        outbox.db.rollback()
+        outbox.close()
+        Outbox(tmp_path / "wal.sqlite3").db.execute("PRAGMA journal_mode = WAL").fetchall()
+        assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob("wal.sqlite3*")} == {0o600}
+
+        client = load_edge_client(monkeypatch)
+        labels = json.dumps({"people": []}).encode()
+        answers = {
+            "http://s/api/v1/models/active/": json.dumps(
+                {
+                    "number": 1,
+                    "tflite_url": "http://s/t",
+                    "labels_url": "http://s/l",
+                    "tflite_sha256": hashlib.sha256(b"t").hexdigest(),
+                    "labels_sha256": hashlib.sha256(labels).hexdigest(),
+                }
+            ).encode(),
+            "http://s/t": b"t",
+            "http://s/l": labels,
+        }
+        monkeypatch.setattr(client.urllib.request, "urlopen", lambda request, timeout=None: Response(answers[request.full_url]))
+        out = tmp_path / "edge-client"
+        out.mkdir(mode=0o755)
+        (out / "labels.json").write_bytes(b"{}")  # an older client's, 0644
+        client.download("http://s", "token", out)
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [out, *out.iterdir()]}
+        assert modes == {"edge-client": 0o700, "model.tflite": 0o600, "labels.json": 0o600}
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.django_db
+def test_a_check_in_made_under_a_notice_never_in_force_is_dropped_from_the_outbox(kiosk_api, tmp_path):
+    """The server can never store it (409 stale_notice), so the device does not keep it for ever."""
+    from edge.outbox import Outbox
+
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    now = datetime.now().astimezone().isoformat()
+    outbox.add(checkin_body(checked_in_at=now, notice_version="1999-never"))
+    outbox.add(checkin_body(checked_in_at=now))  # the notice in force: stored
+    reports = outbox.upload(through_test_client(kiosk_api))
+    assert sorted(str(r.get("dropped", r["status"])) for r in reports) == ["201", "stale_notice"]
+    assert outbox.pending() == []
+    outbox.close()
