@@ -106,6 +106,14 @@ class AttendanceReportView(APIView):
         if wanted not in ("json", "csv"):
             raise ApiError("invalid", "format must be 'json' or 'csv'.", fields={"format": ["Unknown format."]})
         prefix = params.get("external_id_prefix", "")
+        rows = ((last_day - first_day).days + 1) * reports.expected_people(prefix).count()
+        if rows > settings.REPORT_MAX_ROWS:
+            raise ApiError(
+                "report_too_large",
+                f"This report would have {rows:,} person-days, more than REPORT_MAX_ROWS "
+                f"({settings.REPORT_MAX_ROWS:,}): ask for fewer days, or narrow it with external_id_prefix.",
+                fields={"to": ["Too many person-days."]},
+            )
         days = reports.attendance(first_day, last_day, prefix)
         if wanted == "csv":
             # The BOM makes spreadsheets read the file as UTF-8 (accented names).

@@ -69,12 +69,20 @@ def local_day_bounds(first_day: date, last_day: date) -> tuple[datetime, datetim
     return start, end
 
 
+def expected_people(external_id_prefix: str = ""):
+    """The people a report expects each day: the active ones (whose external_id starts with the
+    prefix, when given)."""
+    from people.models import Person
+
+    expected = Person.objects.filter(is_active=True)
+    return expected.filter(external_id__startswith=external_id_prefix) if external_id_prefix else expected
+
+
 def attendance(first_day: date, last_day: date, external_id_prefix: str = "") -> list[Day]:
     """Attendance per local day from ``first_day`` to ``last_day`` (both included), each day's
     people sorted by name. Absent: active people (whose external_id starts with
     ``external_id_prefix``, when given) with no check-in that day. With a prefix, the check-ins
     are narrowed alike, and anonymous ones (no person, so no external_id) are not counted."""
-    from people.models import Person
 
     zone = timezone.get_current_timezone()
     start, end = local_day_bounds(first_day, last_day)
@@ -108,10 +116,7 @@ def attendance(first_day: date, last_day: date, external_id_prefix: str = "") ->
         if row["kiosk__name"] is not None:
             entry.kiosks.append(row["kiosk__name"])
 
-    expected = Person.objects.filter(is_active=True)
-    if external_id_prefix:
-        expected = expected.filter(external_id__startswith=external_id_prefix)
-    expected = list(expected.values_list("pk", "name", "external_id"))
+    expected = list(expected_people(external_id_prefix).values_list("pk", "name", "external_id"))
     for day in days.values():
         for entry in day.present:
             entry.first_check_in = timezone.localtime(entry.first_check_in, zone)

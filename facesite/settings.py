@@ -484,6 +484,9 @@ AUDIT_LOG_RETENTION_DAYS = env_int("AUDIT_LOG_RETENTION_DAYS", 365)
 CHECKIN_RETENTION_DAYS = env_int("CHECKIN_RETENTION_DAYS", 365)
 # The longest span (in days, both ends included) one attendance report may cover.
 REPORT_MAX_DAYS = env_int("REPORT_MAX_DAYS", 366)
+# ... and at most this many person-days (days x the active people it covers): each is a row of the
+# answer, built in the web worker's memory (2,000 people x a year was 215 MB and 17 s).
+REPORT_MAX_ROWS = env_int("REPORT_MAX_ROWS", 100_000)
 # Webhook deliveries (their payloads name people) kept this long in the delivery log.
 WEBHOOK_LOG_RETENTION_DAYS = env_int("WEBHOOK_LOG_RETENTION_DAYS", 30)
 

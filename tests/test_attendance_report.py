@@ -227,3 +227,20 @@ def test_only_staff_and_staff_keys_may_read_the_report(staff_user, user_api, pla
     session = APIClient()
     session.force_login(staff_user)
     assert session.get(URL).status_code == 200
+
+
+def test_a_report_past_the_most_person_days_is_refused_before_it_is_built(staff_api, settings):
+    """Days x active people covered: each is a row built in the web worker's memory."""
+    people = Person.objects.filter(is_active=True).count()
+    settings.REPORT_MAX_ROWS = 10 * people
+    ok = staff_api.get("/api/v1/reports/attendance/?from=2026-11-01&to=2026-11-10")
+    assert ok.status_code == 200, ok.content
+    refused = staff_api.get("/api/v1/reports/attendance/?from=2026-11-01&to=2026-11-11")
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["code"] == "report_too_large" and f"{11 * people:,} person-days" in error["message"]
+    first = Person.objects.filter(is_active=True).first()
+    Person.objects.update(external_id=None)
+    Person.objects.filter(pk=first.pk).update(external_id="EMP-1")
+    narrowed = staff_api.get("/api/v1/reports/attendance/?from=2026-11-01&to=2026-11-11&external_id_prefix=EMP-")
+    assert narrowed.status_code == 200  # one person x 11 days
