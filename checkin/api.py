@@ -1,7 +1,8 @@
 """GET /api/v1/checkins/: staff see who checked in (today by default).
 
 POST /api/v1/checkins/: an edge kiosk (kiosk API key, or staff) uploads a check-in it recorded,
-possibly offline, with its own client_id: a retried upload returns the same row (200), never a second.
+possibly offline, with its own client_id: a retried upload returns the same row (200), never a second,
+and so does a second check-in of the person from that device within the repeat window.
 
 GET /api/v1/reports/attendance/: staff see who came on which days, and who did not (JSON or CSV).
 """
@@ -21,10 +22,19 @@ from rest_framework.views import APIView
 from facesite.api import ApiError, EdgeSyncKey, IsStaffOrReadRole
 from security.models import ApiKey
 from security.permissions import TokenScope
+from security.throttling import TokenRateThrottle
 
 from . import reports, services
 from .models import CheckIn
 from .serializers import CheckInSerializer, EdgeCheckInSerializer
+
+
+class EdgeCheckInRateThrottle(TokenRateThrottle):
+    """Check-in uploads per key (else per user): THROTTLE_EDGE_CHECKIN, besides the role's own rate.
+    Each stored check-in fans out into webhook and MQTT tasks, so uploads get a rate of their own."""
+
+    def _role(self, request) -> str:
+        return "edge_checkin"
 
 
 class CheckInListView(generics.ListCreateAPIView):
@@ -41,9 +51,15 @@ class CheckInListView(generics.ListCreateAPIView):
             return [EdgeSyncKey(), TokenScope()]
         return super().get_permissions()
 
+    def get_throttles(self):
+        if self.request.method == "POST":
+            return [*super().get_throttles(), EdgeCheckInRateThrottle()]
+        return super().get_throttles()
+
     @extend_schema(request=EdgeCheckInSerializer, responses={201: CheckInSerializer, 200: CheckInSerializer})
     def post(self, request, *args, **kwargs):
-        """Store an edge kiosk's check-in (201), or return the one already stored with this client_id (200)."""
+        """Store an edge kiosk's check-in (201), or return the one already stored with this client_id,
+        or this device's check-in of the person within the repeat window (200)."""
         body = EdgeCheckInSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         key = request.auth if isinstance(request.auth, ApiKey) else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
@@ -137,6 +137,11 @@ class CheckInQuerySet(models.QuerySet):
 
     def recent_for(self, person_id: int, window: timedelta):
         return self.filter(person_id=person_id, checked_in_at__gte=timezone.now() - window)
+
+    def near(self, person_id: int, at: datetime, window: timedelta):
+        """The person's check-ins within ``window`` either side of ``at`` (an edge kiosk's queue
+        arrives late and may be out of order, so a repeat may come before or after the stored one)."""
+        return self.filter(person_id=person_id, checked_in_at__gte=at - window, checked_in_at__lte=at + window)
 
 
 class CheckIn(models.Model):

@@ -1,11 +1,13 @@
-"""Check-ins recorded elsewhere: an edge kiosk's upload, idempotent by its client_id."""
+"""Check-ins recorded elsewhere: an edge kiosk's upload, idempotent by its client_id and, as on the
+live socket, one per person within the repeat window."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from rest_framework import status
 
 from facesite.api import ApiError
@@ -19,13 +21,20 @@ def record_edge_checkin(data: dict, kiosk, user) -> tuple[CheckIn, bool]:
     ``kiosk`` (a kiosk key) or ``user`` (staff); return the row and whether it is new. A retried
     upload returns the row already stored with its client_id; ApiError if another device used it
     (409), the person is unknown or inactive (``unknown_person``: the kiosk drops it), or the
-    notice it was made under was not in force then (409 ``stale_notice``, see notice_in_force)."""
+    notice it was made under was not in force then (409 ``stale_notice``, see notice_in_force),
+    or its time is one retention would not keep (400, see check_device_time).
+
+    A person this kiosk (or this staff uploader) already checked in within
+    CHECKIN_REPEAT_WINDOW_MINUTES of the device's time is not checked in again: the stored row is
+    returned (not new) and nothing is announced, as on the live socket."""
     from people.models import Person
+    from people.services import lock_person
     from training.models import ModelVersion
 
     existing = _existing(data["client_id"], kiosk, user)
     if existing is not None:
         return existing, False
+    check_device_time(data["checked_in_at"])
     # a deactivated person is never recognized (the manifest tells the kiosk to mask them), and a
     # check-in the kiosk made before it knew is not stored either: one answer, as for an erased one
     if not Person.objects.filter(pk=data["person_id"], is_active=True).exists():
@@ -53,6 +62,13 @@ def record_edge_checkin(data: dict, kiosk, user) -> tuple[CheckIn, bool]:
     }
     try:
         with transaction.atomic():
+            # Two uploads of one person wait for each other here (FOR NO KEY UPDATE; SQLite has one
+            # writer at a time), so the second sees the first's row in the repeat window.
+            if not lock_person(data["person_id"]):  # erased since the check above
+                raise ApiError("unknown_person", "No active person has this id.", fields={"person_id": ["Unknown person."]})
+            repeat = _repeat(data["person_id"], data["checked_in_at"], kiosk, user)
+            if repeat is not None:
+                return repeat, False
             # One device session's consent: two uploads of it racing may both store it (nothing
             # makes it unique), so the oldest is taken rather than exactly one (get_or_create would
             # fail every later upload of that session). Created with the check-in, so a check-in
@@ -83,6 +99,29 @@ def record_edge_checkin(data: dict, kiosk, user) -> tuple[CheckIn, bool]:
     return _rows().get(pk=checkin.pk), True
 
 
+def check_device_time(at: datetime) -> None:
+    """Refuse an edge check-in's device time that retention would not handle: more than
+    EDGE_CLOCK_SKEW_SECONDS ahead of the server's clock (400 ``checked_in_at_in_future``: never
+    purged, and always "today"), or older than CHECKIN_RETENTION_DAYS (400 ``checked_in_at_too_old``:
+    it would be deleted at the next purge; the kiosk drops it). A device whose clock runs ahead
+    keeps its check-in and is stored once the server's clock has caught up."""
+    now = timezone.now()
+    if at > now + timedelta(seconds=settings.EDGE_CLOCK_SKEW_SECONDS):
+        raise ApiError(
+            "checked_in_at_in_future",
+            f"checked_in_at {at.isoformat()} is ahead of the server's clock ({now.isoformat(timespec='seconds')}): "
+            "set the device's clock.",
+            fields={"checked_in_at": ["In the future."]},
+        )
+    days = settings.CHECKIN_RETENTION_DAYS
+    if days > 0 and at < now - timedelta(days=days):
+        raise ApiError(
+            "checked_in_at_too_old",
+            f"checked_in_at {at.isoformat()} is older than the {days} days check-ins are kept.",
+            fields={"checked_in_at": ["Older than the retention period."]},
+        )
+
+
 def current_notice() -> NoticeVersion:
     """The CONSENT_NOTICE_VERSION in force, recorded in the notice history the first time this
     server serves it (the manifest and every edge upload ask)."""
@@ -107,6 +146,16 @@ def notice_in_force(version: str, at: datetime) -> bool:
 
 def _rows():
     return CheckIn.objects.select_related("person", "kiosk", "user", "model_version")
+
+
+def _repeat(person_id: int, at: datetime, kiosk, user) -> CheckIn | None:
+    """This device's check-in of the person within the repeat window around ``at``, if any."""
+    window = timedelta(minutes=settings.CHECKIN_REPEAT_WINDOW_MINUTES)
+    if window <= timedelta(0):
+        return None
+    rows = _rows().near(person_id, at, window)
+    rows = rows.filter(kiosk=kiosk) if kiosk is not None else rows.filter(kiosk=None, user=user)
+    return rows.order_by("checked_in_at", "pk").first()
 
 
 def _existing(client_id, kiosk, user) -> CheckIn | None:

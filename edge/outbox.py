@@ -5,7 +5,8 @@ upload (the answer lost, the process killed after the POST) never makes a second
 deleted only after the server answered 201 (stored) or 200 (already stored), or ``unknown_person``:
 the person was erased on the server while the check-in waited here, so it can never be stored and
 is not kept (nor their rows of the repeat window), or ``stale_notice``: it was made under a notice
-that was not in force then, so it can never be stored either. Deleted rows are overwritten on disk
+that was not in force then, or ``checked_in_at_too_old``: older than the server keeps check-ins,
+so it can never be stored either. Deleted rows are overwritten on disk
 (``secure_delete``): a check-in names its person.
 
 The repeat window's rows (``recent``) are pruned on every sync and when the kiosk starts
@@ -113,11 +114,11 @@ class Outbox:
                         {"type": "upload", "client_id": checkin["client_id"], "status": code, "dropped": "unknown_person"}
                     )
                     break
-                if _error_code(body) == "stale_notice":  # made under a notice not in force then: never stored
+                if _error_code(body) in ("stale_notice", "checked_in_at_too_old"):  # never storable now
                     with self.db:
                         self.db.execute("DELETE FROM pending WHERE client_id = ?", (checkin["client_id"],))
                     reports.append(
-                        {"type": "upload", "client_id": checkin["client_id"], "status": code, "dropped": "stale_notice"}
+                        {"type": "upload", "client_id": checkin["client_id"], "status": code, "dropped": _error_code(body)}
                     )
                     break
                 if 400 <= code < 500 and code != 429:  # this check-in refused (not the key): keep it, say why, go on

@@ -383,6 +383,8 @@ REST_FRAMEWORK = {
         "client": env_str("THROTTLE_CLIENT", "600/min"),
         "kiosk": env_str("THROTTLE_KIOSK", "600/min"),
         "anon": env_str("THROTTLE_ANON", "30/min"),
+        # POST /api/v1/checkins/ per key (else per user), on top of the role's rate (checkin/api.py)
+        "edge_checkin": env_str("THROTTLE_EDGE_CHECKIN", "120/min"),
     },
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -554,6 +556,9 @@ CHECKIN_REEMBED_EVERY = env_int("CHECKIN_REEMBED_EVERY", 3)
 CHECKIN_MIN_FACE_PX = env_int("CHECKIN_MIN_FACE_PX", 40)
 CHECKIN_FULL_FRAME_EVERY = env_int("CHECKIN_FULL_FRAME_EVERY", 5)
 CHECKIN_REPEAT_WINDOW_MINUTES = env_int("CHECKIN_REPEAT_WINDOW_MINUTES", 30)
+# An edge kiosk's check-in dated more than this ahead of the server's clock is refused (retention
+# would never delete it); one older than CHECKIN_RETENTION_DAYS is too.
+EDGE_CLOCK_SKEW_SECONDS = env_int("EDGE_CLOCK_SKEW_SECONDS", 300)
 # Ask logged-in users (not kiosks: that is a per-kiosk switch) for a head turn before check-in.
 CHECKIN_LIVENESS_FOR_USERS = env_bool("CHECKIN_LIVENESS_FOR_USERS", False)
 # Open /ws/identify/ sockets at once: per kiosk (session or bound API key), per API key or user, and

@@ -9,7 +9,7 @@ import os
 import sqlite3
 import subprocess
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -73,7 +73,8 @@ def checkin_body(**overrides) -> dict:
     body = {
         "client_id": str(uuid.uuid4()),
         "person_id": person_named("Barack Obama").pk,
-        "checked_in_at": "2026-11-30T08:15:02.123456+01:00",
+        # now, on a device one hour east of UTC: a check-in is refused outside the retention period
+        "checked_in_at": datetime.now(timezone(timedelta(hours=1))).isoformat(),
         "similarity": 0.81,
         "threshold": 0.55,
         "frames": 4,
@@ -468,7 +469,8 @@ def test_an_uploaded_check_in_is_announced_once_with_the_devices_time(kiosk_api,
     from .test_integrations import Receiver, verified, webhook_to
 
     settings.WEBHOOK_ALLOW_PRIVATE = True
-    body = checkin_body()
+    device_time = datetime.now(timezone(timedelta(hours=1))).replace(microsecond=123456)
+    body = checkin_body(checked_in_at=device_time.isoformat())
     with Receiver() as receiver:
         webhook_to(receiver, "checkin.created")
         for _ in range(2):  # the kiosk retries: one check-in, one event
@@ -478,7 +480,8 @@ def test_an_uploaded_check_in_is_announced_once_with_the_devices_time(kiosk_api,
     assert verified(headers, raw)
     sent = json.loads(raw)["data"]
     assert sent["person"]["name"] == "Barack Obama" and sent["time_source"] == "device"
-    assert sent["checked_in_at"].startswith("2026-11-30T07:15:02")  # the device's time (UTC)
+    assert datetime.fromisoformat(sent["checked_in_at"]) == device_time  # the device's time
+    assert sent["checked_in_at"].startswith(device_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S"))  # in UTC
 
 
 @pytest.mark.django_db
@@ -821,6 +824,7 @@ def test_a_notice_is_accepted_only_for_check_ins_made_while_it_was_in_force(kios
 
     from checkin.models import CheckIn
 
+    settings.CHECKIN_REPEAT_WINDOW_MINUTES = 0  # two check-ins of one person, minutes apart, both stored
     settings.CONSENT_NOTICE_VERSION = "2026-v1"
     assert kiosk_api.get("/api/v1/edge/manifest/").json()["consent"]["notice_version"] == "2026-v1"
     before_change = (timezone.now() - timedelta(minutes=5)).isoformat()
@@ -1189,3 +1193,140 @@ def test_a_check_in_made_under_a_notice_never_in_force_is_dropped_from_the_outbo
     assert sorted(str(r.get("dropped", r["status"])) for r in reports) == ["201", "stale_notice"]
     assert outbox.pending() == []
     outbox.close()
+
+
+# ---- what an upload may cost: the repeat window, device times retention can purge, a rate ----------
+
+
+def ago(**delta) -> str:
+    return (datetime.now().astimezone() - timedelta(**delta)).isoformat()
+
+
+@pytest.fixture
+def queued_tasks(settings, monkeypatch):
+    """The webhook deliveries and MQTT messages a check-in queues (one subscribed webhook, MQTT
+    configured), recorded at the task queue instead of run."""
+    from integrations import events
+    from integrations.models import Webhook
+
+    settings.MQTT_URL = "mqtt://127.0.0.1:1"
+    Webhook.objects.create(url="https://hooks.example/checkins", events=["checkin.created"], secret="s" * 32)
+    queued = []
+    monkeypatch.setattr(events, "_queue", lambda task, *args, **kwargs: queued.append(task))
+    return queued
+
+
+@pytest.mark.django_db
+def test_uploads_of_one_person_within_the_repeat_window_store_one_row_and_announce_it_once(
+    kiosk_api, settings, queued_tasks, django_capture_on_commit_callbacks
+):
+    from checkin.models import CheckIn
+    from integrations.models import Delivery
+
+    settings.CHECKIN_REPEAT_WINDOW_MINUTES = 30
+    answers = []
+    for minutes in (45, 50, 30, 16, 74):  # new client_ids, the device's times within 30 min of the first's
+        with django_capture_on_commit_callbacks(execute=True):
+            answers.append(kiosk_api.post("/api/v1/checkins/", checkin_body(checked_in_at=ago(minutes=minutes)), format="json"))
+    assert [a.status_code for a in answers] == [201, 200, 200, 200, 200], [a.content for a in answers]
+    assert {a.json()["id"] for a in answers} == {answers[0].json()["id"]}  # each answered with the stored row
+    assert CheckIn.objects.filter(time_source="device").count() == 1
+    assert Delivery.objects.count() == 1
+    assert sorted(queued_tasks) == ["integrations.tasks.deliver", "integrations.tasks.publish"]
+
+    with django_capture_on_commit_callbacks(execute=True):  # 40 min after the first: a new one
+        later = kiosk_api.post("/api/v1/checkins/", checkin_body(checked_in_at=ago(minutes=5)), format="json")
+    assert later.status_code == 201, later.content
+    assert CheckIn.objects.filter(time_source="device").count() == 2 and Delivery.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_the_repeat_window_is_each_kiosks_own(kiosk_api, staff_user, staff_api):
+    from checkin.models import CheckIn, Kiosk
+    from security.models import ApiKey
+
+    other = Kiosk(name="Back door")
+    other.set_new_token()
+    other.save()
+    _, raw = ApiKey.issue(staff_user, "back door edge", role="kiosk", kiosk=other)
+    at = ago(minutes=1)
+    for api in (kiosk_api, key_client(raw), staff_api):  # two kiosks and a staff uploader: three rows
+        response = api.post("/api/v1/checkins/", checkin_body(checked_in_at=at), format="json")
+        assert response.status_code == 201, response.content
+    assert staff_api.post("/api/v1/checkins/", checkin_body(checked_in_at=at), format="json").status_code == 200
+    rows = CheckIn.objects.filter(time_source="device")
+    assert rows.count() == 3 and rows.filter(kiosk=None, user=staff_user).count() == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "when, code",
+    [
+        ({"minutes": -10}, "checked_in_at_in_future"),  # beyond the 5 min a device's clock may be ahead
+        ({"days": -365 * 7974}, "checked_in_at_in_future"),  # about 9999-01-01
+        ({"days": 31}, "checked_in_at_too_old"),  # retention deletes it at once
+    ],
+)
+def test_a_check_in_dated_where_retention_cannot_handle_it_is_refused(kiosk_api, settings, when, code):
+    from checkin.models import CheckIn
+
+    settings.EDGE_CLOCK_SKEW_SECONDS = 300
+    settings.CHECKIN_RETENTION_DAYS = 30
+    response = kiosk_api.post("/api/v1/checkins/", checkin_body(checked_in_at=ago(**when)), format="json")
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["code"] == code and "checked_in_at" in error["fields"] and error["message"]
+    assert not CheckIn.objects.filter(time_source="device").exists()
+
+
+@pytest.mark.django_db
+def test_a_device_clock_slightly_ahead_and_old_check_ins_kept_for_ever_are_accepted(kiosk_api, settings):
+    settings.EDGE_CLOCK_SKEW_SECONDS = 300
+    settings.CHECKIN_RETENTION_DAYS = 0  # kept until staff delete them
+    settings.CHECKIN_REPEAT_WINDOW_MINUTES = 30
+    for when in ({"minutes": -4}, {"days": 800}):
+        response = kiosk_api.post("/api/v1/checkins/", checkin_body(checked_in_at=ago(**when)), format="json")
+        assert response.status_code == 201, (when, response.content)
+
+
+@pytest.mark.django_db
+def test_the_outbox_drops_a_check_in_older_than_retention_and_keeps_one_from_a_clock_ahead(kiosk_api, settings, tmp_path):
+    """An offline kiosk's queue older than the retention can never be stored: dropped, not kept for
+    ever. One from a clock ahead of the server's is kept: it is stored once the server's clock catches up."""
+    from edge.outbox import Outbox
+
+    settings.CHECKIN_RETENTION_DAYS = 30
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    old, ahead, fresh = (checkin_body(checked_in_at=ago(**when)) for when in ({"days": 40}, {"hours": -2}, {"minutes": 1}))
+    for checkin in (old, ahead, fresh):
+        outbox.add(checkin)
+    reports = {r["client_id"]: r for r in outbox.upload(through_test_client(kiosk_api))}
+    assert reports[old["client_id"]]["dropped"] == "checked_in_at_too_old"
+    assert reports[ahead["client_id"]]["status"] == 400 and "checked_in_at_in_future" in reports[ahead["client_id"]]["error"]
+    assert reports[fresh["client_id"]]["status"] == 201
+    assert [c["client_id"] for c in outbox.pending()] == [ahead["client_id"]]
+    outbox.close()
+
+
+@pytest.mark.django_db
+def test_check_in_uploads_have_a_rate_of_their_own_per_key(kiosk_api, staff_user, monkeypatch):
+    from checkin.api import EdgeCheckInRateThrottle
+    from checkin.models import Kiosk
+    from security.models import ApiKey
+
+    monkeypatch.setattr(
+        EdgeCheckInRateThrottle, "THROTTLE_RATES", {**EdgeCheckInRateThrottle.THROTTLE_RATES, "edge_checkin": "3/min"}
+    )
+    people = [person_named(name) for name in ("Barack Obama", "Joe Biden", "Kit Harington", "Rose Leslie")]
+    answers = [
+        kiosk_api.post("/api/v1/checkins/", checkin_body(person_id=p.pk, checked_in_at=ago(minutes=1)), format="json")
+        for p in people
+    ]
+    assert [a.status_code for a in answers] == [201, 201, 201, 429]
+    assert answers[-1].json()["error"]["code"] == "throttled" and answers[-1].has_header("Retry-After")
+    assert kiosk_api.get("/api/v1/edge/manifest/").status_code == 200  # its other calls are not counted here
+    other = Kiosk(name="Back door")
+    other.set_new_token()
+    other.save()
+    _, raw = ApiKey.issue(staff_user, "back door edge", role="kiosk", kiosk=other)
+    assert key_client(raw).post("/api/v1/checkins/", checkin_body(checked_in_at=ago(minutes=1)), format="json").status_code == 201
