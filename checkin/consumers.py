@@ -5,16 +5,20 @@ Protocol. The client sends JSON text messages ``{"type": "consent", "notice_vers
 and ``{"type": "withdraw"}``, and each camera frame as one binary message of JPEG bytes. The server
 answers with JSON: ``ready`` on connect, ``consent_recorded``/``consent_withdrawn``, ``faces`` per
 processed frame, ``checked_in``, and ``error`` (``{"code", "message"}``) for anything refused.
+Consent given again while the connection's consent is in force answers ``consent_recorded`` with
+the same ``consent_id`` and records nothing: a new Consent row only after a ``withdraw``.
 
 Error codes. The connection stays open after: ``invalid_message`` (a text message that is not JSON,
 is nested too deep, is not an object, is over 4 KiB or has an unknown ``type``), ``consent_required``,
 ``stale_notice``, ``age_not_confirmed``, ``frame_too_large`` (over CHECKIN_MAX_FRAME_BYTES or
 CHECKIN_MAX_FRAME_PIXELS; the ASGI servers accept messages up to 16 MiB so that the consumer can say
-so), ``invalid_image``, ``rate_limited``, ``server_error``. The connection is closed after:
+so), ``invalid_image``, ``rate_limited`` (frames over CHECKIN_MAX_FPS, text messages over
+CHECKIN_MAX_TEXT_PER_SECOND: the message is dropped), ``server_error``. The connection is closed after:
 ``not_authenticated`` (4401), ``kiosk_not_bound`` (4403: a kiosk-role API key not tied to a kiosk),
 ``too_many_connections`` (4429: over CHECKIN_MAX_SOCKETS_PER_KIOSK, _PER_KEY or CHECKIN_MAX_SOCKETS;
 see checkin.socket_limits), ``flooding`` (4429: more frames refused by the rate limit within three
-seconds than three times CHECKIN_MAX_FPS, see ``flood_limit``) and ``idle_timeout`` (4408: nothing sent for CHECKIN_IDLE_SECONDS).
+seconds than three times CHECKIN_MAX_FPS, see ``flood_limit``; the same for text messages and
+CHECKIN_MAX_TEXT_PER_SECOND) and ``idle_timeout`` (4408: nothing sent for CHECKIN_IDLE_SECONDS).
 
 Who may connect: a signed-in user or a registered kiosk (both carried by the browser's session), or
 a non-browser client sending ``Authorization: Token <key>`` (a kiosk-role API key, which acts as the
@@ -200,12 +204,16 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
             await _touch_kiosk(caller.kiosk)
         self.session = LiveSession(user=caller.user if caller.kiosk is None else None, kiosk=caller.kiosk)
         self.limiter = RateLimiter(settings.CHECKIN_MAX_FPS)
+        # Text messages (consent, withdraw) each cost database work and an answer: a page sends two
+        # per connection, so their own small budget, cut off for flooding like frames.
+        self.text_limiter = RateLimiter(settings.CHECKIN_MAX_TEXT_PER_SECOND)
         self.latest: tuple[int, bytes] | None = None  # the newest frame not yet analysed
         self.worker: asyncio.Task | None = None
         self.received = 0
         self.dropped = 0
         self.last_rate_error = 0.0
         self.refused: deque[float] = deque()  # when frames were refused by the rate limit, last few seconds
+        self.refused_texts: deque[float] = deque()  # the same for text messages
         self.opened = time.monotonic()
         self.analysed = 0
         self.tracks_seen: set[int] = set()
@@ -350,6 +358,11 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
         if bytes_data is not None:
             await self.receive_frame(bytes_data)
             return
+        if not self.text_limiter.allow():
+            await self.over_rate(
+                self.refused_texts, settings.CHECKIN_MAX_TEXT_PER_SECOND, "text messages", "Text messages are arriving"
+            )
+            return
         message = self.parse(text_data)
         kind = message.get("type") if message is not None else None
         if kind == "consent":
@@ -399,30 +412,7 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
             await self.send_error("consent_required", "Frames are refused until consent is given on this connection.")
             return
         if not self.limiter.allow():
-            now = time.monotonic()
-            self.refused.append(now)
-            while self.refused and now - self.refused[0] > FLOOD_WINDOW_SECONDS:
-                self.refused.popleft()
-            if len(self.refused) > flood_limit(settings.CHECKIN_MAX_FPS):
-                # Every refused frame is still read and parsed by this process's event loop, which
-                # also serves the other sockets and the HTTP API: a client sending several times the
-                # allowed rate (measured: 1,000 frames/s took /healthz/ p95 over 200 ms) is cut off.
-                self.latest = None
-                await self.send_error(
-                    "flooding",
-                    f"Over {flood_limit(settings.CHECKIN_MAX_FPS)} frames in {FLOOD_WINDOW_SECONDS:g} seconds beyond "
-                    f"the limit of {settings.CHECKIN_MAX_FPS:g} per second; the connection is closed.",
-                )
-                await self.close(code=CLOSE_TOO_MANY)
-                self.closing = True
-                return
-            # Said at most once a second: a client far over the rate would otherwise be flooded.
-            if now - self.last_rate_error >= 1.0:
-                self.last_rate_error = now
-                await self.send_error(
-                    "rate_limited",
-                    f"Frames are arriving faster than {settings.CHECKIN_MAX_FPS:g} per second; extra frames are dropped.",
-                )
+            await self.over_rate(self.refused, settings.CHECKIN_MAX_FPS, "frames", "Frames are arriving")
             return
         self.received += 1
         if self.latest is not None:
@@ -430,6 +420,32 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
         self.latest = (self.received, data)
         if self.worker is None or self.worker.done():
             self.worker = asyncio.create_task(self.process_frames())
+
+    async def over_rate(self, refused: deque[float], rate: float, what: str, arriving: str):
+        """A frame or text message refused by its rate limit (``rate`` per second): dropped with a
+        ``rate_limited`` error, or, past flood_limit(rate) refusals within FLOOD_WINDOW_SECONDS, the
+        socket is closed for ``flooding``."""
+        now = time.monotonic()
+        refused.append(now)
+        while refused and now - refused[0] > FLOOD_WINDOW_SECONDS:
+            refused.popleft()
+        if len(refused) > flood_limit(rate):
+            # Every refused message is still read and parsed by this process's event loop, which
+            # also serves the other sockets and the HTTP API: a client sending several times the
+            # allowed rate (measured: 1,000 frames/s took /healthz/ p95 over 200 ms) is cut off.
+            self.latest = None
+            await self.send_error(
+                "flooding",
+                f"Over {flood_limit(rate)} {what} in {FLOOD_WINDOW_SECONDS:g} seconds beyond "
+                f"the limit of {rate:g} per second; the connection is closed.",
+            )
+            await self.close(code=CLOSE_TOO_MANY)
+            self.closing = True
+            return
+        # Said at most once a second: a client far over the rate would otherwise be flooded.
+        if now - self.last_rate_error >= 1.0:
+            self.last_rate_error = now
+            await self.send_error("rate_limited", f"{arriving} faster than {rate:g} per second; extra {what} are dropped.")
 
     async def process_frames(self):
         """Analyse the newest frame, then the newest one that came in meanwhile, until none is left.

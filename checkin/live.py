@@ -130,6 +130,10 @@ class LiveSession:
             )
         if not age_confirmed:
             raise FrameRefused("age_not_confirmed", f"Confirm that you are at least {settings.CONSENT_MIN_AGE} years old.")
+        if self.has_consent and self.consent.notice_version == notice_version:
+            # Consent given again on the same connection: the one in force stands (one row per
+            # consent given, a new one only after a withdrawal), so a repeated message writes nothing.
+            return self.consent
         self.consent = Consent.objects.create(
             purpose=Consent.Purpose.CHECKIN,
             user=self.user if self.kiosk is None else None,

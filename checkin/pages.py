@@ -7,16 +7,19 @@ websocket (checkin.consumers); verification records it here, before the photos a
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
 from django.http import JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from .consumers import KIOSK_SESSION_KEY, session_kiosk, sign_in_kiosk, sign_out_kiosk
-from .edge_api import checkin_notice
+from .edge_api import _period, checkin_notice
 from .models import Consent, Kiosk
 
 
@@ -79,12 +82,11 @@ def kiosk_sign_out(request):
 def verify(request):
     """Compare two faces: the page posts both photos to /api/v1/verify/ after consent. Neither the
     photos nor the result are stored; the notice says what is (recognition.answers.Verification)."""
-    days = settings.AUDIT_LOG_RETENTION_DAYS
-    period = f"for {days} days, then deleted" if days > 0 else "until staff delete it"
     kept = (
         "The photos, the faces found in them and the result are not kept. The site's security log notes that "
-        f"your account compared two photos, when, from which network address and whether it worked ({period}), "
-        "and the record of this consent (your account, the time, this notice's version) is kept."
+        f"your account compared two photos, when, from which network address and whether it worked "
+        f"({_period(settings.AUDIT_LOG_RETENTION_DAYS)}), and the record of this consent (your account, the time, "
+        f"this notice's version) is kept ({_period(settings.CHECKIN_RETENTION_DAYS)})."
     )
     return render(request, "verify.html", {**_notice_context(), "verify_kept": kept})
 
@@ -103,7 +105,14 @@ def verify_consent(request):
             {"error": {"code": "age_not_confirmed", "message": f"Confirm that you are at least {settings.CONSENT_MIN_AGE}."}},
             status=400,
         )
-    consent = Consent.objects.create(
-        purpose=Consent.Purpose.VERIFY, user=request.user, notice_version=settings.CONSENT_NOTICE_VERSION, age_confirmed=True
-    )
+    given = {"purpose": Consent.Purpose.VERIFY, "user": request.user, "notice_version": settings.CONSENT_NOTICE_VERSION}
+    hours = settings.VERIFY_CONSENT_REUSE_HOURS
+    if hours > 0:
+        # Every visit to the page posts consent: within the period the account's record of consent to
+        # this notice stands (200, the same id), so repeated posts cannot pile up rows.
+        since = timezone.now() - timedelta(hours=hours)
+        recent = Consent.objects.filter(**given, withdrawn_at=None, given_at__gte=since).order_by("-given_at", "-id").first()
+        if recent is not None:
+            return JsonResponse({"consent_id": recent.pk}, status=200)
+    consent = Consent.objects.create(**given, age_confirmed=True)
     return JsonResponse({"consent_id": consent.pk}, status=201)

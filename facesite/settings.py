@@ -482,7 +482,8 @@ ERASE_CHECKINS_WITH_PERSON = env_bool("ERASE_CHECKINS_WITH_PERSON", True)
 # Audit events (who called recognize/verify, when, with what result; never images) kept this long.
 AUDIT_LOG_RETENTION_DAYS = env_int("AUDIT_LOG_RETENTION_DAYS", 365)
 # Check-in records (name, time, similarity, device) kept this long; the check-in notice says so.
-# 0 keeps them until staff delete them.
+# 0 keeps them until staff delete them. Consent records expire after the same period once nothing
+# (a check-in, a visitor sighting or enrollment) refers to them.
 CHECKIN_RETENTION_DAYS = env_int("CHECKIN_RETENTION_DAYS", 365)
 # The longest span (in days, both ends included) one attendance report may cover.
 REPORT_MAX_DAYS = env_int("REPORT_MAX_DAYS", 366)
@@ -547,6 +548,12 @@ CONSENT_MIN_AGE = env_int("CONSENT_MIN_AGE", 16)
 CHECKIN_MAX_FRAME_BYTES = env_int("CHECKIN_MAX_FRAME_BYTES", 512 * 1024)
 CHECKIN_MAX_FRAME_PIXELS = env_int("CHECKIN_MAX_FRAME_PIXELS", 1280 * 960)
 CHECKIN_MAX_FPS = env_float("CHECKIN_MAX_FPS", 20.0)
+# Text messages (consent, withdraw) per second per socket (a page sends two per connection); more
+# are dropped, and a flood of them closes the socket like a flood of frames.
+CHECKIN_MAX_TEXT_PER_SECOND = env_float("CHECKIN_MAX_TEXT_PER_SECOND", 5.0)
+# The verify page's consent POST reuses the account's consent to the same notice given within this
+# many hours instead of recording another (0: a new record on every POST).
+VERIFY_CONSENT_REUSE_HOURS = env_int("VERIFY_CONSENT_REUSE_HOURS", 24)
 # A person is checked in after this many consecutive frames agree on them above the threshold,
 # and not again within the window. A tracked face is re-embedded every N frames in between.
 CHECKIN_STABLE_FRAMES = env_int("CHECKIN_STABLE_FRAMES", 4)

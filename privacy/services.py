@@ -18,7 +18,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from checkin.models import CheckIn, RejectedMatch
+from checkin.models import CheckIn, Consent, RejectedMatch
 from integrations.events import person_erased
 from integrations.models import Delivery
 from people.models import FaceImage, Person
@@ -443,6 +443,7 @@ class RetentionReport:
     rejected_matches_deleted: int = 0
     model_versions_deleted: int = 0
     uncommitted_photos_deleted: int = 0  # photos whose upload's transaction rolled back
+    consents_deleted: int = 0  # consent records past CHECKIN_RETENTION_DAYS that nothing refers to
 
 
 def apply_retention(days: int | None = None, now=None) -> RetentionReport:
@@ -451,7 +452,9 @@ def apply_retention(days: int | None = None, now=None) -> RetentionReport:
     and webhook deliveries older than AUDIT_LOG_RETENTION_DAYS, CHECKIN_RETENTION_DAYS and
     WEBHOOK_LOG_RETENTION_DAYS (the live check-in's audit rows that name a person no later than the
     check-ins: security.audit.checkin_audit_retention_days); and the model versions past TRAINING_KEEP_VERSIONS; and photos
-    whose upload's transaction rolled back (people.services.discard_uncommitted_photos)."""
+    whose upload's transaction rolled back (people.services.discard_uncommitted_photos); and consent
+    records given more than CHECKIN_RETENTION_DAYS ago that nothing refers to any more
+    (unreferenced_consents), after the check-ins above, so those that expired with them go too."""
     days = settings.FACE_PHOTO_RETENTION_DAYS if days is None else days
     now = now or timezone.now()
     photos = crops = 0
@@ -496,9 +499,24 @@ def apply_retention(days: int | None = None, now=None) -> RetentionReport:
         _delete_older(RejectedMatch.objects.all(), "checked_in_at", settings.CHECKIN_RETENTION_DAYS, now),
         training.prune_versions(),
         discard_uncommitted_photos(now=now),
+        _delete_older(unreferenced_consents(), "given_at", settings.CHECKIN_RETENTION_DAYS, now),
     )
     redaction.redact_pending()  # deleted photos a failed or lost task left in the label maps
     return report
+
+
+def unreferenced_consents():
+    """Consent records no row refers to: not a check-in made under it, a visitor's sighting or
+    enrollment, nor any model added later with a foreign key to Consent (found from the model's
+    relations, so a new one is kept out without a change here). A withdrawn consent is no different:
+    the record of the withdrawal stays as long as a check-in made under that consent does."""
+    rows = Consent.objects.all()
+    for relation in Consent._meta.get_fields(include_hidden=True):
+        if relation.auto_created and not relation.concrete and (relation.one_to_many or relation.one_to_one):
+            field = relation.field.name
+            referenced = relation.related_model._base_manager.filter(**{f"{field}__isnull": False}).values(field)
+            rows = rows.exclude(pk__in=referenced)
+    return rows
 
 
 def _delete_older(rows, field: str, days: int, now) -> int:

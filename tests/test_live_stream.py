@@ -594,11 +594,80 @@ def test_verify_page_needs_a_login_and_records_consent(client, plain_user):
     assert "Nothing is kept" not in text
     assert "the result are not kept" in text
     assert f"whether it worked (for {settings.AUDIT_LOG_RETENTION_DAYS} days, then deleted)" in text
-    stale = client.post("/verify/consent/", {"notice_version": "old", "age_confirmed": "yes"})
-    assert stale.status_code == 400 and stale.json()["error"]["code"] == "stale_notice"
-    no_age = client.post("/verify/consent/", {"notice_version": settings.CONSENT_NOTICE_VERSION})
-    assert no_age.status_code == 400 and no_age.json()["error"]["code"] == "age_not_confirmed"
-    given = client.post("/verify/consent/", {"notice_version": settings.CONSENT_NOTICE_VERSION, "age_confirmed": "yes"})
-    assert given.status_code == 201
-    consent = Consent.objects.get(pk=given.json()["consent_id"])
-    assert consent.purpose == "verify" and consent.user == plain_user
+    assert f"version) is kept (for {settings.CHECKIN_RETENTION_DAYS} days, then deleted)" in text
+
+
+@pytest.mark.django_db
+def test_verify_consent_posted_again_reuses_the_accounts_record(client, plain_user, staff_user, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.VERIFY_CONSENT_REUSE_HOURS = 24
+    form = {"notice_version": settings.CONSENT_NOTICE_VERSION, "age_confirmed": "yes"}
+    client.force_login(plain_user)
+    answers = [client.post("/verify/consent/", form) for _ in range(50)]
+    assert [a.status_code for a in answers] == [201] + [200] * 49
+    assert {a.json()["consent_id"] for a in answers} == {answers[0].json()["consent_id"]}
+    assert Consent.objects.count() == 1
+    # another account gets its own; a record older than the period is not reused
+    client.force_login(staff_user)
+    assert client.post("/verify/consent/", form).status_code == 201
+    Consent.objects.update(given_at=timezone.now() - timedelta(hours=25))
+    client.force_login(plain_user)
+    assert client.post("/verify/consent/", form).status_code == 201
+    assert Consent.objects.filter(user=plain_user).count() == 2
+
+
+@pytest.mark.django_db
+def test_consent_given_again_on_a_socket_keeps_its_one_record_until_withdrawn(plain_user, settings):
+    settings.CHECKIN_MAX_TEXT_PER_SECOND = 1000  # the text limit is tested below
+
+    async def scenario():
+        communicator = communicator_for(plain_user)
+        ready = await open_with_consent(communicator)
+        again = {"type": "consent", "notice_version": ready["notice_version"], "age_confirmed": True}
+        ids = set()
+        for _ in range(50):
+            await communicator.send_json_to(again)
+            answer = await receive(communicator)
+            assert answer["type"] == "consent_recorded", answer
+            ids.add(answer["consent_id"])
+        assert len(ids) == 1
+        await communicator.send_json_to({"type": "withdraw"})
+        assert (await receive(communicator))["type"] == "consent_withdrawn"
+        await communicator.send_json_to(again)
+        renewed = await receive(communicator)
+        await communicator.disconnect()
+        return ids, renewed
+
+    ids, renewed = run(scenario)
+    assert renewed["type"] == "consent_recorded" and renewed["consent_id"] not in ids
+    assert Consent.objects.count() == 2 and Consent.objects.filter(withdrawn_at=None).count() == 1
+
+
+@pytest.mark.django_db
+def test_a_flood_of_text_messages_is_limited_then_closes_the_socket(plain_user, settings):
+    from checkin.consumers import CLOSE_TOO_MANY, flood_limit
+
+    settings.CHECKIN_MAX_TEXT_PER_SECOND = 2
+
+    async def scenario():
+        communicator = communicator_for(plain_user)
+        connected, _ = await communicator.connect()
+        ready = await receive(communicator)
+        consent = {"type": "consent", "notice_version": ready["notice_version"], "age_confirmed": True}
+        for _ in range(2 + flood_limit(2) + 1):  # the bucket's 2, then one more refusal than allowed
+            await communicator.send_json_to(consent)
+        messages = []
+        while True:
+            output = await communicator.receive_output(timeout=TIMEOUT)
+            if output["type"] == "websocket.close":
+                return messages, output["code"]
+            messages.append(json.loads(output["text"]))
+
+    messages, close_code = run(scenario)
+    codes = [m.get("code", m["type"]) for m in messages]
+    assert codes == ["consent_recorded", "consent_recorded", "rate_limited", "flooding"], codes
+    assert "2 per second" in messages[2]["message"] and close_code == CLOSE_TOO_MANY
+    assert Consent.objects.count() == 1

@@ -202,10 +202,47 @@ def test_the_live_check_ins_audit_rows_that_name_someone_go_with_the_check_ins_a
     assert privacy.apply_retention(days=0).audit_events_deleted == 0
 
 
+def test_retention_deletes_old_consents_nothing_refers_to_and_keeps_the_rest(settings, plain_user):
+    from checkin.models import CheckIn, Consent
+    from visitors.models import Sighting, Visitor, VisitorEnrollment
+
+    settings.CHECKIN_RETENTION_DAYS = 30
+    now = timezone.now()
+    old, recent = now - timedelta(days=31), now - timedelta(days=29)
+
+    def consent(given_at, purpose="checkin", **fields) -> Consent:
+        return Consent.objects.create(purpose=purpose, user=plain_user, notice_version="v", given_at=given_at, **fields)
+
+    unused, withdrawn, verify = consent(old), consent(old, withdrawn_at=old), consent(old, purpose="verify")
+    young = consent(recent)
+    # kept by what refers to them: a check-in (itself within its period), a visitor's sighting, an enrollment
+    under_checkin, under_sighting, under_enrollment = consent(old), consent(old), consent(old)
+    withdrawn_under_checkin = consent(old, withdrawn_at=old)
+    for c in (under_checkin, withdrawn_under_checkin):
+        CheckIn.objects.create(person=person_named("Barack Obama"), similarity=0.9, threshold=0.5, frames=4, consent=c)
+    visitor = Visitor.objects.create(first_seen_at=recent, last_seen_at=recent)
+    Sighting.objects.create(visitor=visitor, seen_at=recent, last_seen_at=recent, consent=under_sighting)
+    VisitorEnrollment.objects.create(person=person_named("Barack Obama"), consent=under_enrollment)
+    # an old check-in expires in the same run, and then its consent goes too
+    with_old_checkin = consent(old)
+    CheckIn.objects.create(similarity=0.9, threshold=0.5, frames=4, consent=with_old_checkin, checked_in_at=old)
+
+    report = privacy.apply_retention(now=now)
+
+    assert report.consents_deleted == 4
+    kept = set(Consent.objects.values_list("pk", flat=True))
+    assert kept == {young.pk, under_checkin.pk, withdrawn_under_checkin.pk, under_sighting.pk, under_enrollment.pk}
+    assert not kept & {unused.pk, withdrawn.pk, verify.pk, with_old_checkin.pk}
+    settings.CHECKIN_RETENTION_DAYS = 0  # keep for ever: consents too
+    consent(old)
+    assert privacy.apply_retention(now=now).consents_deleted == 0
+
+
 def test_retention_command_and_daily_schedule_exist(capsys):
     call_command("apply_retention", "--days", "3650")
     out = capsys.readouterr().out
     assert "Deleted 0 original photos" in out and "0 photos of uploads that were rolled back" in out
+    assert "0 consent records nothing referred to" in out
     schedule = Schedule.objects.get(name="privacy: apply retention")
     assert schedule.func == "privacy.tasks.apply_retention" and schedule.schedule_type == Schedule.DAILY
 
