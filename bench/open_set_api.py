@@ -106,6 +106,7 @@ def run_one(
         Q_SYNC="1",  # each upload is processed in its request, as an operator's enrollment would be before probing
         TRAINING_RETRAIN_ON_ENROLLMENT="0",  # nearest neighbour over the gallery: no training run needed
         THROTTLE_STAFF="1000000/min",
+        THROTTLE_ENROLL="1000000/min",
     )
     server.manage("migrate", "--noinput")
     token = _token(server)

@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 from facesite.api import ApiError, EdgeSyncKey, IsStaffOrReadRole
 from security.models import ApiKey
 from security.permissions import TokenScope
-from security.throttling import TokenRateThrottle
+from security.throttling import ScopedTokenThrottle, TokenRateThrottle
 
 from . import reports, services
 from .models import CheckIn
@@ -97,6 +97,8 @@ class AttendanceReportView(APIView):
 
     permission_classes = [IsStaffOrReadRole, TokenScope]
     token_scope = "checkins"  # staff API keys only, as for the check-ins list
+    throttle_classes = [*APIView.throttle_classes, ScopedTokenThrottle]
+    throttle_scope = "report"  # up to REPORT_MAX_ROWS person-days built in the request
     # No read_permission: the absent list names the whole active roster, which checkin.view_checkin
     # alone does not grant.
     renderer_classes = [JSONRenderer]

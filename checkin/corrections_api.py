@@ -18,6 +18,7 @@ from rest_framework.views import APIView
 from facesite.api import ApiError
 from people.models import Person
 from security.permissions import TokenScope
+from security.throttling import ScopedTokenThrottle
 
 from . import corrections
 from .serializers import FaceReviewSerializer, PersonReviewSerializer, RejectionSerializer
@@ -52,6 +53,9 @@ class PersonOutliersView(StaffOnly, APIView):
 
 
 class OutliersView(StaffOnly, APIView):
+    throttle_classes = [*APIView.throttle_classes, ScopedTokenThrottle]
+    throttle_scope = "outliers"  # every gallery face searched against the gallery, in the request
+
     @extend_schema(responses={200: FaceReviewSerializer(many=True)})
     def get(self, request):
         """Every outlier face in the gallery, most doubtful first."""

@@ -385,6 +385,11 @@ REST_FRAMEWORK = {
         "anon": env_str("THROTTLE_ANON", "30/min"),
         # POST /api/v1/checkins/ per key (else per user), on top of the role's rate (checkin/api.py)
         "edge_checkin": env_str("THROTTLE_EDGE_CHECKIN", "120/min"),
+        # the costly requests' own rates (security.throttling.ScopedTokenThrottle), besides the role's
+        "enroll": env_str("THROTTLE_ENROLL", "120/min"),
+        "export": env_str("THROTTLE_EXPORT", "20/min"),
+        "report": env_str("THROTTLE_REPORT", "30/min"),
+        "outliers": env_str("THROTTLE_OUTLIERS", "6/min"),
     },
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

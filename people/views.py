@@ -11,6 +11,7 @@ from facesite.api import ApiError, IsStaffOrReadRole, StaffHoldsPermission, imag
 from privacy.services import erase_person
 from recognition.engine.images import ImageError
 from security.permissions import TokenScope
+from security.throttling import ScopedTokenThrottle
 
 from . import services
 from .models import FaceImage, Person
@@ -46,6 +47,12 @@ class FaceImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.
 
     def get_queryset(self):
         return FaceImage.objects.filter(person=self.person())
+
+    def get_throttles(self):
+        if self.request.method == "POST":  # a photo stored, decoded, detected and embedded
+            self.throttle_scope = "enroll"
+            return [*super().get_throttles(), ScopedTokenThrottle()]
+        return super().get_throttles()
 
     @extend_schema(request=FaceUploadSerializer, responses={201: FaceImageSerializer})
     def create(self, request, person_pk=None):

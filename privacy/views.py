@@ -10,6 +10,7 @@ from rest_framework.views import APIView
 from facesite.api import StaffHoldsPermission
 from people.models import Person
 from security.permissions import TokenScope
+from security.throttling import ScopedTokenThrottle
 from visitors.models import Visitor
 
 from . import services
@@ -27,6 +28,8 @@ class PersonExportView(APIView):
     permission_classes = [IsAdminUser, StaffHoldsPermission, TokenScope]
     staff_permissions = {"GET": "people.export_person"}  # as the admin's export action
     token_scope = "export"
+    throttle_classes = [*APIView.throttle_classes, ScopedTokenThrottle]
+    throttle_scope = "export"  # a whole record zipped in memory
 
     @extend_schema(responses={(200, "application/zip"): OpenApiResponse(description="person.json, photos/, crops/")})
     def get(self, request, pk: int):
@@ -39,6 +42,8 @@ class VisitorExportView(APIView):
     permission_classes = [IsAdminUser, StaffHoldsPermission, TokenScope]
     staff_permissions = {"GET": "visitors.view_visitor"}
     token_scope = "export"
+    throttle_classes = [*APIView.throttle_classes, ScopedTokenThrottle]
+    throttle_scope = "export"
 
     @extend_schema(responses={(200, "application/zip"): OpenApiResponse(description="visitor.json, crops/")})
     def get(self, request, pk: int):

@@ -301,6 +301,7 @@ def make_site(tmp: Path, backend: str, redis_db: int = LIVE_REDIS_DB) -> Site:
         SECURE_HSTS_SECONDS="0",
         # Load tests send far more than a person would; throttling has its own tests.
         THROTTLE_STAFF="100000/min",
+        THROTTLE_ENROLL="100000/min",
         LOG_LEVEL="WARNING",
         Q_WORKERS="1",
         # Retraining on enrollment (the training issue's feature) would occupy the one django-q

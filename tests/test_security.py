@@ -211,3 +211,25 @@ def test_websockets_from_other_origins_are_refused():
         return connected
 
     assert asyncio.run(attempt(b"https://evil.example.com")) is False
+
+
+def test_the_costly_requests_have_their_own_rate_besides_the_roles(staff_api, monkeypatch):
+    """Uploads (a photo stored and processed), exports, the site-wide outlier scan and attendance
+    reports cost far more than a read: each has a rate of its own, ordinary reads go on."""
+    from security.throttling import ScopedTokenThrottle
+
+    rates = {"enroll": "2/min", "export": "2/min", "outliers": "2/min", "report": "2/min"}
+    monkeypatch.setattr(ScopedTokenThrottle, "THROTTLE_RATES", {**ScopedTokenThrottle.THROTTLE_RATES, **rates})
+    person = Person.objects.create(name="Rate Limited", legal_basis="explicit_consent")
+    calls = {
+        "enroll": lambda: staff_api.post(f"/api/v1/people/{person.pk}/faces/", {"image": "not a file"}, format="multipart"),
+        "export": lambda: staff_api.get(f"/api/v1/people/{person.pk}/export/"),
+        "outliers": lambda: staff_api.get("/api/v1/outliers/"),
+        "report": lambda: staff_api.get("/api/v1/reports/attendance/"),
+    }
+    for name, call in calls.items():
+        assert [call().status_code != 429 for _ in range(2)] == [True, True], name
+        refused = call()
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "throttled", name
+    assert staff_api.get("/api/v1/people/").status_code == 200  # the role's rate is untouched
+    assert staff_api.get(f"/api/v1/people/{person.pk}/faces/").status_code == 200  # listing photos is no upload
