@@ -85,6 +85,17 @@ def checkin_body(**overrides) -> dict:
     return body
 
 
+def names_checked_in(recognizer, rgb) -> set[str]:
+    """Whom the edge recognizer checks in from 8 frames of one photo."""
+    names = set()
+    for _ in range(8):
+        _, ready = recognizer.process(rgb)
+        for track in ready:
+            track.checked_in = True
+            names.add(recognizer.name(track.person_id))
+    return names
+
+
 # ---- POST /api/v1/checkins/ -----------------------------------------------------------------------
 
 
@@ -289,14 +300,7 @@ def test_the_gallery_delta_lets_the_kiosk_recognize_someone_enrolled_after_the_v
     rgb = decode_image((PROBES / "obama_and_biden.jpg").read_bytes())
 
     def checked_in(gallery) -> set[str]:
-        recognizer = EdgeRecognizer(pair, gallery, state.read().get("names", {}), rule)
-        names = set()
-        for _ in range(8):
-            _, ready = recognizer.process(rgb)
-            for track in ready:
-                track.checked_in = True
-                names.add(recognizer.name(track.person_id))
-        return names
+        return names_checked_in(EdgeRecognizer(pair, gallery, state.read().get("names", {}), rule), rgb)
 
     assert checked_in(state.gallery()) == {"Barack Obama", "Joe Biden"}
     assert checked_in(None) == {"Barack Obama"}
@@ -762,14 +766,7 @@ def test_the_kiosk_stops_naming_a_person_deactivated_on_the_server_before_the_ne
     def checked_in() -> set[str]:
         kiosk = Kiosk.__new__(Kiosk)  # its recognizer as `run` loads it, without a camera or server
         kiosk.state = state
-        recognizer = kiosk.load()
-        names = set()
-        for _ in range(8):
-            _, ready = recognizer.process(rgb)
-            for track in ready:
-                track.checked_in = True
-                names.add(recognizer.name(track.person_id))
-        return names
+        return names_checked_in(kiosk.load(), rgb)
 
     server = through_test_client(kiosk_api)
     assert sync_manifest(server, state)["inactive_people"] == []
