@@ -13,11 +13,12 @@ Kiosk keys need the "edge_sync" scope (security.models.ROLE_SCOPES); staff may c
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
@@ -235,6 +236,8 @@ class EdgeGalleryView(APIView):
                 status_code=status.HTTP_409_CONFLICT,
             )
         config = pipeline_config(kind)
+        if request.query_params.get("pages") != "1":
+            return self.whole_answer(request, config)
         limit = page_limit(request.query_params.get("limit"))
         page = gallery_page(request.query_params.get("since") or None, limit, config.embedder_name)
         return Response(
@@ -245,4 +248,53 @@ class EdgeGalleryView(APIView):
                 "faces": [face_json(face) for face in page["faces"]],
             },
             status=status.HTTP_200_OK,
+        )
+
+    @staticmethod
+    def whole_answer(request, config) -> Response:
+        """An edge client from before the pages (it sends no ``pages=1``): the old answer, every face
+        changed since its bare-time cursor and the id of every face in the gallery (it drops the
+        others: that is how an erasure reaches it). Served while the gallery holds at most
+        EDGE_GALLERY_PAGE_FACES faces, so it stays as bounded as a page. A larger gallery answers
+        ``403 permission_denied``, which such a client treats as a refusal: it erases its copy and
+        stops recognising until it is upgraded, rather than keep erased people's faces it can no
+        longer be told about."""
+        from people.models import FaceImage
+
+        from .edge_gallery import face_json
+
+        faces = FaceImage.objects.in_gallery()
+        ids = sorted(faces.values_list("id", flat=True)[: settings.EDGE_GALLERY_PAGE_FACES + 1])
+        if len(ids) > settings.EDGE_GALLERY_PAGE_FACES:
+            raise ApiError(
+                "permission_denied",
+                "This edge client is older than the paged gallery and this gallery is too large for its one-answer "
+                "sync: upgrade the device's edge client (edge/ in the repository). The device erases its copy.",
+                status_code=status.HTTP_403_FORBIDDEN,
+            )
+        since_text = request.query_params.get("since") or ""
+        changed = faces
+        if since_text:
+            try:
+                since = datetime.fromisoformat(since_text)
+                if timezone.is_naive(since):
+                    raise ValueError("no time zone")
+                since = since.astimezone(UTC)  # years 1-9999 in UTC, or the query overflows
+            except (ValueError, OverflowError):
+                raise ApiError(
+                    "invalid", "since must be a cursor this endpoint returned.", fields={"since": ["Invalid cursor."]}
+                ) from None
+            changed = faces.filter(updated_at__gt=since)
+        rows = list(changed.select_related("person").order_by("updated_at", "id"))
+        # the cursor from the rows sent (none changed: the one given), never from a second query
+        cursor = rows[-1].updated_at.astimezone(UTC).isoformat() if rows else (since_text or None)
+        return Response(
+            {
+                "cursor": cursor,
+                "full": not since_text,
+                "embedder": config.embedder_name,
+                "dim": config.dim,
+                "faces": [face_json(face) for face in rows],
+                "ids": ids,
+            }
         )

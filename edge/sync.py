@@ -332,7 +332,8 @@ def sync_gallery(server: Server, state: State) -> int:
     received, restarts, starts = 0, 0, 0
     while True:
         try:
-            page = server.json(GALLERY_PATH + ("?" + urllib.parse.urlencode({"since": cursor}) if cursor else ""))
+            query = {"pages": 1, **({"since": cursor} if cursor else {})}  # pages=1: this client follows pages
+            page = server.json(GALLERY_PATH + "?" + urllib.parse.urlencode(query))
         except SyncError as err:
             if cursor and err.error == "invalid" and restarts < 2:  # e.g. the server's signing key changed
                 cursor, rows, names, restarts = None, {}, {}, restarts + 1

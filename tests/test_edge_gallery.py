@@ -14,13 +14,14 @@ from .test_edge_kiosk import checkin_body, kiosk_api, through_test_client  # noq
 from .test_erasure import session_files_restored  # noqa: F401  (an erasure here deletes real files)
 
 GALLERY = "/api/v1/edge/gallery/"
+PAGED = {"pages": 1}  # this client follows pages (without it: the answer of the edge client before them)
 
 
 def walk(api, since: str | None = None, **params) -> tuple[list[dict], str]:
     """Every page from ``since`` until one says no more: (the answers, the last cursor)."""
     pages = []
     while True:
-        answer = api.get(GALLERY, {**({"since": since} if since else {}), **params}).json()
+        answer = api.get(GALLERY, {**PAGED, **({"since": since} if since else {}), **params}).json()
         pages.append(answer)
         since = answer["cursor"]
         if not answer["more"]:
@@ -51,8 +52,8 @@ def test_a_full_sync_comes_in_pages_no_larger_than_the_cap_and_the_last_says_no_
     assert sorted(sent) == sorted(in_gallery())  # every face once, none twice
     assert pages[0]["start"] and all(page["full"] for page in pages) and not any(p["start"] for p in pages[1:])
     assert [page["more"] for page in pages] == [True] * (len(pages) - 1) + [False]
-    assert len(kiosk_api.get(GALLERY, {"limit": 10**12}).json()["faces"]) == 3  # a huge limit is capped
-    assert len(kiosk_api.get(GALLERY, {"limit": 2}).json()["faces"]) == 2
+    assert len(kiosk_api.get(GALLERY, {**PAGED, "limit": 10**12}).json()["faces"]) == 3  # a huge limit is capped
+    assert len(kiosk_api.get(GALLERY, {**PAGED, "limit": 2}).json()["faces"]) == 2
 
 
 @pytest.mark.django_db
@@ -67,16 +68,16 @@ def test_a_full_sync_comes_in_pages_no_larger_than_the_cap_and_the_last_says_no_
     ],
 )
 def test_a_bad_cursor_or_limit_is_a_400_in_the_error_shape(kiosk_api, params, field):  # noqa: F811
-    response = kiosk_api.get(GALLERY, params)
+    response = kiosk_api.get(GALLERY, {**PAGED, **params})
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid"
     assert field in response.json()["error"]["fields"]
 
 
 @pytest.mark.django_db
 def test_a_cursor_altered_by_the_device_is_refused(kiosk_api):  # noqa: F811
-    cursor = kiosk_api.get(GALLERY).json()["cursor"]
+    cursor = kiosk_api.get(GALLERY, PAGED).json()["cursor"]
     forged = cursor[:-3] + ("AAA" if cursor[-3:] != "AAA" else "BBB")
-    assert kiosk_api.get(GALLERY, {"since": forged}).status_code == 400
+    assert kiosk_api.get(GALLERY, {**PAGED, "since": forged}).status_code == 400
 
 
 @pytest.mark.django_db
@@ -110,7 +111,7 @@ def test_a_face_saved_while_the_page_is_read_is_sent_next_time(kiosk_api):  # no
         return result
 
     with connection.execute_wrapper(change_a_face_after_the_rows_are_read):
-        first = kiosk_api.get(GALLERY).json()
+        first = kiosk_api.get(GALLERY, PAGED).json()
     assert done and late.pk in {f["id"] for f in first["faces"]}  # sent with its embedding of before
     pages, _ = walk(kiosk_api, first["cursor"])
     assert late.pk in {f["id"] for page in pages for f in page["faces"]}  # and again, as changed
@@ -121,7 +122,7 @@ def test_a_face_changed_during_a_paged_full_sync_is_picked_up_by_the_next_delta(
     from people.models import FaceImage
 
     settings.EDGE_GALLERY_PAGE_FACES = 2
-    first = kiosk_api.get(GALLERY).json()
+    first = kiosk_api.get(GALLERY, PAGED).json()
     sent = first["faces"][0]["id"]
     face = FaceImage.objects.get(pk=sent)
     face.save()  # changed after it was sent
@@ -270,6 +271,47 @@ def test_an_older_servers_whole_answer_still_syncs_the_kiosk(kiosk_api, tmp_path
     assert set(device_faces(state)) == in_gallery()
     sync_gallery(server, state)  # then the server is upgraded: its bare-time cursor starts a full sync
     assert set(device_faces(state)) == in_gallery()
+
+
+@pytest.mark.django_db
+def test_an_edge_client_from_before_the_pages_still_drops_erased_people_or_is_refused_on_a_large_gallery(
+    kiosk_api,  # noqa: F811
+    staff_api,
+    settings,
+    django_capture_on_commit_callbacks,
+    tmp_path,
+):
+    """A kiosk not yet upgraded asks without ``pages=1`` and applies the one-answer sync (the same
+    steps as this client's ``_sync_gallery_whole``): while the gallery fits a page it is served and
+    an erasure reaches it through ``ids``; past that it is refused as a key, so it erases its copy."""
+    from edge.sync import Refused, State, sync_gallery
+
+    server = through_test_client(kiosk_api)
+
+    class ClientBeforeThePages(type(server)):
+        def request(self, path, method="GET", body=None):
+            return super().request(path.replace("pages=1&", "").replace("?pages=1", ""), method, body)
+
+    old = ClientBeforeThePages("http://testserver", "unused")
+    state = State(tmp_path / "kiosk")
+    sync_gallery(old, state)
+    whole = kiosk_api.get(GALLERY).json()
+    assert "more" not in whole and sorted(whole["ids"]) == sorted(in_gallery())  # the answer it was made for
+    assert set(device_faces(state)) == in_gallery()
+    assert datetime.fromisoformat(state.read()["gallery_cursor"]).tzinfo is not None  # its bare-time cursor
+    obama = person_named("Barack Obama")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert staff_api.delete(f"/api/v1/people/{obama.pk}/").status_code == 204
+    sync_gallery(old, state)
+    assert set(device_faces(state)) == in_gallery() and obama.pk not in device_faces(state).values()
+
+    settings.EDGE_GALLERY_PAGE_FACES = len(in_gallery()) - 1
+    answer = kiosk_api.get(GALLERY)
+    assert answer.status_code == 403 and answer.json()["error"]["code"] == "permission_denied"
+    assert "upgrade" in answer.json()["error"]["message"]
+    with pytest.raises(Refused):
+        sync_gallery(old, state)
+    assert kiosk_api.get(GALLERY, PAGED).status_code == 200  # an upgraded client is served
 
 
 # ---- the manifest's inactive people ----------------------------------------------------------------
