@@ -20,7 +20,7 @@ still sent whole), so neither the server nor the device builds a million-face an
 from __future__ import annotations
 
 import base64
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
@@ -33,9 +33,10 @@ from facesite.api import ApiError
 SALT = "checkin.edge_gallery.cursor"
 # Change-log rows read per answer; more wait for the next page.
 LOG_ROWS_PER_PAGE = 2000
-# A missing log number followed by a row younger than this may still be committing (PostgreSQL
-# commits sequence values out of order): the answer stops before it and the next one asks again.
-LOG_GAP_SECONDS = 60
+# A missing log number is asked for again for this long (PostgreSQL commits sequence values out of
+# order; recognition.gallery waits as long), among this many numbers below the newest seen.
+LOG_GAP_SECONDS = 15 * 60
+LOG_GAP_WINDOW = 100
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Cursor:
     seq: int  # the change log up to here is reflected in what was sent
     seq_at: float  # when (epoch seconds) the log after ``seq`` was known to be complete
     embedder: str
+    gaps: dict = field(default_factory=dict)  # str(seq) -> when first missed (epoch seconds): asked again
 
     def encode(self) -> str:
         return signing.dumps(asdict(self), salt=SALT, compress=True)
@@ -118,6 +120,10 @@ def gallery_page(since: str | None, limit: int, embedder: str) -> dict:
     if start:  # the log position first, then the rows: a change after it is replayed next time
         top = GalleryChange.objects.aggregate(top=Max("seq"))["top"] or 0
         cursor = Cursor(True, None, 0, top, now.timestamp(), embedder)
+        # numbers just below the top may still be committing (recognition.gallery's _log_position)
+        low = max(0, top - LOG_GAP_WINDOW)
+        present = set(GalleryChange.objects.filter(seq__gt=low, seq__lte=top).values_list("seq", flat=True))
+        cursor.gaps = {str(seq): now.timestamp() for seq in range(low + 1, top + 1) if seq not in present}
     room = limit - len(sent)
     if not more and room > 0:
         changed = faces
@@ -140,12 +146,21 @@ def gallery_page(since: str | None, limit: int, embedder: str) -> dict:
 
 
 def _read_log(cursor: Cursor, now: datetime, limit: int) -> tuple[list[int], int, float, bool] | None:
-    """The people the change log touched after ``cursor.seq``, as many as fit ``limit`` faces:
-    (people, new seq, its time, more to read), or None when a change means starting over."""
+    """The people the change log touched after ``cursor.seq`` (and in its gaps), as many as fit
+    ``limit`` faces: (people, new seq, its time, more to read), or None when a change means
+    starting over. Updates ``cursor.gaps``.
+
+    On PostgreSQL sequence numbers can commit out of order (10 visible while 9 still commits), and a
+    rolled-back insert leaves a number that never appears. As recognition.gallery does for the
+    server's processes, the rows seen are applied at once and a missing number below them is kept
+    in the cursor as a gap, asked for again on every answer until it shows up or is
+    LOG_GAP_SECONDS old."""
     from people.models import FaceImage, GalleryChange
 
+    gaps = {int(seq): since for seq, since in cursor.gaps.items() if now.timestamp() - since <= LOG_GAP_SECONDS}
+    wanted = Q(seq__gt=cursor.seq) | Q(seq__in=sorted(gaps)) if gaps else Q(seq__gt=cursor.seq)
     rows = list(
-        GalleryChange.objects.filter(seq__gt=cursor.seq)
+        GalleryChange.objects.filter(wanted)
         .order_by("seq")
         .values_list("seq", "person_id", "kind", "created_at")[: LOG_ROWS_PER_PAGE + 1]
     )
@@ -160,20 +175,25 @@ def _read_log(cursor: Cursor, now: datetime, limit: int) -> tuple[list[int], int
         .values_list("person_id", "n")
     )
     people: dict[int, None] = {}
-    seq, seq_at, faces = cursor.seq, cursor.seq_at, 0
-    young = now - timedelta(seconds=LOG_GAP_SECONDS)
+    seq, seq_at, faces, more = cursor.seq, cursor.seq_at, 0, len(rows) > LOG_ROWS_PER_PAGE
     for number, person, _, created_at in rows[:LOG_ROWS_PER_PAGE]:
-        if number != seq + 1 and created_at > young:
-            return list(people), seq, seq_at, False  # an earlier number may still commit: asked again next time
         if person is not None and person not in people:
             if people and faces + counts.get(person, 0) > limit:
-                return list(people), seq, seq_at, True
+                more = True
+                break
             people[person] = None
             faces += counts.get(person, 0)
-        seq, seq_at = number, created_at.timestamp()
-    if len(rows) > LOG_ROWS_PER_PAGE:
-        return list(people), seq, seq_at, True
-    return list(people), seq, now.timestamp(), False  # read to its end: complete as of now
+        if number in gaps:
+            del gaps[number]  # a late commit: applied now
+        elif number > seq:
+            # the numbers skipped on the way are gaps (a window of them: a transaction writes its
+            # row last, so a late one is among the most recent numbers)
+            gaps.update({missing: now.timestamp() for missing in range(max(seq + 1, number - LOG_GAP_WINDOW), number)})
+            seq, seq_at = number, created_at.timestamp()
+    cursor.gaps = {str(number): since for number, since in gaps.items()}
+    if not more:
+        seq_at = now.timestamp()  # read to its end: complete as of now
+    return list(people), seq, seq_at, more
 
 
 def face_json(face) -> dict:
