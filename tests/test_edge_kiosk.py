@@ -1375,7 +1375,7 @@ def test_the_outbox_drops_a_check_in_older_than_retention_and_keeps_one_from_a_c
 
 
 @pytest.mark.django_db
-def test_check_in_uploads_have_a_rate_of_their_own_per_key(kiosk_api, staff_user, monkeypatch):
+def test_check_in_uploads_have_a_rate_of_their_own_per_kiosk(kiosk_api, staff_user, monkeypatch):
     from checkin.api import EdgeCheckInRateThrottle
     from checkin.models import Kiosk
     from security.models import ApiKey
