@@ -850,7 +850,7 @@ def test_a_notice_is_accepted_only_for_check_ins_made_while_it_was_in_force(kios
 
 @pytest.mark.django_db
 def test_connecting_a_check_in_webhook_is_a_new_notice_and_consent_to_the_old_one_is_refused(
-    kiosk_api, client, plain_user, settings
+    kiosk_api, client, plain_user, settings, monkeypatch
 ):
     """The notice names the systems check-ins are sent to: the first webhook subscribed to check-ins
     changes its text, so the version served changes with it (CONSENT_NOTICE_VERSION untouched). A
@@ -864,6 +864,7 @@ def test_connecting_a_check_in_webhook_is_a_new_notice_and_consent_to_the_old_on
 
     from .test_live_stream import communicator_for, receive
 
+    monkeypatch.setattr("channels.db.close_old_connections", lambda: None)  # the socket shares the test's transaction
     settings.CHECKIN_REPEAT_WINDOW_MINUTES = 0  # one person checked in twice, minutes apart
     settings.MQTT_URL = ""
     old = kiosk_api.get("/api/v1/edge/manifest/").json()["consent"]
