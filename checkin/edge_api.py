@@ -2,20 +2,19 @@
 
 ``manifest/`` names the active model version's files and their sha256 sums (on a fused site also
 dlib's network, the second .tflite), the consent notice, the check-in rule (stable frames,
-re-embedding, repeat window) and the ids of the people deactivated (the kiosk masks them in its
-label map until the next retrain drops them), so the kiosk applies the server's rules. ``gallery/`` is the gallery
-delta for nearest-neighbour serving: the faces added or changed since a cursor, with the served
-embedder's templates (FaceNet's 128-d or the fused 256-d), and the ids of every face in the gallery
-now (the client drops the others).
+re-embedding, repeat window) and the ids of the people deactivated since the device's label map was
+trained (the kiosk masks them until the next retrain drops them), so the kiosk applies the server's
+rules. ``gallery/`` is the gallery for nearest-neighbour serving in bounded pages: a full sync, then
+deltas (faces changed since a signed cursor, and the people whose faces to replace, from the gallery
+change log), with the served embedder's templates (FaceNet's 128-d or the fused 256-d).
 Kiosk keys need the "edge_sync" scope (security.models.ROLE_SCOPES); staff may call these too.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.template.loader import render_to_string
@@ -112,18 +111,53 @@ def _rendered_notice(version: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
+def inactive_people(active, held: str | None) -> list[int]:
+    """The people a device must never name although its label map may: those deactivated since the
+    oldest of the active version and the one the device holds (``held``, its number; ``0``: none) was
+    queued for training. A label map only names people active when it was trained, so the list is
+    bounded by the deactivations since, not by every person ever deactivated. A device that does not
+    say (an older client), or holds a version the server no longer knows, gets every one.
+
+    A deactivation is a ``save()`` (it queues a retrain and logs the gallery change), so
+    ``updated_at`` is at or after it; an hour's margin covers clocks of several web hosts."""
+    from people.models import Person
+    from training.models import ModelVersion
+
+    since = active.created_at if active is not None else None
+    if held in (None, ""):
+        since = None
+    else:
+        try:
+            number = int(held)
+        except ValueError:
+            raise ApiError(
+                "invalid", "version must be a model version number (0: none).", fields={"version": ["Invalid."]}
+            ) from None
+        if not number and active is None:
+            return []  # no label map here or there: nobody to mask (the gallery delta drops their faces)
+        if number:
+            theirs = ModelVersion.objects.filter(number=number).values_list("created_at", flat=True).first()
+            since = None if theirs is None else min(since or theirs, theirs)
+    people = Person.objects.filter(is_active=False)
+    if since is not None:
+        people = people.filter(updated_at__gte=since - timedelta(hours=1))
+    return sorted(people.values_list("pk", flat=True))
+
+
 class EdgeManifestView(APIView):
-    """The active version's files (URLs, sha256), the consent notice, the check-in rule and the
-    ids of deactivated people."""
+    """GET ?version=<number of the version the device holds, 0: none>: the active version's files
+    (URLs, sha256), the consent notice, the check-in rule and ``inactive_people``, the ids of the
+    people deactivated since that version or the active one was queued (``inactive_people()``)."""
 
     permission_classes = [EdgeSyncKey]
     token_scope = "edge_sync"
 
     @extend_schema(
-        responses={200: OpenApiTypes.OBJECT}, summary="The active model's files, the consent notice and the check-in rule"
+        parameters=[OpenApiParameter("version", int, description="The model version the device holds (0: none)")],
+        responses={200: OpenApiTypes.OBJECT},
+        summary="The active model's files, the consent notice and the check-in rule",
     )
     def get(self, request):
-        from people.models import Person
         from training.models import ModelVersion
 
         from .services import current_notice
@@ -155,9 +189,7 @@ class EdgeManifestView(APIView):
                     "min_age": settings.CONSENT_MIN_AGE,
                     "text": notice_text(notice),
                 },
-                # the people never to name (deactivated): inactive people are few where faces are
-                # many, so the whole list stays small; the active ones would not
-                "inactive_people": sorted(Person.objects.filter(is_active=False).values_list("pk", flat=True)),
+                "inactive_people": inactive_people(version, request.query_params.get("version")),
                 "checkin": {
                     "stable_frames": settings.CHECKIN_STABLE_FRAMES,
                     "reembed_every": settings.CHECKIN_REEMBED_EVERY,
@@ -170,23 +202,48 @@ class EdgeManifestView(APIView):
 
 
 class EdgeGalleryView(APIView):
-    """GET ?since=<cursor>: gallery faces added or changed since the cursor (all of them without
-    one), with embeddings (base64 of ``dim`` little-endian float32: 128 FaceNet, 256 fused), the
-    served ``embedder``'s name (a label map of another embedder cannot use them), the ids of every
-    face in the gallery now (drop the rest) and the next cursor."""
+    """GET ?since=<cursor>&limit=<n>: the gallery for nearest-neighbour serving on the device, in
+    bounded pages (checkin/edge_gallery.py). An answer::
+
+        {"cursor": "...", "more": false, "full": false, "start": false,
+         "embedder": "facenet-...", "dim": 128, "people": [12], "faces": [{"id", "person_id", "name",
+         "embedding"}]}
+
+    ``embedding`` is base64 of ``dim`` little-endian float32 (128 FaceNet, 256 fused), made by the
+    served ``embedder`` (a label map of another embedder cannot use them). At most ``limit`` faces
+    (default and cap EDGE_GALLERY_PAGE_FACES; a person whose faces alone exceed it is sent whole).
+
+    Without ``since``, or when the cursor cannot be followed (its change-log position is older than
+    GALLERY_CHANGE_KEEP_HOURS allows, the log holds a bulk import or an embedder switch, another
+    embedder is served, a cursor of an older server), a **full sync** starts: ``start`` and ``full``
+    are true, and the device's gallery becomes exactly the faces of this page and the pages that
+    follow (``full`` true on each) until one says ``more: false``. Otherwise the answer is a
+    **delta**: first drop every face you hold of the people in ``people`` (the change log touched
+    them: a photo deleted or rejected, a person deactivated or erased), then add or replace
+    ``faces`` (the faces of ``people`` in the gallery now, then faces changed since the cursor).
+    Ask again with ``since=cursor`` while ``more`` is true; apply the pages together, so a failed
+    page leaves the previous gallery in use. An erased or deactivated person is thus gone from the
+    device after its next complete sync, on every path.
+
+    The cursor is opaque and signed: a cursor that is not one this endpoint returned is
+    ``400 invalid`` (the device then starts over without one), as is a ``limit`` below 1."""
 
     permission_classes = [EdgeSyncKey]
     token_scope = "edge_sync"
 
     @extend_schema(
-        parameters=[OpenApiParameter("since", str, description="A cursor from a previous answer; empty for every face")],
+        parameters=[
+            OpenApiParameter("since", str, description="A cursor from a previous answer; empty for a full sync"),
+            OpenApiParameter("limit", int, description="Faces per answer, at most EDGE_GALLERY_PAGE_FACES (the default)"),
+        ],
         responses={200: OpenApiTypes.OBJECT},
-        summary="Gallery faces (embeddings) changed since the cursor, and the ids of all faces now",
+        summary="Gallery faces (embeddings) changed since the cursor, in bounded pages",
     )
     def get(self, request):
-        from people.models import FaceImage
         from recognition.engine.fused import FUSED_EMBEDDER
         from recognition.pipelines import pipeline_config, served_kind
+
+        from .edge_gallery import face_json, gallery_page, page_limit
 
         kind = served_kind()
         if kind not in ("facenet", FUSED_EMBEDDER):
@@ -199,43 +256,65 @@ class EdgeGalleryView(APIView):
                 status_code=status.HTTP_409_CONFLICT,
             )
         config = pipeline_config(kind)
-        since_text = request.query_params.get("since") or ""
+        if request.query_params.get("pages") != "1":
+            return self.whole_answer(request, config)
+        limit = page_limit(request.query_params.get("limit"))
+        page = gallery_page(request.query_params.get("since") or None, limit, config.embedder_name)
+        return Response(
+            {
+                **{key: page[key] for key in ("cursor", "more", "full", "start", "people")},
+                "embedder": config.embedder_name,
+                "dim": config.dim,
+                "faces": [face_json(face) for face in page["faces"]],
+            },
+            status=status.HTTP_200_OK,
+        )
+
+    @staticmethod
+    def whole_answer(request, config) -> Response:
+        """An edge client from before the pages (it sends no ``pages=1``): the old answer, every face
+        changed since its bare-time cursor and the id of every face in the gallery (it drops the
+        others: that is how an erasure reaches it). Served while the gallery holds at most
+        EDGE_GALLERY_PAGE_FACES faces, so it stays as bounded as a page. A larger gallery answers
+        ``403 permission_denied``, which such a client treats as a refusal: it erases its copy and
+        stops recognising until it is upgraded, rather than keep erased people's faces it can no
+        longer be told about."""
+        from people.models import FaceImage
+
+        from .edge_gallery import face_json
+
         faces = FaceImage.objects.in_gallery()
-        ids = sorted(faces.values_list("id", flat=True))
+        ids = sorted(faces.values_list("id", flat=True)[: settings.EDGE_GALLERY_PAGE_FACES + 1])
+        if len(ids) > settings.EDGE_GALLERY_PAGE_FACES:
+            raise ApiError(
+                "permission_denied",
+                "This edge client is older than the paged gallery and this gallery is too large for its one-answer "
+                "sync: upgrade the device's edge client (edge/ in the repository). The device erases its copy.",
+                status_code=status.HTTP_403_FORBIDDEN,
+            )
+        since_text = request.query_params.get("since") or ""
         changed = faces
         if since_text:
             try:
                 since = datetime.fromisoformat(since_text)
-            except ValueError:
-                raise ApiError("invalid", "since must be a cursor this endpoint returned.", fields={"since": ["Invalid cursor."]})
-            if timezone.is_naive(since):
-                raise ApiError("invalid", "since must carry its time zone.", fields={"since": ["Invalid cursor."]})
-            try:
+                if timezone.is_naive(since):
+                    raise ValueError("no time zone")
                 since = since.astimezone(UTC)  # years 1-9999 in UTC, or the query overflows
-            except OverflowError:
+            except (ValueError, OverflowError):
                 raise ApiError(
                     "invalid", "since must be a cursor this endpoint returned.", fields={"since": ["Invalid cursor."]}
                 ) from None
             changed = faces.filter(updated_at__gt=since)
         rows = list(changed.select_related("person").order_by("updated_at", "id"))
-        latest = faces.order_by("-updated_at").values_list("updated_at", flat=True).first()
-        cursor = latest.isoformat() if latest else (since_text or None)
+        # the cursor from the rows sent (none changed: the one given), never from a second query
+        cursor = rows[-1].updated_at.astimezone(UTC).isoformat() if rows else (since_text or None)
         return Response(
             {
                 "cursor": cursor,
                 "full": not since_text,
                 "embedder": config.embedder_name,
                 "dim": config.dim,
-                "faces": [
-                    {
-                        "id": face.pk,
-                        "person_id": face.person_id,
-                        "name": face.person.name,
-                        "embedding": base64.b64encode(bytes(face.embedding)).decode(),
-                    }
-                    for face in rows
-                ],
+                "faces": [face_json(face) for face in rows],
                 "ids": ids,
-            },
-            status=status.HTTP_200_OK,
+            }
         )

@@ -331,7 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     outbox = Outbox(state.root / "outbox.sqlite3")
     try:
         if args.command == "status":
-            emit({**{k: v for k, v in state.read().items() if k != "names"}, "pending": len(outbox.pending())})
+            emit(
+                {
+                    **{k: v for k, v in state.read().items() if k != "names"},
+                    "pending": len(outbox.pending()),
+                    "dropped": outbox.dropped_counts(),
+                }
+            )
             return 0
         if args.command == "wipe":
             emit(wipe(state, outbox, "wiped by hand (python -m edge wipe)"))

@@ -2,12 +2,18 @@
 
 Each check-in gets a uuid when it is recorded; the server stores one row per uuid, so a retried
 upload (the answer lost, the process killed after the POST) never makes a second check-in. A row is
-deleted only after the server answered 201 (stored) or 200 (already stored), or ``unknown_person``:
-the person was erased on the server while the check-in waited here, so it can never be stored and
-is not kept (nor their rows of the repeat window), or ``stale_notice``: it was made under a notice
-that was not in force then, or ``checked_in_at_too_old``: older than the server keeps check-ins,
-so it can never be stored either. Deleted rows are overwritten on disk
-(``secure_delete``): a check-in names its person.
+deleted only after the server answered 201 (stored) or 200 (already stored), or refused that one
+record for good: ``unknown_person`` (the person was erased or deactivated on the server while the
+check-in waited here: their rows of the repeat window go too), ``stale_notice`` (made under a
+notice not in force then), ``checked_in_at_too_old`` (older than the server keeps check-ins),
+``client_id_taken`` (409: another device used the uuid), or any other 400 or 413 in the API's error
+shape (the record itself is invalid). ``checked_in_at_in_future`` is kept while it can still be
+stored: the server takes it once its clock has caught up, so it is dropped only when it was first
+refused ``FUTURE_WAIT`` ago, or is dated more than ``FUTURE_WAIT`` ahead of the device's own clock
+(the clock was set back since: it will not catch up in time). Each drop is reported (``dropped``:
+the reason) and counted per reason (``dropped_counts``, in ``python -m edge status``). A 429, a
+5xx, or a 4xx that is not the API's own error answer (a proxy's page) keep the row. Deleted rows
+are overwritten on disk (``secure_delete``): a check-in names its person.
 
 The repeat window's rows (``recent``) are pruned on every sync and when the kiosk starts
 (``prune``): rows older than the window, and rows of people no longer in the synced label map or
@@ -29,6 +35,8 @@ from .sync import Offline, Server, check_refused, private_file
 # SQLite makes its -journal / -wal / -shm files with the database file's mode; made 0600 here too
 # should an older version (or another umask) have left them readable.
 SIDE_FILES = ("", "-journal", "-wal", "-shm")
+# How long a check-in refused as dated ahead of the server's clock waits for that clock to catch up.
+FUTURE_WAIT = timedelta(hours=24)
 
 
 class Outbox:
@@ -45,6 +53,9 @@ class Outbox:
             "CREATE TABLE IF NOT EXISTS pending (client_id TEXT PRIMARY KEY, body TEXT NOT NULL, "
             "attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '')"
         )
+        if "first_refused_at" not in {row[1] for row in self.db.execute("PRAGMA table_info(pending)")}:
+            self.db.execute("ALTER TABLE pending ADD COLUMN first_refused_at TEXT")  # an outbox of an older kiosk
+        self.db.execute("CREATE TABLE IF NOT EXISTS dropped (reason TEXT PRIMARY KEY, count INTEGER NOT NULL)")
         # who checked in when, on this device: the server's repeat window applied offline too
         self.db.execute("CREATE TABLE IF NOT EXISTS recent (person_id INTEGER NOT NULL, at TEXT NOT NULL)")
         self.db.commit()
@@ -108,20 +119,17 @@ class Outbox:
                         {"type": "upload", "client_id": checkin["client_id"], "status": code, "checkin_id": row.get("id")}
                     )
                     break
-                if _error_code(body) == "unknown_person":  # erased on the server meanwhile
+                error = _error_code(body)
+                if error == "unknown_person":  # erased or deactivated on the server meanwhile
                     self.forget(checkin)
-                    reports.append(
-                        {"type": "upload", "client_id": checkin["client_id"], "status": code, "dropped": "unknown_person"}
-                    )
+                    self._count_drop(error)
+                    reports.append({"type": "upload", "client_id": checkin["client_id"], "status": code, "dropped": error})
                     break
-                if _error_code(body) in ("stale_notice", "checked_in_at_too_old"):  # never storable now
-                    with self.db:
-                        self.db.execute("DELETE FROM pending WHERE client_id = ?", (checkin["client_id"],))
-                    reports.append(
-                        {"type": "upload", "client_id": checkin["client_id"], "status": code, "dropped": _error_code(body)}
-                    )
+                if error is not None and self._refused_for_good(checkin, code, error):
+                    self._drop(checkin, error)
+                    reports.append({"type": "upload", "client_id": checkin["client_id"], "status": code, "dropped": error})
                     break
-                if 400 <= code < 500 and code != 429:  # this check-in refused (not the key): keep it, say why, go on
+                if 400 <= code < 500 and code != 429:  # this check-in refused for now (not the key): keep it, say why, go on
                     self._failed(checkin, f"HTTP {code}: {body[:300].decode(errors='replace')}")
                     reports.append({"type": "upload", "client_id": checkin["client_id"], "status": code, "error": body.decode()})
                     break
@@ -130,6 +138,38 @@ class Outbox:
             else:
                 reports.append({"type": "upload", "client_id": checkin["client_id"], "status": "retry_later"})
         return reports
+
+    def _refused_for_good(self, checkin: dict, code: int, error: str) -> bool:
+        """Whether the API's refusal ``error`` of this record can never turn into a stored check-in."""
+        if error == "checked_in_at_in_future":
+            now = datetime.now(UTC)
+            with self.db:
+                self.db.execute(
+                    "UPDATE pending SET first_refused_at = COALESCE(first_refused_at, ?) WHERE client_id = ?",
+                    (now.isoformat(), checkin["client_id"]),
+                )
+            (first,) = self.db.execute(
+                "SELECT first_refused_at FROM pending WHERE client_id = ?", (checkin["client_id"],)
+            ).fetchone()
+            dated = datetime.fromisoformat(checkin["checked_in_at"])
+            dated = dated if dated.tzinfo else dated.replace(tzinfo=UTC)
+            return now - datetime.fromisoformat(first) > FUTURE_WAIT or dated - now > FUTURE_WAIT
+        return code in (400, 413) or error in ("client_id_taken", "stale_notice")
+
+    def _drop(self, checkin: dict, reason: str) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM pending WHERE client_id = ?", (checkin["client_id"],))
+        self._count_drop(reason)
+
+    def _count_drop(self, reason: str) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT INTO dropped (reason, count) VALUES (?, 1) ON CONFLICT(reason) DO UPDATE SET count = count + 1", (reason,)
+            )
+
+    def dropped_counts(self) -> dict[str, int]:
+        """Check-ins dropped because the server refused them for good, per reason, since the outbox began."""
+        return dict(self.db.execute("SELECT reason, count FROM dropped ORDER BY reason"))
 
     def forget(self, checkin: dict) -> None:
         """Drop a check-in the server will never store, and the device's record of its person."""

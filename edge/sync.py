@@ -5,7 +5,8 @@ State directory layout (``--state-dir``, default var/edge-kiosk)::
     state.json        version in use, its sha256s, gallery cursor, consent given on this device
     manifest.json     the server's last manifest: notice text and version, check-in rule
     pairs/v<N>-<sha>/ model.tflite + labels.json of one version, verified (+ dlib.tflite on a fused site)
-    gallery.npz       the gallery delta's faces (ids, person ids, embeddings), names in state.json
+    gallery.npz       the gallery's faces (ids, person ids, embeddings), names in state.json; replaced
+                      whole once every page of a sync arrived (sync_gallery)
     outbox.sqlite3    check-ins waiting for upload (outbox.py)
 
 Everything here is the owner's only: the directories are 0700 and the files 0600 (``private_dir``,
@@ -48,7 +49,13 @@ FACENET_DIM = 128
 
 
 class SyncError(Exception):
-    """The server answered, but what it sent cannot be used (bad sha256, no model, refused key)."""
+    """The server answered, but what it sent cannot be used (bad sha256, no model, refused key).
+    ``status`` and ``error``: the HTTP status and the API's error code, when it sent one."""
+
+    def __init__(self, message: str, status: int | None = None, error: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.error = error
 
 
 class Refused(SyncError):
@@ -75,6 +82,14 @@ def check_refused(code: int, body: bytes, what: str) -> None:
         return
     if error in REFUSAL_CODES[code]:
         raise Refused(f"{what}: HTTP {code} {error}: the server refuses this device's key")
+
+
+def api_error_code(body: bytes) -> str | None:
+    """The API's error code (``{"error": {"code": ...}}``), if the answer is one."""
+    try:
+        return json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def private_dir(path: Path) -> Path:
@@ -118,7 +133,7 @@ class Server:
         code, data = self.request(path)
         check_refused(code, data, path)
         if code != 200:
-            raise SyncError(f"{path}: HTTP {code}: {data[:300].decode(errors='replace')}")
+            raise SyncError(f"{path}: HTTP {code}: {data[:300].decode(errors='replace')}", code, api_error_code(data))
         return json.loads(data)
 
     def download(self, url: str, target: Path) -> str:
@@ -229,7 +244,9 @@ class State:
 
 
 def sync_manifest(server: Server, state: State) -> dict:
-    manifest = server.json("/api/v1/edge/manifest/")
+    """The manifest, for the version whose label map we hold (0: none), so that ``inactive_people``
+    covers everyone deactivated since it was trained."""
+    manifest = server.json("/api/v1/edge/manifest/?" + urllib.parse.urlencode({"version": state.version or 0}))
     state.write(manifest, "manifest.json")
     return manifest
 
@@ -291,15 +308,86 @@ def sync_model(server: Server, state: State, manifest: dict) -> bool:
     return True
 
 
-def sync_gallery(server: Server, state: State) -> int:
-    """Apply the gallery delta since our cursor; returns how many faces changed (added, updated or removed).
+GALLERY_PATH = "/api/v1/edge/gallery/"
 
-    The faces carry the served embedder's templates (``delta["embedder"]``, ``delta["dim"]``): when
-    the site switched embedders since our cursor, the whole gallery is fetched again."""
-    cursor = state.read().get("gallery_cursor")
+
+def sync_gallery(server: Server, state: State) -> int:
+    """Follow the gallery's pages from our cursor; returns how many faces changed (added, updated or
+    removed).
+
+    Each answer holds a bounded page (checkin/edge_api.py, EdgeGalleryView): ``start`` begins a full
+    sync (the gallery becomes exactly the faces of its pages), ``people`` names the people whose
+    faces to drop before adding the page's, ``more`` asks for the next page. The pages of one sync
+    are applied together in memory and saved once, with their cursor: a page that fails (offline, a
+    server error) leaves the previous gallery and cursor in use. A cursor the server no longer
+    accepts (``400 invalid``) starts a full sync. A server from before the pages (no ``more`` in its
+    answer) sends the whole delta and every face id at once (``_sync_gallery_whole``)."""
+    saved = state.read()
     have = state.gallery()
-    path = "/api/v1/edge/gallery/"
-    delta = server.json(path + ("?" + urllib.parse.urlencode({"since": cursor}) if cursor and have is not None else ""))
+    cursor = saved.get("gallery_cursor") if have is not None else None
+    rows: dict[int, tuple[int, np.ndarray]] = {} if have is None else {int(i): (int(p), e) for i, p, e in zip(*have)}
+    before = set(rows)
+    names = dict(saved.get("names", {}))
+    embedder, dim = saved.get("gallery_embedder"), FACENET_DIM
+    received, restarts, starts = 0, 0, 0
+    while True:
+        try:
+            query = {"pages": 1, **({"since": cursor} if cursor else {})}  # pages=1: this client follows pages
+            page = server.json(GALLERY_PATH + "?" + urllib.parse.urlencode(query))
+        except SyncError as err:
+            if cursor and err.error == "invalid" and restarts < 2:  # e.g. the server's signing key changed
+                cursor, rows, names, restarts = None, {}, {}, restarts + 1
+                continue
+            raise
+        if "more" not in page:
+            return _sync_gallery_whole(server, state, page, have)
+        dim = int(page.get("dim", FACENET_DIM))
+        if page["start"]:
+            starts += 1
+            if starts > 2:
+                raise SyncError("the server started the gallery over more than twice in one sync; kept the gallery")
+            rows, names = {}, {}
+        elif page.get("embedder") != embedder and rows and restarts < 2:  # a delta of another embedder's templates
+            cursor, rows, names, restarts = None, {}, {}, restarts + 1
+            continue
+        embedder = page.get("embedder")
+        gone = {int(p) for p in page["people"]}
+        if gone:
+            rows = {i: row for i, row in rows.items() if row[0] not in gone}
+        for face in page["faces"]:
+            rows[int(face["id"])] = (int(face["person_id"]), _embedding(face, dim))
+            names[str(face["person_id"])] = face["name"]
+        received += len(page["faces"])
+        if page["more"] and page["cursor"] == cursor:
+            raise SyncError("the gallery answer asks for more pages but its cursor did not move; kept the gallery")
+        cursor = page["cursor"]
+        if not page["more"]:
+            break
+    _save_gallery(state, rows, names, dim, cursor=cursor, embedder=embedder)
+    return received + len(before - set(rows))
+
+
+def _embedding(face: dict, dim: int) -> np.ndarray:
+    embedding = np.frombuffer(base64.b64decode(face["embedding"]), dtype="<f4").astype(np.float32)
+    if embedding.size != dim:
+        raise SyncError(f"gallery face {face['id']}: {embedding.size} numbers, the answer says {dim}")
+    return embedding
+
+
+def _save_gallery(state: State, rows: dict, names: dict, dim: int, **cursor) -> None:
+    ids = np.asarray(sorted(rows), np.int64)
+    people = np.asarray([rows[i][0] for i in ids], np.int64)
+    embeddings = np.stack([rows[i][1] for i in ids]) if len(ids) else np.zeros((0, dim), np.float32)
+    state.save_gallery(ids, people, embeddings)
+    # names of the people in the gallery now only: an erased person's name leaves the device too
+    present = set(people.tolist())
+    names = {k: v for k, v in names.items() if int(k) in present}
+    state.update(gallery_cursor=cursor["cursor"], names=names, gallery_embedder=cursor["embedder"])
+
+
+def _sync_gallery_whole(server: Server, state: State, delta: dict, have) -> int:
+    """A server from before the pages: the faces changed since the cursor and the ids of every face
+    now, in one answer (the device drops the faces not listed)."""
     embedder, dim = delta.get("embedder"), int(delta.get("dim", FACENET_DIM))
     if not delta["full"] and have is not None and embedder != state.read().get("gallery_embedder"):
         state.update(gallery_cursor=None)  # another embedder's templates: start over
@@ -312,10 +400,7 @@ def sync_gallery(server: Server, state: State) -> int:
     names = dict(state.read().get("names", {}))
     before = set(rows)
     for face in delta["faces"]:
-        embedding = np.frombuffer(base64.b64decode(face["embedding"]), dtype="<f4").astype(np.float32)
-        if embedding.size != dim:
-            raise SyncError(f"gallery face {face['id']}: {embedding.size} numbers, the answer says {dim}")
-        rows[int(face["id"])] = (int(face["person_id"]), embedding)
+        rows[int(face["id"])] = (int(face["person_id"]), _embedding(face, dim))
         names[str(face["person_id"])] = face["name"]
     current = {int(i) for i in delta["ids"]}
     if current - set(rows):  # faces back in the gallery without a change of their own: start over
@@ -323,14 +408,7 @@ def sync_gallery(server: Server, state: State) -> int:
         (state.root / "gallery.npz").unlink(missing_ok=True)
         return sync_gallery(server, state)
     rows = {i: row for i, row in rows.items() if i in current}
-    ids = np.asarray(sorted(rows), np.int64)
-    people = np.asarray([rows[i][0] for i in ids], np.int64)
-    embeddings = np.stack([rows[i][1] for i in ids]) if len(ids) else np.zeros((0, dim), np.float32)
-    state.save_gallery(ids, people, embeddings)
-    # names of the people in the gallery now only: an erased person's name leaves the device too
-    present = set(people.tolist())
-    names = {k: v for k, v in names.items() if int(k) in present}
-    state.update(gallery_cursor=delta["cursor"], names=names, gallery_embedder=embedder)
+    _save_gallery(state, rows, names, dim, cursor=delta["cursor"], embedder=embedder)
     return len(delta["faces"]) + len(before - current)
 
 

@@ -571,6 +571,9 @@ CHECKIN_REPEAT_WINDOW_MINUTES = env_int("CHECKIN_REPEAT_WINDOW_MINUTES", 30)
 # An edge kiosk's check-in dated more than this ahead of the server's clock is refused (retention
 # would never delete it); one older than CHECKIN_RETENTION_DAYS is too.
 EDGE_CLOCK_SKEW_SECONDS = env_int("EDGE_CLOCK_SKEW_SECONDS", 300)
+# Faces per answer of GET /api/v1/edge/gallery/ (its default and the cap of ?limit=): ~2 MB of JSON
+# with FaceNet's 128-d templates, however large the gallery.
+EDGE_GALLERY_PAGE_FACES = env_int("EDGE_GALLERY_PAGE_FACES", 2000)
 # Ask logged-in users (not kiosks: that is a per-kiosk switch) for a head turn before check-in.
 CHECKIN_LIVENESS_FOR_USERS = env_bool("CHECKIN_LIVENESS_FOR_USERS", False)
 # Open /ws/identify/ sockets at once: per kiosk (session or bound API key), per API key or user, and

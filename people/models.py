@@ -177,7 +177,8 @@ class FaceImage(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["status", "person"])]
+        # (updated_at, id): the edge gallery's keyset pages (checkin/edge_gallery.py)
+        indexes = [models.Index(fields=["status", "person"]), models.Index(fields=["updated_at", "id"])]
 
     def __str__(self) -> str:
         return f"{self.person} #{self.pk}"

@@ -207,32 +207,34 @@ def test_the_manifest_names_the_active_files_the_notice_and_the_check_in_rule(ki
 
 
 @pytest.mark.django_db
-def test_the_gallery_delta_gives_changes_since_the_cursor_and_the_current_ids(kiosk_api, client_key_api):
+def test_the_gallery_delta_gives_changes_since_the_cursor_and_the_people_whose_faces_left(kiosk_api, client_key_api):
     import base64
 
     import numpy as np
 
     from people.models import FaceImage
 
-    full = kiosk_api.get("/api/v1/edge/gallery/").json()
+    full = kiosk_api.get("/api/v1/edge/gallery/", {"pages": 1}).json()
     in_gallery = set(FaceImage.objects.in_gallery().values_list("id", flat=True))
-    assert full["full"] is True and {f["id"] for f in full["faces"]} == set(full["ids"]) == in_gallery
+    assert full["full"] is full["start"] is True and full["more"] is False
+    assert {f["id"] for f in full["faces"]} == in_gallery and "ids" not in full  # no id list of the whole gallery
     vector = np.frombuffer(base64.b64decode(full["faces"][0]["embedding"]), "<f4")
     assert vector.shape == (128,) and abs(np.linalg.norm(vector) - 1) < 1e-3 and full["dim"] == 128
 
-    nothing = kiosk_api.get("/api/v1/edge/gallery/", {"since": full["cursor"]}).json()
-    assert nothing["faces"] == [] and nothing["full"] is False and set(nothing["ids"]) == in_gallery
+    nothing = kiosk_api.get("/api/v1/edge/gallery/", {"pages": 1, "since": full["cursor"]}).json()
+    assert nothing["faces"] == [] and nothing["people"] == [] and nothing["full"] is nothing["more"] is False
 
     removed = FaceImage.objects.in_gallery().filter(person__name="Joe Biden").first()
     removed.status = FaceImage.Status.REJECTED
     removed.save()
     changed = FaceImage.objects.in_gallery().filter(person__name="Barack Obama").first()
     changed.save()
-    delta = kiosk_api.get("/api/v1/edge/gallery/", {"since": full["cursor"]}).json()
-    assert [f["id"] for f in delta["faces"]] == [changed.pk]
-    assert removed.pk not in delta["ids"] and delta["cursor"] > full["cursor"]
+    delta = kiosk_api.get("/api/v1/edge/gallery/", {"pages": 1, "since": full["cursor"]}).json()
+    bidens = set(FaceImage.objects.in_gallery().filter(person=removed.person).values_list("id", flat=True))
+    assert delta["people"] == [removed.person_id]  # drop his faces, then take these: all but the rejected one
+    assert {f["id"] for f in delta["faces"]} == bidens | {changed.pk} and removed.pk not in bidens
 
-    assert kiosk_api.get("/api/v1/edge/gallery/", {"since": "soon"}).json()["error"]["code"] == "invalid"
+    assert kiosk_api.get("/api/v1/edge/gallery/", {"pages": 1, "since": "soon"}).json()["error"]["code"] == "invalid"
     assert client_key_api.get("/api/v1/edge/gallery/").status_code == 403
 
 
