@@ -30,7 +30,7 @@ from .serializers import CheckInSerializer, EdgeCheckInSerializer
 
 
 class EdgeCheckInRateThrottle(TokenRateThrottle):
-    """Check-in uploads per key (else per user): THROTTLE_EDGE_CHECKIN, besides the role's own rate.
+    """Check-in uploads per kiosk (else per user): THROTTLE_EDGE_CHECKIN, besides the role's own rate.
     Each stored check-in fans out into webhook and MQTT tasks, so uploads get a rate of their own."""
 
     def _role(self, request) -> str:

@@ -56,6 +56,7 @@ from django.utils import timezone
 from security.audit import record_stream_event
 
 from . import feed
+from .edge_api import notice_version
 from .live import FrameRefused, LiveSession, RateLimiter
 from .models import Kiosk
 from .scheduling import inference_pool
@@ -225,7 +226,7 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
             {
                 "type": "ready",
                 "device": caller.device,
-                "notice_version": settings.CONSENT_NOTICE_VERSION,
+                "notice_version": await database_sync_to_async(notice_version)(),
                 "liveness": self.session.liveness_required,
                 "limits": {
                     "max_frame_bytes": settings.CHECKIN_MAX_FRAME_BYTES,
@@ -277,7 +278,7 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
                 await self.close(code=CLOSE_IDLE)
                 return
             if now >= next_check:
-                refused = await self.access_lost()
+                refused = await self.access_lost() or await self.notice_changed()
                 if refused is not None:
                     await self.cut_off(*refused)
                     return
@@ -306,6 +307,19 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
         kiosk_id = caller.kiosk.pk if caller.kiosk is not None else None
         user_id = getattr(caller.user, "pk", None)
         return await database_sync_to_async(session_access_lost)(self.scope.get("session"), kiosk_id, user_id)
+
+    async def notice_changed(self) -> tuple[str, str] | None:
+        """Why the consent this socket streams under no longer covers what it does, or None: the
+        notice's text changed since it was given (a webhook subscribed to check-ins, MQTT_URL, a
+        retention period: edge_api.notice_version), so check-ins would be sent or kept as the notice
+        the person read did not say. The page, reloaded, shows the new notice and asks again."""
+        consent = self.session.consent
+        if consent is None:
+            return None
+        served = await database_sync_to_async(notice_version)()
+        if consent.notice_version == served:
+            return None
+        return "stale_notice", "The notice has changed since consent was given; reload the page and read it again."
 
     async def cut_off(self, code: str, message: str):
         """Stop analysing (a frame in progress is not answered) and close with the refusal."""

@@ -12,6 +12,7 @@ Kiosk keys need the "edge_sync" scope (security.models.ROLE_SCOPES); staff may c
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -76,13 +77,32 @@ def visitor_notice() -> str:
     )
 
 
-def notice_text() -> str:
-    """The check-in page's consent notice as plain text (the kiosk shows it before the camera starts)."""
+def notice_version() -> str:
+    """The version of the check-in notice served now: CONSENT_NOTICE_VERSION and the first 8 hex
+    digits of the sha256 of the notice's text (``2026-12-2+1a2b3c4d``). What the notice says also
+    follows the configuration (retention periods, VISITORS_*, the minimum age, a webhook subscribed
+    to check-ins, MQTT_URL): a different text is a different version, so consent given to the old
+    one is asked again rather than counted for the new one (live.record_consent, the manifest's
+    version the kiosk compares, services.notice_in_force)."""
+    configured = settings.CONSENT_NOTICE_VERSION
+    digest = hashlib.sha256(_rendered_notice(configured).encode()).hexdigest()[:8]
+    # 40 characters where versions are stored (Consent, NoticeVersion); the text, and so the
+    # digest, names the whole configured version
+    return f"{configured[:31]}+{digest}"
+
+
+def notice_text(version: str | None = None) -> str:
+    """The check-in page's consent notice as plain text (the kiosk shows it before the camera
+    starts), naming ``version`` (notice_version(), computed when not given)."""
+    return _rendered_notice(version or notice_version())
+
+
+def _rendered_notice(version: str) -> str:
     html = render_to_string(
         "consent_notice.html",
         {
             **checkin_notice(),
-            "notice_version": settings.CONSENT_NOTICE_VERSION,
+            "notice_version": version,
             "min_age": settings.CONSENT_MIN_AGE,
             "start_label": "",
         },
@@ -142,7 +162,7 @@ class EdgeManifestView(APIView):
 
         from .services import current_notice
 
-        current_notice()  # the notice history starts when a version is first served
+        notice = current_notice().version  # the notice history starts when a version is first served
         version = ModelVersion.objects.active()
         model = None
         if version is not None and version.tflite and version.labels:
@@ -165,9 +185,9 @@ class EdgeManifestView(APIView):
                 "model": model,
                 "kiosk": kiosk.name if kiosk else (key.name if key else None),
                 "consent": {
-                    "notice_version": settings.CONSENT_NOTICE_VERSION,
+                    "notice_version": notice,
                     "min_age": settings.CONSENT_MIN_AGE,
-                    "text": notice_text(),
+                    "text": notice_text(notice),
                 },
                 "inactive_people": inactive_people(version, request.query_params.get("version")),
                 "checkin": {

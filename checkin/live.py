@@ -27,6 +27,7 @@ from visitors import live as visitor_faces
 from visitors import services as visitors
 
 from .models import CheckIn, Consent, Kiosk
+from .services import current_notice
 
 
 class FrameRefused(Exception):
@@ -122,11 +123,12 @@ class LiveSession:
     # ---- consent (ORM) -----------------------------------------------------------------------------
 
     def record_consent(self, notice_version: str, age_confirmed: bool) -> Consent:
-        if notice_version != settings.CONSENT_NOTICE_VERSION:
+        served = current_notice().version
+        if notice_version != served:
             raise FrameRefused(
                 "stale_notice",
                 f"The notice you agreed to ({notice_version!r}) is not the current one "
-                f"({settings.CONSENT_NOTICE_VERSION!r}); reload the page and read it again.",
+                f"({served!r}); reload the page and read it again.",
             )
         if not age_confirmed:
             raise FrameRefused("age_not_confirmed", f"Confirm that you are at least {settings.CONSENT_MIN_AGE} years old.")

@@ -89,7 +89,8 @@ class Consent(models.Model):
         OPERATOR_FLAG = "operator_flag", "Edge: the operator passed --consent (notice shown by other means)"
         UNRECORDED = "unrecorded", "Edge: the device did not say how"
 
-    notice_version = models.CharField(max_length=20)
+    # CONSENT_NOTICE_VERSION and the digest of the notice's text (edge_api.notice_version)
+    notice_version = models.CharField(max_length=40)
     age_confirmed = models.BooleanField(default=False)
     method = models.CharField(
         max_length=16, choices=Method.choices, default=Method.PAGE, help_text="How the consent was obtained."
@@ -116,11 +117,12 @@ class Consent(models.Model):
 
 
 class NoticeVersion(models.Model):
-    """When each CONSENT_NOTICE_VERSION came into force here (first served by this server): the
+    """When each notice version (CONSENT_NOTICE_VERSION and the digest of the notice's text; older
+    rows: the configured version alone) came into force here (first served by this server): the
     history by which an edge kiosk's check-in, queued under the notice in force when it was made,
     is accepted after the notice changed (checkin.services.notice_in_force)."""
 
-    version = models.CharField(max_length=20)
+    version = models.CharField(max_length=40)
     since = models.DateTimeField(default=timezone.now)
 
     class Meta:

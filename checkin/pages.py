@@ -19,18 +19,18 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from .consumers import KIOSK_SESSION_KEY, session_kiosk, sign_in_kiosk, sign_out_kiosk
-from .edge_api import _period, checkin_notice
+from .edge_api import _period, checkin_notice, notice_version
 from .models import Consent, Kiosk
 
 
-def _notice_context() -> dict:
+def _notice_context(version: str) -> dict:
     return {
-        "notice_version": settings.CONSENT_NOTICE_VERSION,
+        "notice_version": version,
         "checkin_notice": checkin_notice(),
         "min_age": settings.CONSENT_MIN_AGE,
         # What the page's script needs, passed with json_script.
         "page_config": {
-            "noticeVersion": settings.CONSENT_NOTICE_VERSION,
+            "noticeVersion": version,
             "socketPath": "/ws/identify/",
             "consentUrl": reverse("verify-consent"),
             "verifyUrl": reverse("verify"),
@@ -48,7 +48,7 @@ def checkin(request):
         context["kiosk_error"] = (
             "This device was signed out as a kiosk (a new token, or the kiosk deactivated): enter its token again."
         )
-    return render(request, "checkin.html", {**context, **_notice_context()})
+    return render(request, "checkin.html", {**context, **_notice_context(notice_version())})
 
 
 @staff_member_required
@@ -65,7 +65,7 @@ def kiosk_sign_in(request):
     kiosk = Kiosk.objects.by_token(request.POST.get("token", "").strip())
     if kiosk is None:
         context = {"kiosk": None, "can_stream": request.user.is_authenticated, "kiosk_error": "That kiosk token is not valid."}
-        return render(request, "checkin.html", {**context, **_notice_context()}, status=400)
+        return render(request, "checkin.html", {**context, **_notice_context(notice_version())}, status=400)
     request.session.cycle_key()
     sign_in_kiosk(request.session, kiosk)
     return redirect("checkin")
@@ -88,7 +88,8 @@ def verify(request):
         f"({_period(settings.AUDIT_LOG_RETENTION_DAYS)}), and the record of this consent (your account, the time, "
         f"this notice's version) is kept ({_period(settings.CHECKIN_RETENTION_DAYS)})."
     )
-    return render(request, "verify.html", {**_notice_context(), "verify_kept": kept})
+    # The verification notice names no connected system: its version stays the configured one.
+    return render(request, "verify.html", {**_notice_context(settings.CONSENT_NOTICE_VERSION), "verify_kept": kept})
 
 
 @login_required

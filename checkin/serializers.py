@@ -43,7 +43,7 @@ class EdgeCheckInSerializer(serializers.Serializer):
         required=False, allow_null=True, min_value=1, max_value=2**31 - 1, help_text="The version number the kiosk ran."
     )
     notice_version = serializers.CharField(
-        max_length=20,
+        max_length=40,
         help_text="The consent notice the kiosk's operator accepted: the one in force when the check-in was made "
         "(else 409 stale_notice).",
     )

@@ -43,7 +43,7 @@ def record_edge_checkin(data: dict, kiosk, user) -> tuple[CheckIn, bool]:
         raise ApiError(
             "stale_notice",
             f"Notice {data['notice_version']!r} was not in force at {data['checked_in_at'].isoformat()} "
-            f"(the notice in force is {settings.CONSENT_NOTICE_VERSION!r}): sync, and ask for consent to it.",
+            f"(the notice in force is {current_notice().version!r}): sync, and ask for consent to it.",
             status.HTTP_409_CONFLICT,
             fields={"notice_version": ["Not the notice in force when the check-in was made."]},
         )
@@ -123,11 +123,16 @@ def check_device_time(at: datetime) -> None:
 
 
 def current_notice() -> NoticeVersion:
-    """The CONSENT_NOTICE_VERSION in force, recorded in the notice history the first time this
-    server serves it (the manifest and every edge upload ask)."""
+    """The notice version in force (edge_api.notice_version: CONSENT_NOTICE_VERSION and a digest of
+    the text), recorded in the notice history the first time this server serves it (the manifest,
+    every edge upload and every consent given on the check-in page ask). A text changed by the
+    configuration alone (a webhook subscribed to check-ins) is a new version from then on."""
+    from .edge_api import notice_version
+
+    served = notice_version()
     latest = NoticeVersion.objects.order_by("-since", "-pk").first()
-    if latest is None or latest.version != settings.CONSENT_NOTICE_VERSION:
-        latest = NoticeVersion.objects.create(version=settings.CONSENT_NOTICE_VERSION)
+    if latest is None or latest.version != served:
+        latest = NoticeVersion.objects.create(version=served)
     return latest
 
 

@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.files.base import ContentFile
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Count, Q
 from django.http import Http404, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -166,6 +166,10 @@ def note_photo_stored(request, face: FaceImage) -> None:
         request.photos_stored.append(face.image.name)
 
 
+class ExternalIdTaken(Exception):
+    """Another request stored this external_id between the form's unique check and this save."""
+
+
 class HasRejectedFilter(admin.SimpleListFilter):
     title = "photos"
     parameter_name = "photos"
@@ -221,6 +225,20 @@ class PersonAdmin(PhotosOfFailedRequestsDeleted, admin.ModelAdmin):
         form.base_fields["legal_basis"].required = obj is None
         return form
 
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except ExternalIdTaken:
+            pass
+        # The whole request rolled back (the admin saves a form in one transaction): answered again,
+        # the form's unique check sees the other person and says so on the field, with the staff
+        # member's input kept. Only a third request racing again in between is told in a message.
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except ExternalIdTaken:
+            messages.error(request, "Another person was just saved with this external id; nothing was saved.")
+            return HttpResponseRedirect(request.get_full_path())
+
     def save_model(self, request, obj, form, change):
         # Locked first so that an erasure waits for this request (and its photos); one that came
         # first leaves nothing to save: saving would insert the erased person again.
@@ -228,7 +246,16 @@ class PersonAdmin(PhotosOfFailedRequestsDeleted, admin.ModelAdmin):
             raise services.PersonGone(f"person {obj.pk} no longer exists")
         if "legal_basis" in form.changed_data and obj.legal_basis:
             obj.record_legal_basis(obj.legal_basis, by=request.user)
-        super().save_model(request, obj, form, change)
+        # The form's unique check ran before this write: another request (two staff typing one
+        # badge number, an HR sync) may have stored the same external_id in between.
+        try:
+            with transaction.atomic():
+                super().save_model(request, obj, form, change)
+        except IntegrityError:
+            taken = Person.objects.filter(external_id=obj.external_id).exclude(pk=obj.pk)
+            if obj.external_id is None or not taken.exists():
+                raise
+            raise ExternalIdTaken(obj.external_id) from None
 
     @admin.display(description="Legal basis", ordering="legal_basis")
     def legal_basis_label(self, obj):

@@ -15,7 +15,7 @@ from pathlib import PurePath
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from checkin.models import CheckIn, Consent, RejectedMatch
@@ -510,12 +510,16 @@ def unreferenced_consents():
     enrollment, nor any model added later with a foreign key to Consent (found from the model's
     relations, so a new one is kept out without a change here). A withdrawn consent is no different:
     the record of the withdrawal stays as long as a check-in made under that consent does."""
+    # NOT EXISTS (an anti-join), not NOT IN (subquery): PostgreSQL hashes a NOT IN list only while
+    # it fits in work_mem, and past that (a million check-ins) compares each consent with every
+    # check-in. A row whose consent is NULL matches no consent here, as the NOT IN's list left out
+    # its NULLs (one NULL in it would have kept every consent).
     rows = Consent.objects.all()
     for relation in Consent._meta.get_fields(include_hidden=True):
         if relation.auto_created and not relation.concrete and (relation.one_to_many or relation.one_to_one):
-            field = relation.field.name
-            referenced = relation.related_model._base_manager.filter(**{f"{field}__isnull": False}).values(field)
-            rows = rows.exclude(pk__in=referenced)
+            field = relation.field
+            referring = relation.related_model._base_manager.filter(**{field.name: OuterRef(field.target_field.attname)})
+            rows = rows.filter(~Exists(referring))
     return rows
 
 

@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 
 class TokenRateThrottle(SimpleRateThrottle):
-    """Counts requests per API key, else per user, else per client address.
+    """Counts requests per user (all of the user's API keys, tokens and sessions together), per kiosk
+    for kiosk keys, else per client address.
 
     The rate comes from REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] by role: an API key's role, "staff"
     for staff users' own tokens and sessions, "client" for other users, "anon" for anonymous callers.
@@ -50,8 +51,12 @@ class TokenRateThrottle(SimpleRateThrottle):
         return client_ip(request)
 
     def get_cache_key(self, request, view):
-        if isinstance(request.auth, ApiKey):
-            ident = f"key-{request.auth.pk}"
+        key = request.auth if isinstance(request.auth, ApiKey) else None
+        # A kiosk key stands for a device: each kiosk keeps its own count, however many kiosks one
+        # account holds keys for. Any other key counts against its user, so that issuing oneself
+        # more keys does not multiply one's rate.
+        if key is not None and key.role == Role.KIOSK:
+            ident = f"kiosk-{key.kiosk_id}" if key.kiosk_id is not None else f"key-{key.pk}"
         elif request.user and request.user.is_authenticated:
             ident = f"user-{request.user.pk}"
         else:
@@ -61,7 +66,8 @@ class TokenRateThrottle(SimpleRateThrottle):
 
 class ScopedTokenThrottle(TokenRateThrottle):
     """A view's own rate, besides the role's: the ``throttle_scope`` it names (a key of
-    REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]), counted per key, else per user, else per address. For
+    REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]), counted as the role's rate is (per user, per kiosk for
+    kiosk keys, else per address). For
     the requests that cost far more than an ordinary one: a photo stored and processed, a whole
     record zipped, a site-wide scan, a report of every person-day."""
 

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from rest_framework.test import APIClient
 
+from checkin.edge_api import notice_version
 from people.models import FaceImage
 from security.models import ApiKey, Role
 
@@ -204,7 +205,7 @@ def test_a_staff_role_key_has_no_more_rights_than_its_non_staff_user(django_user
         "similarity": 0.9,
         "threshold": 0.5,
         "frames": 4,
-        "notice_version": settings.CONSENT_NOTICE_VERSION,
+        "notice_version": notice_version(),
     }
     edge_calls = {
         "labels": lambda api: api.get(f"/api/v1/models/{ready.pk}/labels/"),

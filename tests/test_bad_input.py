@@ -161,3 +161,92 @@ def test_two_people_raced_onto_one_external_id_is_a_400_not_a_500(staff_api, mon
     assert Person.objects.get(external_id="EMP-1").name == Person.objects.get(external_id="EMP-2").name == "Other request"
     ada.refresh_from_db()
     assert ada.external_id is None
+
+
+# The photo inline's management form, as the admin page posts it (no photos on these people).
+NO_PHOTOS = {"faces-TOTAL_FORMS": "0", "faces-INITIAL_FORMS": "0", "faces-MIN_NUM_FORMS": "0", "faces-MAX_NUM_FORMS": "1000"}
+
+
+def unique_check_passes_once(monkeypatch, before_the_save=lambda: None):
+    """The admin form's first unique check finds nothing (it ran before the other person was
+    stored; ``before_the_save`` stores them, if not already there); later checks are real."""
+    from people.forms import PersonAdminForm
+
+    real_check, calls = PersonAdminForm.validate_unique, []
+
+    def raced(form):
+        calls.append(form.cleaned_data.get("external_id"))
+        if len(calls) == 1:
+            before_the_save()
+        else:
+            real_check(form)
+
+    monkeypatch.setattr(PersonAdminForm, "validate_unique", raced)
+    return calls
+
+
+def test_two_staff_saving_one_external_id_in_the_admin_get_a_form_error_not_a_500(client, staff_user, monkeypatch):
+    """The add form's unique check passes, another staff member's person with the same external_id
+    is stored, then this one is written: the form comes back with the error on external_id and the
+    staff member's input, and nothing of this person is saved; the same on the change form."""
+    Person.objects.create(name="Other staff member's", external_id="BADGE-7", legal_basis="employment")
+    calls = unique_check_passes_once(monkeypatch)
+    client.force_login(staff_user)
+    fields = {"name": "Grace", "external_id": "BADGE-7", "is_active": "on", "legal_basis": "employment", **NO_PHOTOS}
+
+    added = client.post("/admin/people/person/add/", fields)
+
+    assert added.status_code == 200 and len(calls) == 2  # answered again, with a real check
+    assert added.context["adminform"].form.errors == {"external_id": ["Person with this External id already exists."]}
+    assert b'value="Grace"' in added.content
+    assert not Person.objects.filter(name="Grace").exists()
+    assert Person.objects.get(external_id="BADGE-7").name == "Other staff member's"
+
+    grace = Person.objects.create(name="Grace", legal_basis="employment")
+    calls.clear()
+    changed = client.post(f"/admin/people/person/{grace.pk}/change/", {**fields, "notes": "renamed badge"})
+    assert changed.status_code == 200 and "external_id" in changed.context["adminform"].form.errors
+    grace.refresh_from_db()
+    assert grace.external_id is None and grace.notes == ""
+
+
+def test_a_real_concurrent_commit_of_the_same_external_id_is_a_form_error_in_the_admin(client, staff_user, monkeypatch):
+    """Two transactions on PostgreSQL: another connection commits a person with the external_id
+    after this request's unique check and before its insert, which then collides in the database."""
+    import threading
+
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("a second connection committing while the test's transaction is open needs PostgreSQL")
+
+    def in_another_connection(work):
+        def run():
+            from django.db import connection as own
+
+            try:
+                work()
+            finally:
+                own.close()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join(timeout=30)
+
+    def other_staff_member_saves():
+        in_another_connection(
+            lambda: Person.objects.create(name="Committed elsewhere", external_id="BADGE-8", legal_basis="employment")
+        )
+
+    unique_check_passes_once(monkeypatch, before_the_save=other_staff_member_saves)
+    client.force_login(staff_user)
+    try:
+        added = client.post(
+            "/admin/people/person/add/",
+            {"name": "Grace", "external_id": "BADGE-8", "is_active": "on", "legal_basis": "employment", **NO_PHOTOS},
+        )
+        assert added.status_code == 200
+        assert "external_id" in added.context["adminform"].form.errors
+        assert list(Person.objects.filter(external_id="BADGE-8").values_list("name", flat=True)) == ["Committed elsewhere"]
+    finally:  # committed outside the test's transaction: removed the same way
+        in_another_connection(lambda: Person.objects.filter(external_id="BADGE-8").delete())

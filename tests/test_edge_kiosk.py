@@ -67,9 +67,14 @@ def client_key_api(plain_user):
     return key_client(raw)
 
 
-def checkin_body(**overrides) -> dict:
-    from django.conf import settings
+def served_notice() -> str:
+    """The notice version the server serves now (CONSENT_NOTICE_VERSION and its text's digest)."""
+    from checkin.edge_api import notice_version
 
+    return notice_version()
+
+
+def checkin_body(**overrides) -> dict:
     body = {
         "client_id": str(uuid.uuid4()),
         "person_id": person_named("Barack Obama").pk,
@@ -79,7 +84,7 @@ def checkin_body(**overrides) -> dict:
         "threshold": 0.55,
         "frames": 4,
         "model_version": None,
-        "notice_version": settings.CONSENT_NOTICE_VERSION,
+        "notice_version": served_notice(),
     }
     body.update(overrides)
     return body
@@ -187,7 +192,8 @@ def test_the_manifest_names_the_active_files_the_notice_and_the_check_in_rule(ki
     manifest = kiosk_api.get("/api/v1/edge/manifest/").json()
     assert manifest["model"]["number"] == 1 and manifest["model"]["labels_sha256"] == version.labels_sha256
     assert manifest["kiosk"] == "Front door"
-    assert manifest["consent"]["notice_version"] == settings.CONSENT_NOTICE_VERSION
+    assert manifest["consent"]["notice_version"] == served_notice()
+    assert manifest["consent"]["notice_version"].startswith(settings.CONSENT_NOTICE_VERSION + "+")
     assert "never saved" in manifest["consent"]["text"] and "<" not in manifest["consent"]["text"]
     assert manifest["checkin"]["stable_frames"] == settings.CHECKIN_STABLE_FRAMES
     assert "dlib_tflite_url" not in manifest["model"]  # a FaceNet site's manifest: one .tflite, as before
@@ -476,9 +482,10 @@ def test_an_uploaded_check_in_is_announced_once_with_the_devices_time(kiosk_api,
 
     settings.WEBHOOK_ALLOW_PRIVATE = True
     device_time = datetime.now(timezone(timedelta(hours=1))).replace(microsecond=123456)
-    body = checkin_body(checked_in_at=device_time.isoformat())
     with Receiver() as receiver:
         webhook_to(receiver, "checkin.created")
+        # made under the notice that names the connected systems (the webhook changed its text)
+        body = checkin_body(checked_in_at=device_time.isoformat())
         for _ in range(2):  # the kiosk retries: one check-in, one event
             with django_capture_on_commit_callbacks(execute=True):
                 assert kiosk_api.post("/api/v1/checkins/", body, format="json").status_code in (200, 201)
@@ -603,7 +610,7 @@ def test_two_consents_stored_by_racing_uploads_do_not_block_the_sessions_later_u
             purpose="checkin",
             kiosk=kiosk,
             user=None,
-            notice_version=settings.CONSENT_NOTICE_VERSION,
+            notice_version=served_notice(),
             given_at=given,
             method="operator_flag",
             age_confirmed=False,
@@ -825,21 +832,82 @@ def test_a_notice_is_accepted_only_for_check_ins_made_while_it_was_in_force(kios
 
     settings.CHECKIN_REPEAT_WINDOW_MINUTES = 0  # two check-ins of one person, minutes apart, both stored
     settings.CONSENT_NOTICE_VERSION = "2026-v1"
-    assert kiosk_api.get("/api/v1/edge/manifest/").json()["consent"]["notice_version"] == "2026-v1"
+    v1 = kiosk_api.get("/api/v1/edge/manifest/").json()["consent"]["notice_version"]
     before_change = (timezone.now() - timedelta(minutes=5)).isoformat()
     settings.CONSENT_NOTICE_VERSION = "2026-v2"
-    assert kiosk_api.get("/api/v1/edge/manifest/").json()["consent"]["notice_version"] == "2026-v2"
+    v2 = kiosk_api.get("/api/v1/edge/manifest/").json()["consent"]["notice_version"]
+    assert v1.startswith("2026-v1+") and v2.startswith("2026-v2+")
     after_change = (timezone.now() + timedelta(seconds=1)).isoformat()
 
     def upload(version: str, at: str):
         return kiosk_api.post("/api/v1/checkins/", checkin_body(notice_version=version, checked_in_at=at), format="json")
 
-    assert upload("2026-v1", before_change).status_code == 201
-    assert upload("2026-v2", after_change).status_code == 201
-    for version, at in (("2026-v1", after_change), ("2026-11-1", before_change), ("anything", after_change)):
+    assert upload(v1, before_change).status_code == 201
+    assert upload(v2, after_change).status_code == 201
+    for version, at in ((v1, after_change), ("2026-11-1", before_change), ("anything", after_change)):
         refused = upload(version, at)
         assert refused.status_code == 409 and refused.json()["error"]["code"] == "stale_notice", (version, refused.content)
     assert CheckIn.objects.filter(time_source="device").count() == 2
+
+
+@pytest.mark.django_db
+def test_connecting_a_check_in_webhook_is_a_new_notice_and_consent_to_the_old_one_is_refused(
+    kiosk_api, client, plain_user, settings, monkeypatch
+):
+    """The notice names the systems check-ins are sent to: the first webhook subscribed to check-ins
+    changes its text, so the version served changes with it (CONSENT_NOTICE_VERSION untouched). A
+    kiosk check-in queued under the old notice before the change is stored; one made under it after
+    is refused (409 stale_notice), and so is consent to it on the check-in page's socket, whose page
+    now serves the new version. MQTT_URL says the same sentence: the same text, the same version."""
+    from asgiref.sync import async_to_sync
+    from django.utils import timezone
+
+    from integrations.models import Webhook
+
+    from .test_live_stream import communicator_for, receive
+
+    monkeypatch.setattr("channels.db.close_old_connections", lambda: None)  # the socket shares the test's transaction
+    settings.CHECKIN_REPEAT_WINDOW_MINUTES = 0  # one person checked in twice, minutes apart
+    settings.MQTT_URL = ""
+    old = kiosk_api.get("/api/v1/edge/manifest/").json()["consent"]
+    queued_before = (timezone.now() - timedelta(minutes=5)).isoformat()
+    Webhook.objects.create(url="https://hr.example.com/hook", events=["checkin.created"], secret="s" * 16)
+    new = kiosk_api.get("/api/v1/edge/manifest/").json()["consent"]
+    made_after = (timezone.now() + timedelta(seconds=1)).isoformat()
+
+    assert new["notice_version"] != old["notice_version"]
+    assert {v.rpartition("+")[0] for v in (old["notice_version"], new["notice_version"])} == {settings.CONSENT_NOTICE_VERSION}
+    assert "sent at once to the other systems" in new["text"] and "sent at once" not in old["text"]
+
+    def upload(version: str, at: str):
+        return kiosk_api.post("/api/v1/checkins/", checkin_body(notice_version=version, checked_in_at=at), format="json")
+
+    assert upload(old["notice_version"], queued_before).status_code == 201
+    refused = upload(old["notice_version"], made_after)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "stale_notice", refused.content
+    assert upload(new["notice_version"], made_after).status_code == 201
+
+    client.force_login(plain_user)
+    page = client.get("/checkin/").content.decode()
+    assert new["notice_version"] in page and old["notice_version"] not in page
+
+    async def consent_to(version: str) -> tuple[str, dict]:
+        communicator = communicator_for(plain_user)
+        connected, _ = await communicator.connect()
+        assert connected
+        ready = await receive(communicator)
+        await communicator.send_json_to({"type": "consent", "notice_version": version, "age_confirmed": True})
+        answer = await receive(communicator)
+        await communicator.disconnect()
+        return ready["notice_version"], answer
+
+    served, answer = async_to_sync(consent_to)(old["notice_version"])
+    assert served == new["notice_version"] and answer["code"] == "stale_notice"
+    assert async_to_sync(consent_to)(new["notice_version"])[1]["type"] == "consent_recorded"
+
+    Webhook.objects.all().delete()
+    settings.MQTT_URL = "mqtt://broker.example.com"
+    assert served_notice() == new["notice_version"]
 
 
 @pytest.mark.django_db
@@ -859,7 +927,9 @@ def test_a_running_kiosk_asks_again_when_a_sync_brings_a_new_notice(
     sync_manifest(server, state)
     monkeypatch.setattr("builtins.input", lambda prompt: "y")  # the operator, when asked
     consent = ensure_consent(state, given_by_flag=not interactive, interactive=interactive)
+    v1 = consent["notice_version"]
     settings.CONSENT_NOTICE_VERSION = "2026-v2"  # changed on the server while the kiosk runs
+    v2 = served_notice()
 
     class Source:
         frames = 0
@@ -878,13 +948,13 @@ def test_a_running_kiosk_asks_again_when_a_sync_brings_a_new_notice(
     finally:
         kiosk.outbox.close()
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert {"type": "consent_required", "notice_version": "2026-v2", "given": "2026-v1"} in events
+    assert {"type": "consent_required", "notice_version": v2, "given": v1} in events
     if interactive:  # asked and accepted: it goes on under the new notice
         assert code == 0 and source.frames == 1
-        assert state.read()["consent"]["notice_version"] == "2026-v2" and state.read()["consent"]["method"] == "interactive"
+        assert state.read()["consent"]["notice_version"] == v2 and state.read()["consent"]["method"] == "interactive"
     else:  # stopped before reading another frame
         assert code == 2 and source.frames == 0
-        assert state.read()["consent"]["notice_version"] == "2026-v1"
+        assert state.read()["consent"]["notice_version"] == v1
 
 
 # ---- a device the server no longer trusts forgets; its files are the owner's only -------------------
@@ -1308,7 +1378,7 @@ def test_the_outbox_drops_a_check_in_older_than_retention_and_keeps_one_from_a_c
 
 
 @pytest.mark.django_db
-def test_check_in_uploads_have_a_rate_of_their_own_per_key(kiosk_api, staff_user, monkeypatch):
+def test_check_in_uploads_have_a_rate_of_their_own_per_kiosk(kiosk_api, staff_user, monkeypatch):
     from checkin.api import EdgeCheckInRateThrottle
     from checkin.models import Kiosk
     from security.models import ApiKey

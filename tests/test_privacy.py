@@ -238,6 +238,69 @@ def test_retention_deletes_old_consents_nothing_refers_to_and_keeps_the_rest(set
     assert privacy.apply_retention(now=now).consents_deleted == 0
 
 
+def refer_to(consent, model):
+    """A row of ``model`` (a table with a foreign key to Consent) referring to ``consent`` (None: to none)."""
+    from checkin.models import CheckIn
+    from visitors.models import Sighting, Visitor, VisitorEnrollment
+
+    at = timezone.now() - timedelta(days=1)
+    if model is CheckIn:
+        return CheckIn.objects.create(similarity=0.9, threshold=0.5, frames=4, consent=consent)
+    if model is Sighting:
+        visitor = Visitor.objects.create(first_seen_at=at, last_seen_at=at)
+        return Sighting.objects.create(visitor=visitor, seen_at=at, last_seen_at=at, consent=consent)
+    if model is VisitorEnrollment:
+        return VisitorEnrollment.objects.create(person=person_named("Barack Obama"), consent=consent)
+    raise AssertionError(f"{model.__name__} now refers to consents: add it to refer_to()")
+
+
+def test_retention_keeps_an_old_consent_any_table_refers_to_and_rows_referring_to_none_keep_nothing(settings, plain_user):
+    from checkin.models import Consent
+
+    settings.CHECKIN_RETENTION_DAYS = 30
+    now = timezone.now()
+
+    def old_consent() -> Consent:
+        return Consent.objects.create(purpose="checkin", user=plain_user, notice_version="v", given_at=now - timedelta(days=31))
+
+    tables = {r.related_model for r in Consent._meta.get_fields(include_hidden=True) if r.auto_created and not r.concrete}
+    referred = {model: old_consent() for model in tables}
+    rows = [refer_to(consent, model) for model, consent in referred.items()]
+    # rows whose consent column is empty, in every table that allows it: they neither keep a
+    # consent nor, as one NULL in a NOT IN list would, keep every consent
+    empty = [refer_to(None, model) for model in tables if model._meta.get_field("consent").null]
+    unreferenced = [old_consent(), old_consent()]
+
+    report = privacy.apply_retention(now=now)
+
+    assert len(tables) == 3 and len(empty) == 2
+    assert report.consents_deleted == 2
+    assert set(Consent.objects.values_list("pk", flat=True)) == {c.pk for c in referred.values()}
+    assert not Consent.objects.filter(pk__in=[c.pk for c in unreferenced]).exists()
+    for row in rows:  # still referring to their consent (not set to NULL, not deleted with it)
+        row.refresh_from_db()
+        assert row.consent_id == referred[type(row)].pk
+    for row in empty:
+        row.refresh_from_db()
+        assert row.consent_id is None
+
+
+def test_retention_finds_unreferenced_consents_with_not_exists_rather_than_a_not_in_list(settings, plain_user):
+    """NOT IN (subquery) over a million check-ins is not hashed by PostgreSQL past work_mem: each
+    consent is compared with every check-in (bench/consent_purge.py measures both)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from checkin.models import Consent
+
+    settings.CHECKIN_RETENTION_DAYS = 30
+    Consent.objects.create(purpose="checkin", user=plain_user, notice_version="v", given_at=timezone.now() - timedelta(days=31))
+    with CaptureQueriesContext(connection) as queries:
+        assert privacy.apply_retention(now=timezone.now()).consents_deleted == 1
+    reads = [q["sql"] for q in queries if q["sql"].startswith("SELECT") and 'FROM "recognition_consent"' in q["sql"]]
+    assert reads and all(sql.count("NOT EXISTS") == 3 and " IN (SELECT" not in sql for sql in reads), reads
+
+
 def test_retention_command_and_daily_schedule_exist(capsys):
     call_command("apply_retention", "--days", "3650")
     out = capsys.readouterr().out

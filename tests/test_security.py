@@ -122,16 +122,53 @@ def test_a_key_created_in_the_admin_is_shown_once(client, staff_user, kiosk):
     assert kiosk.get("/api/v1/people/").status_code == 403  # authenticated, but a kiosk
 
 
-def test_each_token_is_throttled_on_its_own(staff_user, monkeypatch):
+def test_a_users_keys_share_one_rate_so_more_keys_do_not_multiply_it(staff_user, plain_user, monkeypatch):
     monkeypatch.setattr(TokenRateThrottle, "THROTTLE_RATES", {**TokenRateThrottle.THROTTLE_RATES, "client": "3/min"})
     first, _ = key_client(staff_user, Role.CLIENT, "first")
     second, _ = key_client(staff_user, Role.CLIENT, "second")
-    assert [first.get("/api/v1/people/").status_code for _ in range(3)] == [200, 200, 200]
-    refused = first.get("/api/v1/people/")
+    statuses = [api.get("/api/v1/people/").status_code for api in (first, second, first)]
+    assert statuses == [200, 200, 200]
+    refused = second.get("/api/v1/people/")
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "throttled"
     assert int(refused["Retry-After"]) > 0
-    assert second.get("/api/v1/people/").status_code == 200
+    third, _ = key_client(staff_user, Role.CLIENT, "third")  # a key made now starts from the same count
+    assert third.get("/api/v1/people/").status_code == 429
+    other_user, _ = key_client(plain_user, Role.CLIENT, "someone else's")
+    assert other_user.get("/api/v1/people/").status_code == 200
+
+
+def test_each_kiosk_keeps_its_own_rate_whoever_issued_its_keys(staff_user, kiosk, monkeypatch):
+    """A kiosk key stands for a device: two kiosks whose keys one account issued are counted apart,
+    and a second key for the same kiosk does not give it a second rate."""
+    from checkin.models import Kiosk
+
+    monkeypatch.setattr(TokenRateThrottle, "THROTTLE_RATES", {**TokenRateThrottle.THROTTLE_RATES, "kiosk": "2/min"})
+    back_door = Kiosk(name="Back door")
+    back_door.set_new_token()
+    back_door.save()
+
+    def kiosk_client(for_kiosk, name: str) -> APIClient:
+        _, raw = ApiKey.issue(staff_user, name, Role.KIOSK, kiosk=for_kiosk)
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
+        return api
+
+    front, back = kiosk_client(kiosk, "front door"), kiosk_client(back_door, "back door")
+    assert [front.get("/api/v1/edge/manifest/").status_code for _ in range(3)] == [200, 200, 429]
+    assert [back.get("/api/v1/edge/manifest/").status_code for _ in range(2)] == [200, 200]
+    assert kiosk_client(kiosk, "front door, a second key").get("/api/v1/edge/manifest/").status_code == 429
+
+
+def test_a_costly_requests_own_rate_is_shared_by_the_users_keys(staff_user, monkeypatch):
+    from security.throttling import ScopedTokenThrottle
+
+    monkeypatch.setattr(ScopedTokenThrottle, "THROTTLE_RATES", {**ScopedTokenThrottle.THROTTLE_RATES, "report": "2/min"})
+    first, _ = key_client(staff_user, Role.STAFF, "first")
+    second, _ = key_client(staff_user, Role.STAFF, "second")
+    report = "/api/v1/reports/attendance/"
+    assert [api.get(report).status_code for api in (first, second, first)] == [200, 200, 429]
+    assert second.get("/api/v1/people/").status_code == 200  # the role's rate is another count
 
 
 def test_anonymous_token_requests_are_throttled_by_address(plain_user, monkeypatch):

@@ -433,6 +433,31 @@ def test_an_open_stream_is_closed_when_its_credential_is_withdrawn(staff_user, p
 
 
 @pytest.mark.django_db
+def test_an_open_stream_is_closed_when_a_check_in_webhook_changes_the_notice_it_consented_to(plain_user, settings):
+    """A kiosk page streams all day: a webhook subscribed to check-ins, added meanwhile, changes
+    what the notice says (check-ins are sent on). The socket's consent was given to the old text,
+    so it is closed at the next recheck with stale_notice; until then it works as before."""
+    from integrations.models import Webhook
+
+    settings.CHECKIN_ACCESS_RECHECK_SECONDS = 0.3
+    communicator = communicator_for(plain_user)
+
+    async def scenario():
+        await open_with_consent(communicator)
+        still = await communicator.receive_nothing(timeout=0.8)  # rechecked: the same notice, still open
+        await Webhook.objects.acreate(url="https://hr.example.com/hook", events=["checkin.created"], secret="s" * 16)
+        error = await receive(communicator, timeout=10)
+        closed = await communicator.receive_output(timeout=10)
+        await communicator.disconnect()
+        return still, error, closed
+
+    still, error, closed = run(scenario)
+    assert still
+    assert error["code"] == "stale_notice", error
+    assert closed == {"type": "websocket.close", "code": CLOSE_FORBIDDEN}
+
+
+@pytest.mark.django_db
 def test_an_open_kiosk_stream_is_closed_when_the_kiosk_is_given_a_new_token(client, staff_user, kiosk, settings):
     """A device signed in with a leaked token keeps its socket only until the next recheck after
     staff issue a new token; until then it streams as before."""

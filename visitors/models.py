@@ -87,7 +87,7 @@ class VisitorEnrollment(models.Model):
 
     person = models.ForeignKey("people.Person", on_delete=models.CASCADE, related_name="visitor_enrollments")
     consent = models.ForeignKey("checkin.Consent", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    notice_version = models.CharField(max_length=20, blank=True)
+    notice_version = models.CharField(max_length=40, blank=True)
     consent_given_at = models.DateTimeField(null=True, blank=True)
     sightings = models.PositiveIntegerField(default=0)
     first_seen_at = models.DateTimeField(null=True, blank=True)
