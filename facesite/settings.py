@@ -498,6 +498,11 @@ REPORT_MAX_ROWS = env_int("REPORT_MAX_ROWS", 100_000)
 # Webhook deliveries (their payloads name people) kept this long in the delivery log.
 WEBHOOK_LOG_RETENTION_DAYS = env_int("WEBHOOK_LOG_RETENTION_DAYS", 30)
 
+# Exports (privacy/services.py) are written to a temporary file and streamed, not built in memory:
+# up to this many bytes stay in memory, the rest goes to an anonymous file (no name on disk, so it
+# cannot outlive the response or a crash) in EXPORT_TEMP_DIR (default: the system's temp folder).
+EXPORT_SPOOL_MAX_BYTES = env_int("EXPORT_SPOOL_MAX_BYTES", 1024 * 1024)
+EXPORT_TEMP_DIR = env_str("EXPORT_TEMP_DIR") or None
 # ---- production profile -------------------------------------------------------------------------------
 # With DEBUG off: secure cookies, HSTS, no sniffing, no framing, and hashed static files served by
 # WhiteNoise. SECURE_SSL_REDIRECT and SECURE_PROXY_SSL_HEADER are for a TLS-terminating proxy.

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import re
+import shutil
 import zipfile
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from functools import partial
 from pathlib import PurePath
+from typing import BinaryIO
 
 from django.conf import settings
 from django.db import transaction
@@ -400,37 +401,38 @@ def visitor_data(visitor: Visitor) -> dict:
     }
 
 
-def export_visitor(visitor: Visitor) -> bytes:
-    """A zip: visitor.json plus the visitor's face crop, if one is kept."""
+def export_visitor(visitor: Visitor, out: BinaryIO) -> None:
+    """Write a zip into ``out`` (a binary file, seekable): visitor.json plus the visitor's face crop,
+    if one is kept."""
     data = visitor_data(visitor)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("visitor.json", json.dumps(data, indent=2, ensure_ascii=False))
         for sighting in Sighting.objects.filter(visitor=visitor).exclude(crop=""):
-            try:
-                with sighting.crop.open("rb") as fh:
-                    archive.writestr(f"crops/{sighting.pk}.jpg", fh.read())
-            except OSError:
-                log.warning("export of visitor %s: file %s is missing", visitor.pk, sighting.crop.name)
-    return buf.getvalue()
+            _copy_into(archive, f"crops/{sighting.pk}.jpg", sighting.crop, f"visitor {visitor.pk}")
 
 
-def export_person(person: Person) -> bytes:
-    """A zip: person.json plus the person's photos and face crops still on file."""
+def export_person(person: Person, out: BinaryIO) -> None:
+    """Write a zip into ``out`` (a binary file, seekable): person.json plus the person's photos and
+    face crops still on file. Each file is copied in chunks: the archive is never held in memory."""
     data = person_data(person)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("person.json", json.dumps(data, indent=2, ensure_ascii=False))
         for face, entry in zip(person.faces.order_by("id"), data["face_images"]):
             for field, name in ((face.image, entry["photo"]), (face.crop, entry["crop"]), (face.region, entry["region"])):
-                if not name:
-                    continue
-                try:
-                    with field.open("rb") as fh:
-                        archive.writestr(name, fh.read())
-                except OSError:
-                    log.warning("export of person %s: file %s is missing", person.pk, field.name)
-    return buf.getvalue()
+                if name:
+                    _copy_into(archive, name, field, f"person {person.pk}")
+
+
+def _copy_into(archive: zipfile.ZipFile, name: str, field, whose: str) -> None:
+    """Copy a stored file into the archive as ``name``; a file that cannot be read is logged and left
+    out (an error writing the archive is not: the export fails)."""
+    try:
+        source = field.open("rb")
+    except OSError:
+        log.warning("export of %s: file %s is missing", whose, field.name)
+        return
+    with source, archive.open(name, "w") as target:
+        shutil.copyfileobj(source, target, 1024 * 1024)
 
 
 @dataclass
