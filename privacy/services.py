@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from checkin.models import CheckIn, Consent, RejectedMatch
+from checkin.models import CheckIn, Consent, FlaggedFace, RejectedMatch
 from integrations.events import person_erased
 from integrations.models import Delivery
 from people.models import FaceImage, Person
@@ -59,6 +59,7 @@ class ErasureReport:
     visitor_links_deleted: int = 0
     task_records_deleted: int = 0
     deliveries_redacted: int = 0
+    outlier_flags_deleted: int = 0  # their faces flagged by the site-wide outlier scan
 
 
 def erase_person(person: Person, by=None) -> ErasureReport:
@@ -66,7 +67,8 @@ def erase_person(person: Person, by=None) -> ErasureReport:
 
     In order: their check-ins (deleted, or kept with the person removed when
     ERASE_CHECKINS_WITH_PERSON is off) and the check-ins rejected as not them; their id in audit events; admin history entries about them
-    or their rows; other people's review reasons that name them; their photos, crops and
+    or their rows; other people's review reasons that name them; the outlier scan's rows about
+    them (their flagged faces; their id as another face's nearest person); their photos, crops and
     embeddings; the person; their name in webhook deliveries; every model version's artifacts and fields (training.redaction.
     forget_person). Files go once the transaction commits, the gallery snapshot is rewritten without
     them (every process drops them on its next request: the change log) and a retrain is requested. The receipt is an AuditEvent "erase": who, when, these counts."""
@@ -103,6 +105,11 @@ def erase_person(person: Person, by=None) -> ErasureReport:
         )
 
         report.review_reasons_rewritten = _forget_in_review_reasons(pid, name)
+        # The site-wide outlier scan's results: their flagged faces go; where they were another
+        # face's nearest other person, that face's row forgets them. A scan writing meanwhile locks
+        # the people it names first (checkin.outlier_scan): it waits for this, then writes none.
+        report.outlier_flags_deleted = FlaggedFace.objects.filter(person_id=pid).delete()[1].get(FlaggedFace._meta.label, 0)
+        FlaggedFace.objects.filter(nearest_other_id=pid).update(nearest_other=None)
 
         files = [n for f in faces for n in f[1:4] if n]  # photos, crops, regions (every embedder's templates cascade)
         storage = FaceImage._meta.get_field("image").storage

@@ -214,7 +214,7 @@ def test_websockets_from_other_origins_are_refused():
 
 
 def test_the_costly_requests_have_their_own_rate_besides_the_roles(staff_api, monkeypatch):
-    """Uploads (a photo stored and processed), exports, the site-wide outlier scan and attendance
+    """Uploads (a photo stored and processed), exports, asking for a site-wide outlier scan and attendance
     reports cost far more than a read: each has a rate of its own, ordinary reads go on."""
     from security.throttling import ScopedTokenThrottle
 
@@ -224,7 +224,7 @@ def test_the_costly_requests_have_their_own_rate_besides_the_roles(staff_api, mo
     calls = {
         "enroll": lambda: staff_api.post(f"/api/v1/people/{person.pk}/faces/", {"image": "not a file"}, format="multipart"),
         "export": lambda: staff_api.get(f"/api/v1/people/{person.pk}/export/"),
-        "outliers": lambda: staff_api.get("/api/v1/outliers/"),
+        "outliers": lambda: staff_api.post("/api/v1/outliers/"),  # a site-wide scan queued
         "report": lambda: staff_api.get("/api/v1/reports/attendance/"),
     }
     for name, call in calls.items():
