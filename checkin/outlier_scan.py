@@ -115,7 +115,7 @@ def _store(scan_id: int, scanned: int, bound: float, found: list[FaceEvidence]) 
         # erasure or a face deletion removed before these locks is not returned, so not written.
         named = {e.person_id for e in found} | {e.nearest_other_id for e in found if e.nearest_other_id is not None}
         people = set(_locked(Person.objects.all(), named))
-        faces = dict(_locked(FaceImage.objects.filter(person_id__in=people), {e.face_id for e in found}, "person_id"))
+        faces = dict(_locked(FaceImage.objects.all(), {e.face_id for e in found}, "person_id"))
         rows = [
             FlaggedFace(
                 scan=scan,
@@ -131,7 +131,7 @@ def _store(scan_id: int, scanned: int, bound: float, found: list[FaceEvidence]) 
                 rank=rank,
             )
             for rank, e in enumerate(found)
-            if faces.get(e.face_id) == e.person_id
+            if e.person_id in people and faces.get(e.face_id) == e.person_id  # both still there, still theirs
         ]
         FlaggedFace.objects.bulk_create(rows, batch_size=1000)
         scan.status, scan.finished_at = OutlierScan.Status.FINISHED, timezone.now()
