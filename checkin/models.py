@@ -301,6 +301,7 @@ class FlaggedFace(models.Model):
     class Meta:
         ordering = ["scan", "rank"]
         constraints = [models.UniqueConstraint(fields=["scan", "face"], name="one_flag_per_face_and_scan")]
+        indexes = [models.Index(fields=["scan", "rank"], name="flaggedface_scan_rank")]  # a page in review order
 
     def __str__(self) -> str:
         return f"face {self.face_id} flagged by outlier scan {self.scan_id}"

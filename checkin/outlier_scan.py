@@ -25,14 +25,13 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from django_q.tasks import async_task
 
 from people.models import FaceImage, Person
 from recognition import outliers
 from recognition.outliers import FaceEvidence
-from recognition.pipelines import served_embedder
 
 from .models import FlaggedFace, OutlierScan
 
@@ -176,20 +175,11 @@ def flagged_faces(scan: OutlierScan | None):
     gallery (not deleted, rejected or of a person deactivated since) and still their person's."""
     if scan is None:
         return FlaggedFace.objects.none()
-    # FaceImage.objects.in_gallery()'s rules as joins from the scan's rows (by primary key), not as a
-    # subquery over the whole gallery: a page costs the same at a million faces as at a thousand.
-    return (
-        FlaggedFace.objects.filter(
-            scan=scan,
-            face__status=FaceImage.Status.ACCEPTED,
-            face__embedding__isnull=False,
-            face__embedder=served_embedder(),
-            face__person_id=F("person_id"),
-            person__is_active=True,
-        )
-        .select_related("nearest_other")
-        .order_by("rank")
-    )
+    # Still in the gallery, by FaceImage.objects.in_gallery()'s rules, checked per stored row (an
+    # EXISTS by primary key): the query starts from the scan's rows, so a page and its count cost
+    # the same at a million gallery faces as at a thousand.
+    still_in_gallery = FaceImage.objects.in_gallery().filter(pk=OuterRef("face_id"), person_id=OuterRef("person_id"))
+    return FlaggedFace.objects.filter(Exists(still_in_gallery), scan=scan).select_related("nearest_other").order_by("rank")
 
 
 def evidence(row: FlaggedFace) -> FaceEvidence:
