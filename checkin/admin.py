@@ -3,6 +3,7 @@ the outlier review of the gallery."""
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -15,7 +16,7 @@ from people import services as people_services
 from people.admin import crop_thumbnail
 from people.models import FaceImage, Person
 
-from . import corrections
+from . import corrections, outlier_scan
 from .models import CheckIn, Consent, Kiosk, OutlierFace, RejectedMatch
 
 
@@ -183,9 +184,10 @@ class RejectedMatchAdmin(admin.ModelAdmin):
 
 @admin.register(OutlierFace)
 class OutlierFaceAdmin(admin.ModelAdmin):
-    """The outlier review: its list is every outlier face of the gallery with the evidence; a
-    person's page also lists their rejected matches. Staff remove a face here through the usual
-    face deletion (files, gallery, retrain)."""
+    """The outlier review: its list is the outlier faces of the gallery as the newest site-wide scan
+    (a background task, checkin.outlier_scan) found them, paginated, with a button to scan again;
+    a person's page judges their faces in the request and also lists their rejected matches. Staff
+    remove a face here through the usual face deletion (files, gallery, retrain)."""
 
     def has_view_permission(self, request, obj=None):
         return request.user.has_perm("people.view_faceimage")
@@ -210,16 +212,34 @@ class OutlierFaceAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         if request.method == "POST":
+            if "scan" in request.POST:
+                return self._request_scan(request)
             return self._remove_face(request, None)
+        # What the newest finished site-wide scan stored (the scan runs in a background task).
+        scan = outlier_scan.latest()
+        page = Paginator(outlier_scan.flagged_faces(scan), self.list_per_page).get_page(request.GET.get("p"))
         context = {
             **self.admin_site.each_context(request),
             "title": "Outlier face review",
-            "reviews": corrections.site_review(),
+            "reviews": corrections.site_review(page.object_list),
+            "page_obj": page,
+            "scan": scan,
+            "running": outlier_scan.running(),
             "person": None,
             "can_remove": request.user.has_perm("people.delete_faceimage"),
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/checkin/outlier_review.html", self._with_faces(context))
+
+    def _request_scan(self, request):
+        """POST scan: queue a new site-wide scan (the review's own permission, as for viewing it)."""
+        try:
+            outlier_scan.request_scan(by=request.user)
+        except outlier_scan.ScanRunning:
+            messages.warning(request, "A scan is already running: its result will be shown here once it finishes.")
+        else:
+            messages.success(request, "A new scan of the whole gallery was queued; reload this page to see it once it finishes.")
+        return HttpResponseRedirect(request.path)
 
     def person_review(self, request, person_id: int):
         if not self.has_view_permission(request):

@@ -8,11 +8,14 @@ webhooks and MQTT; the check-in's audit row no longer names the person. The face
 (recognition.outliers): those that are outliers of their person are listed for review.
 
 ``review(person)`` is what the outlier review shows of one person: their outlier faces, each with
-its evidence, and the rejections that named any of their faces.
+its evidence, and the rejections that named any of their faces (computed in the request: one
+person's faces). ``site_review`` shows the faces the newest site-wide scan stored
+(checkin.outlier_scan, a background task).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -23,8 +26,8 @@ from recognition import outliers
 from recognition.outliers import FaceEvidence
 from security.models import AuditEvent
 
-from . import feed
-from .models import CheckIn, RejectedMatch
+from . import feed, outlier_scan
+from .models import CheckIn, FlaggedFace, RejectedMatch
 
 
 class NotRejectable(Exception):
@@ -105,9 +108,10 @@ def review(person) -> PersonReview:
     return PersonReview(person.pk, bound, faces, rejections)
 
 
-def site_review() -> list[FaceReview]:
-    """Every outlier face in the gallery, most doubtful first, with the rejections made on it."""
-    found = outliers.outliers()
+def site_review(rows: Iterable[FlaggedFace]) -> list[FaceReview]:
+    """Outlier faces a site-wide scan stored (a page of checkin.outlier_scan.flagged_faces: the
+    scan itself runs in a background task, never here), with the rejections made on them."""
+    found = [outlier_scan.evidence(row) for row in rows]
     rejections: dict[int, list[RejectedMatch]] = {}
     through = RejectedMatch.faces.through.objects.filter(faceimage_id__in=[e.face_id for e in found])
     for row in through.select_related("rejectedmatch", "rejectedmatch__kiosk"):

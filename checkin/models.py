@@ -240,3 +240,70 @@ class OutlierFace(FaceImage):
         proxy = True
         verbose_name = "outlier face review"
         verbose_name_plural = "outlier face review"
+
+
+class OutlierScanQuerySet(models.QuerySet):
+    def running(self):
+        return self.filter(status=OutlierScan.Status.RUNNING)
+
+    def finished(self):
+        return self.filter(status=OutlierScan.Status.FINISHED)
+
+
+class OutlierScan(models.Model):
+    """One site-wide outlier scan (checkin.outlier_scan): every gallery face searched against the
+    gallery by a background task, its flagged faces kept as ``FlaggedFace`` rows. The review shows
+    the newest finished scan. At most one scan runs at a time: the database refuses a second row
+    with status "running" (a partial unique constraint), however many workers ask at once."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"  # queued or being computed
+        FINISHED = "finished", "Finished"
+        FAILED = "failed", "Failed"
+
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    requested_at = models.DateTimeField(default=timezone.now)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    started_at = models.DateTimeField(null=True, blank=True, help_text="When a worker began computing it.")
+    finished_at = models.DateTimeField(null=True, blank=True)
+    gallery_faces = models.PositiveIntegerField(null=True, blank=True, help_text="How many gallery faces were scanned.")
+    bound = models.FloatField(null=True, blank=True, help_text="The outlier bound the scan judged with.")
+    flagged = models.PositiveIntegerField(null=True, blank=True, help_text="How many outlier faces it stored.")
+    error = models.TextField(blank=True)
+
+    objects = OutlierScanQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["status"], condition=models.Q(status="running"), name="one_running_outlier_scan")
+        ]
+
+    def __str__(self) -> str:
+        return f"outlier scan {self.pk} ({self.status})"
+
+
+class FlaggedFace(models.Model):
+    """A gallery face a site-wide scan found to be an outlier of its person, with the evidence
+    (recognition.outliers.FaceEvidence). Data derived from the person: it goes with the face, the
+    person (both cascade) and the scan; the nearest other person is forgotten when they are erased."""
+
+    scan = models.ForeignKey(OutlierScan, on_delete=models.CASCADE, related_name="faces")
+    face = models.ForeignKey(FaceImage, on_delete=models.CASCADE, related_name="+")
+    person = models.ForeignKey("people.Person", on_delete=models.CASCADE, related_name="+")
+    own_faces = models.PositiveIntegerField()
+    own_best = models.FloatField(null=True)
+    own_mean = models.FloatField(null=True)
+    nearest_other = models.ForeignKey("people.Person", null=True, on_delete=models.SET_NULL, related_name="+")
+    nearest_other_similarity = models.FloatField(null=True)
+    far_from_own = models.BooleanField()
+    closer_to_other = models.BooleanField()
+    rank = models.PositiveIntegerField(help_text="Most doubtful first (lowest margin of own over other).")
+
+    class Meta:
+        ordering = ["scan", "rank"]
+        constraints = [models.UniqueConstraint(fields=["scan", "face"], name="one_flag_per_face_and_scan")]
+        indexes = [models.Index(fields=["scan", "rank"], name="flaggedface_scan_rank")]  # a page in review order
+
+    def __str__(self) -> str:
+        return f"face {self.face_id} flagged by outlier scan {self.scan_id}"

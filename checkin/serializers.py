@@ -1,5 +1,6 @@
 """The check-in API's serializers: a check-in as listed, and what an edge kiosk uploads."""
 
+from django.utils import timezone
 from rest_framework import serializers
 
 from .models import CheckIn, RejectedMatch
@@ -131,3 +132,33 @@ class PersonReviewSerializer(serializers.Serializer):
 
     def get_person(self, obj) -> dict:
         return {"id": self.context["person"].pk, "name": self.context["person"].name}
+
+
+class OutlierScanSerializer(serializers.Serializer):
+    """A site-wide outlier scan (checkin.outlier_scan): run by a background task, at most one at a time."""
+
+    id = serializers.IntegerField()
+    status = serializers.CharField(help_text="running (queued or computing), finished or failed.")
+    requested_at = serializers.DateTimeField()
+    requested_by = serializers.CharField(source="requested_by.get_username", allow_null=True, default=None)
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    age_seconds = serializers.SerializerMethodField(help_text="Seconds since it finished (null while running).")
+    gallery_faces = serializers.IntegerField(allow_null=True, help_text="How many gallery faces it judged.")
+    bound = serializers.FloatField(allow_null=True)
+    flagged = serializers.IntegerField(allow_null=True, help_text="How many outlier faces it stored.")
+    error = serializers.CharField()
+
+    def get_age_seconds(self, obj) -> int | None:
+        return None if obj.finished_at is None else int((timezone.now() - obj.finished_at).total_seconds())
+
+
+class SiteReviewSerializer(serializers.Serializer):
+    """A page of the newest finished scan's outlier faces, with that scan and the one running."""
+
+    scan = OutlierScanSerializer(allow_null=True, help_text="The newest finished scan; null before the first.")
+    running = OutlierScanSerializer(allow_null=True, help_text="The scan running now, if any.")
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = FaceReviewSerializer(many=True)

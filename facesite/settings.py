@@ -252,6 +252,9 @@ FACE_TOP_K = env_int("FACE_TOP_K", 5)
 # The outlier review (recognition/outliers.py): a gallery face whose best similarity to its person's
 # other faces is below this is listed for staff. Unset: the calibrated match threshold in force.
 FACE_OUTLIER_BOUND = env_float("FACE_OUTLIER_BOUND", 0.0) if env_str("FACE_OUTLIER_BOUND") else None
+# The site-wide outlier scan runs as a background task (checkin/outlier_scan.py); a scan still
+# "running" this long after it was asked for is failed (its worker died), so staff can ask again.
+OUTLIER_SCAN_STALE_SECONDS = env_int("OUTLIER_SCAN_STALE_SECONDS", 3 * 3600)
 FACE_DETECT_MAX_SIDE = env_int("FACE_DETECT_MAX_SIDE", 1024)
 # Alignment and test-time augmentation, chosen on LFW (README, "How the threshold was chosen"):
 # the detector's box with a 5% margin; no flip for recognition and the gallery (it doubles the
@@ -495,6 +498,11 @@ REPORT_MAX_DAYS = env_int("REPORT_MAX_DAYS", 366)
 # ... and at most this many person-days (days x the active people it covers): each is a row of the
 # answer, built in the web worker's memory (2,000 people x a year was 215 MB and 17 s).
 REPORT_MAX_ROWS = env_int("REPORT_MAX_ROWS", 100_000)
+# Exports (privacy/services.py) are written to a temporary file and streamed, not built in memory:
+# up to this many bytes stay in memory, the rest goes to an anonymous file (no name on disk, so it
+# cannot outlive the response or a crash) in EXPORT_TEMP_DIR (default: the system's temp folder).
+EXPORT_SPOOL_MAX_BYTES = env_int("EXPORT_SPOOL_MAX_BYTES", 1024 * 1024)
+EXPORT_TEMP_DIR = env_str("EXPORT_TEMP_DIR") or None
 # Webhook deliveries (their payloads name people) kept this long in the delivery log.
 WEBHOOK_LOG_RETENTION_DAYS = env_int("WEBHOOK_LOG_RETENTION_DAYS", 30)
 

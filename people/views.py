@@ -11,7 +11,7 @@ from facesite.api import ApiError, IsStaffOrReadRole, StaffHoldsPermission, imag
 from privacy.services import erase_person
 from recognition.engine.images import ImageError
 from security.permissions import TokenScope
-from security.throttling import ScopedTokenThrottle
+from security.throttling import scoped_throttle
 
 from . import services
 from .models import FaceImage, Person
@@ -50,8 +50,7 @@ class FaceImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.
 
     def get_throttles(self):
         if self.request.method == "POST":  # a photo stored, decoded, detected and embedded
-            self.throttle_scope = "enroll"
-            return [*super().get_throttles(), ScopedTokenThrottle()]
+            return [*super().get_throttles(), scoped_throttle("enroll")()]
         return super().get_throttles()
 
     @extend_schema(request=FaceUploadSerializer, responses={201: FaceImageSerializer})

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import re
+import shutil
 import zipfile
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from functools import partial
 from pathlib import PurePath
+from typing import BinaryIO
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from checkin.models import CheckIn, Consent, RejectedMatch
+from checkin.models import CheckIn, Consent, FlaggedFace, RejectedMatch
 from integrations.events import person_erased
 from integrations.models import Delivery
 from people.models import FaceImage, Person
@@ -58,6 +59,7 @@ class ErasureReport:
     visitor_links_deleted: int = 0
     task_records_deleted: int = 0
     deliveries_redacted: int = 0
+    outlier_flags_deleted: int = 0  # their faces flagged by the site-wide outlier scan
 
 
 def erase_person(person: Person, by=None) -> ErasureReport:
@@ -65,7 +67,8 @@ def erase_person(person: Person, by=None) -> ErasureReport:
 
     In order: their check-ins (deleted, or kept with the person removed when
     ERASE_CHECKINS_WITH_PERSON is off) and the check-ins rejected as not them; their id in audit events; admin history entries about them
-    or their rows; other people's review reasons that name them; their photos, crops and
+    or their rows; other people's review reasons that name them; the outlier scan's rows about
+    them (their flagged faces; their id as another face's nearest person); their photos, crops and
     embeddings; the person; their name in webhook deliveries; every model version's artifacts and fields (training.redaction.
     forget_person). Files go once the transaction commits, the gallery snapshot is rewritten without
     them (every process drops them on its next request: the change log) and a retrain is requested. The receipt is an AuditEvent "erase": who, when, these counts."""
@@ -102,6 +105,11 @@ def erase_person(person: Person, by=None) -> ErasureReport:
         )
 
         report.review_reasons_rewritten = _forget_in_review_reasons(pid, name)
+        # The site-wide outlier scan's results: their flagged faces go; where they were another
+        # face's nearest other person, that face's row forgets them. A scan writing meanwhile locks
+        # the people it names first (checkin.outlier_scan): it waits for this, then writes none.
+        report.outlier_flags_deleted = FlaggedFace.objects.filter(person_id=pid).delete()[1].get(FlaggedFace._meta.label, 0)
+        FlaggedFace.objects.filter(nearest_other_id=pid).update(nearest_other=None)
 
         files = [n for f in faces for n in f[1:4] if n]  # photos, crops, regions (every embedder's templates cascade)
         storage = FaceImage._meta.get_field("image").storage
@@ -400,37 +408,38 @@ def visitor_data(visitor: Visitor) -> dict:
     }
 
 
-def export_visitor(visitor: Visitor) -> bytes:
-    """A zip: visitor.json plus the visitor's face crop, if one is kept."""
+def export_visitor(visitor: Visitor, out: BinaryIO) -> None:
+    """Write a zip into ``out`` (a binary file, seekable): visitor.json plus the visitor's face crop,
+    if one is kept."""
     data = visitor_data(visitor)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("visitor.json", json.dumps(data, indent=2, ensure_ascii=False))
         for sighting in Sighting.objects.filter(visitor=visitor).exclude(crop=""):
-            try:
-                with sighting.crop.open("rb") as fh:
-                    archive.writestr(f"crops/{sighting.pk}.jpg", fh.read())
-            except OSError:
-                log.warning("export of visitor %s: file %s is missing", visitor.pk, sighting.crop.name)
-    return buf.getvalue()
+            _copy_into(archive, f"crops/{sighting.pk}.jpg", sighting.crop, f"visitor {visitor.pk}")
 
 
-def export_person(person: Person) -> bytes:
-    """A zip: person.json plus the person's photos and face crops still on file."""
+def export_person(person: Person, out: BinaryIO) -> None:
+    """Write a zip into ``out`` (a binary file, seekable): person.json plus the person's photos and
+    face crops still on file. Each file is copied in chunks: the archive is never held in memory."""
     data = person_data(person)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("person.json", json.dumps(data, indent=2, ensure_ascii=False))
         for face, entry in zip(person.faces.order_by("id"), data["face_images"]):
             for field, name in ((face.image, entry["photo"]), (face.crop, entry["crop"]), (face.region, entry["region"])):
-                if not name:
-                    continue
-                try:
-                    with field.open("rb") as fh:
-                        archive.writestr(name, fh.read())
-                except OSError:
-                    log.warning("export of person %s: file %s is missing", person.pk, field.name)
-    return buf.getvalue()
+                if name:
+                    _copy_into(archive, name, field, f"person {person.pk}")
+
+
+def _copy_into(archive: zipfile.ZipFile, name: str, field, whose: str) -> None:
+    """Copy a stored file into the archive as ``name``; a file that cannot be read is logged and left
+    out (an error writing the archive is not: the export fails)."""
+    try:
+        source = field.open("rb")
+    except OSError:
+        log.warning("export of %s: file %s is missing", whose, field.name)
+        return
+    with source, archive.open(name, "w") as target:
+        shutil.copyfileobj(source, target, 1024 * 1024)
 
 
 @dataclass

@@ -1,7 +1,12 @@
 """GET /api/v1/people/<id>/export/ and /api/v1/visitors/<id>/export/: a person's or an unknown
 visitor's data as a zip (staff only)."""
 
-from django.http import HttpResponse
+import tempfile
+from collections.abc import Callable
+from typing import BinaryIO
+
+from django.conf import settings
+from django.http import FileResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.permissions import IsAdminUser
@@ -16,10 +21,27 @@ from visitors.models import Visitor
 from . import services
 
 
-def zip_response(person: Person) -> HttpResponse:
-    response = HttpResponse(services.export_person(person), content_type="application/zip")
-    response["Content-Disposition"] = f'attachment; filename="person-{person.pk}.zip"'
+def archive_response(write: Callable[[BinaryIO], None], filename: str) -> FileResponse:
+    """``write`` the archive into a temporary file and stream it as ``filename``.
+
+    Up to EXPORT_SPOOL_MAX_BYTES stay in memory, the rest goes to an anonymous file in
+    EXPORT_TEMP_DIR (tempfile.TemporaryFile: it has no name on disk, so nothing is left behind even
+    if the process dies). The file is closed, and so gone, when the response is closed, or at once
+    if writing it fails."""
+    spool = tempfile.SpooledTemporaryFile(max_size=settings.EXPORT_SPOOL_MAX_BYTES, dir=settings.EXPORT_TEMP_DIR)
+    try:
+        write(spool)
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    response = FileResponse(spool, as_attachment=True, filename=filename, content_type="application/zip")
+    response["Cache-Control"] = "private, no-store"
     return response
+
+
+def zip_response(person: Person) -> FileResponse:
+    return archive_response(lambda out: services.export_person(person, out), f"person-{person.pk}.zip")
 
 
 class PersonExportView(APIView):
@@ -29,7 +51,7 @@ class PersonExportView(APIView):
     staff_permissions = {"GET": "people.export_person"}  # as the admin's export action
     token_scope = "export"
     throttle_classes = [*APIView.throttle_classes, ScopedTokenThrottle]
-    throttle_scope = "export"  # a whole record zipped in memory
+    throttle_scope = "export"  # a whole record read and zipped
 
     @extend_schema(responses={(200, "application/zip"): OpenApiResponse(description="person.json, photos/, crops/")})
     def get(self, request, pk: int):
@@ -48,6 +70,4 @@ class VisitorExportView(APIView):
     @extend_schema(responses={(200, "application/zip"): OpenApiResponse(description="visitor.json, crops/")})
     def get(self, request, pk: int):
         visitor = get_object_or_404(Visitor, pk=pk)
-        response = HttpResponse(services.export_visitor(visitor), content_type="application/zip")
-        response["Content-Disposition"] = f'attachment; filename="visitor-{visitor.pk}.zip"'
-        return response
+        return archive_response(lambda out: services.export_visitor(visitor, out), f"visitor-{visitor.pk}.zip")

@@ -69,10 +69,17 @@ def person_evidence(person_id: int, bound: float | None = None) -> list[FaceEvid
 
 def outliers(person_id: int | None = None, bound: float | None = None) -> list[FaceEvidence]:
     """The outlier faces of one person, or of everybody (``person_id`` None), most doubtful first
-    (lowest margin of own over other)."""
+    (lowest margin of own over other). Everybody's is the site-wide scan: run it in a background
+    task (checkin.outlier_scan), never in a request."""
+    return site_scan(person_id, bound)[1]
+
+
+def site_scan(person_id: int | None = None, bound: float | None = None) -> tuple[int, list[FaceEvidence]]:
+    """(how many gallery faces were judged, their outliers most doubtful first): ``outliers`` with
+    the size of the gallery it looked at."""
     rows = _gallery_rows(person_id=person_id)
     found = [e for e in _evidence(rows, outlier_bound() if bound is None else bound) if e.outlier]
-    return sorted(found, key=_doubt)
+    return len(rows), sorted(found, key=_doubt)
 
 
 def _doubt(e: FaceEvidence) -> tuple:

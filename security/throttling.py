@@ -71,9 +71,17 @@ class ScopedTokenThrottle(TokenRateThrottle):
     the requests that cost far more than an ordinary one: a photo stored and processed, a whole
     record zipped, a site-wide scan, a report of every person-day."""
 
+    bound_scope: str | None = None  # set by ``scoped_throttle``: the scope, whatever the view names
+
     def allow_request(self, request, view):
-        self._scope = getattr(view, "throttle_scope", None)
+        self._scope = self.bound_scope or getattr(view, "throttle_scope", None)
         return super().allow_request(request, view)
 
     def _role(self, request) -> str:
         return self._scope or ""
+
+
+def scoped_throttle(scope: str) -> type[ScopedTokenThrottle]:
+    """A ScopedTokenThrottle counting under ``scope`` itself, for a view that throttles some of its
+    requests only (``get_throttles`` by method) and so names no ``throttle_scope`` of its own."""
+    return type(f"{scope.title()}TokenThrottle", (ScopedTokenThrottle,), {"bound_scope": scope})

@@ -71,6 +71,15 @@ def reject(api, checkin_id: int, capture):
         return api.post(f"/api/v1/checkins/{checkin_id}/reject/")
 
 
+def scan_gallery(api, capture):
+    """Ask for a site-wide outlier scan as staff would; its task runs (django-q sync) once the
+    request's transaction commits."""
+    with capture(execute=True):
+        response = api.post("/api/v1/outliers/")
+    assert response.status_code == 202, response.content
+    return response
+
+
 # ---- the whole story ---------------------------------------------------------------------------------
 
 
@@ -135,8 +144,9 @@ def test_a_rejected_check_in_leaves_the_feed_list_and_report_and_its_face_is_lis
     assert [o["evidence"]["face_id"] for o in review["outliers"]] == [misfiled.pk]
     assert [r["id"] for r in review["outliers"][0]["rejections"]] == [match.pk]
     assert [r["id"] for r in review["rejections"]] == [match.pk]
+    scan_gallery(staff_api, capture)
     sitewide = staff_api.get("/api/v1/outliers/").json()
-    assert misfiled.pk in [o["evidence"]["face_id"] for o in sitewide]
+    assert misfiled.pk in [o["evidence"]["face_id"] for o in sitewide["results"]]
 
     # webhooks hear of it, without any biometric data
     delivery = Delivery.objects.get(event="checkin.rejected")
@@ -279,6 +289,7 @@ def test_the_admin_action_rejects_and_the_review_page_lists_and_removes_the_outl
     page = client.get(review_url).content.decode()
     assert f'data-face="{misfiled.pk}"' in page and "far from their other faces" in page
     assert page.count('class="outlier"') == 1 and "Check-ins rejected as not Barack Obama" in page
+    scan_gallery(staff_api, capture)
     assert f'data-face="{misfiled.pk}"' in client.get("/admin/checkin/outlierface/").content.decode()
     assert (
         "No outlier faces" in client.get(f"/admin/checkin/outlierface/person/{person_named('Rose Leslie').pk}/").content.decode()
@@ -431,3 +442,250 @@ def test_a_rejected_check_in_leaves_its_audit_row_naming_nobody(staff_api, djang
     assert kept.person_ids == f",{biden.pk}," and kept.result["person_id"] == biden.pk  # another check-in: untouched
     assert repeat.result == {"checkin_id": wrong.pk, "already": True, "rejected": True}
     assert RejectedMatch.objects.get().person == obama  # the wrong pair is kept where the notice says
+
+
+# ---- the site-wide scan: a background task, its stored result read by the review -----------------------
+
+
+def outlier_ids(page: dict) -> list[int]:
+    return [o["evidence"]["face_id"] for o in page["results"]]
+
+
+def test_the_site_wide_review_shows_the_last_finished_scan_and_never_scans_in_the_request(
+    staff_api, django_capture_on_commit_callbacks, monkeypatch
+):
+    capture = django_capture_on_commit_callbacks
+    obama = person_named("Barack Obama")
+    before = staff_api.get("/api/v1/outliers/").json()
+    assert before["scan"] is None and before["running"] is None and before["count"] == 0 and before["results"] == []
+
+    misfiled = file_under(obama, PEOPLE / "joe_biden" / "biden.jpg", staff_api, capture)
+    asked = scan_gallery(staff_api, capture).json()
+    assert asked["status"] == "running" and asked["requested_by"] == "staff" and asked["finished_at"] is None
+
+    page = staff_api.get("/api/v1/outliers/").json()
+    scan = page["scan"]
+    assert scan["id"] == asked["id"] and scan["status"] == "finished" and page["running"] is None
+    assert scan["gallery_faces"] == FaceImage.objects.in_gallery().count() > 10
+    assert scan["flagged"] == page["count"] >= 1 and 0 <= scan["age_seconds"] < 60 and scan["bound"] == pytest.approx(0.55)
+    assert misfiled.pk in outlier_ids(page)
+    # the stored evidence is what the person's own review computes now
+    stored = next(o["evidence"] for o in page["results"] if o["evidence"]["face_id"] == misfiled.pk)
+    assert stored == staff_api.get(f"/api/v1/people/{obama.pk}/outliers/").json()["outliers"][0]["evidence"]
+    assert stored["nearest_other_name"] == "Joe Biden" and stored["reasons"] == ["far_from_own", "closer_to_other"]
+
+    # the request reads the stored result: no scan runs in it
+    monkeypatch.setattr("recognition.outliers.site_scan", lambda *a, **k: pytest.fail("the request scanned the gallery"))
+    assert outlier_ids(staff_api.get("/api/v1/outliers/").json()) == outlier_ids(page)
+
+
+def test_the_scan_result_comes_a_page_at_a_time(staff_api, django_capture_on_commit_callbacks, monkeypatch):
+    from rest_framework.pagination import PageNumberPagination
+
+    capture = django_capture_on_commit_callbacks
+    biden_not_enrolled()
+    misfiled = [
+        file_under(person_named("Barack Obama"), PEOPLE / "joe_biden" / "biden.jpg", staff_api, capture),
+        file_under(person_named("Rose Leslie"), PEOPLE / "joe_biden" / "biden2.jpg", staff_api, capture),
+    ]
+    scan_gallery(staff_api, capture)
+    monkeypatch.setattr(PageNumberPagination, "page_size", 1)
+    first = staff_api.get("/api/v1/outliers/").json()
+    assert first["count"] >= 2 and len(first["results"]) == 1 and first["previous"] is None
+    seen = outlier_ids(first)
+    following = first["next"]
+    while following:
+        page = staff_api.get(following).json()
+        assert page["scan"]["id"] == first["scan"]["id"] and len(page["results"]) == 1
+        seen += outlier_ids(page)
+        following = page["next"]
+    assert len(seen) == first["count"] == len(set(seen)) and {f.pk for f in misfiled} <= set(seen)
+
+
+def test_a_second_scan_while_one_runs_is_refused_and_a_dead_one_does_not_block_the_next(
+    staff_api, settings, django_capture_on_commit_callbacks
+):
+    from datetime import timedelta
+
+    from django.db import IntegrityError, transaction
+
+    from checkin import outlier_scan
+    from checkin.models import FlaggedFace, OutlierScan
+
+    first = staff_api.post("/api/v1/outliers/")  # its task waits for the commit: it stays "running"
+    assert first.status_code == 202
+    again = staff_api.post("/api/v1/outliers/")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "scan_running"
+    assert OutlierScan.objects.count() == 1
+    page = staff_api.get("/api/v1/outliers/").json()
+    assert page["scan"] is None and page["running"]["id"] == first.json()["id"]
+    with pytest.raises(IntegrityError), transaction.atomic():  # two workers asking at once: the database refuses
+        OutlierScan.objects.create()
+
+    # its worker died: past OUTLIER_SCAN_STALE_SECONDS it is failed and a new scan may run
+    settings.OUTLIER_SCAN_STALE_SECONDS = 60
+    OutlierScan.objects.update(requested_at=timezone.now() - timedelta(minutes=2))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert staff_api.post("/api/v1/outliers/").status_code == 202
+        dead = OutlierScan.objects.get(pk=first.json()["id"])
+        assert dead.status == "failed" and "OUTLIER_SCAN_STALE_SECONDS" in dead.error
+    assert staff_api.get("/api/v1/outliers/").json()["scan"]["status"] == "finished"
+    # the dead scan's task, run late, does nothing
+    assert "not waiting" in outlier_scan.run_scan(first.json()["id"])
+    assert not FlaggedFace.objects.exclude(scan=OutlierScan.objects.finished().get()).exists()
+
+
+def test_asking_for_a_scan_is_for_staff_only(staff_user, plain_user, django_user_model, client):
+    from rest_framework.test import APIClient
+
+    from checkin.models import OutlierScan
+    from security.models import ApiKey, Role
+
+    _, client_key = ApiKey.issue(staff_user, "reporting tool", Role.CLIENT)
+    reader = django_user_model.objects.create_user("reader", password="reader-pass-123")
+    _, staff_role_key = ApiKey.issue(reader, "a non-staff account's staff key", Role.STAFF)
+    assert APIClient().post("/api/v1/outliers/").status_code == 401
+    assert token_client(plain_user).post("/api/v1/outliers/").status_code == 403
+    for key in (client_key, staff_role_key):
+        keyed = APIClient()
+        keyed.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+        assert keyed.post("/api/v1/outliers/").status_code == 403
+    browser = APIClient(enforce_csrf_checks=True)  # a staff session from a browser needs its CSRF token
+    browser.force_login(staff_user)
+    assert browser.post("/api/v1/outliers/").status_code == 403
+    # the admin's button takes the review's own permission
+    helper = django_user_model.objects.create_user("desk", password="desk-pass-123", is_staff=True)
+    client.force_login(helper)
+    assert client.post("/admin/checkin/outlierface/", {"scan": "1"}).status_code == 403
+    assert not OutlierScan.objects.exists()
+
+
+def test_a_scan_of_an_empty_gallery_finishes_with_nothing_flagged(staff_api, django_capture_on_commit_callbacks):
+    Person.objects.update(is_active=False)  # nobody is matched against: the gallery is empty
+    scan_gallery(staff_api, django_capture_on_commit_callbacks)
+    page = staff_api.get("/api/v1/outliers/").json()
+    assert page["scan"]["status"] == "finished" and page["scan"]["gallery_faces"] == 0 and page["scan"]["flagged"] == 0
+    assert page["count"] == 0 and page["results"] == []
+
+
+def test_a_face_deactivated_or_deleted_after_the_scan_is_not_shown(staff_api, django_capture_on_commit_callbacks):
+    capture = django_capture_on_commit_callbacks
+    obama, rose = person_named("Barack Obama"), person_named("Rose Leslie")
+    biden_not_enrolled()
+    on_obama = file_under(obama, PEOPLE / "joe_biden" / "biden.jpg", staff_api, capture)
+    on_rose = file_under(rose, PEOPLE / "joe_biden" / "biden2.jpg", staff_api, capture)
+    scan_gallery(staff_api, capture)
+    assert {on_obama.pk, on_rose.pk} <= set(outlier_ids(staff_api.get("/api/v1/outliers/").json()))
+    obama.is_active = False
+    obama.save(update_fields=["is_active", "updated_at"])
+    with capture(execute=True):
+        assert staff_api.delete(f"/api/v1/people/{rose.pk}/faces/{on_rose.pk}/").status_code == 204
+    shown = staff_api.get("/api/v1/outliers/").json()
+    assert not {on_obama.pk, on_rose.pk} & set(outlier_ids(shown))
+    assert all(o["evidence"]["person_id"] != obama.pk for o in shown["results"])
+
+
+# ---- the scan's rows are the person's data: erasure ------------------------------------------------------
+
+
+def test_erasure_deletes_the_scans_rows_about_the_person_and_forgets_them_as_the_nearest_other(
+    staff_api, django_capture_on_commit_callbacks
+):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from checkin.models import FlaggedFace
+    from security.models import AuditEvent
+
+    capture = django_capture_on_commit_callbacks
+    obama, biden = person_named("Barack Obama"), person_named("Joe Biden")
+    misfiled = file_under(obama, PEOPLE / "joe_biden" / "biden.jpg", staff_api, capture)
+    scan_gallery(staff_api, capture)
+    row = FlaggedFace.objects.get(face=misfiled)
+    assert row.nearest_other == biden
+
+    with capture(execute=True):
+        assert staff_api.delete(f"/api/v1/people/{biden.pk}/").status_code == 204
+    row.refresh_from_db()
+    assert row.nearest_other is None and row.closer_to_other  # the evidence stays, the erased name goes
+    shown = next(o for o in staff_api.get("/api/v1/outliers/").json()["results"] if o["evidence"]["face_id"] == misfiled.pk)
+    assert shown["evidence"]["nearest_other_id"] is None and shown["evidence"]["nearest_other_name"] is None
+
+    flagged = FlaggedFace.objects.filter(person=obama).count()
+    with capture(execute=True):
+        assert staff_api.delete(f"/api/v1/people/{obama.pk}/").status_code == 204
+    assert not FlaggedFace.objects.filter(person_id=obama.pk).exists()
+    assert AuditEvent.objects.filter(action="erase").order_by("id").last().result["outlier_flags_deleted"] == flagged >= 1
+    dump = StringIO()
+    call_command("dumpdata", "checkin.flaggedface", stdout=dump)
+    for stored in json.loads(dump.getvalue()):
+        assert {stored["fields"]["person"], stored["fields"]["nearest_other"]}.isdisjoint({obama.pk, biden.pk}), stored
+
+
+@pytest.mark.parametrize("erased", ["Barack Obama", "Joe Biden"])
+def test_a_person_erased_while_the_scan_runs_gets_no_row_from_it(
+    erased, staff_api, django_capture_on_commit_callbacks, monkeypatch
+):
+    """The scan computed its result with the person in it; they are erased before it writes: it
+    writes nothing about them (Obama: the misfiled face's owner; Biden: its nearest other person)."""
+    from checkin.models import FlaggedFace
+    from privacy.services import erase_person
+    from recognition import outliers
+
+    capture = django_capture_on_commit_callbacks
+    obama, biden = person_named("Barack Obama"), person_named("Joe Biden")
+    misfiled = file_under(obama, PEOPLE / "joe_biden" / "biden.jpg", staff_api, capture)
+    gone = person_named(erased).pk
+    computed = []
+
+    def scan_then_erasure(*args, **kwargs):
+        result = real_scan(*args, **kwargs)
+        computed.extend(result[1])
+        erase_person(person_named(erased))  # another request's erasure, between the scan and its writing
+        return result
+
+    real_scan = outliers.site_scan
+    monkeypatch.setattr(outliers, "site_scan", scan_then_erasure)
+    scan_gallery(staff_api, capture)
+
+    assert any(e.face_id == misfiled.pk and {e.person_id, e.nearest_other_id} == {obama.pk, biden.pk} for e in computed)
+    page = staff_api.get("/api/v1/outliers/").json()
+    assert page["scan"]["status"] == "finished"
+    assert not FlaggedFace.objects.filter(person_id=gone).exists()
+    assert not FlaggedFace.objects.filter(nearest_other_id=gone).exists()
+    if erased == "Joe Biden":  # the face stays flagged, without his name
+        kept = FlaggedFace.objects.get(face=misfiled)
+        assert kept.nearest_other is None and kept.closer_to_other
+
+
+# ---- the admin's list and button ---------------------------------------------------------------------
+
+
+def test_the_admin_review_shows_the_last_scan_and_staff_scan_again_from_it(
+    client, staff_user, staff_api, django_capture_on_commit_callbacks
+):
+    from checkin.models import OutlierScan
+
+    capture = django_capture_on_commit_callbacks
+    biden_not_enrolled()
+    misfiled = file_under(person_named("Barack Obama"), PEOPLE / "joe_biden" / "biden.jpg", staff_api, capture)
+    client.force_login(staff_user)
+    page = client.get("/admin/checkin/outlierface/").content.decode()
+    assert "No scan of the whole gallery has finished yet" in page and 'name="scan"' in page
+    assert f'data-face="{misfiled.pk}"' not in page
+
+    with capture(execute=True):
+        asked = client.post("/admin/checkin/outlierface/", {"scan": "1"}, follow=True)
+    assert "A new scan of the whole gallery was queued" in asked.content.decode()
+    scan = OutlierScan.objects.finished().get()
+    page = client.get("/admin/checkin/outlierface/").content.decode()
+    assert f"From the scan of {scan.gallery_faces} gallery faces" in page and f'data-face="{misfiled.pk}"' in page
+    assert "scan-running" not in page
+
+    running = OutlierScan.objects.create(requested_by=staff_user)  # another scan, still running
+    page = client.get("/admin/checkin/outlierface/").content.decode()
+    assert 'id="scan-running"' in page and 'name="scan"' not in page and f'data-face="{misfiled.pk}"' in page
+    refused = client.post("/admin/checkin/outlierface/", {"scan": "1"}, follow=True).content.decode()
+    assert "A scan is already running" in refused
+    assert list(OutlierScan.objects.running()) == [running]

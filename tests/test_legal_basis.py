@@ -117,7 +117,7 @@ def test_the_data_export_includes_the_legal_basis(staff_api, staff_user):
     person.save()
     response = staff_api.get(f"/api/v1/people/{person.pk}/export/")
     assert response.status_code == 200, response.content[:500]
-    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    archive = zipfile.ZipFile(io.BytesIO(response.getvalue()))
     exported = json.loads(archive.read("person.json"))["person"]
     assert exported["legal_basis"] == "employment"
     assert exported["legal_basis_recorded_by"] == "staff"

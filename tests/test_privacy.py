@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import os
 import zipfile
 from datetime import timedelta
 from pathlib import Path
@@ -315,7 +316,7 @@ def test_staff_export_a_persons_data_as_a_zip(staff_api, user_api):
     recognize(user_api)
     response = staff_api.get(f"/api/v1/people/{obama.pk}/export/")
     assert response.status_code == 200 and response["Content-Type"] == "application/zip"
-    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    archive = zipfile.ZipFile(io.BytesIO(response.getvalue()))
     data = json.loads(archive.read("person.json"))
     assert data["person"]["name"] == "Barack Obama"
     faces = data["face_images"]
@@ -344,7 +345,69 @@ def test_export_from_the_admin(client, staff_user):
     obama = person_named("Barack Obama")
     response = client.post("/admin/people/person/", {"action": "export_data", "_selected_action": [obama.pk]})
     assert response.status_code == 200 and response["Content-Type"] == "application/zip"
-    assert json.loads(zipfile.ZipFile(io.BytesIO(response.content)).read("person.json"))["person"]["id"] == obama.pk
+    assert json.loads(zipfile.ZipFile(io.BytesIO(response.getvalue())).read("person.json"))["person"]["id"] == obama.pk
+
+
+def files_open_in(folder: Path) -> list[str]:
+    """This process's open files in ``folder``: an anonymous temporary file (it has no name on disk)
+    shows as '<folder>/#<inode> (deleted)'."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor)
+        if target.startswith(f"{folder}/"):
+            found.append(target)
+    return found
+
+
+@pytest.fixture
+def export_spool(settings, tmp_path):
+    """Exports spill to a folder of the test's own past 1 kB: a person's photos are far more."""
+    settings.EXPORT_TEMP_DIR, settings.EXPORT_SPOOL_MAX_BYTES = str(tmp_path), 1024
+    return tmp_path
+
+
+def test_an_export_is_streamed_from_a_temporary_file_that_is_gone_once_sent(staff_api, client, staff_user, export_spool):
+    obama = person_named("Barack Obama")
+    response = staff_api.get(f"/api/v1/people/{obama.pk}/export/")
+    assert response.status_code == 200 and response.streaming and response["Content-Type"] == "application/zip"
+    assert response["Content-Disposition"] == f'attachment; filename="person-{obama.pk}.zip"'
+    assert len(files_open_in(export_spool)) == 1  # the archive is on disk, not in the worker's memory
+    body = b"".join(response.streaming_content)
+    assert len(body) == int(response["Content-Length"]) > 1024
+    assert json.loads(zipfile.ZipFile(io.BytesIO(body)).read("person.json"))["person"]["id"] == obama.pk
+    # sent: the response was closed (the test client closes it once its content is read, as a server does)
+    assert files_open_in(export_spool) == [] and list(export_spool.iterdir()) == []
+
+    # the admin's export action answers the same way
+    client.force_login(staff_user)
+    response = client.post("/admin/people/person/", {"action": "export_data", "_selected_action": [obama.pk]})
+    assert response.status_code == 200 and response.streaming and len(files_open_in(export_spool)) == 1
+    assert zipfile.ZipFile(io.BytesIO(response.getvalue())).read("person.json")
+    assert files_open_in(export_spool) == [] and list(export_spool.iterdir()) == []
+
+
+def test_an_export_that_fails_midway_leaves_no_file_behind(staff_api, export_spool, monkeypatch):
+    from django.db.models.fields.files import FieldFile
+
+    obama = person_named("Barack Obama")
+    real_open, opened, on_disk = FieldFile.open, [], []
+
+    def storage_fails_on_the_third_file(self, mode="rb"):
+        opened.append(self.name)
+        if len(opened) == 3:
+            on_disk.extend(files_open_in(export_spool))
+            raise RuntimeError("the storage went away")
+        return real_open(self, mode)
+
+    monkeypatch.setattr(FieldFile, "open", storage_fails_on_the_third_file)
+    staff_api.raise_request_exception = False
+    response = staff_api.get(f"/api/v1/people/{obama.pk}/export/")
+    assert response.status_code == 500
+    assert len(on_disk) == 1  # the archive had reached the disk when it failed
+    assert files_open_in(export_spool) == [] and list(export_spool.iterdir()) == []
 
 
 def checkin_of(person):
@@ -378,7 +441,7 @@ def test_export_includes_check_ins(staff_api):
     person = person_named("Joe Biden")
     checkin_of(person)
     data = json.loads(
-        zipfile.ZipFile(io.BytesIO(staff_api.get(f"/api/v1/people/{person.pk}/export/").content)).read("person.json")
+        zipfile.ZipFile(io.BytesIO(staff_api.get(f"/api/v1/people/{person.pk}/export/").getvalue())).read("person.json")
     )
     assert len(data["checkins"]) == 1 and data["checkins"][0]["similarity"] == 0.8
 

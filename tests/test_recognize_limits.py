@@ -134,7 +134,7 @@ def test_nobody_lowers_the_verification_threshold(user_api, settings):
 def export_of(staff_api, person) -> dict:
     response = staff_api.get(f"/api/v1/people/{person.pk}/export/")
     assert response.status_code == 200
-    return json.loads(zipfile.ZipFile(io.BytesIO(response.content)).read("person.json"))
+    return json.loads(zipfile.ZipFile(io.BytesIO(response.getvalue())).read("person.json"))
 
 
 def test_only_real_matches_are_logged_against_a_person(user_api, staff_api):

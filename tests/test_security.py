@@ -251,7 +251,7 @@ def test_websockets_from_other_origins_are_refused():
 
 
 def test_the_costly_requests_have_their_own_rate_besides_the_roles(staff_api, monkeypatch):
-    """Uploads (a photo stored and processed), exports, the site-wide outlier scan and attendance
+    """Uploads (a photo stored and processed), exports, asking for a site-wide outlier scan and attendance
     reports cost far more than a read: each has a rate of its own, ordinary reads go on."""
     from security.throttling import ScopedTokenThrottle
 
@@ -261,7 +261,7 @@ def test_the_costly_requests_have_their_own_rate_besides_the_roles(staff_api, mo
     calls = {
         "enroll": lambda: staff_api.post(f"/api/v1/people/{person.pk}/faces/", {"image": "not a file"}, format="multipart"),
         "export": lambda: staff_api.get(f"/api/v1/people/{person.pk}/export/"),
-        "outliers": lambda: staff_api.get("/api/v1/outliers/"),
+        "outliers": lambda: staff_api.post("/api/v1/outliers/"),  # a site-wide scan queued
         "report": lambda: staff_api.get("/api/v1/reports/attendance/"),
     }
     for name, call in calls.items():
@@ -270,3 +270,19 @@ def test_the_costly_requests_have_their_own_rate_besides_the_roles(staff_api, mo
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "throttled", name
     assert staff_api.get("/api/v1/people/").status_code == 200  # the role's rate is untouched
     assert staff_api.get(f"/api/v1/people/{person.pk}/faces/").status_code == 200  # listing photos is no upload
+
+
+def test_an_upload_is_counted_under_its_own_rate_without_the_view_changing_itself():
+    """FaceImageViewSet throttles uploads only: the throttle carries the scope, the view stays as it is."""
+    from rest_framework.test import APIRequestFactory
+
+    from people.views import FaceImageViewSet
+    from security.throttling import ScopedTokenThrottle
+
+    for method, action, scopes in (("post", "create", ["enroll"]), ("get", "list", [])):
+        view = FaceImageViewSet(action_map={method: action}, kwargs={"person_pk": 1}, format_kwarg=None)
+        view.request = view.initialize_request(getattr(APIRequestFactory(), method)("/api/v1/people/1/faces/"))
+        scoped = [t for t in view.get_throttles() if isinstance(t, ScopedTokenThrottle)]
+        assert not hasattr(view, "throttle_scope"), method
+        assert all(t.allow_request(view.request, view) for t in scoped)
+        assert [t.scope for t in scoped] == scopes, method
