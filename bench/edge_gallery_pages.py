@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 import tracemalloc
-from pathlib import Path
+
+from bench.scratch_site import scratch_site
 
 
 def main(argv=None) -> None:
@@ -31,30 +31,16 @@ def main(argv=None) -> None:
     parser.add_argument("--page", type=int, default=2000)
     args = parser.parse_args(argv)
 
-    base = Path(tempfile.mkdtemp(prefix="edge-gallery-bench-"))
-    os.environ.update(
-        SQLITE_PATH=str(base / "db.sqlite3"),
-        MEDIA_ROOT=str(base / "media"),
-        GALLERY_SNAPSHOT_DIR=str(base / "gallery"),
-        Q_SYNC="1",
-        TRAINING_RETRAIN_ON_ENROLLMENT="0",
-        EDGE_GALLERY_PAGE_FACES=str(args.page),
-        DJANGO_SETTINGS_MODULE="facesite.settings",
-    )
-    import django
-
-    django.setup()
+    base = scratch_site("edge-gallery-bench-", EDGE_GALLERY_PAGE_FACES=str(args.page))
     import base64
 
     import numpy as np
-    from django.core.management import call_command
     from rest_framework.renderers import JSONRenderer
 
     from checkin.edge_gallery import face_json, gallery_page
     from people.models import FaceImage, Person
     from recognition.pipelines import pipeline_config, served_embedder
 
-    call_command("migrate", verbosity=0)
     n, people = args.faces, args.faces // 5
     Person.objects.bulk_create([Person(name=f"person {i}") for i in range(people)], batch_size=5000)
     person_ids = list(Person.objects.order_by("pk").values_list("pk", flat=True))

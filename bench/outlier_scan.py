@@ -22,10 +22,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 import tracemalloc
-from pathlib import Path
+
+from bench.scratch_site import scratch_site
 
 
 def main(argv=None) -> None:
@@ -34,23 +34,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeat", type=int, default=1, help="scans timed per path (median)")
     parser.add_argument("--memory", action="store_true", help="also the scan's peak memory (one more scan, traced)")
     args = parser.parse_args(argv)
-    base = Path(tempfile.mkdtemp(prefix="outlier-scan-bench-"))
-    os.environ.update(
-        SQLITE_PATH=str(base / "db.sqlite3"),
-        MEDIA_ROOT=str(base / "media"),
-        GALLERY_SNAPSHOT_DIR=str(base / "gallery"),
-        Q_SYNC="1",
-        TRAINING_RETRAIN_ON_ENROLLMENT="0",
-        FACE_OUTLIER_BOUND="0.55",
-        THROTTLE_STAFF="100000/min",
-        DJANGO_SETTINGS_MODULE="facesite.settings",
-    )
-    import django
+    scratch_site("outlier-scan-bench-", FACE_OUTLIER_BOUND="0.55", THROTTLE_STAFF="100000/min")
 
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
     rows = []
     for faces in args.faces:
         rows.append(measure(faces, args.repeat, args.memory))

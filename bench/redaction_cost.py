@@ -21,10 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from datetime import timedelta
-from pathlib import Path
+
+from bench.scratch_site import scratch_site
 
 
 def main(argv=None) -> None:
@@ -33,21 +33,9 @@ def main(argv=None) -> None:
     parser.add_argument("--versions", type=int, default=10)
     args = parser.parse_args(argv)
 
-    base = Path(tempfile.mkdtemp(prefix="redaction-bench-"))
-    os.environ.update(
-        SQLITE_PATH=str(base / "db.sqlite3"),
-        MEDIA_ROOT=str(base / "media"),
-        GALLERY_SNAPSHOT_DIR=str(base / "gallery"),
-        Q_SYNC="1",
-        TRAINING_RETRAIN_ON_ENROLLMENT="0",
-        DJANGO_SETTINGS_MODULE="facesite.settings",
-    )
-    import django
-
-    django.setup()
+    base = scratch_site("redaction-bench-")
     import numpy as np
     from django.core.files.base import ContentFile
-    from django.core.management import call_command
     from django.utils import timezone
 
     from people.models import FaceImage, Person
@@ -55,7 +43,6 @@ def main(argv=None) -> None:
     from training.engine.export import sha256_bytes
     from training.models import ModelVersion
 
-    call_command("migrate", verbosity=0)
     n, people = args.faces, args.faces // 5
     print(f"site {base}: {n} photos of {people} people, {args.versions} versions; load {os.getloadavg()[0]:.2f}")
     Person.objects.bulk_create([Person(name=f"person {i}") for i in range(people)], batch_size=5000)
