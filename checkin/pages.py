@@ -7,6 +7,7 @@ websocket (checkin.consumers); verification records it here, before the photos a
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 
 from django.conf import settings
@@ -77,26 +78,39 @@ def kiosk_sign_out(request):
     return redirect("checkin")
 
 
-@login_required
-@require_GET
-def verify(request):
-    """Compare two faces: the page posts both photos to /api/v1/verify/ after consent. Neither the
-    photos nor the result are stored; the notice says what is (recognition.answers.Verification)."""
-    kept = (
+def verify_kept() -> str:
+    """What the verification notice says is kept, and for how long (the periods apply_retention enforces)."""
+    return (
         "The photos, the faces found in them and the result are not kept. The site's security log notes that "
         f"your account compared two photos, when, from which network address and whether it worked "
         f"({_period(settings.AUDIT_LOG_RETENTION_DAYS)}), and the record of this consent (your account, the time, "
         f"this notice's version) is kept ({_period(settings.CHECKIN_RETENTION_DAYS)})."
     )
-    # The verification notice names no connected system: its version stays the configured one.
-    return render(request, "verify.html", {**_notice_context(settings.CONSENT_NOTICE_VERSION), "verify_kept": kept})
+
+
+def verify_notice_version() -> str:
+    """The verification notice's version: CONSENT_NOTICE_VERSION and the first 8 hex digits of the
+    sha256 of what it says by configuration (what is kept for how long, the age of consent), as
+    the check-in notice's (edge_api.notice_version): a changed period is a new version, and
+    consent given to the old text is asked again rather than reused."""
+    said = f"{verify_kept()}\n{settings.CONSENT_MIN_AGE}"
+    return f"{settings.CONSENT_NOTICE_VERSION[:31]}+{hashlib.sha256(said.encode()).hexdigest()[:8]}"
+
+
+@login_required
+@require_GET
+def verify(request):
+    """Compare two faces: the page posts both photos to /api/v1/verify/ after consent. Neither the
+    photos nor the result are stored; the notice says what is (recognition.answers.Verification)."""
+    return render(request, "verify.html", {**_notice_context(verify_notice_version()), "verify_kept": verify_kept()})
 
 
 @login_required
 @require_POST
 def verify_consent(request):
     """Record consent to the verification page's processing; answers JSON for the page's script."""
-    if request.POST.get("notice_version") != settings.CONSENT_NOTICE_VERSION:
+    version = verify_notice_version()
+    if request.POST.get("notice_version") != version:
         return JsonResponse(
             {"error": {"code": "stale_notice", "message": "The notice has changed; reload the page and read it again."}},
             status=400,
@@ -106,7 +120,7 @@ def verify_consent(request):
             {"error": {"code": "age_not_confirmed", "message": f"Confirm that you are at least {settings.CONSENT_MIN_AGE}."}},
             status=400,
         )
-    given = {"purpose": Consent.Purpose.VERIFY, "user": request.user, "notice_version": settings.CONSENT_NOTICE_VERSION}
+    given = {"purpose": Consent.Purpose.VERIFY, "user": request.user, "notice_version": version}
     hours = settings.VERIFY_CONSENT_REUSE_HOURS
     if hours > 0:
         # Every visit to the page posts consent: within the period the account's record of consent to

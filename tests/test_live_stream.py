@@ -603,8 +603,10 @@ def test_verify_consent_posted_again_reuses_the_accounts_record(client, plain_us
 
     from django.utils import timezone
 
+    from checkin.pages import verify_notice_version
+
     settings.VERIFY_CONSENT_REUSE_HOURS = 24
-    form = {"notice_version": settings.CONSENT_NOTICE_VERSION, "age_confirmed": "yes"}
+    form = {"notice_version": verify_notice_version(), "age_confirmed": "yes"}
     client.force_login(plain_user)
     answers = [client.post("/verify/consent/", form) for _ in range(50)]
     assert [a.status_code for a in answers] == [201] + [200] * 49
@@ -617,6 +619,28 @@ def test_verify_consent_posted_again_reuses_the_accounts_record(client, plain_us
     client.force_login(plain_user)
     assert client.post("/verify/consent/", form).status_code == 201
     assert Consent.objects.filter(user=plain_user).count() == 2
+
+
+@pytest.mark.django_db
+def test_a_changed_retention_period_is_a_new_verify_notice_and_consent_to_the_old_one_is_asked_again(
+    client, plain_user, settings
+):
+    from checkin.pages import verify_notice_version
+
+    client.force_login(plain_user)
+    page = client.get("/verify/").content.decode()
+    old = verify_notice_version()
+    assert old.startswith(settings.CONSENT_NOTICE_VERSION + "+") and old in page
+    assert client.post("/verify/consent/", {"notice_version": old, "age_confirmed": "yes"}).status_code == 201
+
+    settings.AUDIT_LOG_RETENTION_DAYS += 30  # what the notice says is kept changes: a new version
+    new = verify_notice_version()
+    assert new != old and new in client.get("/verify/").content.decode()
+    stale = client.post("/verify/consent/", {"notice_version": old, "age_confirmed": "yes"})
+    assert stale.status_code == 400 and stale.json()["error"]["code"] == "stale_notice"
+    given = client.post("/verify/consent/", {"notice_version": new, "age_confirmed": "yes"})
+    assert given.status_code == 201  # not the record given to the old text
+    assert Consent.objects.get(pk=given.json()["consent_id"]).notice_version == new
 
 
 @pytest.mark.django_db
