@@ -18,7 +18,9 @@ CHECKIN_MAX_TEXT_PER_SECOND: the message is dropped), ``server_error``. The conn
 ``too_many_connections`` (4429: over CHECKIN_MAX_SOCKETS_PER_KIOSK, _PER_KEY or CHECKIN_MAX_SOCKETS;
 see checkin.socket_limits), ``flooding`` (4429: more frames refused by the rate limit within three
 seconds than three times CHECKIN_MAX_FPS, see ``flood_limit``; the same for text messages and
-CHECKIN_MAX_TEXT_PER_SECOND) and ``idle_timeout`` (4408: nothing sent for CHECKIN_IDLE_SECONDS).
+CHECKIN_MAX_TEXT_PER_SECOND), ``too_many_consents`` (4429: consent asked for again after
+CHECKIN_MAX_CONSENTS_PER_SOCKET records on this connection, each given and withdrawn) and
+``idle_timeout`` (4408: nothing sent for CHECKIN_IDLE_SECONDS).
 
 Who may connect: a signed-in user or a registered kiosk (both carried by the browser's session), or
 a non-browser client sending ``Authorization: Token <key>`` (a kiosk-role API key, which acts as the
@@ -208,6 +210,7 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
         # Text messages (consent, withdraw) each cost database work and an answer: a page sends two
         # per connection, so their own small budget, cut off for flooding like frames.
         self.text_limiter = RateLimiter(settings.CHECKIN_MAX_TEXT_PER_SECOND)
+        self.consents = 0  # consent records made on this connection (CHECKIN_MAX_CONSENTS_PER_SOCKET)
         self.latest: tuple[int, bytes] | None = None  # the newest frame not yet analysed
         self.worker: asyncio.Task | None = None
         self.received = 0
@@ -405,6 +408,16 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
         return message if isinstance(message, dict) else None
 
     async def receive_consent(self, message: dict):
+        if not self.session.has_consent and self.consents >= settings.CHECKIN_MAX_CONSENTS_PER_SOCKET:
+            # Consent given and withdrawn over and over writes a row each time: a page does it a few
+            # times per connection (Stop, then Start), a script thousands.
+            await self.send_error(
+                "too_many_consents",
+                f"Consent was given {self.consents} times on this connection; reconnect to give it again.",
+            )
+            await self.close(code=CLOSE_TOO_MANY)
+            return
+        before = self.session.consent
         try:
             consent = await database_sync_to_async(self.session.record_consent)(
                 str(message.get("notice_version", "")), message.get("age_confirmed") is True
@@ -412,6 +425,8 @@ class IdentifyConsumer(AsyncWebsocketConsumer):
         except FrameRefused as err:
             await self.send_error(err.code, err.message)
             return
+        if consent is not before:
+            self.consents += 1
         await self.send_json({"type": "consent_recorded", "consent_id": consent.pk, "notice_version": consent.notice_version})
 
     async def receive_frame(self, data: bytes):

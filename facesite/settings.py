@@ -564,6 +564,9 @@ CHECKIN_MAX_FPS = env_float("CHECKIN_MAX_FPS", 20.0)
 # Text messages (consent, withdraw) per second per socket (a page sends two per connection); more
 # are dropped, and a flood of them closes the socket like a flood of frames.
 CHECKIN_MAX_TEXT_PER_SECOND = env_float("CHECKIN_MAX_TEXT_PER_SECOND", 5.0)
+# Consent records one /ws/identify/ connection may make (each given, then withdrawn): a page makes one
+# per Start; past it the socket is closed (too_many_consents), so a script cannot pile up rows.
+CHECKIN_MAX_CONSENTS_PER_SOCKET = env_int("CHECKIN_MAX_CONSENTS_PER_SOCKET", 20)
 # The verify page's consent POST reuses the account's consent to the same notice given within this
 # many hours instead of recording another (0: a new record on every POST).
 VERIFY_CONSENT_REUSE_HOURS = env_int("VERIFY_CONSENT_REUSE_HOURS", 24)

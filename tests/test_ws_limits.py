@@ -369,6 +369,37 @@ def test_every_bad_text_message_gets_invalid_message_and_the_socket_stays_open(p
 
 
 @pytest.mark.django_db
+def test_consent_given_and_withdrawn_over_and_over_closes_the_socket_at_its_cap_of_records(plain_user, settings):
+    from checkin.services import current_notice
+
+    settings.CHECKIN_MAX_TEXT_PER_SECOND = 1000  # the text rate limit is tested in test_live_stream
+    settings.CHECKIN_MAX_CONSENTS_PER_SOCKET = 3
+    consent = {"type": "consent", "notice_version": current_notice().version, "age_confirmed": True}
+
+    async def scenario():
+        communicator = communicator_for(plain_user)
+        await opened(communicator)
+        answers = []
+        for _ in range(3):
+            await communicator.send_json_to(consent)
+            answers.append((await receive(communicator, timeout=10))["type"])
+            await communicator.send_json_to(consent)  # given again while in force: the same record
+            answers.append((await receive(communicator, timeout=10))["type"])
+            await communicator.send_json_to({"type": "withdraw"})
+            answers.append((await receive(communicator, timeout=10))["type"])
+        await communicator.send_json_to(consent)
+        error = await receive(communicator, timeout=10)
+        closed = await communicator.receive_output(timeout=10)
+        await communicator.disconnect()
+        return answers, error, closed
+
+    answers, error, closed = run(scenario)
+    assert answers == ["consent_recorded", "consent_recorded", "consent_withdrawn"] * 3
+    assert error["code"] == "too_many_consents" and closed == {"type": "websocket.close", "code": CLOSE_TOO_MANY}
+    assert Consent.objects.filter(user=plain_user).count() == 3  # one per consent given, none past the cap
+
+
+@pytest.mark.django_db
 def test_the_staff_feed_answers_any_message_read_only_and_stays_open(staff_user):
     from .test_checkin_feed import feed_for
 
