@@ -25,7 +25,7 @@ from integrations.models import Delivery
 from people.models import FaceImage, Person
 from people.services import delete_files, discard_uncommitted_photos
 from recognition import services as recognition
-from recognition.enrollment import without_looks_like
+from recognition.enrollment import ERASED_REVIEW_TEXT, without_looks_like
 from security.audit import checkin_audit_retention_days
 from security.models import AuditEvent, person_ids_field
 from training import redaction
@@ -33,9 +33,6 @@ from training import services as training
 from visitors.models import Sighting, Visitor, VisitorEnrollment
 
 log = logging.getLogger(__name__)
-
-
-ERASED_REVIEW_TEXT = "another enrolled person (erased)"
 
 
 @dataclass

@@ -224,6 +224,10 @@ LOOKS_LIKE = "Looks more like "
 _LOOKS_LIKE_REASON = re.compile(rf"{re.escape(LOOKS_LIKE)}(?P<other>.+?) \(similarity -?\d+\.\d\d\) than ", re.DOTALL)
 
 
+# What a review reason says instead of an erased person's name (privacy.services.erase_person).
+ERASED_REVIEW_TEXT = "another enrolled person (erased)"
+
+
 def without_looks_like(reason: str, replacement: str, name: str | None = None) -> str | None:
     """A possible_mislabel ``reason`` with the person it says the photo looks like replaced by
     ``replacement``: only that place, never the photo's own person nor the fixed wording. None when
@@ -285,6 +289,21 @@ RESULT_FIELDS = (
 )
 
 
+def unname_if_erased(face: FaceImage) -> None:
+    """Before a verdict is written (in its transaction): if the other person its reason names was
+    erased after the verdict named them, say "another enrolled person (erased)" instead. Their
+    erasure rewrote the reasons written before it (privacy.services), so this one must not name
+    them either. The person is locked (FOR NO KEY UPDATE, as an erasure locks them first) until the
+    transaction ends: an erasure either waits for this write and then rewrites it, or came first
+    and is seen here."""
+    if face.reason_person_id is None:
+        return
+    named = Person.objects.select_for_update(no_key=True).filter(pk=face.reason_person_id).values_list("pk", flat=True)
+    if not list(named):
+        face.reason = without_looks_like(face.reason, ERASED_REVIEW_TEXT) or face.reason
+        face.reason_person_id = None
+
+
 def _finish(face: FaceImage, verdict: Verdict) -> FaceImage | None:
     """Write the results onto the existing row, never re-inserting a row deleted meanwhile."""
     face.status = verdict.status
@@ -296,6 +315,7 @@ def _finish(face: FaceImage, verdict: Verdict) -> FaceImage | None:
     new_crop, old_crop = (face.crop.name if face.crop else ""), getattr(face, "_previous_crop", "")
     new_region, old_region = (face.region.name if face.region else ""), getattr(face, "_previous_region", "")
     with transaction.atomic():
+        unname_if_erased(face)
         values = {name: getattr(face, name) for name in RESULT_FIELDS}
         values["crop"], values["region"] = new_crop, new_region
         written = FaceImage.objects.filter(pk=face.pk).update(updated_at=face.updated_at, **values)

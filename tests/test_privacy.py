@@ -558,6 +558,35 @@ def test_the_real_mislabel_check_records_whom_the_photo_looks_like(staff_api, dj
     assert "Obama" not in face.reason and "Filed Under Someone Else" in face.reason and face.reason_person_id is None
 
 
+def test_a_person_erased_while_a_photo_is_judged_is_not_named_in_its_review_reason(
+    staff_api, monkeypatch, django_capture_on_commit_callbacks
+):
+    """The mislabel check names the person a photo looks like; that person is erased before the
+    verdict is written (their erasure rewrote the reasons it found then, not this one): the verdict
+    written says "another enrolled person (erased)" and records nobody."""
+    from people.models import Person
+    from recognition import enrollment
+
+    obama = with_own_files(person_named("Barack Obama"))
+    other = Person.objects.create(name="Filed Under Someone Else", legal_basis="explicit_consent")
+    check = enrollment._mislabel_check
+
+    def erased_meanwhile(face, embedding):
+        verdict = check(face, embedding)
+        assert verdict.reason_person_id == obama.pk, verdict.reason  # the check named him
+        privacy.erase_person(obama)
+        return verdict
+
+    monkeypatch.setattr(enrollment, "_mislabel_check", erased_meanwhile)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = staff_api.post(
+            f"/api/v1/people/{other.pk}/faces/", {"image": SimpleUploadedFile("p.jpg", OBAMA)}, format="multipart"
+        )
+    face = FaceImage.objects.get(pk=response.json()["id"])
+    assert face.status == "review" and face.reason_person_id is None
+    assert "Obama" not in face.reason and face.reason.startswith("Looks more like another enrolled person (erased)")
+
+
 def test_erasure_removes_the_admin_history_of_rejected_matches_deleted_before_and_keeps_a_longer_names(
     client, staff_user, django_capture_on_commit_callbacks
 ):

@@ -25,7 +25,7 @@ from people.models import FaceImage, LegalBasis, Person
 from people.services import gallery_changed
 from recognition import services as recognition
 from recognition.engine.matching import embeddings_from_blobs
-from recognition.enrollment import mislabel_review
+from recognition.enrollment import mislabel_review, unname_if_erased
 
 from .live import UnknownFace
 from .models import Sighting, Visitor, VisitorEnrollment
@@ -267,6 +267,7 @@ def _move_into_gallery(visitor: Visitor, sightings: list[Sighting], person: Pers
         verdict = mislabel_review(face, vector)
         face.status, face.reason_code, face.reason = verdict.status, verdict.code, verdict.reason
         face.reason_person_id = verdict.reason_person_id
+        unname_if_erased(face)  # in this transaction: the person it names may have been erased since
         face.save()
         face_verdict(face)
         result.faces.append(face)
