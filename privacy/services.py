@@ -450,6 +450,7 @@ class RetentionReport:
     model_versions_deleted: int = 0
     uncommitted_photos_deleted: int = 0  # photos whose upload's transaction rolled back
     consents_deleted: int = 0  # consent records past CHECKIN_RETENTION_DAYS that nothing refers to
+    future_checkins_deleted: int = 0  # edge check-ins dated past EDGE_CLOCK_SKEW_SECONDS ahead: they would never expire
 
 
 def apply_retention(days: int | None = None, now=None) -> RetentionReport:
@@ -506,6 +507,7 @@ def apply_retention(days: int | None = None, now=None) -> RetentionReport:
         training.prune_versions(),
         discard_uncommitted_photos(now=now),
         _delete_older(unreferenced_consents(), "given_at", settings.CHECKIN_RETENTION_DAYS, now),
+        _delete_future_checkins(now),
     )
     redaction.redact_pending()  # deleted photos a failed or lost task left in the label maps
     return report
@@ -527,6 +529,21 @@ def unreferenced_consents():
             referring = relation.related_model._base_manager.filter(**{field.name: OuterRef(field.target_field.attname)})
             rows = rows.filter(~Exists(referring))
     return rows
+
+
+def _delete_future_checkins(now) -> int:
+    """Delete the check-ins (and rejected ones) an edge device dated more than
+    EDGE_CLOCK_SKEW_SECONDS ahead of the server's clock: the server refuses such uploads
+    (``checked_in_at_in_future``), but rows stored before it did, or by a clock run wild, would
+    otherwise outlive CHECKIN_RETENTION_DAYS, which counts from ``checked_in_at`` (kept forever at
+    year 9999). Only while check-ins expire at all (CHECKIN_RETENTION_DAYS > 0)."""
+    if settings.CHECKIN_RETENTION_DAYS <= 0:
+        return 0
+    ahead = now + timedelta(seconds=settings.EDGE_CLOCK_SKEW_SECONDS)
+    _, by_model = CheckIn.objects.filter(time_source="device", checked_in_at__gt=ahead).delete()
+    # a rejected check-in keeps its check-in's time (corrections): gone with it
+    RejectedMatch.objects.filter(checked_in_at__gt=ahead).delete()
+    return by_model.get(CheckIn._meta.label, 0)
 
 
 def _delete_older(rows, field: str, days: int, now) -> int:

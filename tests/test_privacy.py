@@ -239,6 +239,29 @@ def test_retention_deletes_old_consents_nothing_refers_to_and_keeps_the_rest(set
     assert privacy.apply_retention(now=now).consents_deleted == 0
 
 
+def test_retention_deletes_edge_check_ins_dated_in_the_future_which_would_never_expire(settings):
+    from checkin.models import CheckIn, RejectedMatch
+
+    settings.CHECKIN_RETENTION_DAYS, settings.EDGE_CLOCK_SKEW_SECONDS = 30, 300
+    now = timezone.now()
+    obama = person_named("Barack Obama")
+
+    def checkin(at, source="device") -> CheckIn:
+        return CheckIn.objects.create(person=obama, similarity=0.9, threshold=0.5, frames=4, checked_in_at=at, time_source=source)
+
+    # stored before the server refused them (a device clock at year 9999, or a day ahead)
+    far, ahead = checkin(now.replace(year=9999)), checkin(now + timedelta(days=1))
+    RejectedMatch.objects.create(person=obama, checkin_id=far.pk, checked_in_at=far.checked_in_at, similarity=0.7, threshold=0.55)
+    within_skew, today = checkin(now + timedelta(seconds=200)), checkin(now - timedelta(hours=1))
+    report = privacy.apply_retention(now=now)
+    assert report.future_checkins_deleted == 2 and not RejectedMatch.objects.filter(checkin_id=far.pk).exists()
+    assert set(CheckIn.objects.filter(person=obama).values_list("pk", flat=True)) >= {within_skew.pk, today.pk}
+    assert not CheckIn.objects.filter(pk__in=[far.pk, ahead.pk]).exists()
+    settings.CHECKIN_RETENTION_DAYS = 0  # check-ins kept until staff delete them: nothing expires, these neither
+    checkin(now + timedelta(days=2))
+    assert privacy.apply_retention(now=now).future_checkins_deleted == 0
+
+
 def refer_to(consent, model):
     """A row of ``model`` (a table with a foreign key to Consent) referring to ``consent`` (None: to none)."""
     from checkin.models import CheckIn

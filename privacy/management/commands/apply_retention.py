@@ -26,6 +26,7 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Deleted {report.photos_deleted} original photos (embeddings kept), {report.crops_deleted} crops, "
             f"{report.audit_events_deleted} audit events, {report.checkins_deleted} check-ins, "
+            f"{report.future_checkins_deleted} edge check-ins dated in the future, "
             f"{report.consents_deleted} consent records nothing referred to, "
             f"{report.webhook_deliveries_deleted} webhook deliveries, {report.model_versions_deleted} model versions, "
             f"{report.uncommitted_photos_deleted} photos of uploads that were rolled back."
