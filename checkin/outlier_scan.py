@@ -62,6 +62,25 @@ def request_scan(by=None) -> OutlierScan:
     return scan
 
 
+def scan_if_gallery_changed() -> OutlierScan | None:
+    """The daily schedule's ("checkin: outlier scan", OUTLIER_SCAN_DAILY): ask for a scan when no
+    scan was ever asked for or a gallery face or a person changed since the newest one was (a face
+    enrolled, re-processed or approved, a person reactivated), so the review is at most a day old
+    without staff asking. Faces deleted or deactivated since need none: the review leaves them out
+    as it reads. None when off, unchanged, or a scan is running."""
+    if not settings.OUTLIER_SCAN_DAILY:
+        return None
+    newest = OutlierScan.objects.order_by("-requested_at").values_list("requested_at", flat=True).first()
+    if newest is not None and not (
+        FaceImage.objects.filter(updated_at__gt=newest).exists() or Person.objects.filter(updated_at__gt=newest).exists()
+    ):
+        return None
+    try:
+        return request_scan()
+    except ScanRunning:
+        return None
+
+
 def queue_scan(scan_id: int) -> None:
     """Hand the scan to the training cluster's queue; if the broker is unreachable the scan is
     failed at once (it would otherwise block the next request until it went stale)."""

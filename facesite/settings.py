@@ -255,6 +255,9 @@ FACE_OUTLIER_BOUND = env_float("FACE_OUTLIER_BOUND", 0.0) if env_str("FACE_OUTLI
 # The site-wide outlier scan runs as a background task (checkin/outlier_scan.py); a scan still
 # "running" this long after it was asked for is failed (its worker died), so staff can ask again.
 OUTLIER_SCAN_STALE_SECONDS = env_int("OUTLIER_SCAN_STALE_SECONDS", 3 * 3600)
+# A site-wide outlier scan asked for daily by the schedule "checkin: outlier scan" when the gallery
+# changed since the last one (0: only when staff ask).
+OUTLIER_SCAN_DAILY = env_bool("OUTLIER_SCAN_DAILY", True)
 FACE_DETECT_MAX_SIDE = env_int("FACE_DETECT_MAX_SIDE", 1024)
 # Alignment and test-time augmentation, chosen on LFW (README, "How the threshold was chosen"):
 # the detector's box with a 5% margin; no flip for recognition and the gallery (it doubles the

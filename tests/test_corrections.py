@@ -568,6 +568,28 @@ def test_a_scan_of_an_empty_gallery_finishes_with_nothing_flagged(staff_api, dja
     assert page["count"] == 0 and page["results"] == []
 
 
+def test_the_daily_schedule_scans_only_when_the_gallery_changed_since_the_last_scan(settings, django_capture_on_commit_callbacks):
+    from django_q.models import Schedule
+
+    from checkin.models import OutlierScan
+    from checkin.tasks import scheduled_outlier_scan
+
+    assert Schedule.objects.get(name="checkin: outlier scan").func == "checkin.tasks.scheduled_outlier_scan"
+    with django_capture_on_commit_callbacks(execute=True):
+        first = scheduled_outlier_scan()  # never scanned: a scan (its task runs once this commits)
+    assert first.startswith("outlier scan ") and OutlierScan.objects.finished().count() == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        assert scheduled_outlier_scan() == "no outlier scan needed"  # nothing changed since
+    face = FaceImage.objects.in_gallery().first()
+    face.save()  # re-processed, approved...: changed since the scan
+    settings.OUTLIER_SCAN_DAILY = False
+    assert scheduled_outlier_scan() == "no outlier scan needed"  # turned off
+    settings.OUTLIER_SCAN_DAILY = True
+    with django_capture_on_commit_callbacks(execute=True):
+        assert scheduled_outlier_scan().startswith("outlier scan ")
+    assert OutlierScan.objects.finished().count() == 1  # the newest kept, the older deleted
+
+
 def test_a_face_deactivated_or_deleted_after_the_scan_is_not_shown(staff_api, django_capture_on_commit_callbacks):
     capture = django_capture_on_commit_callbacks
     obama, rose = person_named("Barack Obama"), person_named("Rose Leslie")
