@@ -421,6 +421,18 @@ def test_the_staff_feed_answers_any_message_read_only_and_stays_open(staff_user)
 # ---- /ws/identify/: access checked again while open ----------------------------------------------
 
 
+async def closed_after(communicator, change) -> tuple[bool, dict, dict]:
+    """Open a stream with consent, let a recheck pass (still open?), then ``change`` something and
+    return (still open before it, the error told, how the socket was closed)."""
+    await open_with_consent(communicator)
+    still = await communicator.receive_nothing(timeout=0.8)  # rechecked: still admitted, still open
+    await change()
+    error = await receive(communicator, timeout=10)
+    closed = await communicator.receive_output(timeout=10)
+    await communicator.disconnect()
+    return still, error, closed
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize("withdrawn", ["key revoked", "kiosk deactivated", "key's kiosk deactivated", "user deactivated"])
 def test_an_open_stream_is_closed_when_its_credential_is_withdrawn(staff_user, plain_user, kiosk, settings, withdrawn):
@@ -446,18 +458,9 @@ def test_an_open_stream_is_closed_when_its_credential_is_withdrawn(staff_user, p
         else:
             await Kiosk.objects.filter(pk=kiosk.pk).aupdate(is_active=False)
 
-    async def scenario():
-        await open_with_consent(communicator)
-        still = await communicator.receive_nothing(timeout=0.8)  # rechecked: still admitted, still open
-        await withdraw()
-        error = await receive(communicator, timeout=10)
-        closed = await communicator.receive_output(timeout=10)
-        await communicator.disconnect()
-        return still, error, closed
-
     from channels.db import database_sync_to_async
 
-    still, error, closed = run(scenario)
+    still, error, closed = run(closed_after, communicator, withdraw)
     assert still
     assert error["code"] == "not_authenticated", error
     assert closed == {"type": "websocket.close", "code": CLOSE_NOT_AUTHENTICATED}
@@ -473,16 +476,10 @@ def test_an_open_stream_is_closed_when_a_check_in_webhook_changes_the_notice_it_
     settings.CHECKIN_ACCESS_RECHECK_SECONDS = 0.3
     communicator = communicator_for(plain_user)
 
-    async def scenario():
-        await open_with_consent(communicator)
-        still = await communicator.receive_nothing(timeout=0.8)  # rechecked: the same notice, still open
+    async def connect_a_webhook():
         await Webhook.objects.acreate(url="https://hr.example.com/hook", events=["checkin.created"], secret="s" * 16)
-        error = await receive(communicator, timeout=10)
-        closed = await communicator.receive_output(timeout=10)
-        await communicator.disconnect()
-        return still, error, closed
 
-    still, error, closed = run(scenario)
+    still, error, closed = run(closed_after, communicator, connect_a_webhook)
     assert still
     assert error["code"] == "stale_notice", error
     assert closed == {"type": "websocket.close", "code": CLOSE_FORBIDDEN}
